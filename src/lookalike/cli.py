@@ -1,0 +1,122 @@
+"""The ``lookalike`` command line: ``lookalike demo``, ``lookalike import``."""
+
+import argparse
+import os
+import sys
+import time
+
+
+def _progress_bar(desc):
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def update(done, total):
+        if bar["bar"] is None:
+            bar["bar"] = tqdm(total=total, desc=desc, unit="img", leave=False)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+
+    return update
+
+
+def _plugin_dir():
+    """The repo root holding fiftyone.yml, when lookalike runs from a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    return root if os.path.isfile(os.path.join(root, "fiftyone.yml")) else None
+
+
+def cmd_demo(args):
+    from lookalike.demo import build_demo_dataset, summarize
+
+    start = time.perf_counter()
+    print("building the demo dataset from the images bundled with scikit-image and scikit-learn ...")
+    dataset = build_demo_dataset(
+        name=args.dataset, data_dir=args.data_dir, max_digits=args.max_digits
+    )
+    counts = summarize(dataset)
+    print(f"\ndataset '{dataset.name}' ({time.perf_counter() - start:.1f} s)")
+    print(f"  images on disk:        {dataset.info['lookalike_demo']['data_dir']}")
+    print(f"  samples:               {counts['samples']}")
+    print(f"  photos:                {counts['photos']} "
+          f"({counts['photo_groups_with_copies']} originals with "
+          f"{counts['planted_copies']} planted near-duplicate copies, "
+          f"{counts['unique_photos']} photos without any copy)")
+    print(f"  digits:                {counts['digits']} in {counts['digit_classes']} classes")
+    print("  ground truth fields:   source, ground_truth, gt_group, gt_edit, gt_unique")
+    plugins = _plugin_dir()
+    env = f"FIFTYONE_PLUGINS_DIR={plugins} " if plugins else ""
+    print("\nopen it in the FiftyOne App (then http://localhost:5151):")
+    print(f"  {env}fiftyone app launch {dataset.name} --wait -1")
+    if plugins:
+        print("  or: make app")
+    return 0
+
+
+def cmd_import(args):
+    from lookalike.importer import import_images
+
+    report = import_images(
+        args.images,
+        args.dataset,
+        recursive=not args.no_recursive,
+        overwrite=args.overwrite,
+        append=args.append,
+        labels_from_folders=args.labels_from_folders,
+        progress=_progress_bar("checking images"),
+    )
+    print(report.summary())
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="lookalike",
+        description="Visual similarity search and curation for FiftyOne datasets.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the offline demo dataset and run the main job")
+    demo.add_argument("--dataset", default="lookalike-demo", help="dataset name")
+    demo.add_argument("--data-dir", default=None,
+                      help="where to write the images (default: $LOOKALIKE_DATA_DIR or "
+                           "~/fiftyone/lookalike/demo)")
+    demo.add_argument("--max-digits", type=int, default=None,
+                      help="use only the first N of the 1,797 digits")
+    demo.set_defaults(func=cmd_demo)
+
+    imp = sub.add_parser("import", help="import a folder of images into a dataset")
+    imp.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    imp.add_argument("--dataset", required=True, help="name of the dataset to create")
+    imp.add_argument("--no-recursive", action="store_true", help="do not descend into sub-folders")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    imp.add_argument("--append", action="store_true", help="add to an existing dataset")
+    imp.add_argument("--labels-from-folders", action="store_true",
+                     help="store each image's sub-folder as its ground_truth label")
+    imp.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from lookalike.database import DatabaseSetupError, ensure_mongod, quiet_mongodb_version_warning
+    from lookalike.images import UnreadableImageError
+    from lookalike.importer import ImageImportError
+
+    quiet_mongodb_version_warning()
+    try:
+        ensure_mongod(install=False)
+        return args.func(args)
+    except (ImageImportError, UnreadableImageError, DatabaseSetupError) as e:
+        print(f"lookalike {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lookalike {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

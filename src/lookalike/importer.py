@@ -1,0 +1,213 @@
+"""Importing a folder of images into a FiftyOne dataset, all or nothing.
+
+Every file is decoded before anything is written, so a truncated JPEG or a
+stray PDF is reported with its path and reason instead of surfacing later as a
+failed embedding. Valid images of unusual modes (16-bit, RGBA, palette, CMYK)
+are imported as they are; :mod:`lookalike.images` converts them to RGB on use.
+The dataset is only written once the whole folder has been checked, and a
+failure while writing removes what was written.
+"""
+
+import mimetypes
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from lookalike.images import UnreadableImageError, has_image_extension, open_image
+
+
+class ImageImportError(ValueError):
+    """The folder cannot be imported: nothing was written."""
+
+
+@dataclass
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    dataset_name: str
+    imported: int
+    skipped: list = field(default_factory=list)  # SkippedFile
+
+    def summary(self, max_listed=20):
+        lines = [f"imported {self.imported} images into dataset '{self.dataset_name}'"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} files:")
+            for s in self.skipped[:max_listed]:
+                lines.append(f"  {s.path}: {s.reason}")
+            if len(self.skipped) > max_listed:
+                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Probe:
+    path: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    channels: int = 0
+    size_bytes: int = 0
+    error: str = ""
+
+
+def list_files(directory, recursive=True):
+    """Sorted absolute paths of the non-hidden files under ``directory``."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.exists(directory):
+        raise ImageImportError(f"{directory}: no such folder")
+    if not os.path.isdir(directory):
+        raise ImageImportError(f"{directory}: is a file, not a folder of images")
+    paths = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        paths.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+    return paths
+
+
+def _probe(path):
+    probe = _Probe(path=path)
+    if not has_image_extension(path):
+        ext = os.path.splitext(path)[1] or "no extension"
+        probe.error = f"not an image file ({ext})"
+        return probe
+    try:
+        with open_image(path) as img:
+            probe.width, probe.height = img.size
+            probe.mode = img.mode
+            probe.channels = len(img.getbands())
+        probe.size_bytes = os.path.getsize(path)
+    except UnreadableImageError as e:
+        probe.error = e.reason
+    return probe
+
+
+def probe_images(paths, num_workers=None, progress=None):
+    """Decodes every path (in threads: Pillow releases the GIL while decoding)."""
+    num_workers = num_workers or min(8, (os.cpu_count() or 1) + 1)
+    probes = []
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        for i, probe in enumerate(pool.map(_probe, paths), 1):
+            probes.append(probe)
+            if progress is not None:
+                progress(i, len(paths))
+    return probes
+
+
+def _make_sample(probe, directory, labels_from_folders):
+    import fiftyone as fo
+
+    mime = mimetypes.guess_type(probe.path)[0] or "image/unknown"
+    sample = fo.Sample(
+        filepath=probe.path,
+        metadata=fo.ImageMetadata(
+            width=probe.width,
+            height=probe.height,
+            num_channels=probe.channels,
+            size_bytes=probe.size_bytes,
+            mime_type=mime,
+        ),
+        image_mode=probe.mode,
+    )
+    if labels_from_folders:
+        folder = os.path.relpath(os.path.dirname(probe.path), directory)
+        if folder != ".":
+            sample["ground_truth"] = fo.Classification(label=folder.replace(os.sep, "/"))
+    return sample
+
+
+def import_images(
+    directory,
+    dataset_name,
+    recursive=True,
+    overwrite=False,
+    append=False,
+    labels_from_folders=False,
+    persistent=True,
+    progress=None,
+):
+    """Imports the images under ``directory`` into the dataset ``dataset_name``.
+
+    Args:
+        directory: a folder; searched recursively unless ``recursive=False``
+        dataset_name: the FiftyOne dataset to create
+        overwrite: replace an existing dataset of that name (only once the new
+            one has been written completely)
+        append: add to an existing dataset, skipping files it already holds
+        labels_from_folders: store each image's sub-folder (relative to
+            ``directory``) as a ``ground_truth`` classification
+        persistent: keep the dataset after this process exits
+        progress: optional ``callable(done, total)`` while files are checked
+
+    Returns:
+        an :class:`ImportReport`; files that are not images or cannot be decoded
+        are listed in ``report.skipped`` with the reason.
+
+    Raises:
+        ImageImportError: the folder is missing or holds no readable image, or
+        the dataset exists and neither ``overwrite`` nor ``append`` was given.
+        Nothing is written in that case.
+    """
+    import fiftyone as fo
+
+    if overwrite and append:
+        raise ImageImportError("choose either overwrite or append, not both")
+    if not dataset_name or not str(dataset_name).strip():
+        raise ImageImportError("a dataset name is required")
+    directory = os.path.abspath(os.path.expanduser(directory))
+    exists = fo.dataset_exists(dataset_name)
+    if exists and not (overwrite or append):
+        raise ImageImportError(
+            f"dataset '{dataset_name}' already exists: pass overwrite=True to replace it "
+            "or append=True to add to it (--overwrite / --append on the CLI)"
+        )
+
+    paths = list_files(directory, recursive=recursive)
+    if not paths:
+        raise ImageImportError(f"{directory}: the folder contains no files")
+    if append and exists:
+        known = set(fo.load_dataset(dataset_name).values("filepath"))
+        paths = [p for p in paths if p not in known]
+
+    probes = probe_images(paths, progress=progress)
+    good = [p for p in probes if not p.error]
+    skipped = [SkippedFile(p.path, p.error) for p in probes if p.error]
+    if not good and not (append and exists):
+        listed = "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:10])
+        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        raise ImageImportError(
+            f"{directory}: no readable images among {len(paths)} files:\n{listed}{more}"
+        )
+
+    samples = [_make_sample(p, directory, labels_from_folders) for p in good]
+    if append and exists:
+        from fiftyone import ViewField as F
+
+        dataset = fo.load_dataset(dataset_name)
+        try:
+            if samples:
+                dataset.add_samples(samples, progress=False)
+        except BaseException:
+            # add_samples writes in batches: remove whatever part of ours landed.
+            new_paths = [p.path for p in good]
+            dataset.delete_samples(dataset.match(F("filepath").is_in(new_paths)))
+            raise
+    else:
+        # Write under a temporary name, then rename: an existing dataset is only
+        # replaced once its successor is complete.
+        tmp_name = f"{dataset_name}.importing-{uuid.uuid4().hex[:8]}"
+        dataset = fo.Dataset(tmp_name)
+        try:
+            dataset.add_samples(samples, progress=False)
+            if exists:
+                fo.delete_dataset(dataset_name)
+            dataset.name = dataset_name
+            dataset.persistent = persistent
+        except BaseException:
+            dataset.delete()
+            raise
+    return ImportReport(dataset_name=dataset_name, imported=len(samples), skipped=skipped)

@@ -1,0 +1,145 @@
+"""Test session set-up: a MongoDB of our own, so no user dataset is ever touched.
+
+FiftyOne attaches to any FiftyOne database service already running on the
+machine, whatever its FIFTYONE_DATABASE_DIR, so that variable does not isolate.
+This file starts the bundled ``mongod`` on a free loopback port in a temporary
+directory and points FIFTYONE_DATABASE_URI at it, all before fiftyone is first
+imported (it reads its configuration on import); the ``mongod`` is stopped by
+its PID when the session ends.
+
+With FIFTYONE_DATABASE_URI already set (your own MongoDB, e.g. where the
+bundled one cannot run), the tests use a uniquely named database on it and drop
+that database at the end.
+"""
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STATE = {}
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def _stop_mongod():
+    proc = _STATE.pop("mongod", None)
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    tmp = _STATE.pop("tmp", None)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start_isolated_database():
+    from lookalike.database import bundled_mongod_path, mongod_version
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-tests-")
+    _STATE["tmp"] = tmp
+    os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
+    os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
+    os.environ["FIFTYONE_PLUGINS_DIR"] = REPO_ROOT
+    os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = os.path.join(tmp, "fiftyone")
+    os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(tmp, "unused-db-dir")
+    os.environ["FIFTYONE_BRAIN_CONFIG_PATH"] = os.path.join(tmp, "brain_config.json")
+    os.environ["FIFTYONE_CONFIG_PATH"] = os.path.join(tmp, "config.json")
+    os.environ["FIFTYONE_APP_CONFIG_PATH"] = os.path.join(tmp, "app_config.json")
+    os.environ["LOOKALIKE_DATA_DIR"] = os.path.join(tmp, "lookalike-data")
+
+    if os.environ.get("FIFTYONE_DATABASE_URI"):
+        name = f"lookalike_tests_{uuid.uuid4().hex[:12]}"
+        os.environ["FIFTYONE_DATABASE_NAME"] = name
+        _STATE["drop_database"] = name
+        return
+
+    mongod = bundled_mongod_path()
+    if mongod_version(mongod) is None:
+        pytest.exit(
+            f"No working mongod at {mongod}: run 'make test' (it installs MongoDB), or set "
+            "FIFTYONE_DATABASE_URI to a MongoDB of your own",
+            returncode=3,
+        )
+    dbpath = os.path.join(tmp, "db")
+    os.makedirs(dbpath)
+    port = _free_port()
+    log = open(os.path.join(tmp, "mongod.log"), "w")
+    proc = subprocess.Popen(
+        [mongod, "--dbpath", dbpath, "--port", str(port), "--bind_ip", "127.0.0.1",
+         "--nounixsocket", "--quiet"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    _STATE["mongod"] = proc
+    atexit.register(_stop_mongod)  # also when pytest dies before unconfigure
+    if not _wait_for_port(port, proc):
+        _stop_mongod()
+        pytest.exit("the test mongod did not start: see its log", returncode=3)
+    os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
+
+
+def pytest_configure(config):
+    if "fiftyone" in sys.modules:
+        pytest.exit("fiftyone was imported before the test database was set up", returncode=3)
+    _start_isolated_database()
+    from lookalike.database import quiet_mongodb_version_warning
+
+    quiet_mongodb_version_warning()
+
+
+def pytest_unconfigure(config):
+    name = _STATE.pop("drop_database", None)
+    if name and "fiftyone" in sys.modules:
+        import fiftyone.core.odm.database as fod
+
+        fod.get_db_client().drop_database(name)
+    _stop_mongod()
+
+
+@pytest.fixture
+def dataset_name():
+    """A unique dataset name, deleted after the test."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+
+
+@pytest.fixture
+def subprocess_env():
+    """Environment for a child Python process that shares the test database."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    return env
