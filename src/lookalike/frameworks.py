@@ -48,6 +48,9 @@ def paddle():
                 "PaddlePaddle is not installed: pip install paddlepaddle "
                 "(or paddlepaddle-gpu on a CUDA machine)"
             )
+        # Paddle's CPU kernels run on one thread unless OpenMP is told otherwise
+        # (measured: autoencoder training 18 -> 26 images/s on 2 cores).
+        os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
         if "tensorflow" in sys.modules:
             # TensorFlow came first (not through us): bind Paddle's libraries to
             # their own protobuf symbols instead of TensorFlow's.

@@ -1,0 +1,115 @@
+"""Encoders: train them on a FiftyOne view, save them to the model store, load them to embed.
+
+Kinds:
+
+* ``autoencoder`` -- the Paddle convolutional autoencoder (no labels needed);
+* ``metric`` -- the TensorFlow Similarity metric model (needs a label field);
+* ``contrastive`` -- the same network trained self-supervised on two augmented
+  views of each image (no labels; learns invariance to crops, flips, colour
+  and re-encoding).
+
+Nothing here imports Paddle or TensorFlow until an encoder is trained or loaded.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from lookalike.encoders.store import (  # noqa: F401  (public API)
+    KINDS,
+    EncoderStoreError,
+    default_store_dir,
+    list_encoders,
+    read_manifest,
+    validate_name,
+)
+from lookalike.encoders.training import (  # noqa: F401
+    TrainingConfigError,
+    TrainingStopped,
+    request_stop,
+)
+
+DEFAULT_IMAGE_SIZE = {"autoencoder": 64, "metric": 32, "contrastive": 32}
+
+
+@dataclass
+class TrainResult:
+    path: str
+    manifest: dict
+    failures: list = field(default_factory=list)  # data.ImageFailure: skipped images
+
+
+def _source(view, label_field=None):
+    stages = view.view()._serialize() if hasattr(view, "_serialize") else []
+    return dict(dataset=view._dataset.name, view_stages=stages, num_samples=len(view),
+                label_field=label_field)
+
+
+def train_encoder(view, kind, name, image_size=None, epochs=10, batch_size=None,
+                  label_field=None, store_dir=None, overwrite=False, resume=True,
+                  progress=None, should_stop=None, load_progress=None, **kwargs):
+    """Trains an encoder of ``kind`` on the images of a FiftyOne ``view``.
+
+    Unreadable images are skipped and returned in ``result.failures``. Progress:
+    ``load_progress(done, total)`` while images decode, ``progress(epoch,
+    epochs, metrics)`` after each epoch. Interrupted runs resume from their last
+    finished epoch when called again with the same settings.
+    """
+    from lookalike.encoders.data import load_view_images
+
+    if kind not in KINDS:
+        raise TrainingConfigError(f"unknown encoder kind {kind!r}; choose from {KINDS}")
+    validate_name(name)
+    image_size = int(image_size or DEFAULT_IMAGE_SIZE[kind])
+    source = _source(view, label_field)
+    if kind == "metric":
+        from lookalike.encoders import metric
+
+        view, labels = metric.labelled_view(view, label_field)
+        loaded = load_view_images(view, image_size, progress=load_progress)
+        by_id = dict(zip(view.values("id"), labels))
+        path = metric.train(loaded.images, [by_id[i] for i in loaded.sample_ids], name,
+                            image_size=image_size, epochs=epochs, batch_size=batch_size,
+                            store_dir=store_dir, overwrite=overwrite, resume=resume,
+                            progress=progress, should_stop=should_stop, source=source, **kwargs)
+    else:
+        loaded = load_view_images(view, image_size, progress=load_progress)
+        if kind == "autoencoder":
+            from lookalike.encoders import autoencoder as module
+
+            kwargs.setdefault("preview_images", loaded.images[:8])
+        else:
+            from lookalike.encoders import contrastive as module
+        path = module.train(loaded.images, name, image_size=image_size, epochs=epochs,
+                            store_dir=store_dir, overwrite=overwrite, resume=resume,
+                            progress=progress, should_stop=should_stop, source=source,
+                            **({"batch_size": batch_size} if batch_size else {}), **kwargs)
+    return TrainResult(path=path, manifest=read_manifest(path), failures=loaded.failures)
+
+
+def resolve_path(name_or_path, store_dir=None):
+    """A store name or a directory path -> the encoder directory."""
+    if os.sep in str(name_or_path) or str(name_or_path).startswith((".", "~")):
+        return os.path.abspath(os.path.expanduser(name_or_path))
+    return os.path.join(store_dir or default_store_dir(), validate_name(name_or_path))
+
+
+def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
+    """Loads an encoder by store name or directory; validates everything first.
+
+    Raises :class:`EncoderStoreError` for a directory that is not ours, missing
+    or corrupt weights, an ``image_size`` other than the one it was trained at,
+    or weights written by a framework version this installation cannot read.
+    """
+    path = resolve_path(name_or_path, store_dir)
+    manifest = read_manifest(path)
+    if image_size is not None and int(image_size) != int(manifest["image_size"]):
+        raise EncoderStoreError(
+            f"encoder '{manifest['name']}' was trained at {manifest['image_size']} px; "
+            f"{image_size} px was asked for"
+        )
+    kind = manifest["kind"]
+    if kind == "autoencoder":
+        from lookalike.encoders.autoencoder import AutoencoderEncoder as cls
+    else:
+        from lookalike.encoders.metric import KerasEncoder as cls
+    return cls(path, manifest, **kwargs)

@@ -1,0 +1,73 @@
+"""What a loaded encoder offers, whatever its framework."""
+
+import numpy as np
+
+from lookalike.encoders.data import iter_batches
+
+
+def l2_normalize(x, eps=1e-12):
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
+
+class Encoder:
+    """A trained encoder, ready to embed. Subclasses implement :meth:`_forward`."""
+
+    def __init__(self, path, manifest):
+        self.path = path
+        self.manifest = manifest
+
+    name = property(lambda self: self.manifest["name"])
+    kind = property(lambda self: self.manifest["kind"])
+    image_size = property(lambda self: int(self.manifest["image_size"]))
+    embedding_size = property(lambda self: int(self.manifest["embedding_size"]))
+
+    @property
+    def version(self):
+        """Identifies these exact weights (name + checksum of the manifest's files)."""
+        digest = "".join(sorted(self.manifest["files"].values()))
+        import hashlib
+
+        return f"{self.name}@{hashlib.sha256(digest.encode()).hexdigest()[:12]}"
+
+    def _forward(self, images):
+        """(N, S, S, 3) uint8 at ``image_size`` -> (N, D) float32, not normalised."""
+        raise NotImplementedError
+
+    def embed(self, images, normalize=True):
+        """Embeds a batch of RGB uint8 images already resized to ``image_size``."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"expected images of shape (N, {self.image_size}, {self.image_size}, 3), "
+                f"got {images.shape}"
+            )
+        if len(images) == 0:
+            return np.zeros((0, self.embedding_size), np.float32)
+        out = np.asarray(self._forward(images), dtype=np.float32)
+        return l2_normalize(out) if normalize else out
+
+    def embed_paths(self, paths, batch_size=64, normalize=True, progress=None, num_workers=None):
+        """Embeds image files; returns ``(embeddings, ok_indices, failures)``.
+
+        ``failures`` lists ``(index, reason)`` for files that could not be read.
+        Decoding runs in threads while the model works on the previous batch.
+        """
+        chunks, ok, failures = [], [], []
+        done = 0
+        for idx, images, failed in iter_batches(paths, self.image_size, batch_size,
+                                                num_workers=num_workers):
+            if len(idx):
+                chunks.append(self.embed(images, normalize=normalize))
+                ok.extend(idx)
+            failures.extend(failed)
+            done += len(idx) + len(failed)
+            if progress is not None:
+                progress(done, len(paths))
+        emb = np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
+        return emb, ok, failures
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} {self.name!r} kind={self.kind} "
+                f"size={self.image_size} dim={self.embedding_size}>")

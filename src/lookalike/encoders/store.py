@@ -1,0 +1,195 @@
+"""The model store: one directory per encoder, a manifest, weights in formats without code.
+
+Layout of ``<store>/<name>/``::
+
+    manifest.json      what the encoder is (see REQUIRED_KEYS) and sha256 of every file
+    <weights files>    framework-native formats that carry no code (Paddle's
+                       ``.json`` + ``.pdiparams`` export, Keras ``.weights.h5``,
+                       NumPy ``.npz`` loaded with ``allow_pickle=False``)
+    previews/          optional pictures (autoencoder reconstructions)
+
+Trust boundary: a model directory may come from someone else, so loading never
+unpickles (``paddle.load`` and ``np.load(allow_pickle=True)`` are never called on
+store files) and every file is checked against the manifest's checksum first.
+
+Training writes into ``<store>/.<name>.partial/`` and renames it to
+``<store>/<name>`` only when complete, so a killed job never leaves a
+half-written encoder under a valid name; the partial directory holds the
+checkpoints a resumed job starts from.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+
+FORMAT = "lookalike-encoder"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+KINDS = ("autoencoder", "metric", "contrastive")
+STORE_ENV = "LOOKALIKE_MODELS_DIR"
+
+REQUIRED_KEYS = (
+    "format", "format_version", "name", "kind", "framework", "framework_version",
+    "architecture", "image_size", "preprocessing", "embedding_size", "metric",
+    "files", "created_at",
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class EncoderStoreError(ValueError):
+    """A model directory that is not ours, incomplete, corrupt or unreadable here."""
+
+
+def default_store_dir():
+    """``$LOOKALIKE_MODELS_DIR``, else ``~/.fiftyone/lookalike/models``."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.join(os.path.expanduser("~"), ".fiftyone", "lookalike", "models")
+
+
+def validate_name(name):
+    """Returns ``name`` if it is a safe directory name, else raises."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise EncoderStoreError(
+            f"invalid encoder name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no path separators, no '..')"
+        )
+    return name
+
+
+def encoder_dir(name, store_dir=None):
+    return os.path.join(store_dir or default_store_dir(), validate_name(name))
+
+
+def partial_dir(name, store_dir=None):
+    return os.path.join(store_dir or default_store_dir(), f".{validate_name(name)}.partial")
+
+
+def sha256(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(directory, manifest, files):
+    """Writes ``manifest.json`` with the checksums of ``files`` (paths relative to ``directory``)."""
+    manifest = dict(manifest)
+    manifest.setdefault("format", FORMAT)
+    manifest.setdefault("format_version", FORMAT_VERSION)
+    manifest.setdefault("created_at", now_iso())
+    manifest["files"] = {rel: sha256(os.path.join(directory, rel)) for rel in files}
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")  # a bug in our code, not user input
+    tmp = os.path.join(directory, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
+    os.replace(tmp, os.path.join(directory, MANIFEST))
+    return manifest
+
+
+def _json_default(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def read_manifest(directory, verify_files=True):
+    """Reads and validates ``<directory>/manifest.json``; raises :class:`EncoderStoreError`."""
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if not os.path.isdir(directory):
+        raise EncoderStoreError(f"{directory}: no such model directory")
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise EncoderStoreError(
+            f"{directory}: not a lookalike encoder (no {MANIFEST}); train one with "
+            "train_encoder or point to a directory it wrote"
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EncoderStoreError(f"{path}: unreadable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EncoderStoreError(f"{directory}: {MANIFEST} is not a lookalike encoder manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise EncoderStoreError(
+            f"{directory}: manifest format version {manifest.get('format_version')!r}; "
+            f"this lookalike reads version {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise EncoderStoreError(f"{directory}: manifest lacks {', '.join(missing)}")
+    if manifest["kind"] not in KINDS:
+        raise EncoderStoreError(f"{directory}: unknown encoder kind {manifest['kind']!r}")
+    if verify_files:
+        for rel, digest in manifest["files"].items():
+            fpath = os.path.normpath(os.path.join(directory, rel))
+            if not fpath.startswith(directory + os.sep):
+                raise EncoderStoreError(f"{directory}: manifest names a file outside it: {rel}")
+            if not os.path.isfile(fpath):
+                raise EncoderStoreError(f"{directory}: weights file {rel} is missing")
+            if sha256(fpath) != digest:
+                raise EncoderStoreError(
+                    f"{directory}: weights file {rel} is corrupt (checksum differs from the manifest)"
+                )
+    return manifest
+
+
+def check_framework_version(manifest, installed_version):
+    """Refuses weights written by another major version of the framework."""
+    saved = str(manifest["framework_version"])
+    if saved.split(".")[0] != str(installed_version).split(".")[0]:
+        raise EncoderStoreError(
+            f"encoder '{manifest['name']}' was saved with {manifest['framework']} {saved}; "
+            f"the installed {installed_version} cannot read it (major versions differ)"
+        )
+
+
+def list_encoders(store_dir=None):
+    """Manifests of the complete encoders in the store, newest first (unreadable ones skipped)."""
+    store_dir = store_dir or default_store_dir()
+    if not os.path.isdir(store_dir):
+        return []
+    found = []
+    for entry in sorted(os.listdir(store_dir)):
+        if entry.startswith("."):
+            continue
+        try:
+            manifest = read_manifest(os.path.join(store_dir, entry), verify_files=False)
+        except EncoderStoreError:
+            continue
+        manifest["path"] = os.path.join(store_dir, entry)
+        found.append(manifest)
+    return sorted(found, key=lambda m: m["created_at"], reverse=True)
+
+
+def publish(partial, final, overwrite=False):
+    """Moves a finished ``partial`` directory to ``final`` (the encoder's name)."""
+    if os.path.exists(final):
+        if not overwrite:
+            raise EncoderStoreError(
+                f"an encoder named '{os.path.basename(final)}' exists: choose another name "
+                "or pass overwrite=True"
+            )
+        old = final + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(partial, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, final)
+    return final
