@@ -6,6 +6,10 @@ import sys
 import time
 
 
+class UsageError(ValueError):
+    """A command-line argument that names nothing usable."""
+
+
 def _progress_bar(desc):
     from tqdm import tqdm
 
@@ -72,6 +76,71 @@ def cmd_import(args):
     return 0
 
 
+def cmd_train(args):
+    import fiftyone as fo
+
+    from lookalike.encoders import train_encoder
+
+    if not fo.dataset_exists(args.dataset):
+        raise UsageError(f"no dataset named '{args.dataset}'")
+    view = fo.load_dataset(args.dataset)
+    if args.tag:
+        view = view.match_tags(args.tag)
+    extra = {k: v for k, v in dict(
+        learning_rate=args.learning_rate, embedding_size=args.embedding_size, loss=args.loss,
+        width=args.width, embedding=args.embedding,
+    ).items() if v is not None}
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.epochs, desc=f"training {args.name}", unit="epoch")
+
+    def progress(epoch, epochs, metrics):
+        bar.n = epoch
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics.get('images_per_s', 0):.0f}")
+        bar.refresh()
+
+    try:
+        result = train_encoder(view, args.kind, args.name, image_size=args.image_size,
+                               epochs=args.epochs, batch_size=args.batch_size,
+                               label_field=args.label_field, overwrite=args.overwrite,
+                               progress=progress, load_progress=_progress_bar("loading images"),
+                               **extra)
+    finally:
+        bar.close()
+    from lookalike.encoders import describe
+
+    print(f"saved {describe(result.manifest)}\n  {result.path}")
+    for failure in result.failures:
+        print(f"  skipped {failure.path}: {failure.reason}")
+    return 0
+
+
+def cmd_encoders(args):
+    from lookalike.encoders import default_store_dir, describe, list_encoders
+
+    manifests = list_encoders()
+    if not manifests:
+        print(f"no encoders in {default_store_dir()}")
+    for m in manifests:
+        print(f"{describe(m)}\n  {m['path']}")
+    return 0
+
+
+def cmd_load(args):
+    from lookalike.encoders import describe, import_encoder, read_manifest
+
+    path = import_encoder(args.path, name=args.name, overwrite=args.overwrite)
+    print(f"loaded {describe(read_manifest(path))}\n  {path}")
+    return 0
+
+
+def cmd_stop(args):
+    from lookalike.encoders import request_stop
+
+    print(f"asked '{args.name}' to stop after its current epoch ({request_stop(args.name)})")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="lookalike",
@@ -97,12 +166,45 @@ def build_parser():
     imp.add_argument("--labels-from-folders", action="store_true",
                      help="store each image's sub-folder as its ground_truth label")
     imp.set_defaults(func=cmd_import)
+
+    train = sub.add_parser("train", help="train an encoder on a dataset's images")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--kind", required=True, choices=["autoencoder", "metric", "contrastive"])
+    train.add_argument("--name", required=True, help="name of the encoder in the model store")
+    train.add_argument("--label-field", default=None, help="Classification field (metric only)")
+    train.add_argument("--tag", default=None, help="train only on samples with this tag")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--image-size", type=int, default=None)
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--embedding-size", type=int, default=None, help="metric/contrastive")
+    train.add_argument("--loss", default=None, help="metric: multisimilarity|triplet|circle|pn")
+    train.add_argument("--width", type=float, default=None, help="autoencoder channel multiplier")
+    train.add_argument("--embedding", default=None, help="autoencoder: gap|flatten")
+    train.add_argument("--learning-rate", type=float, default=None)
+    train.add_argument("--overwrite", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    enc = sub.add_parser("encoders", help="list the saved encoders")
+    enc.set_defaults(func=cmd_encoders)
+
+    load = sub.add_parser("load", help="check an encoder directory and add it to the store")
+    load.add_argument("--path", required=True)
+    load.add_argument("--name", default=None)
+    load.add_argument("--overwrite", action="store_true")
+    load.set_defaults(func=cmd_load)
+
+    stop = sub.add_parser("stop", help="stop a running training job after its current epoch")
+    stop.add_argument("name")
+    stop.set_defaults(func=cmd_stop)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from lookalike.database import DatabaseSetupError, ensure_mongod, quiet_mongodb_version_warning
+    from lookalike.encoders import EncoderStoreError, TrainingConfigError, TrainingStopped
+    from lookalike.encoders.data import EmptyViewError
+    from lookalike.frameworks import FrameworkError
     from lookalike.images import UnreadableImageError
     from lookalike.importer import ImageImportError
 
@@ -110,7 +212,11 @@ def main(argv=None):
     try:
         ensure_mongod(install=False)
         return args.func(args)
-    except (ImageImportError, UnreadableImageError, DatabaseSetupError) as e:
+    except TrainingStopped as e:
+        print(f"lookalike {args.command}: {e}", file=sys.stderr)
+        return 3
+    except (ImageImportError, UnreadableImageError, DatabaseSetupError, EncoderStoreError,
+            TrainingConfigError, EmptyViewError, FrameworkError, UsageError) as e:
         print(f"lookalike {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

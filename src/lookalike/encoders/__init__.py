@@ -113,3 +113,48 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
     else:
         from lookalike.encoders.metric import KerasEncoder as cls
     return cls(path, manifest, **kwargs)
+
+
+def import_encoder(path, name=None, store_dir=None, overwrite=False):
+    """Checks an encoder directory (e.g. shared by a colleague) and copies it into the store.
+
+    The directory is validated and the encoder is loaded and run on one blank
+    image before anything is copied. Returns the store path.
+    """
+    import json
+    import shutil
+
+    import numpy as np
+
+    from lookalike.encoders import store
+
+    source = os.path.abspath(os.path.expanduser(path))
+    encoder = load_encoder(source)
+    encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
+    name = validate_name(name or encoder.name)
+    store_dir = store_dir or default_store_dir()
+    final = store.encoder_dir(name, store_dir)
+    if os.path.abspath(final) == source:
+        return final  # already in the store under that name
+    if os.path.exists(final) and not overwrite:
+        raise EncoderStoreError(
+            f"an encoder named '{name}' already exists: choose another name or pass overwrite=True")
+    partial = store.partial_dir(name, store_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(store_dir, exist_ok=True)
+    shutil.copytree(source, partial)
+    manifest_path = os.path.join(partial, store.MANIFEST)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest.update(name=name, imported_from=source, imported_at=store.now_iso())
+    store.write_manifest(partial, manifest, list(manifest["files"]))
+    return store.publish(partial, final, overwrite=overwrite)
+
+
+def describe(manifest):
+    """One line about an encoder, for lists and dropdowns."""
+    metrics = manifest.get("final_metrics") or {}
+    loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), (int, float)) else ""
+    data = (manifest.get("training_data") or {}).get("dataset") or "?"
+    return (f"{manifest['name']}: {manifest['kind']}, {manifest['image_size']} px, "
+            f"{manifest['embedding_size']}-d, {manifest.get('epochs', '?')} epochs on '{data}'{loss}")

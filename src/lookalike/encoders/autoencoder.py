@@ -34,7 +34,12 @@ WEIGHTS = "autoencoder.npz"  # encoder + decoder, to reload the full model witho
 def _paddle():
     from lookalike import frameworks
 
-    return frameworks.paddle()
+    paddle = frameworks.paddle()
+    # Paddle keeps its dynamic/static mode per thread, and a new thread starts
+    # static: FiftyOne runs operators in worker threads.
+    if not paddle.in_dynamic_mode():
+        paddle.disable_static()
+    return paddle
 
 
 def channels(width):
