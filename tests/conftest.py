@@ -143,3 +143,11 @@ def subprocess_env():
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
     return env
+
+
+@pytest.fixture(scope="session")
+def demo_records(tmp_path_factory):
+    """The demo's image files (photos with their edits, 200 digits), written once per session."""
+    from lookalike.demo import write_demo_images
+
+    return write_demo_images(str(tmp_path_factory.mktemp("demo-images")), max_digits=200)

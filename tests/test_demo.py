@@ -86,15 +86,23 @@ def test_rebuilding_replaces_the_dataset(tmp_path):
 
 
 def test_lookalike_demo_command(subprocess_env, tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "lookalike.cli", "demo", "--dataset", "test-demo-cli",
-         "--data-dir", str(tmp_path), "--max-digits", "30"],
-        capture_output=True, text=True, env=subprocess_env, timeout=600,
-    )
+    """The main job end to end, with tiny encoders (--quick); a rerun reuses them."""
+    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=str(tmp_path / "models"))
+    cmd = [sys.executable, "-m", "lookalike.cli", "demo", "--dataset", "test-demo-cli",
+           "--data-dir", str(tmp_path / "data"), "--max-digits", "40", "--quick"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     try:
         assert out.returncode == 0, out.stderr[-3000:]
         assert "dataset 'test-demo-cli'" in out.stdout
-        assert "digits:                30 in 10 classes" in out.stdout
+        assert "digits:                40 in 10 classes" in out.stdout
+        for name, kind in (("demo-autoencoder-quick", "autoencoder"),
+                           ("demo-contrastive-quick", "contrastive"),
+                           ("demo-metric-quick", "metric")):
+            assert f"trained {name}: {kind}, 32 px" in out.stdout
+            assert os.path.isfile(tmp_path / "models" / name / "manifest.json")
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.count("reusing demo-") == 3 and "training" not in again.stdout
         assert "fiftyone app launch test-demo-cli" in out.stdout
         assert "oldest supported" not in out.stdout + out.stderr
         assert fo.load_dataset("test-demo-cli").persistent

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import imagefiles as files
-from lookalike.demo import write_demo_images
 from lookalike.encoders import (
     EncoderStoreError,
     TrainingConfigError,
@@ -27,8 +26,8 @@ SMALL = dict(image_size=32, width=0.25, batch_size=8)  # 16/32/64 channels: seco
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    records = write_demo_images(str(tmp_path_factory.mktemp("demo")), max_digits=0)
+def photos(demo_records):
+    records = demo_records
     paths = [r["filepath"] for r in records if r["source"] == "photo"][:24]
     return paths, load_images(paths, 32).images
 

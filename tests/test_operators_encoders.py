@@ -9,16 +9,15 @@ import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 
-from lookalike.demo import write_demo_images
 
 PLUGIN = "@lookalike/similarity"
 SMALL = {"kind": "autoencoder", "image_size": 32, "width": 0.25, "epochs": 2, "batch_size": 8}
 
 
 @pytest.fixture
-def photo_dataset(tmp_path, dataset_name, monkeypatch):
+def photo_dataset(tmp_path, dataset_name, monkeypatch, demo_records):
     monkeypatch.setenv("LOOKALIKE_MODELS_DIR", str(tmp_path / "models"))
-    records = write_demo_images(str(tmp_path / "demo"), max_digits=0)
+    records = [r for r in demo_records if r["source"] == "photo"]
     ds = fo.Dataset(dataset_name)
     ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in records[:12]])
     ds.persistent = True  # the worker process must see it

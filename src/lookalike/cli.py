@@ -51,6 +51,12 @@ def cmd_demo(args):
           f"{counts['unique_photos']} photos without any copy)")
     print(f"  digits:                {counts['digits']} in {counts['digit_classes']} classes")
     print("  ground truth fields:   source, ground_truth, gt_group, gt_edit, gt_unique")
+    if not args.skip_training:
+        from lookalike.encoders import default_store_dir
+        from lookalike.workflow import train_demo_encoders
+
+        print(f"\nencoders (model store: {default_store_dir()}):")
+        train_demo_encoders(dataset, quick=args.quick, retrain=args.retrain)
     plugins = _plugin_dir()
     env = f"FIFTYONE_PLUGINS_DIR={plugins} " if plugins else ""
     print("\nopen it in the FiftyOne App (then http://localhost:5151):")
@@ -155,6 +161,11 @@ def build_parser():
                            "~/fiftyone/lookalike/demo)")
     demo.add_argument("--max-digits", type=int, default=None,
                       help="use only the first N of the 1,797 digits")
+    demo.add_argument("--skip-training", action="store_true", help="only build the dataset")
+    demo.add_argument("--retrain", action="store_true",
+                      help="train the demo encoders again even if they exist")
+    demo.add_argument("--quick", action="store_true",
+                      help="tiny encoders and one epoch each (a smoke test of the whole job)")
     demo.set_defaults(func=cmd_demo)
 
     imp = sub.add_parser("import", help="import a folder of images into a dataset")
