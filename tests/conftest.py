@@ -123,7 +123,10 @@ def pytest_unconfigure(config):
         import fiftyone.core.odm.database as fod
 
         fod.get_db_client().drop_database(name)
-    _stop_mongod()
+    # The mongod is stopped by the atexit handler registered before fiftyone was
+    # imported: atexit runs handlers last-in first-out, so FiftyOne's own exit
+    # clean-up (it deletes non-persistent datasets) still finds its database.
+    # Stopping it here made that clean-up wait forever for a server.
 
 
 @pytest.fixture
