@@ -1,0 +1,346 @@
+"""Lookalike's FiftyOne Brain similarity backend (exact cosine distances that never drift).
+
+fiftyone-brain loads a run's classes by import path in every process (App
+server, delegated workers), so they live here in the installed package, and
+the run class name is the config name minus "Config". The App lists a brain run
+for "sort by similarity" only when the config class path contains "Similarity".
+
+Use it through :func:`lookalike.similarity.build_index`, or directly::
+
+    fob.compute_similarity(ds, embeddings="emb", brain_key="emb_sim",
+                           backend=LookalikeSimilarityConfig)
+
+The vectors are read from the embeddings field once and cached as ``.npy``
+artefacts next to the run (see :mod:`lookalike.similarity.artefacts`); a new
+process maps them instead of reading every embedding from MongoDB, and a cache
+whose sample count or newest modification time no longer matches the field is
+detected as stale and rebuilt from the field.
+"""
+
+import logging
+
+import eta.core.utils as etau
+import numpy as np
+from fiftyone.brain.similarity import (
+    DuplicatesMixin,
+    Similarity,
+    SimilarityConfig,
+    SimilarityIndex,
+)
+
+from lookalike.similarity import artefacts
+from lookalike.similarity.engine import ExactEngine, InvalidEmbeddingsError, as_unit_matrix
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("exact",)
+
+
+class LookalikeSimilarityConfig(SimilarityConfig):
+    """Config of a lookalike similarity index.
+
+    Args:
+        metric ("cosine"): the only metric: distances are ``1 - cos`` in [0, 2]
+        engine ("exact"): the search engine
+        encoder (None): name of the lookalike encoder that wrote the embeddings
+            (used to embed query images that are not in the dataset)
+        encoder_version (None): that encoder's version
+    """
+
+    def __init__(self, metric="cosine", engine="exact", encoder=None, encoder_version=None,
+                 **kwargs):
+        if metric != "cosine":
+            raise ValueError(f"lookalike indexes use cosine distance, not {metric!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+        if kwargs.get("patches_field") is not None:
+            raise ValueError("lookalike indexes do not support patches yet")
+        super().__init__(**kwargs)
+        self.metric = metric
+        self.engine = engine
+        self.encoder = encoder
+        self.encoder_version = encoder_version
+
+    @property
+    def method(self):
+        return "lookalike"
+
+    @property
+    def max_k(self):
+        return None
+
+    @property
+    def supports_least_similarity(self):
+        return True
+
+    @property
+    def supported_aggregations(self):
+        return ("mean",)
+
+
+class LookalikeSimilarity(Similarity):
+    def initialize(self, samples, brain_key):
+        return LookalikeSimilarityIndex(samples, self.config, brain_key, backend=self)
+
+    def cleanup(self, samples, brain_key):
+        artefacts.remove(samples._root_dataset, brain_key)
+        super().cleanup(samples, brain_key)
+
+
+class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
+    """A similarity index over an embeddings field, searched exactly in memory."""
+
+    def __init__(self, samples, config, brain_key, backend=None, matrix=None, sample_ids=None):
+        self._dataset = samples._root_dataset
+        self._brain_key = brain_key
+        self._ids_to_inds = None
+        self._curr_ids_to_inds = None
+        self.num_missing = 0
+        if matrix is None:
+            matrix, sample_ids = self._load(config, brain_key)
+        self._engine = ExactEngine(matrix)
+        self._sample_ids = np.asarray(sample_ids, dtype=str)
+        SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
+        DuplicatesMixin.__init__(self)
+
+    # -- data -------------------------------------------------------------------
+    def _load(self, config, brain_key):
+        field = config.embeddings_field
+        if field is None:
+            return np.zeros((0, 0), np.float32), []
+        if brain_key is not None:
+            cached = artefacts.load(self._dataset, brain_key, field)
+            if cached is not None:
+                return cached
+        matrix, ids, missing = read_field(self._dataset, field)
+        self.num_missing = missing
+        if brain_key is not None:
+            artefacts.save(self._dataset, brain_key, field, matrix, ids)
+        return matrix, ids
+
+    def _save_artefacts(self):
+        if self._brain_key is not None and self.config.embeddings_field is not None:
+            artefacts.save(self._dataset, self._brain_key, self.config.embeddings_field,
+                           self._engine.matrix, self._sample_ids)
+
+    @property
+    def is_external(self):
+        return self.config.embeddings_field is None
+
+    @property
+    def sample_ids(self):
+        return self._sample_ids
+
+    @property
+    def label_ids(self):
+        return None
+
+    @property
+    def total_index_size(self):
+        return len(self._sample_ids)
+
+    @property
+    def engine(self):
+        return self._engine
+
+    def add_to_index(self, embeddings, sample_ids, label_ids=None, overwrite=True,
+                     allow_existing=True, warn_existing=False, reload=True):
+        """Adds (or replaces) vectors without rebuilding anything else."""
+        sample_ids = np.asarray(sample_ids, dtype=str)
+        matrix = as_unit_matrix(embeddings)
+        if self._engine.size and matrix.shape[1] != self._engine.dim:
+            raise InvalidEmbeddingsError(
+                f"embeddings of dimension {matrix.shape[1]} cannot join an index of "
+                f"dimension {self._engine.dim}")
+        index = self._get_ids_to_inds(full=True)
+        existing = np.array([i in index for i in sample_ids], dtype=bool)
+        if existing.any() and not allow_existing:
+            raise ValueError(f"{int(existing.sum())} sample IDs are already in the index")
+        old = self._engine.matrix if self._engine.size else np.zeros((0, matrix.shape[1]), np.float32)
+        if overwrite and existing.any():
+            old = old.copy()
+            old[[index[i] for i in sample_ids[existing]]] = matrix[existing]
+        new = ~existing
+        self._engine = ExactEngine(np.concatenate([old, matrix[new]]))
+        self._sample_ids = np.concatenate([self._sample_ids, sample_ids[new]]).astype(str)
+        if self.config.embeddings_field is not None:
+            write_vectors(self._dataset, self.config.embeddings_field,
+                          sample_ids[new | (existing & overwrite)],
+                          np.asarray(embeddings, np.float32)[new | (existing & overwrite)])
+        self._changed(reload)
+
+    def remove_from_index(self, sample_ids=None, label_ids=None, allow_missing=True,
+                          warn_missing=False, reload=True):
+        if sample_ids is None:
+            return
+        if etau.is_str(sample_ids):
+            sample_ids = [sample_ids]
+        index = self._get_ids_to_inds(full=True)
+        missing = [i for i in sample_ids if i not in index]
+        if missing and not allow_missing:
+            raise ValueError(f"sample IDs {missing[:5]} are not in the index")
+        rm = np.array(sorted(index[i] for i in sample_ids if i in index), dtype=int)
+        if rm.size == 0:
+            return
+        removed = self._sample_ids[rm]
+        self._engine = ExactEngine(np.delete(self._engine.matrix, rm, axis=0))
+        self._sample_ids = np.delete(self._sample_ids, rm)
+        if self.config.embeddings_field is not None:
+            # The field is the index's source of truth (as in fiftyone-brain's
+            # own backends): clear it so that a reload agrees.
+            write_vectors(self._dataset, self.config.embeddings_field, removed,
+                          [None] * len(removed))
+        self._changed(reload)
+
+    def _changed(self, reload):
+        self._ids_to_inds = None
+        self._curr_ids_to_inds = None
+        self._save_artefacts()
+        if reload:
+            SimilarityIndex.reload(self)
+
+    def use_view(self, *args, **kwargs):
+        self._curr_ids_to_inds = None
+        return super().use_view(*args, **kwargs)
+
+    def reload(self):
+        if self.config.embeddings_field is not None:
+            matrix, ids, self.num_missing = read_field(self._dataset, self.config.embeddings_field)
+            self._engine = ExactEngine(matrix)
+            self._sample_ids = np.asarray(ids, dtype=str)
+            self._ids_to_inds = None
+            self._curr_ids_to_inds = None
+            self._save_artefacts()
+        super().reload()
+
+    def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True,
+                       warn_missing=False):
+        """The stored unit vectors (not the raw field values) for ``sample_ids``."""
+        if label_ids is not None:
+            raise ValueError("this index does not support label IDs")
+        if sample_ids is None:
+            return self._engine.matrix.copy(), self._sample_ids.copy(), None
+        if etau.is_str(sample_ids):
+            sample_ids = [sample_ids]
+        index = self._get_ids_to_inds(full=True)
+        missing = [i for i in sample_ids if i not in index]
+        if missing and not allow_missing:
+            raise ValueError(f"sample IDs {missing[:5]} are not in the index")
+        inds = np.array([index[i] for i in sample_ids if i in index], dtype=int)
+        return self._engine.matrix[inds], self._sample_ids[inds], None
+
+    def cleanup(self):
+        if self._brain_key is not None:
+            artefacts.remove(self._dataset, self._brain_key)
+
+    def attributes(self):
+        attrs = super().attributes()
+        if self.config.embeddings_field is None:
+            attrs.extend(["embeddings", "sample_ids"])
+        return attrs
+
+    @property
+    def embeddings(self):
+        return self._engine.matrix
+
+    # -- queries ----------------------------------------------------------------
+    def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None,
+                    return_dists=False):
+        if aggregation not in (None, "mean"):
+            raise ValueError(f"unsupported aggregation {aggregation!r}; use 'mean'")
+        queries, full_index, single = self._unit_queries(query)
+        if aggregation == "mean":
+            if full_index:
+                raise ValueError("full-index queries do not support aggregation")
+            queries = as_unit_matrix(queries.mean(axis=0, keepdims=True), "query")
+            single = True
+        keep = self._current_inds
+        if full_index:
+            queries = self._engine.matrix if keep is None else self._engine.matrix[keep]
+        if k is not None and k < 0:
+            raise ValueError(f"k must be positive, got {k}")
+        inds, dists = self._engine.knn(queries, k, keep=keep, reverse=reverse)
+        if full_index:
+            return (list(inds), list(dists)) if return_dists else list(inds)
+        current = self.current_sample_ids
+        ids = [[current[i] for i in row] for row in inds]
+        dists = [[float(d) for d in row] for row in dists]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        queries, full_index, single = self._unit_queries(query)
+        keep = self._current_inds
+        if full_index:
+            queries = self._engine.matrix if keep is None else self._engine.matrix[keep]
+        inds, dists = self._engine.radius(queries, thresh, keep=keep)
+        if full_index:
+            return (inds, dists) if return_dists else inds
+        current = self.current_sample_ids
+        ids = [[current[i] for i in row] for row in inds]
+        dists = [list(map(float, row)) for row in dists]
+        if single:
+            ids, dists = ids[0], dists[0]
+        return (ids, None, dists) if return_dists else (ids, None)
+
+    def _unit_queries(self, query):
+        """-> (unit query matrix or None, full_index, single_query)."""
+        if query is None:
+            return None, True, False
+        if etau.is_str(query):
+            query, single = [query], True
+        else:
+            arr = np.asarray(query)
+            if np.issubdtype(arr.dtype, np.number):
+                single = arr.ndim == 1
+                arr = arr[np.newaxis, :] if single else arr
+                if self._engine.size and arr.shape[1] != self._engine.dim:
+                    raise InvalidEmbeddingsError(
+                        f"query vectors have dimension {arr.shape[1]}; this index holds "
+                        f"{self._engine.dim}-d embeddings")
+                return as_unit_matrix(arr, "query vectors"), False, single
+            query, single = list(arr), False
+        index = self._get_ids_to_inds(full=True)
+        unknown = [i for i in query if i not in index]
+        if unknown:
+            raise ValueError(f"query IDs {unknown[:5]} are not in this index (no embedding?)")
+        return self._engine.matrix[[index[i] for i in query]], False, single
+
+    def _get_ids_to_inds(self, full=False):
+        if full:
+            if self._ids_to_inds is None:
+                self._ids_to_inds = {i: n for n, i in enumerate(self._sample_ids)}
+            return self._ids_to_inds
+        if self._curr_ids_to_inds is None:
+            self._curr_ids_to_inds = {i: n for n, i in enumerate(self.current_sample_ids)}
+        return self._curr_ids_to_inds
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        matrix = d.get("embeddings")
+        ids = d.get("sample_ids")
+        if matrix is not None:
+            return cls(samples, config, brain_key, matrix=as_unit_matrix(np.array(matrix)),
+                       sample_ids=np.array(ids))
+        return cls(samples, config, brain_key)
+
+
+def read_field(dataset, field):
+    """(unit matrix, sample ids, number of samples without a vector) of an embeddings field."""
+    ids, vectors = dataset.values(["id", field])
+    have = [i for i, v in enumerate(vectors) if v is not None]
+    missing = len(ids) - len(have)
+    if missing:
+        logger.warning("%d of %d samples have no '%s' embedding and are left out of the index",
+                       missing, len(ids), field)
+    if not have:
+        raise InvalidEmbeddingsError(
+            f"no sample of '{dataset.name}' has an embedding in '{field}': compute embeddings first")
+    matrix = as_unit_matrix([vectors[i] for i in have], f"'{field}' embeddings")
+    return matrix, [ids[i] for i in have], missing
+
+
+def write_vectors(dataset, field, sample_ids, vectors):
+    if len(sample_ids):
+        dataset.set_values(field, dict(zip(map(str, sample_ids), list(vectors))), key_field="id")
