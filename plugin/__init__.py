@@ -265,7 +265,180 @@ class LoadEncoder(foo.Operator):
         return types.Property(outputs)
 
 
+def _embedding_fields(dataset):
+    from lookalike.embeddings import INFO_KEY
+
+    return sorted((dataset.info.get(INFO_KEY) or {}).keys()) if dataset else []
+
+
+def _dropdown(choices):
+    dd = types.Dropdown()
+    for value, label in choices:
+        dd.add_choice(value, label=label)
+    return dd
+
+
+class ComputeEmbeddings(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="compute_embeddings",
+            label="Lookalike: compute embeddings",
+            description="Embed this view's images with a saved encoder into a vector field",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", False)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        saved = _saved_encoders()
+        if not saved:
+            inputs.view("none", types.Warning(label="No saved encoders: train one first"))
+            return types.Property(inputs)
+        dd = _dropdown(saved)
+        inputs.enum("encoder", dd.values(), label="Encoder", required=True,
+                    default=saved[0][0], view=dd)
+        name = ctx.params.get("encoder") or saved[0][0]
+        default_field = "emb_" + name.replace("-", "_").replace(".", "_")
+        inputs.str("embeddings_field", label="Embeddings field", default=default_field,
+                   required=True)
+        inputs.int("batch_size", label="Batch size", min=1, default=64)
+        inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
+        inputs.bool("delegate", label="Run delegated (for large views)", default=False)
+        inputs.view_target(ctx)
+        return types.Property(inputs, view=types.View(label="Compute embeddings"))
+
+    def execute(self, ctx):
+        from lookalike.embeddings import compute_embeddings
+
+        def progress(done, total):
+            ctx.set_progress(progress=done / max(total, 1), label=f"embedded {done}/{total}")
+
+        report = compute_embeddings(
+            ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
+            batch_size=ctx.params.get("batch_size", 64),
+            overwrite=ctx.params.get("overwrite", False), progress=progress)
+        ctx.ops.reload_dataset()
+        msg = (f"Embedded {report.embedded} images into '{report.field}'"
+               f" ({report.skipped_existing} already done, {len(report.failures)} unreadable)")
+        ctx.ops.notify(msg, variant="warning" if report.failures else "success")
+        return {"field": report.field, "embedded": report.embedded,
+                "skipped_existing": report.skipped_existing,
+                "failures": [{"path": p, "reason": r} for _, p, r in report.failures]}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("field", label="Field")
+        outputs.int("embedded", label="Embedded")
+        outputs.int("skipped_existing", label="Already embedded")
+        table = types.TableView()
+        table.add_column("path", label="Unreadable image")
+        table.add_column("reason", label="Reason")
+        outputs.list("failures", types.Object(), label="Unreadable images", view=table)
+        return types.Property(outputs)
+
+
+class BuildIndex(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="build_index",
+            label="Lookalike: build similarity index",
+            description="Index an embeddings field for the App's 'sort by similarity'",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            view_target=False,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = _embedding_fields(ctx.dataset)
+        if not fields:
+            inputs.view("none", types.Warning(label="No lookalike embeddings yet: compute some first"))
+            return types.Property(inputs)
+        dd = _dropdown([(f, f) for f in fields])
+        inputs.enum("embeddings_field", dd.values(), label="Embeddings field", required=True,
+                    default=fields[0], view=dd)
+        field = ctx.params.get("embeddings_field") or fields[0]
+        inputs.str("brain_key", label="Brain key", default=f"{field}_sim", required=True)
+        backends = _dropdown([("exact", "exact (in memory, exact distances)")])
+        inputs.enum("backend", backends.values(), label="Backend", default="exact", view=backends)
+        return types.Property(inputs, view=types.View(label="Build similarity index"))
+
+    def execute(self, ctx):
+        import lookalike.similarity as ls
+
+        field = ctx.params["embeddings_field"]
+        key = ctx.params.get("brain_key") or f"{field}_sim"
+        index = ls.build_index(ctx.dataset, field, key, engine=ctx.params.get("backend", "exact"))
+        ctx.ops.reload_dataset()
+        msg = f"Indexed {index.total_index_size} samples as '{key}'"
+        if index.num_missing:
+            msg += f" ({index.num_missing} without an embedding left out)"
+        ctx.ops.notify(msg, variant="success")
+        return {"brain_key": key, "size": index.total_index_size, "missing": index.num_missing}
+
+
+class SortBySimilarity(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="sort_by_similarity",
+            label="Lookalike: find similar images",
+            description="Show the samples most similar to the selected ones or to an image file",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            view_target=False,
+        )
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
+                               types.Button(label="Find similar", icon="/assets/icon.svg",
+                                            prompt=True))
+
+    def resolve_input(self, ctx):
+        import lookalike.similarity as ls
+
+        inputs = types.Object()
+        keys = ls.our_brain_keys(ctx.dataset) if ctx.dataset else []
+        if not keys:
+            inputs.view("none", types.Warning(label="No lookalike index yet: build one first"))
+            return types.Property(inputs)
+        dd = _dropdown([(k, k) for k in keys])
+        inputs.enum("brain_key", dd.values(), label="Index", required=True, default=keys[0],
+                    view=dd)
+        inputs.int("k", label="Number of results", min=1, default=25)
+        n = len(ctx.selected or [])
+        inputs.str("query_path", label="Query image file (optional)", required=n == 0,
+                   description=(f"{n} selected sample(s) will be the query" if n else
+                                "No sample selected: give the path of an image file"))
+        inputs.str("dist_field", label="Distance field", default="similarity_dist")
+        return types.Property(inputs, view=types.View(label="Find similar images"))
+
+    def execute(self, ctx):
+        import lookalike.similarity as ls
+
+        view = ls.sort_by_similarity(
+            ctx.dataset, ctx.params["brain_key"], query_ids=ctx.selected,
+            query_path=ctx.params.get("query_path"), k=ctx.params.get("k", 25),
+            dist_field=ctx.params.get("dist_field") or None)
+        ctx.ops.set_view(view)
+        dist_field = ctx.params.get("dist_field")
+        top = view.values(["filepath", dist_field]) if dist_field else [view.values("filepath")]
+        rows = [{"path": p, "distance": (d if dist_field else None)}
+                for p, d in zip(top[0], top[1] if dist_field else [None] * len(top[0]))]
+        return {"count": len(view), "results": rows}
+
+
 def register(p):
     p.register(ImportImages)
     p.register(TrainEncoder)
     p.register(LoadEncoder)
+    p.register(ComputeEmbeddings)
+    p.register(BuildIndex)
+    p.register(SortBySimilarity)
