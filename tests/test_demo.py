@@ -100,6 +100,9 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
                            ("demo-metric-quick", "metric")):
             assert f"trained {name}: {kind}, 32 px" in out.stdout
             assert os.path.isfile(tmp_path / "models" / name / "manifest.json")
+        assert "emb_contrastive: 185 embedded" in out.stdout
+        assert "index 'emb_autoencoder_sim' of 185 photos" in out.stdout
+        assert "emb_contrastive_sim: " in out.stdout.split("near-duplicate retrieval")[1]
         again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.count("reusing demo-") == 3 and "training" not in again.stdout

@@ -130,3 +130,29 @@ def test_operators_end_to_end(photos, tmp_path):
                              params={"brain_key": "emb_sim", "query_path": ""})
     with pytest.raises(ValueError, match="select at least one sample"):
         ls.sort_by_similarity(photos, "emb_sim")
+
+
+def test_cli_embed_index_search(photos, subprocess_env, store, tmp_path):
+    import subprocess
+    import sys
+
+    photos.persistent = True
+    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+
+    out = cli("embed", "--dataset", photos.name, "--encoder", "tiny", "--field", "emb")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "embedded 30 images into 'emb'" in out.stdout and "cut.jpg" in out.stdout
+    out = cli("index", "--dataset", photos.name, "--field", "emb")
+    assert "index 'emb_sim' over 'emb': 30 samples, 2 without an embedding" in out.stdout
+    photos.reload()  # another process added fields
+    query = photos.exists("emb").first().filepath
+    out = cli("search", "--dataset", photos.name, "--brain-key", "emb_sim", "--image", query,
+              "-k", "3")
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].endswith(query) and lines[0].startswith("0.0000")
+    out = cli("search", "--dataset", photos.name, "--brain-key", "missing", "--image", query)
+    assert out.returncode == 2 and "not a lookalike similarity index" in out.stderr

@@ -57,6 +57,15 @@ def cmd_demo(args):
 
         print(f"\nencoders (model store: {default_store_dir()}):")
         train_demo_encoders(dataset, quick=args.quick, retrain=args.retrain)
+        from lookalike.workflow import copy_retrieval, embed_and_index_photos
+
+        print("\nembeddings and similarity indexes (photos):")
+        keys = embed_and_index_photos(dataset, quick=args.quick)
+        print("\nnear-duplicate retrieval against the planted copies "
+              "(share of each original's copies among its nearest neighbours):")
+        for key in keys:
+            recall, n = copy_retrieval(dataset, key)
+            print(f"  {key}: {recall:.3f} over {n} originals")
     plugins = _plugin_dir()
     env = f"FIFTYONE_PLUGINS_DIR={plugins} " if plugins else ""
     print("\nopen it in the FiftyOne App (then http://localhost:5151):")
@@ -147,6 +156,53 @@ def cmd_stop(args):
     return 0
 
 
+def _load_dataset(name):
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        raise UsageError(f"no dataset named '{name}'")
+    return fo.load_dataset(name)
+
+
+def cmd_embed(args):
+    from lookalike.embeddings import compute_embeddings
+
+    view = _load_dataset(args.dataset)
+    if args.tag:
+        view = view.match_tags(args.tag)
+    report = compute_embeddings(view, args.encoder, args.field, batch_size=args.batch_size,
+                                overwrite=args.overwrite, progress=_progress_bar("embedding"))
+    print(f"embedded {report.embedded} images into '{report.field}' "
+          f"({report.skipped_existing} already done) with {report.encoder}")
+    for _, path, reason in report.failures:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def cmd_index(args):
+    import lookalike.similarity as ls
+
+    dataset = _load_dataset(args.dataset)
+    index = ls.build_index(dataset, args.field, args.brain_key)
+    print(f"index '{index.key}' over '{args.field}': {index.total_index_size} samples"
+          + (f", {index.num_missing} without an embedding left out" if index.num_missing else ""))
+    return 0
+
+
+def cmd_search(args):
+    import lookalike.similarity as ls
+
+    dataset = _load_dataset(args.dataset)
+    if not args.image and not args.sample_id:
+        raise UsageError("give --image PATH or --sample-id ID")
+    ids, dists = ls.nearest(dataset, args.brain_key, query_ids=args.sample_id,
+                            query_path=args.image, k=args.k)
+    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
+    for sample_id, dist in zip(ids, dists):
+        print(f"{dist:.4f}  {paths[sample_id]}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="lookalike",
@@ -204,6 +260,30 @@ def build_parser():
     load.add_argument("--overwrite", action="store_true")
     load.set_defaults(func=cmd_load)
 
+    emb = sub.add_parser("embed", help="embed a dataset's images into a vector field")
+    emb.add_argument("--dataset", required=True)
+    emb.add_argument("--encoder", required=True, help="encoder name or directory")
+    emb.add_argument("--field", default=None, help="vector field (default emb_<encoder>)")
+    emb.add_argument("--tag", default=None, help="only samples with this tag")
+    emb.add_argument("--batch-size", type=int, default=64)
+    emb.add_argument("--overwrite", action="store_true")
+    emb.set_defaults(func=cmd_embed)
+
+    idx = sub.add_parser("index", help="build a similarity index over an embeddings field")
+    idx.add_argument("--dataset", required=True)
+    idx.add_argument("--field", required=True)
+    idx.add_argument("--brain-key", default=None, help="default <field>_sim")
+    idx.set_defaults(func=cmd_index)
+
+    search = sub.add_parser("search", help="print the images most similar to a query")
+    search.add_argument("--dataset", required=True)
+    search.add_argument("--brain-key", required=True)
+    search.add_argument("--image", default=None, help="a query image file")
+    search.add_argument("--sample-id", action="append", default=None,
+                        help="a query sample (repeat for the mean of several)")
+    search.add_argument("-k", type=int, default=10)
+    search.set_defaults(func=cmd_search)
+
     stop = sub.add_parser("stop", help="stop a running training job after its current epoch")
     stop.add_argument("name")
     stop.set_defaults(func=cmd_stop)
@@ -214,7 +294,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from lookalike.database import DatabaseSetupError, ensure_mongod, quiet_mongodb_version_warning
     from lookalike.encoders import EncoderStoreError, TrainingConfigError, TrainingStopped
+    from lookalike.embeddings import EmbeddingFieldError
     from lookalike.encoders.data import EmptyViewError
+    from lookalike.similarity import NotOurIndexError
+    from lookalike.similarity.engine import InvalidEmbeddingsError
     from lookalike.frameworks import FrameworkError
     from lookalike.images import UnreadableImageError
     from lookalike.importer import ImageImportError
@@ -227,7 +310,8 @@ def main(argv=None):
         print(f"lookalike {args.command}: {e}", file=sys.stderr)
         return 3
     except (ImageImportError, UnreadableImageError, DatabaseSetupError, EncoderStoreError,
-            TrainingConfigError, EmptyViewError, FrameworkError, UsageError) as e:
+            TrainingConfigError, EmptyViewError, FrameworkError, UsageError,
+            EmbeddingFieldError, NotOurIndexError, InvalidEmbeddingsError) as e:
         print(f"lookalike {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -72,3 +72,51 @@ def train_demo_encoders(dataset, quick=False, retrain=False, log=print, store_di
         manifests[name] = read_manifest(resolve_path(name, store_dir))
         log(f"  trained {describe(result.manifest)} in {time.perf_counter() - start:.0f} s")
     return manifests
+
+
+# Photos are embedded by both photo encoders and indexed; the summary checks the
+# index against the demo's ground truth (each original's planted copies).
+PHOTO_INDEXES = (("demo-contrastive", "emb_contrastive"), ("demo-autoencoder", "emb_autoencoder"))
+
+
+def embed_and_index_photos(dataset, quick=False, log=print, store_dir=None):
+    """Embeds the demo photos with each photo encoder and builds one index per field."""
+    import lookalike.similarity as ls
+    from lookalike.embeddings import compute_embeddings
+    from lookalike.encoders import load_encoder
+
+    photos = dataset.match(F("source") == "photo")
+    keys = []
+    for encoder_name, field in PHOTO_INDEXES:
+        name = encoder_name + ("-quick" if quick else "")
+        encoder = load_encoder(name, store_dir=store_dir)
+        start = time.perf_counter()
+        report = compute_embeddings(photos, encoder, field)
+        key = f"{field}_sim"
+        index = ls.build_index(dataset, field, key)
+        log(f"  {field}: {report.embedded} embedded ({report.skipped_existing} already), "
+            f"index '{key}' of {index.total_index_size} photos "
+            f"in {time.perf_counter() - start:.1f} s")
+        keys.append(key)
+    return keys
+
+
+def copy_retrieval(dataset, brain_key):
+    """For each original photo with copies: the share of its copies among its nearest neighbours.
+
+    Returns ``(recall, groups)``: recall over all planted copies when each
+    original retrieves as many neighbours as it has copies (R-precision).
+    """
+    index = dataset.load_brain_results(brain_key)
+    photos = dataset.match(F("source") == "photo")
+    groups = photos.values("gt_group")
+    ids = photos.values("id")
+    group_of = dict(zip(ids, groups))
+    originals = photos.match((F("gt_edit") == "original") & (F("gt_unique") == False))  # noqa: E712
+    found = total = 0
+    for sample_id, group in zip(originals.values("id"), originals.values("gt_group")):
+        copies = sum(1 for g in groups if g == group) - 1
+        neighbours, _ = index._kneighbors(sample_id, k=copies + 1)
+        found += sum(1 for n in neighbours if n != sample_id and group_of.get(n) == group)
+        total += copies
+    return found / max(total, 1), len(originals)

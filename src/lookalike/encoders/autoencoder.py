@@ -89,7 +89,10 @@ def build_embedder(model, embedding):
         def forward(self, x):
             fmap = self.encoder(x)
             if embedding == "gap":
-                return paddle.mean(fmap, axis=[2, 3])
+                # adaptive_avg_pool2d, not paddle.mean: Paddle Inference's oneDNN
+                # reduce_mean prints a debug line to stdout on every batch.
+                pooled = paddle.nn.functional.adaptive_avg_pool2d(fmap, 1)
+                return paddle.flatten(pooled, start_axis=1)
             return paddle.flatten(fmap, start_axis=1)
 
     return Embedder(model.encoder)

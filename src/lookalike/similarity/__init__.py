@@ -83,6 +83,30 @@ def embed_query_image(index, path):
     return encoder.embed(decode_resized(path, encoder.image_size)[np.newaxis])[0]
 
 
+def _query(index, query_ids, query_path):
+    if query_path:
+        return embed_query_image(index, query_path)
+    if query_ids:
+        query = list(query_ids)
+        known = set(index.sample_ids)
+        missing = [i for i in query if i not in known]
+        if missing:
+            raise ValueError(f"{len(missing)} selected samples have no embedding in this index")
+        return query[0] if len(query) == 1 else query
+    raise ValueError("select at least one sample or give a query image path")
+
+
+def nearest(dataset, brain_key, query_ids=None, query_path=None, k=10):
+    """``(sample_ids, distances)`` of the ``k`` nearest neighbours; writes nothing."""
+    index = load_index(dataset, brain_key)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    query = _query(index, query_ids, query_path)
+    ids, _, dists = index._kneighbors(query, k=min(k, index.total_index_size),
+                                      aggregation="mean", return_dists=True)
+    return list(ids), list(dists)
+
+
 def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25,
                        dist_field=None, reverse=False):
     """The ``k`` samples most similar to ``query_ids`` (mean of their vectors) or an image file."""
@@ -90,17 +114,7 @@ def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25
     index = load_index(dataset, brain_key)
     if k is not None and k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    if query_path:
-        query = embed_query_image(index, query_path)
-    elif query_ids:
-        query = list(query_ids)
-        missing = [i for i in query if i not in set(index.sample_ids)]
-        if missing:
-            raise ValueError(f"{len(missing)} selected samples have no embedding in this index")
-        if len(query) == 1:
-            query = query[0]
-    else:
-        raise ValueError("select at least one sample or give a query image path")
+    query = _query(index, query_ids, query_path)
     if k is not None:
         k = min(k, index.total_index_size)
     return samples.sort_by_similarity(query, k=k, reverse=reverse, brain_key=brain_key,
