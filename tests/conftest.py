@@ -140,7 +140,7 @@ def dataset_name():
         fo.delete_dataset(name)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def subprocess_env():
     """Environment for a child Python process that shares the test database."""
     env = dict(os.environ)
