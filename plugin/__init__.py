@@ -366,8 +366,15 @@ class BuildIndex(foo.Operator):
                     default=fields[0], view=dd)
         field = ctx.params.get("embeddings_field") or fields[0]
         inputs.str("brain_key", label="Brain key", default=f"{field}_sim", required=True)
-        backends = _dropdown([("exact", "exact (in memory, exact distances)")])
-        inputs.enum("backend", backends.values(), label="Backend", default="exact", view=backends)
+        backends = _dropdown([
+            ("exact", "exact: in memory, exact distances"),
+            ("approximate", "approximate: faiss IVF, for hundreds of thousands of images"),
+            ("auto", "auto: approximate from 200,000 embeddings"),
+        ])
+        inputs.enum("backend", backends.values(), label="Backend", default="auto", view=backends)
+        if ctx.params.get("backend") == "approximate":
+            inputs.int("nprobe", label="Lists searched per query (empty: tuned to 98% recall)",
+                       min=1, required=False)
         return types.Property(inputs, view=types.View(label="Build similarity index"))
 
     def execute(self, ctx):
@@ -375,7 +382,8 @@ class BuildIndex(foo.Operator):
 
         field = ctx.params["embeddings_field"]
         key = ctx.params.get("brain_key") or f"{field}_sim"
-        index = ls.build_index(ctx.dataset, field, key, engine=ctx.params.get("backend", "exact"))
+        index = ls.build_index(ctx.dataset, field, key, engine=ctx.params.get("backend", "auto"),
+                               nprobe=ctx.params.get("nprobe"))
         ctx.ops.reload_dataset()
         msg = f"Indexed {index.total_index_size} samples as '{key}'"
         if index.num_missing:

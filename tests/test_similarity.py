@@ -171,3 +171,72 @@ def test_the_apps_own_similarity_search_operator_uses_our_index(vector_dataset):
     run = store.get("run:" + result.result["run_id"])
     assert run["status"] == "completed", run.get("status_details")
     assert run["result_ids"] == expected
+
+
+def test_approximate_engine_recall_against_exact():
+    from lookalike.similarity.engine import IVFEngine
+
+    data = as_unit_matrix(_clustered(20_200, 64, centers=200, seed=3))
+    x, q = data[:20_000], data[20_000:]  # held-out queries from the same distribution
+    exact = ExactEngine(x)
+    approx = IVFEngine(x, recall_target=0.97)
+    # about 4 * sqrt(N) lists, capped so each list trains on >= 39 points
+    assert approx.index.nlist == min(round(4 * np.sqrt(20_000)), 20_000 // 39)
+    assert approx.nprobe >= 1
+    ei, ed = exact.knn(q, 25)
+    ai, ad = approx.knn(q, 25)
+    recall = np.mean([len(set(a) & set(e)) / 25 for a, e in zip(ai, ei)])
+    assert recall >= 0.95, recall
+    assert np.all(np.diff(ad, axis=1) >= -1e-6)  # nearest first
+    same = ai == ei
+    assert np.allclose(ad[same], ed[same], atol=1e-5)  # same distances where it agrees
+    # A restricted view: indices come back as positions within `keep`.
+    keep = np.arange(0, 20_000, 2)
+    ki, _ = approx.knn(q[:20], 10, keep=keep)
+    ek, _ = exact.knn(q[:20], 10, keep=keep)
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(ki, ek)]) >= 0.9
+    # Range search at a near-duplicate radius: a subset of exact, missing little.
+    ri, rd = approx.radius(q[:50], 0.1)
+    xi, _ = exact.radius(q[:50], 0.1)
+    for a, e, d in zip(ri, xi, rd):
+        assert set(a) <= set(e) and np.all(d <= 0.1)
+    assert sum(map(len, ri)) >= 0.9 * sum(map(len, xi)) > 0
+    # Adding needs no retraining; the new row is found.
+    v = np.zeros((1, 64), np.float32)
+    v[0, 0] = 1
+    approx.add(v)
+    inds, dists = approx.knn(v, 1)
+    assert inds[0, 0] == 20_000 and dists[0, 0] < 1e-6
+    approx.remove([20_000])
+    assert approx.size == 20_000 and approx.index.ntotal == 20_000
+
+
+def test_approximate_index_in_fiftyone_persists_its_faiss_index(
+        dataset_name, demo_records, subprocess_env):
+    paths = [r["filepath"] for r in demo_records]
+    ds = fo.Dataset(dataset_name, persistent=True)
+    ds.add_samples([fo.Sample(filepath=p) for p in paths * 3])  # ~1,150 samples
+    ds.set_values("emb", list(_clustered(len(ds), 32, centers=40)))
+    index = ls.build_index(ds, "emb", "emb_ivf", engine="approximate")
+    assert index.engine.name == "ivf"
+    ids = ds.values("id")
+    view = ds.sort_by_similarity(ids[10], brain_key="emb_ivf", k=5, dist_field="d")
+    assert view.first().id == ids[10] and view.first().d < 1e-6
+    code = f"""
+import fiftyone as fo
+import lookalike.similarity.backend as b
+import lookalike.similarity.engine as e
+def boom(*a, **k):
+    raise AssertionError("rebuilt instead of loading the saved index")
+b.read_field = boom
+e.IVFEngine.tune = boom
+ds = fo.load_dataset({dataset_name!r})
+index = ds.load_brain_results("emb_ivf")
+print("ENGINE", index.engine.name, index.engine.index.ntotal, index.engine.nprobe)
+print("FIRST", ds.sort_by_similarity({ids[10]!r}, brain_key="emb_ivf", k=3).first().id)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=subprocess_env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"ENGINE ivf {len(ds)} {index.engine.nprobe}" in out.stdout
+    assert f"FIRST {ids[10]}" in out.stdout

@@ -183,7 +183,8 @@ def cmd_index(args):
     import lookalike.similarity as ls
 
     dataset = _load_dataset(args.dataset)
-    index = ls.build_index(dataset, args.field, args.brain_key)
+    index = ls.build_index(dataset, args.field, args.brain_key, engine=args.engine,
+                           nprobe=args.nprobe)
     print(f"index '{index.key}' over '{args.field}': {index.total_index_size} samples"
           + (f", {index.num_missing} without an embedding left out" if index.num_missing else ""))
     return 0
@@ -273,6 +274,9 @@ def build_parser():
     idx.add_argument("--dataset", required=True)
     idx.add_argument("--field", required=True)
     idx.add_argument("--brain-key", default=None, help="default <field>_sim")
+    idx.add_argument("--engine", default="auto", choices=["auto", "exact", "approximate"])
+    idx.add_argument("--nprobe", type=int, default=None,
+                     help="approximate engine: lists searched per query (default: tuned)")
     idx.set_defaults(func=cmd_index)
 
     search = sub.add_parser("search", help="print the images most similar to a query")

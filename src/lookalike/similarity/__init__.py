@@ -25,12 +25,14 @@ def our_brain_keys(dataset):
     return [k for k in dataset.list_brain_runs() if is_ours(dataset, k)]
 
 
-def build_index(samples, embeddings_field, brain_key=None, engine="exact", overwrite=True):
+def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwrite=True,
+                nprobe=None, recall_target=0.98):
     """Creates (or replaces) a lookalike similarity index over ``embeddings_field``.
 
-    Samples without an embedding are left out (and counted in
-    ``index.num_missing``). A brain key used by another kind of run is never
-    replaced.
+    ``engine``: "exact", "approximate" (faiss IVF; ``nprobe`` or tuned to
+    ``recall_target``) or "auto" (approximate from 200,000 vectors). Samples
+    without an embedding are left out (and counted in ``index.num_missing``). A
+    brain key used by another kind of run is never replaced.
     """
     import fiftyone.brain as fob
 
@@ -54,6 +56,7 @@ def build_index(samples, embeddings_field, brain_key=None, engine="exact", overw
         samples, embeddings=embeddings_field, brain_key=brain_key,
         backend=LookalikeSimilarityConfig, engine=engine,
         encoder=record.get("encoder"), encoder_version=record.get("version"),
+        nprobe=nprobe, recall_target=recall_target,
     )
 
 

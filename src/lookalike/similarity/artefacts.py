@@ -1,10 +1,12 @@
 """Index artefacts on disk: the unit vectors and their sample ids, next to the brain run.
 
-A new process (the App server, a worker) maps ``vectors.npy`` instead of reading
-and decoding every embedding from MongoDB. ``meta.json`` records the field's
-sample count and newest ``last_modified_at`` when the artefacts were written;
-when either differs now, the artefacts are stale and the caller rebuilds from
-the field, so a cache is never silently wrong.
+A new process (the App server, a worker) loads ``vectors.npy`` instead of
+reading and decoding every embedding from MongoDB. ``meta.json`` records which
+samples held a vector (count and a hash of their ids) and the encoder version
+that wrote the field (see :mod:`lookalike.embeddings`); when any of these
+differs now, the artefacts are stale and the index is rebuilt from the field.
+Vectors overwritten outside lookalike with the same ids and no new encoder
+record are not detected: call ``index.reload()`` after such edits.
 
 Location: ``<data dir>/indexes/<dataset id>/<brain key>/`` (see
 :func:`lookalike.paths.default_data_dir`).
@@ -27,24 +29,20 @@ def directory(dataset, brain_key):
 
 
 def _field_state(dataset, field):
-    view = dataset.exists(field)
-    count, newest = view.aggregate([_count(), _max("last_modified_at")])
-    return {"count": int(count), "newest": newest.isoformat() if newest else None}
+    # Which samples hold a vector (their ids) and which encoder wrote them. Not
+    # last_modified_at: writing any other field (a distance field written by
+    # "sort by similarity", a tag) would make every cache look stale.
+    import hashlib
+
+    from lookalike.embeddings import field_record
+
+    ids = dataset.exists(field).values("id")
+    digest = hashlib.sha1("".join(ids).encode()).hexdigest()
+    record = field_record(dataset, field) or {}
+    return {"count": len(ids), "ids_sha1": digest, "version": record.get("version")}
 
 
-def _count():
-    import fiftyone as fo
-
-    return fo.Count()
-
-
-def _max(path):
-    import fiftyone as fo
-
-    return fo.Max(path)
-
-
-def save(dataset, brain_key, field, matrix, sample_ids):
+def save(dataset, brain_key, field, matrix, sample_ids, engine=None):
     path = directory(dataset, brain_key)
     os.makedirs(path, exist_ok=True)
     tmp_v, tmp_i = os.path.join(path, "vectors.tmp.npy"), os.path.join(path, "ids.tmp.npy")
@@ -57,6 +55,16 @@ def save(dataset, brain_key, field, matrix, sample_ids):
     with open(os.path.join(path, "meta.json.tmp"), "w") as f:
         json.dump(meta, f)
     os.replace(os.path.join(path, "meta.json.tmp"), os.path.join(path, "meta.json"))
+    faiss_path = os.path.join(path, "ivf.faiss")
+    if engine is not None and getattr(engine, "index", None) is not None:
+        import faiss
+
+        faiss.write_index(engine.index, faiss_path + ".tmp")
+        os.replace(faiss_path + ".tmp", faiss_path)
+        with open(os.path.join(path, "ivf.json"), "w") as f:
+            json.dump({"nprobe": engine.nprobe, "ntotal": int(engine.index.ntotal)}, f)
+    elif os.path.exists(faiss_path):
+        os.remove(faiss_path)
 
 
 def load(dataset, brain_key, field):
@@ -67,7 +75,7 @@ def load(dataset, brain_key, field):
             meta = json.load(f)
         if meta.get("field") != field:
             return None
-        if {k: meta.get(k) for k in ("count", "newest")} != _field_state(dataset, field):
+        if {k: meta.get(k) for k in ("count", "ids_sha1", "version")} != _field_state(dataset, field):
             logger.info("index artefacts of '%s' are stale: rebuilding from '%s'", brain_key, field)
             return None
         matrix = np.load(os.path.join(path, "vectors.npy"), allow_pickle=False)
@@ -77,6 +85,21 @@ def load(dataset, brain_key, field):
     if len(ids) != meta["size"] or matrix.shape != (meta["size"], meta["dim"]):
         return None
     return matrix, ids
+
+
+def load_faiss(dataset, brain_key, size):
+    """``(faiss index, nprobe)`` saved with fresh artefacts of ``size`` rows, or None."""
+    path = directory(dataset, brain_key)
+    try:
+        with open(os.path.join(path, "ivf.json")) as f:
+            meta = json.load(f)
+        if meta["ntotal"] != size or not os.path.exists(os.path.join(path, "ivf.faiss")):
+            return None
+        import faiss
+
+        return faiss.read_index(os.path.join(path, "ivf.faiss")), int(meta["nprobe"])
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
 
 
 def remove(dataset, brain_key):

@@ -29,11 +29,11 @@ from fiftyone.brain.similarity import (
 )
 
 from lookalike.similarity import artefacts
-from lookalike.similarity.engine import ExactEngine, InvalidEmbeddingsError, as_unit_matrix
+from lookalike.similarity.engine import InvalidEmbeddingsError, as_unit_matrix, make_engine
 
 logger = logging.getLogger(__name__)
 
-ENGINES = ("exact",)
+ENGINES = ("exact", "approximate", "ivf", "auto")
 
 
 class LookalikeSimilarityConfig(SimilarityConfig):
@@ -41,14 +41,18 @@ class LookalikeSimilarityConfig(SimilarityConfig):
 
     Args:
         metric ("cosine"): the only metric: distances are ``1 - cos`` in [0, 2]
-        engine ("exact"): the search engine
+        engine ("exact"): "exact" (BLAS), "approximate" (faiss IVF, for large
+            datasets) or "auto" (approximate from 200,000 vectors)
+        nprobe (None): the approximate engine's search breadth; None tunes it
+            to ``recall_target`` at build time
+        recall_target (0.98): recall@25 against exact search that tuning aims for
         encoder (None): name of the lookalike encoder that wrote the embeddings
             (used to embed query images that are not in the dataset)
         encoder_version (None): that encoder's version
     """
 
     def __init__(self, metric="cosine", engine="exact", encoder=None, encoder_version=None,
-                 **kwargs):
+                 nprobe=None, recall_target=0.98, **kwargs):
         if metric != "cosine":
             raise ValueError(f"lookalike indexes use cosine distance, not {metric!r}")
         if engine not in ENGINES:
@@ -60,6 +64,8 @@ class LookalikeSimilarityConfig(SimilarityConfig):
         self.engine = engine
         self.encoder = encoder
         self.encoder_version = encoder_version
+        self.nprobe = nprobe
+        self.recall_target = recall_target
 
     @property
     def method(self):
@@ -96,10 +102,12 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids_to_inds = None
         self._curr_ids_to_inds = None
         self.num_missing = 0
+        faiss_index = None
         if matrix is None:
-            matrix, sample_ids = self._load(config, brain_key)
-        self._engine = ExactEngine(matrix)
+            matrix, sample_ids, faiss_index = self._load(config, brain_key)
+        self._config_for_engine = config
         self._sample_ids = np.asarray(sample_ids, dtype=str)
+        self._engine = self._make_engine(matrix, faiss_index)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
 
@@ -107,21 +115,40 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _load(self, config, brain_key):
         field = config.embeddings_field
         if field is None:
-            return np.zeros((0, 0), np.float32), []
+            return np.zeros((0, 0), np.float32), [], None
         if brain_key is not None:
             cached = artefacts.load(self._dataset, brain_key, field)
             if cached is not None:
-                return cached
+                matrix, ids = cached
+                return matrix, ids, artefacts.load_faiss(self._dataset, brain_key, len(ids))
         matrix, ids, missing = read_field(self._dataset, field)
         self.num_missing = missing
-        if brain_key is not None:
-            artefacts.save(self._dataset, brain_key, field, matrix, ids)
-        return matrix, ids
+        return matrix, ids, None
 
-    def _save_artefacts(self):
-        if self._brain_key is not None and self.config.embeddings_field is not None:
-            artefacts.save(self._dataset, self._brain_key, self.config.embeddings_field,
-                           self._engine.matrix, self._sample_ids)
+    def _make_engine(self, matrix, faiss_index=None):
+        config = self._config_for_engine
+        params = {}
+        if faiss_index is not None:
+            index, nprobe = faiss_index
+            params = dict(faiss_index=index, nprobe=config.nprobe or nprobe)
+        elif config.nprobe:
+            params = dict(nprobe=config.nprobe)
+        if config.engine != "exact" and len(matrix):
+            params.setdefault("recall_target", config.recall_target)
+        engine = make_engine(config.engine, matrix, **params)
+        if self._brain_key is not None and faiss_index is None and config.embeddings_field:
+            self._save_artefacts(engine)
+        return engine
+
+    def _save_artefacts(self, engine=None):
+        engine = engine or self._engine
+        if self._brain_key is not None and self.config_embeddings_field is not None:
+            artefacts.save(self._dataset, self._brain_key, self.config_embeddings_field,
+                           engine.matrix, self._sample_ids, engine=engine)
+
+    @property
+    def config_embeddings_field(self):
+        return self._config_for_engine.embeddings_field
 
     @property
     def is_external(self):
@@ -156,12 +183,13 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         existing = np.array([i in index for i in sample_ids], dtype=bool)
         if existing.any() and not allow_existing:
             raise ValueError(f"{int(existing.sum())} sample IDs are already in the index")
-        old = self._engine.matrix if self._engine.size else np.zeros((0, matrix.shape[1]), np.float32)
         if overwrite and existing.any():
-            old = old.copy()
-            old[[index[i] for i in sample_ids[existing]]] = matrix[existing]
+            self._engine.replace([index[i] for i in sample_ids[existing]], matrix[existing])
         new = ~existing
-        self._engine = ExactEngine(np.concatenate([old, matrix[new]]))
+        if self._engine.size == 0:
+            self._engine = self._make_engine(matrix[new])
+        else:
+            self._engine.add(matrix[new])
         self._sample_ids = np.concatenate([self._sample_ids, sample_ids[new]]).astype(str)
         if self.config.embeddings_field is not None:
             write_vectors(self._dataset, self.config.embeddings_field,
@@ -183,7 +211,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if rm.size == 0:
             return
         removed = self._sample_ids[rm]
-        self._engine = ExactEngine(np.delete(self._engine.matrix, rm, axis=0))
+        self._engine.remove(rm)
         self._sample_ids = np.delete(self._sample_ids, rm)
         if self.config.embeddings_field is not None:
             # The field is the index's source of truth (as in fiftyone-brain's
@@ -206,11 +234,10 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def reload(self):
         if self.config.embeddings_field is not None:
             matrix, ids, self.num_missing = read_field(self._dataset, self.config.embeddings_field)
-            self._engine = ExactEngine(matrix)
             self._sample_ids = np.asarray(ids, dtype=str)
+            self._engine = self._make_engine(matrix)
             self._ids_to_inds = None
             self._curr_ids_to_inds = None
-            self._save_artefacts()
         super().reload()
 
     def get_embeddings(self, sample_ids=None, label_ids=None, allow_missing=True,

@@ -91,6 +91,22 @@ class ExactEngine:
         inds = np.take_along_axis(part, order, axis=1)
         return inds, np.take_along_axis(dists, inds, axis=1)
 
+    # -- updates (in place; rows are addressed by position) ---------------------
+    def add(self, rows):
+        self.matrix = np.ascontiguousarray(np.concatenate([self._rows(), rows]), np.float32)
+
+    def replace(self, positions, rows):
+        self.matrix = self.matrix.copy()
+        self.matrix[positions] = rows
+
+    def remove(self, positions):
+        self.matrix = np.ascontiguousarray(np.delete(self.matrix, positions, axis=0))
+
+    def _rows(self):
+        if self.matrix.size == 0:
+            return np.zeros((0, self.matrix.shape[1] if self.matrix.ndim == 2 else 0), np.float32)
+        return self.matrix
+
     def radius(self, queries, thresh, keep=None, batch=1024):
         """For each query, indices and distances of rows within ``thresh``."""
         out_i, out_d = [], []
@@ -101,3 +117,135 @@ class ExactEngine:
                 out_i.append(idx)
                 out_d.append(row[idx])
         return out_i, out_d
+
+
+class IVFEngine(ExactEngine):
+    """Approximate search with faiss ``IndexIVFFlat`` (inner product on unit vectors).
+
+    ``nlist`` defaults to about 4 * sqrt(N) lists; ``nprobe`` (how many lists a
+    query visits) is tuned at build time until recall@``k`` against exact search
+    on sampled queries reaches ``recall_target``. Least-similar queries, which an
+    inverted file cannot answer, fall back to exact search. Adding rows needs no
+    retraining; removing rows re-fills the lists from the trained centroids.
+    """
+
+    name = "ivf"
+
+    def __init__(self, matrix, nlist=None, nprobe=None, recall_target=0.98, k=25, seed=51,
+                 faiss_index=None):
+        super().__init__(matrix)
+        faiss = _faiss()
+        n, d = self.matrix.shape
+        if faiss_index is not None:
+            self.index = faiss_index
+        else:
+            nlist = int(nlist or max(1, min(round(4 * np.sqrt(n)), n // 39 or 1)))
+            quantizer = faiss.IndexFlatIP(d)
+            self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            train = self.matrix[rng.choice(n, min(n, 256 * nlist), replace=False)]
+            self.index.train(train)
+            self.index.add(self.matrix)
+        self.nprobe = int(nprobe) if nprobe else self.tune(recall_target, k, seed)
+        self.index.nprobe = self.nprobe
+
+    def tune(self, recall_target, k, seed, num_queries=200):
+        """Smallest power-of-two nprobe reaching ``recall_target`` at ``k`` (measured)."""
+        n = self.size
+        rng = np.random.default_rng(seed + 1)
+        queries = self.matrix[rng.choice(n, min(n, num_queries), replace=False)]
+        exact, _ = ExactEngine.knn(self, queries, k)
+        nprobe = 1
+        while True:
+            self.index.nprobe = nprobe
+            _, found = self.index.search(queries, min(k, n))
+            recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact, found)])
+            if recall >= recall_target or nprobe >= self.index.nlist:
+                self.measured_recall = float(recall)
+                return nprobe
+            nprobe *= 2
+
+    def knn(self, queries, k, keep=None, reverse=False):
+        if reverse or (keep is not None and len(keep) <= 10 * k):
+            return ExactEngine.knn(self, queries, k, keep=keep, reverse=reverse)
+        faiss = _faiss()
+        n = self.size if keep is None else len(keep)
+        k = min(k if k is not None else n, n)
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        if keep is not None:
+            params.sel = faiss.IDSelectorBatch(np.asarray(keep, dtype=np.int64))
+        sims, inds = self.index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
+        if keep is not None:
+            inds = _to_positions(inds, keep)
+        dists = np.clip(1.0 - sims, 0.0, 2.0)
+        dists[inds < 0] = np.inf  # fewer than k found in the probed lists
+        return inds, dists
+
+    def radius(self, queries, thresh, keep=None, batch=1024):
+        faiss = _faiss()
+        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        if keep is not None:
+            params.sel = faiss.IDSelectorBatch(np.asarray(keep, dtype=np.int64))
+        lims, sims, inds = self.index.range_search(
+            np.ascontiguousarray(queries, np.float32), float(1.0 - thresh), params=params)
+        out_i, out_d = [], []
+        for q in range(len(queries)):
+            idx = inds[lims[q]:lims[q + 1]]
+            d = np.clip(1.0 - sims[lims[q]:lims[q + 1]], 0.0, 2.0)
+            order = np.argsort(d, kind="stable")
+            idx, d = idx[order], d[order]
+            out_i.append(_to_positions(idx[np.newaxis], keep)[0] if keep is not None else idx)
+            out_d.append(d)
+        return out_i, out_d
+
+    def add(self, rows):
+        super().add(rows)
+        self.index.add(np.ascontiguousarray(rows, np.float32))
+
+    def replace(self, positions, rows):
+        super().replace(positions, rows)
+        self._refill()
+
+    def remove(self, positions):
+        super().remove(positions)
+        self._refill()
+
+    def _refill(self):
+        self.index.reset()  # keeps the trained centroids
+        self.index.add(self.matrix)
+
+
+def _to_positions(global_inds, keep):
+    """Maps row numbers of the full matrix to positions within ``keep``."""
+    keep = np.asarray(keep)
+    order = np.argsort(keep)
+    pos = np.searchsorted(keep, global_inds, sorter=order)
+    pos = np.clip(pos, 0, len(keep) - 1)
+    mapped = order[pos]
+    return np.where(global_inds < 0, -1, mapped)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("the approximate engine needs faiss: pip install faiss-cpu") from None
+    return faiss
+
+
+ENGINES = {"exact": ExactEngine, "ivf": IVFEngine}
+# Above this many vectors "auto" picks the approximate engine (see benchmarks/index.py).
+AUTO_APPROXIMATE_FROM = 200_000
+
+
+def make_engine(name, matrix, **params):
+    """``name``: "exact", "ivf" (alias "approximate") or "auto"."""
+    if name == "approximate":
+        name = "ivf"
+    if name == "auto":
+        name = "ivf" if len(matrix) >= AUTO_APPROXIMATE_FROM else "exact"
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose exact, approximate (ivf) or auto")
+    if name == "exact" or len(matrix) == 0:
+        return ExactEngine(matrix)
+    return IVFEngine(matrix, **params)
