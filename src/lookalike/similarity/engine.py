@@ -62,13 +62,11 @@ class ExactEngine:
         """(Q, N') cosine distances to the stored rows (``keep`` selects rows)."""
         rows = self.matrix if keep is None else self.matrix[keep]
         if len(queries) == 1:
-            # One query is a matrix-vector product bound by memory bandwidth:
-            # extra BLAS threads only contend with other processes for it.
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(1, user_api="blas"):
-                sims = rows @ queries[0]
-            sims = sims[np.newaxis, :]
+            # A matrix-vector product, bound by memory bandwidth. Not pinned to one
+            # thread: threadpoolctl's context costs 3-6 ms per call once FiftyOne
+            # has loaded its libraries, more than the product itself (100k x 128:
+            # 1.3 ms on two threads, 3.0 ms on one; see benchmarks/index.py).
+            sims = (rows @ queries[0])[np.newaxis, :]
         else:
             sims = queries @ rows.T
         return np.clip(1.0 - sims, 0.0, 2.0, out=sims)

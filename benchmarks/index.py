@@ -1,0 +1,223 @@
+"""Similarity index speed and recall: ours (exact, approximate) vs numpy vs fiftyone-brain's sklearn.
+
+Run on demand (not part of the tests); it uses its own isolated MongoDB:
+
+    .venv/bin/python benchmarks/index.py                  # N = 10k, 100k; d = 128, 256
+    .venv/bin/python benchmarks/index.py --sizes 1000000 --no-dataset   # engines only at 1M
+
+On clustered synthetic L2-normalised vectors, per (N, d):
+
+* build time; single-query latency (median of 200 queries, k = 25); batched
+  queries/s (1,000 queries); recall@25 against exact; memory of the index;
+* the machine's single-thread memory read bandwidth and the bound N*d*4 bytes /
+  bandwidth for one exact query;
+* with a FiftyOne dataset (unless --no-dataset): ``dataset.sort_by_similarity``
+  end to end on our run and on a sklearn-backend run over the same field, the
+  raw k-NN query of each backend, and the time a fresh process needs to load
+  each run and answer one query.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "src"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def clustered(n, d, seed=0, centers=None):
+    rng = np.random.default_rng(seed)
+    centers = centers or max(10, int(np.sqrt(n)))
+    c = rng.normal(size=(centers, d)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.35 * rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def median_ms(fn, queries):
+    times = []
+    for q in queries:
+        t = time.perf_counter()
+        fn(q)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def read_bandwidth_gbs():
+    from threadpoolctl import threadpool_limits
+
+    a = np.ones(256 * 1024 * 1024 // 4, np.float32)  # 256 MB
+    with threadpool_limits(1):
+        a.sum()
+        t = time.perf_counter()
+        for _ in range(5):
+            a.sum()
+        dt = (time.perf_counter() - t) / 5
+    return a.nbytes / dt / 1e9
+
+
+def engines(n, d, rows):
+    from threadpoolctl import threadpool_limits
+
+    from lookalike.similarity.engine import ExactEngine, IVFEngine
+
+    x = clustered(n + 1200, d, seed=n + d)
+    data, queries = x[:n], x[n:]
+    single = queries[:200]
+    batch = queries[200:1200]
+
+    def numpy_knn(q):
+        with threadpool_limits(1):
+            dist = 1 - data @ q
+        idx = np.argpartition(dist, 25)[:25]
+        return idx[np.argsort(dist[idx])]
+
+    exact = ExactEngine(data)
+    truth, _ = exact.knn(single, 25)
+    numpy_ms = median_ms(numpy_knn, single)
+    exact_ms = median_ms(lambda q: exact.knn(q[np.newaxis], 25), single)
+    t = time.perf_counter()
+    exact.knn(batch, 25)
+    exact_qps = len(batch) / (time.perf_counter() - t)
+    rows.append(dict(N=n, d=d, impl="numpy brute force (1 thread)", build_s=0.0,
+                     query_ms=numpy_ms, batch_qps=None, recall=1.0, mem_mb=data.nbytes / 1e6))
+    rows.append(dict(N=n, d=d, impl="lookalike exact", build_s=0.0, query_ms=exact_ms,
+                     batch_qps=exact_qps, recall=1.0, mem_mb=data.nbytes / 1e6))
+    t = time.perf_counter()
+    ivf = IVFEngine(data, recall_target=0.98)
+    build = time.perf_counter() - t
+    ivf_ms = median_ms(lambda q: ivf.knn(q[np.newaxis], 25), single)
+    found, _ = ivf.knn(single, 25)
+    recall = float(np.mean([len(set(a) & set(b)) / 25 for a, b in zip(found, truth)]))
+    t = time.perf_counter()
+    ivf.knn(batch, 25)
+    ivf_qps = len(batch) / (time.perf_counter() - t)
+    import faiss
+
+    mem = (data.nbytes + faiss.serialize_index(ivf.index).nbytes) / 1e6
+    rows.append(dict(N=n, d=d, impl=f"lookalike approximate (IVF nlist={ivf.index.nlist}, "
+                     f"nprobe={ivf.nprobe})", build_s=build, query_ms=ivf_ms, batch_qps=ivf_qps,
+                     recall=recall, mem_mb=mem))
+    return data
+
+
+FRESH = """
+import json, sys, time
+t0 = time.perf_counter()
+import fiftyone as fo
+ds = fo.load_dataset(sys.argv[1])
+t1 = time.perf_counter()
+index = ds.load_brain_results(sys.argv[2])
+sid = ds.first().id
+index._kneighbors(sid, k=25)
+t2 = time.perf_counter()
+print(json.dumps({"load_and_first_query_s": t2 - t1}))
+"""
+
+
+def with_dataset(n, dims, data_by_d, rows, env):
+    import fiftyone as fo
+    import fiftyone.brain as fob
+
+    import lookalike.similarity as ls
+
+    name = f"bench-index-{n}"
+    if fo.dataset_exists(name):
+        fo.delete_dataset(name)
+    ds = fo.Dataset(name, persistent=True)
+    t = time.perf_counter()
+    ds.add_samples([fo.Sample(filepath=f"/bench/{i}.jpg") for i in range(n)], progress=False)
+    for d in dims:
+        ds.set_values(f"emb{d}", list(data_by_d[d]))
+    print(f"  dataset of {n} samples with vectors written in {time.perf_counter() - t:.0f} s",
+          flush=True)
+    ids = ds.values("id")
+    rng = np.random.default_rng(1)
+    query_ids = [ids[i] for i in rng.choice(n, 20, replace=False)]
+    for d in dims:
+        field = f"emb{d}"
+        t = time.perf_counter()
+        ours = ls.build_index(ds, field, f"ours{d}", engine="exact")
+        ours_build = time.perf_counter() - t
+        t = time.perf_counter()
+        sk = fob.compute_similarity(ds, embeddings=field, brain_key=f"sk{d}", backend="sklearn",
+                                    metric="cosine", progress=False)
+        sk_build = time.perf_counter() - t
+        vecs = data_by_d[d][:50]
+        ours_knn = median_ms(lambda q: ours._kneighbors(q, k=25), vecs)
+        sk_knn = median_ms(lambda q: sk._kneighbors(q, k=25), vecs)
+        for key in (f"ours{d}", f"sk{d}"):
+            ds.sort_by_similarity(query_ids[0], brain_key=key, k=25).values("id")  # warm
+        ours_sort = median_ms(lambda i: ds.sort_by_similarity(i, brain_key=f"ours{d}", k=25)
+                              .values("id"), query_ids)
+        sk_sort = median_ms(lambda i: ds.sort_by_similarity(i, brain_key=f"sk{d}", k=25)
+                            .values("id"), query_ids)
+        fresh = {}
+        for key in (f"ours{d}", f"sk{d}"):
+            out = subprocess.run([sys.executable, "-c", FRESH, name, key], capture_output=True,
+                                 text=True, env=env, timeout=600)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+            fresh[key] = json.loads(line[-1])["load_and_first_query_s"] if line else float("nan")
+        rows.append(dict(N=n, d=d, impl="fiftyone-brain sklearn backend", build_s=sk_build,
+                         knn_ms=sk_knn, sort_ms=sk_sort, fresh_s=fresh[f"sk{d}"]))
+        rows.append(dict(N=n, d=d, impl="lookalike exact backend", build_s=ours_build,
+                         knn_ms=ours_knn, sort_ms=ours_sort, fresh_s=fresh[f"ours{d}"]))
+        print(f"  d={d}: sort_by_similarity ours {ours_sort:.1f} ms vs sklearn {sk_sort:.1f} ms; "
+              f"k-NN {ours_knn:.2f} vs {sk_knn:.2f} ms; fresh load {fresh[f'ours{d}']:.2f} vs "
+              f"{fresh[f'sk{d}']:.2f} s", flush=True)
+    ds.delete()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--no-dataset", action="store_true")
+    args = parser.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-bench-")
+    env = None
+    if not args.no_dataset:
+        import conftest  # the tests' isolated mongod, same set-up
+
+        conftest._start_isolated_database()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")]))
+        from lookalike.database import quiet_mongodb_version_warning
+
+        quiet_mongodb_version_warning()
+    bw = read_bandwidth_gbs()
+    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, "
+          f"single-thread read bandwidth {bw:.1f} GB/s", flush=True)
+    engine_rows, dataset_rows = [], []
+    for n in args.sizes:
+        data_by_d = {}
+        for d in args.dims:
+            print(f"N={n} d={d}: engines ...", flush=True)
+            data_by_d[d] = engines(n, d, engine_rows)
+        if not args.no_dataset:
+            print(f"N={n}: FiftyOne runs ...", flush=True)
+            with_dataset(n, args.dims, data_by_d, dataset_rows, env)
+
+    print("\n| N | d | engine | build s | 1 query ms (k=25) | batch queries/s | recall@25 | memory MB | bandwidth bound ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in engine_rows:
+        bound = r["N"] * r["d"] * 4 / (bw * 1e9) * 1000
+        qps = f"{r['batch_qps']:.0f}" if r["batch_qps"] else "-"
+        print(f"| {r['N']:,} | {r['d']} | {r['impl']} | {r['build_s']:.1f} | {r['query_ms']:.2f} | "
+              f"{qps} | {r['recall']:.3f} | {r['mem_mb']:.0f} | {bound:.2f} |")
+    if dataset_rows:
+        print("\n| N | d | backend | build s | raw k-NN ms | sort_by_similarity ms | fresh process load + query s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in dataset_rows:
+            print(f"| {r['N']:,} | {r['d']} | {r['impl']} | {r['build_s']:.1f} | {r['knn_ms']:.2f} | "
+                  f"{r['sort_ms']:.1f} | {r['fresh_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
