@@ -9,6 +9,14 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 
+def _file_table(outputs, name, label, column):
+    """A table of files that were skipped, with the reason for each."""
+    table = types.TableView()
+    table.add_column("path", label=column)
+    table.add_column("reason", label="Reason")
+    outputs.list(name, types.Object(), label=label, view=table)
+
+
 class ImportImages(foo.Operator):
     @property
     def config(self):
@@ -64,10 +72,7 @@ class ImportImages(foo.Operator):
         outputs = types.Object()
         outputs.str("dataset_name", label="Dataset")
         outputs.int("imported", label="Imported images")
-        table = types.TableView()
-        table.add_column("path", label="Skipped file")
-        table.add_column("reason", label="Reason")
-        outputs.list("skipped", types.Object(), label="Skipped files", view=table)
+        _file_table(outputs, "skipped", "Skipped files", "Skipped file")
         return types.Property(outputs)
 
 
@@ -200,10 +205,7 @@ class TrainEncoder(foo.Operator):
         outputs = types.Object()
         outputs.str("summary", label="Encoder")
         outputs.str("path", label="Saved to")
-        table = types.TableView()
-        table.add_column("path", label="Skipped image")
-        table.add_column("reason", label="Reason")
-        outputs.list("skipped", types.Object(), label="Skipped images", view=table)
+        _file_table(outputs, "skipped", "Skipped images", "Skipped image")
         return types.Property(outputs)
 
 
@@ -336,10 +338,7 @@ class ComputeEmbeddings(foo.Operator):
         outputs.str("field", label="Field")
         outputs.int("embedded", label="Embedded")
         outputs.int("skipped_existing", label="Already embedded")
-        table = types.TableView()
-        table.add_column("path", label="Unreadable image")
-        table.add_column("reason", label="Reason")
-        outputs.list("failures", types.Object(), label="Unreadable images", view=table)
+        _file_table(outputs, "failures", "Unreadable images", "Unreadable image")
         return types.Property(outputs)
 
 

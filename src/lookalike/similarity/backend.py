@@ -201,13 +201,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                           warn_missing=False, reload=True):
         if sample_ids is None:
             return
-        if etau.is_str(sample_ids):
-            sample_ids = [sample_ids]
-        index = self._get_ids_to_inds(full=True)
-        missing = [i for i in sample_ids if i not in index]
-        if missing and not allow_missing:
-            raise ValueError(f"sample IDs {missing[:5]} are not in the index")
-        rm = np.array(sorted(index[i] for i in sample_ids if i in index), dtype=int)
+        rm = np.sort(self._positions(sample_ids, allow_missing))
         if rm.size == 0:
             return
         removed = self._sample_ids[rm]
@@ -247,14 +241,18 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise ValueError("this index does not support label IDs")
         if sample_ids is None:
             return self._engine.matrix.copy(), self._sample_ids.copy(), None
+        inds = self._positions(sample_ids, allow_missing)
+        return self._engine.matrix[inds], self._sample_ids[inds], None
+
+    def _positions(self, sample_ids, allow_missing=True):
+        """Rows of ``sample_ids`` in the index (in the given order)."""
         if etau.is_str(sample_ids):
             sample_ids = [sample_ids]
         index = self._get_ids_to_inds(full=True)
         missing = [i for i in sample_ids if i not in index]
         if missing and not allow_missing:
             raise ValueError(f"sample IDs {missing[:5]} are not in the index")
-        inds = np.array([index[i] for i in sample_ids if i in index], dtype=int)
-        return self._engine.matrix[inds], self._sample_ids[inds], None
+        return np.array([index[i] for i in sample_ids if i in index], dtype=int)
 
     def cleanup(self):
         if self._brain_key is not None:
