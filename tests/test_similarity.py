@@ -79,6 +79,13 @@ def test_self_distance_stays_zero_after_many_queries(vector_dataset):
 def test_index_loads_in_a_new_process_from_artefacts_and_detects_staleness(
         vector_dataset, subprocess_env, tmp_path):
     ls.build_index(vector_dataset, "emb", "emb_sim")
+    # Writing a distance field (as the App's sort does) must not make the cache stale.
+    ids = vector_dataset.values("id")
+    vector_dataset.sort_by_similarity(ids[0], brain_key="emb_sim", k=5, dist_field="dist")
+    from lookalike.similarity import artefacts
+
+    vectors_file = os.path.join(artefacts.directory(vector_dataset, "emb_sim"), "vectors.npy")
+    mtime = os.stat(vectors_file).st_mtime_ns
     code = f"""
 import sys, fiftyone as fo
 import lookalike.similarity.backend as b
@@ -94,6 +101,7 @@ print("SIZE", index.total_index_size)
                          env=subprocess_env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "SIZE 300" in out.stdout
+    assert os.stat(vectors_file).st_mtime_ns == mtime  # loaded, not rewritten
     new = fo.Sample(filepath=vector_dataset.first().filepath, emb=np.ones(32, np.float32))
     vector_dataset.add_sample(new)  # the field changed behind the index's back
     out = subprocess.run([sys.executable, "-c", code, "fresh"], capture_output=True, text=True,

@@ -29,7 +29,12 @@ from fiftyone.brain.similarity import (
 )
 
 from lookalike.similarity import artefacts
-from lookalike.similarity.engine import InvalidEmbeddingsError, as_unit_matrix, make_engine
+from lookalike.similarity.engine import (
+    InvalidEmbeddingsError,
+    as_unit_matrix,
+    make_engine,
+    resolve_engine,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +107,13 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids_to_inds = None
         self._curr_ids_to_inds = None
         self.num_missing = 0
-        faiss_index = None
+        faiss_index, cached = None, False
         if matrix is None:
-            matrix, sample_ids, faiss_index = self._load(config, brain_key)
+            matrix, sample_ids, faiss_index, cached = self._load(config, brain_key)
         self._config_for_engine = config
         self._sample_ids = np.asarray(sample_ids, dtype=str)
-        self._engine = self._make_engine(matrix, faiss_index)
+        # An exact engine loaded from fresh artefacts has nothing new to save.
+        self._engine = self._make_engine(matrix, faiss_index, save=not cached)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
 
@@ -115,17 +121,20 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _load(self, config, brain_key):
         field = config.embeddings_field
         if field is None:
-            return np.zeros((0, 0), np.float32), [], None
+            return np.zeros((0, 0), np.float32), [], None, False
         if brain_key is not None:
             cached = artefacts.load(self._dataset, brain_key, field)
             if cached is not None:
                 matrix, ids = cached
-                return matrix, ids, artefacts.load_faiss(self._dataset, brain_key, len(ids))
+                faiss_index = artefacts.load_faiss(self._dataset, brain_key, len(ids))
+                # An approximate engine without its saved faiss index is rebuilt and saved.
+                exact = resolve_engine(config.engine, len(ids)) == "exact"
+                return matrix, ids, faiss_index, exact or faiss_index is not None
         matrix, ids, missing = read_field(self._dataset, field)
         self.num_missing = missing
-        return matrix, ids, None
+        return matrix, ids, None, False
 
-    def _make_engine(self, matrix, faiss_index=None):
+    def _make_engine(self, matrix, faiss_index=None, save=True):
         config = self._config_for_engine
         params = {}
         if faiss_index is not None:
@@ -136,7 +145,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if config.engine != "exact" and len(matrix):
             params.setdefault("recall_target", config.recall_target)
         engine = make_engine(config.engine, matrix, **params)
-        if self._brain_key is not None and faiss_index is None and config.embeddings_field:
+        if save and self._brain_key is not None and config.embeddings_field:
             self._save_artefacts(engine)
         return engine
 

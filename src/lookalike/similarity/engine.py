@@ -236,14 +236,20 @@ ENGINES = {"exact": ExactEngine, "ivf": IVFEngine}
 AUTO_APPROXIMATE_FROM = 200_000
 
 
-def make_engine(name, matrix, **params):
-    """``name``: "exact", "ivf" (alias "approximate") or "auto"."""
+def resolve_engine(name, size):
+    """The engine class name that ``name`` means for ``size`` vectors."""
     if name == "approximate":
         name = "ivf"
     if name == "auto":
-        name = "ivf" if len(matrix) >= AUTO_APPROXIMATE_FROM else "exact"
+        name = "ivf" if size >= AUTO_APPROXIMATE_FROM else "exact"
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose exact, approximate (ivf) or auto")
-    if name == "exact" or len(matrix) == 0:
+    return "exact" if size == 0 else name
+
+
+def make_engine(name, matrix, **params):
+    """``name``: "exact", "ivf" (alias "approximate") or "auto"."""
+    name = resolve_engine(name, len(matrix))
+    if name == "exact":
         return ExactEngine(matrix)
     return IVFEngine(matrix, **params)
