@@ -15,7 +15,6 @@ that database at the end.
 import atexit
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,14 +24,10 @@ import uuid
 
 import pytest
 
+import processes
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STATE = {}
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_port(port, proc, timeout=60):
@@ -49,14 +44,7 @@ def _wait_for_port(port, proc, timeout=60):
 
 
 def _stop_mongod():
-    proc = _STATE.pop("mongod", None)
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    processes.stop(_STATE.pop("mongod", None))
     tmp = _STATE.pop("tmp", None)
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -92,7 +80,7 @@ def _start_isolated_database():
         )
     dbpath = os.path.join(tmp, "db")
     os.makedirs(dbpath)
-    port = _free_port()
+    port = processes.free_port()
     log = open(os.path.join(tmp, "mongod.log"), "w")
     proc = subprocess.Popen(
         [mongod, "--dbpath", dbpath, "--port", str(port), "--bind_ip", "127.0.0.1",
@@ -154,3 +142,11 @@ def demo_records(tmp_path_factory):
     from lookalike.demo import write_demo_images
 
     return write_demo_images(str(tmp_path_factory.mktemp("demo-images")), max_digits=200)
+
+
+@pytest.fixture
+def store_dir(tmp_path, monkeypatch):
+    """A model store of the test's own, also set as LOOKALIKE_MODELS_DIR."""
+    path = str(tmp_path / "models")
+    monkeypatch.setenv("LOOKALIKE_MODELS_DIR", path)
+    return path

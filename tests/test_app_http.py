@@ -1,8 +1,5 @@
 """The App's own HTTP API against a real App server on 127.0.0.1 (started and stopped by PID)."""
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,19 +10,14 @@ import pytest
 import requests
 
 import lookalike.similarity as ls
+import processes
 
 PLUGIN = "@lookalike/similarity"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_server(subprocess_env, tmp_path_factory):
-    port = _free_port()
+    port = processes.free_port()
     log = open(tmp_path_factory.mktemp("app") / "server.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port",
@@ -46,12 +38,7 @@ def app_server(subprocess_env, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        processes.stop(proc)
 
 
 @pytest.fixture

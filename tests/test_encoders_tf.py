@@ -12,6 +12,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 
+from processes import embed_in_fresh_process
 from lookalike.encoders import (
     EncoderStoreError,
     TrainingConfigError,
@@ -48,26 +49,6 @@ def digits(demo):
 def photos(demo):
     paths = [r["filepath"] for r in demo if r["source"] == "photo"][:16]
     return load_images(paths, 32).images
-
-
-@pytest.fixture
-def store_dir(tmp_path, monkeypatch):
-    path = str(tmp_path / "models")
-    monkeypatch.setenv("LOOKALIKE_MODELS_DIR", path)
-    return path
-
-
-def _embed_in_fresh_process(path, images, tmp_path, env):
-    np.save(tmp_path / "imgs.npy", images)
-    out_path = str(tmp_path / "fresh.npy")
-    code = (
-        "import numpy as np; from lookalike.encoders import load_encoder\n"
-        f"e = load_encoder({path!r}); np.save({out_path!r}, e.embed(np.load({str(tmp_path / 'imgs.npy')!r})))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return np.load(out_path)
 
 
 def test_importing_the_tf_encoders_imports_no_framework(subprocess_env):
@@ -114,7 +95,7 @@ def test_metric_trains_saves_and_reloads_in_a_fresh_process(digits, store_dir, s
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert np.abs(emb - encoder.embed_keras(images)).max() < 1e-5  # tf.function == predict
     assert np.abs(emb[:5] - encoder.embed(images[:5])).max() < 1e-5  # batch size does not matter
-    assert np.abs(_embed_in_fresh_process(path, images, tmp_path, subprocess_env) - emb).max() < 1e-5
+    assert np.abs(embed_in_fresh_process(path, images, tmp_path, subprocess_env)[0] - emb).max() < 1e-5
 
 
 @pytest.mark.parametrize("loss", ["triplet", "circle", "pn"])
