@@ -442,6 +442,369 @@ class SortBySimilarity(foo.Operator):
         return {"count": len(view), "results": rows}
 
 
+def _our_run_input(ctx, inputs):
+    """A dropdown of our similarity runs; returns the chosen key (None: none exists yet)."""
+    import lookalike.similarity as ls
+
+    keys = ls.our_brain_keys(ctx.dataset) if ctx.dataset else []
+    if not keys:
+        inputs.view("none", types.Warning(
+            label="No lookalike index yet: compute embeddings and build an index first"))
+        return None
+    dd = _dropdown([(k, k) for k in keys])
+    inputs.enum("brain_key", dd.values(), label="Similarity index", required=True,
+                default=keys[0], view=dd)
+    return ctx.params.get("brain_key") or keys[0]
+
+
+def _calibration_line(ctx, brain_key, which):
+    """What the saved calibration of ``brain_key`` gives for ``which``, for form descriptions."""
+    import lookalike.curation as lc
+
+    try:
+        record = lc.get_calibration(ctx.dataset, brain_key)
+    except lc.CalibrationError as e:
+        return None, str(e)
+    return record[which], f"empty: the calibrated {record[which]:.4f} ({record['method']})"
+
+
+def _threshold_input(inputs, ctx, brain_key, which):
+    value, text = _calibration_line(ctx, brain_key, which)
+    inputs.float("threshold", label="Distance threshold (cosine, 0-2)", min=0.0, max=2.0,
+                 required=value is None, description=text)
+
+
+def _progress(ctx):
+    return lambda fraction, label: ctx.set_progress(progress=fraction, label=label)
+
+
+class CalibrateThreshold(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="calibrate_threshold",
+            label="Lookalike: calibrate distance thresholds",
+            description="Match and duplicate thresholds from labels (TF Similarity's "
+            "procedure) or from the nearest-neighbour distances; saved with the index",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", False)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if _our_run_input(ctx, inputs) is None:
+            return types.Property(inputs)
+        labels = _classification_fields(ctx.dataset)
+        choices = [("", "(none: label-free)")] + [(f, f) for f in labels]
+        dd = _dropdown(choices)
+        inputs.enum("label_field", dd.values(), label="Label field", default="", view=dd)
+        labelled = bool(ctx.params.get("label_field"))
+        methods = [("f1", "f1: the best F1 (largest such distance)"),
+                   ("precision", "precision: reach a precision target")] if labelled else \
+            [("percentile", "percentile of nearest-neighbour distances (no labels)")]
+        md = _dropdown(methods)
+        inputs.enum("method", md.values(), label="Method", default=methods[0][0], view=md)
+        method = ctx.params.get("method") or methods[0][0]
+        if method == "precision":
+            inputs.float("target", label="Precision target", min=0.0, max=1.0, default=0.95)
+        elif method == "percentile":
+            inputs.float("target", label="Outlier percentile", min=1.0, max=99.9, default=95.0,
+                         description="Samples farther from their nearest neighbour than this "
+                         "percentile are no-match outliers (95: the most isolated 5%)")
+        if labelled:
+            inputs.float("unknown_fraction", label="Share of classes held out as unknown",
+                         min=0.0, max=0.9, default=0.2,
+                         description="Open set: rejecting unknown classes counts (0: closed set)")
+        inputs.bool("delegate", label="Run delegated (for large datasets)", default=False)
+        inputs.view_target(ctx)
+        return types.Property(inputs, view=types.View(label="Calibrate thresholds"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        record = lc.calibrate_threshold(
+            ctx.target_view(), ctx.params["brain_key"],
+            label_field=ctx.params.get("label_field") or None,
+            method=ctx.params.get("method"), target=ctx.params.get("target"),
+            unknown_fraction=ctx.params.get("unknown_fraction", 0.2),
+            progress=lambda done, total: ctx.set_progress(progress=done / max(total, 1),
+                                                          label="nearest neighbours"))
+        ctx.ops.notify(f"Match threshold {record['threshold']:.4f}, duplicate threshold "
+                       f"{record['duplicate_threshold']:.4f} ({record['method']})",
+                       variant="success")
+        out = {k: record.get(k) for k in ("brain_key", "method", "threshold",
+                                          "duplicate_threshold", "duplicate_rule", "note",
+                                          "num_queries", "num_missing_labels",
+                                          "unknown_classes")}
+        out.update({f"at_{k}": v for k, v in (record.get("metric_values") or {}).items()
+                    if k != "thresholds"})
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.float("threshold", label="Match threshold")
+        outputs.float("duplicate_threshold", label="Duplicate threshold")
+        outputs.str("note", label="Method")
+        outputs.str("duplicate_rule", label="Duplicate threshold from")
+        outputs.float("at_precision", label="Precision at the threshold")
+        outputs.float("at_recall", label="Recall at the threshold")
+        outputs.float("at_f1", label="F1 at the threshold")
+        return types.Property(outputs)
+
+
+class FlagOutliers(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="flag_outliers",
+            label="Lookalike: flag no-match outliers",
+            description="Tag the samples farther than the threshold from every other sample "
+            "and show them, most isolated first",
+            icon="/assets/icon.svg",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        key = _our_run_input(ctx, inputs)
+        if key is None:
+            return types.Property(inputs)
+        _threshold_input(inputs, ctx, key, "threshold")
+        inputs.str("tag", label="Tag", default="no_match")
+        inputs.view_target(ctx)
+        return types.Property(inputs, view=types.View(label="Flag no-match outliers"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        view = ctx.target_view()
+        tag = ctx.params.get("tag") or "no_match"
+        report = lc.flag_outliers(view, ctx.params["brain_key"],
+                                  threshold=ctx.params.get("threshold"), tag=tag,
+                                  progress=_progress(ctx))
+        ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+        ctx.ops.notify(f"{report.num_outliers} of {report.num_searched} samples match nothing "
+                       f"within {report.threshold:.4f} (tagged '{tag}')", variant="success")
+        return report.summary()
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_outliers", label="Outliers")
+        outputs.int("num_searched", label="Samples checked")
+        outputs.float("threshold", label="Threshold")
+        return types.Property(outputs)
+
+
+class FindDuplicates(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="find_duplicates",
+            label="Lookalike: find near-duplicates",
+            description="Group near-duplicate and byte-identical images, tag all but one "
+            "per group",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", False)
+
+    def resolve_input(self, ctx):
+        import lookalike.similarity as ls
+
+        inputs = types.Object()
+        keys = ls.our_brain_keys(ctx.dataset) if ctx.dataset else []
+        choices = [(k, k) for k in keys] + [("", "(none: byte-identical files only)")]
+        dd = _dropdown(choices)
+        inputs.enum("brain_key", dd.values(), label="Similarity index", default=choices[0][0],
+                    view=dd)
+        key = ctx.params.get("brain_key", choices[0][0])
+        if key:
+            _threshold_input(inputs, ctx, key, "duplicate_threshold")
+        kd = _dropdown([("first", "first in the view"), ("largest", "largest (pixels)"),
+                        ("sharpest", "sharpest (variance of the Laplacian)")])
+        inputs.enum("keep", kd.values(), label="Keep in each group", default="first", view=kd)
+        inputs.bool("delegate", label="Run delegated (for large datasets)", default=False)
+        inputs.view_target(ctx)
+        return types.Property(inputs, view=types.View(label="Find near-duplicates"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        report = lc.find_duplicates(ctx.target_view(), ctx.params.get("brain_key") or None,
+                                    threshold=ctx.params.get("threshold"),
+                                    keep=ctx.params.get("keep", "first"),
+                                    progress=_progress(ctx))
+        if not ctx.delegated:
+            ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
+        ctx.ops.notify(f"{report.num_groups} duplicate groups; {report.num_duplicates} samples "
+                       "tagged 'duplicate'", variant="success")
+        out = report.summary()
+        out["groups"] = [{"group": n, "size": len(g), "kept": report.files[g[0]]}
+                         for n, g in enumerate(report.groups[:200], 1)]
+        return out
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("num_groups", label="Groups")
+        outputs.int("num_duplicates", label="Tagged 'duplicate'")
+        outputs.int("num_exact_pairs", label="Byte-identical pairs")
+        outputs.float("threshold", label="Threshold")
+        table = types.TableView()
+        table.add_column("group", label="Group")
+        table.add_column("size", label="Images")
+        table.add_column("kept", label="Kept")
+        outputs.list("groups", types.Object(), label="Groups", view=table)
+        return types.Property(outputs)
+
+
+class DeleteDuplicates(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="delete_duplicates",
+            label="Lookalike: delete tagged duplicates",
+            description="Delete the samples tagged 'duplicate' from the dataset (not the files)",
+            icon="/assets/icon.svg",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        import lookalike.curation as lc
+
+        inputs = types.Object()
+        tag = ctx.params.get("tag") or "duplicate"
+        inputs.str("tag", label="Tag", default="duplicate")
+        count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True) if ctx.dataset else 0
+        if count == 0:
+            inputs.view("nothing", types.Notice(label=f"No sample is tagged '{tag}'"))
+            return types.Property(inputs)
+        inputs.view("warning", types.Warning(
+            label=f"This deletes {count} samples tagged '{tag}' from the dataset",
+            description="Their image files stay on disk. This cannot be undone."))
+        inputs.bool("confirm", label=f"Yes, delete {count} samples", default=False)
+        return types.Property(inputs, view=types.View(label="Delete duplicates"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        tag = ctx.params.get("tag") or "duplicate"
+        if not ctx.params.get("confirm"):
+            count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True)
+            ctx.ops.notify(f"Dry run: {count} samples would be deleted; tick the confirmation",
+                           variant="info")
+            return {"deleted": 0, "would_delete": count}
+        count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=False)
+        ctx.ops.reload_dataset()
+        ctx.ops.notify(f"Deleted {count} samples tagged '{tag}'", variant="success")
+        return {"deleted": count, "would_delete": count}
+
+
+class EvaluateRetrieval(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="evaluate_retrieval",
+            label="Lookalike: evaluate retrieval",
+            description="recall@1, precision@k, mAP@k (leave-one-out) and the match / no-match "
+            "confusion matrix against a label field",
+            icon="/assets/icon.svg",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if _our_run_input(ctx, inputs) is None:
+            return types.Property(inputs)
+        labels = _classification_fields(ctx.dataset)
+        if not labels:
+            inputs.view("nolabels", types.Warning(label="No Classification field to evaluate "
+                                                        "against"))
+            return types.Property(inputs)
+        dd = _dropdown([(f, f) for f in labels])
+        inputs.enum("label_field", dd.values(), label="Label field", required=True,
+                    default=labels[0], view=dd)
+        inputs.int("k", label="k", min=1, default=10)
+        inputs.view_target(ctx)
+        return types.Property(inputs, view=types.View(label="Evaluate retrieval"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        ev = lc.evaluate_retrieval(ctx.target_view(), ctx.params["brain_key"],
+                                   ctx.params["label_field"], k=ctx.params.get("k", 10),
+                                   progress=_progress(ctx))
+        k = ev["k"]
+        ctx.ops.notify(f"recall@1 {ev['recall_at_1']:.3f}, mAP@{k} {ev[f'map_at_{k}']:.3f}",
+                       variant="success")
+        return {"recall_at_1": ev["recall_at_1"], "precision_at_k": ev[f"precision_at_{k}"],
+                "map_at_k": ev[f"map_at_{k}"], "k": k, "num_queries": ev["num_queries"],
+                "match_accuracy": ev.get("match_accuracy"),
+                "confusion": ev.get("confusion")}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.float("recall_at_1", label="recall@1")
+        outputs.float("precision_at_k", label="precision@k")
+        outputs.float("map_at_k", label="mAP@k")
+        outputs.float("match_accuracy", label="Match / no-match accuracy")
+        return types.Property(outputs)
+
+
+class VisualizeEmbeddings(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="visualize_embeddings",
+            label="Lookalike: 2-D projection of embeddings",
+            description="A UMAP projection for the App's Embeddings panel",
+            icon="/assets/icon.svg",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", False)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        fields = _embedding_fields(ctx.dataset)
+        if not fields:
+            inputs.view("none", types.Warning(label="No lookalike embeddings yet"))
+            return types.Property(inputs)
+        dd = _dropdown([(f, f) for f in fields])
+        inputs.enum("embeddings_field", dd.values(), label="Embeddings field", required=True,
+                    default=fields[0], view=dd)
+        field = ctx.params.get("embeddings_field") or fields[0]
+        md = _dropdown([("umap", "UMAP (first use compiles: ~20 s)"), ("tsne", "t-SNE"),
+                        ("pca", "PCA")])
+        inputs.enum("method", md.values(), label="Method", default="umap", view=md)
+        method = ctx.params.get("method") or "umap"
+        inputs.str("brain_key", label="Brain key", default=f"{field}_{method}", required=True)
+        inputs.bool("delegate", label="Run delegated", default=False)
+        return types.Property(inputs, view=types.View(label="Visualize embeddings"))
+
+    def execute(self, ctx):
+        import lookalike.curation as lc
+
+        results = lc.visualize_embeddings(ctx.dataset, ctx.params["embeddings_field"],
+                                          brain_key=ctx.params.get("brain_key"),
+                                          method=ctx.params.get("method", "umap"),
+                                          progress=_progress(ctx))
+        ctx.ops.reload_dataset()
+        ctx.ops.notify(f"Saved '{results.key}': open the Embeddings panel", variant="success")
+        return {"brain_key": results.key, "points": len(results.points)}
+
+
 def register(p):
     p.register(ImportImages)
     p.register(TrainEncoder)
@@ -449,3 +812,9 @@ def register(p):
     p.register(ComputeEmbeddings)
     p.register(BuildIndex)
     p.register(SortBySimilarity)
+    p.register(CalibrateThreshold)
+    p.register(FlagOutliers)
+    p.register(FindDuplicates)
+    p.register(DeleteDuplicates)
+    p.register(EvaluateRetrieval)
+    p.register(VisualizeEmbeddings)

@@ -103,6 +103,10 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
         assert "emb_contrastive: 185 embedded" in out.stdout
         assert "index 'emb_autoencoder_sim' of 185 photos" in out.stdout
         assert "emb_contrastive_sim: " in out.stdout.split("near-duplicate retrieval")[1]
+        curation = out.stdout.split("curation of the photos")[1]
+        assert "duplicate threshold" in curation and "pairs precision" in curation
+        assert "of the 4 unique photos" in curation
+        assert "unknown digits rejected" in curation and "mAP@10" in curation
         again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.count("reusing demo-") == 3 and "training" not in again.stdout

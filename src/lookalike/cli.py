@@ -1,4 +1,4 @@
-"""The ``lookalike`` command line: ``lookalike demo``, ``lookalike import``."""
+"""The ``lookalike`` command line: ``lookalike demo``, ``import``, ``train``, ``curate``, ..."""
 
 import argparse
 import os
@@ -66,6 +66,15 @@ def cmd_demo(args):
         for key in keys:
             recall, n = copy_retrieval(dataset, key)
             print(f"  {key}: {recall:.3f} over {n} originals")
+        from lookalike.workflow import curate_digits, curate_photos
+
+        print("\ncuration of the photos (label-free thresholds) against the demo's ground truth:")
+        for key in keys:
+            curate_photos(dataset, key)
+        print("\nmetric learning on the digits (TF Similarity's calibration, open set):")
+        curate_digits(dataset, quick=args.quick)
+        print("\nin the App: the 'duplicate' and 'no_match' tags, fields dup_group, dup_distance, "
+              "nn_distance, no_match")
     plugins = _plugin_dir()
     env = f"FIFTYONE_PLUGINS_DIR={plugins} " if plugins else ""
     print("\nopen it in the FiftyOne App (then http://localhost:5151):")
@@ -204,6 +213,151 @@ def cmd_search(args):
     return 0
 
 
+def _print_groups(report, limit):
+    for number, group in enumerate(report.groups[:limit], 1):
+        print(f"  group {number} ({len(group)} images, kept first):")
+        for sample_id in group:
+            print(f"    {report.files[sample_id]}")
+    if report.num_groups > limit:
+        print(f"  ... {report.num_groups - limit} more groups (--show-groups N)")
+
+
+def _print_outliers(report, paths, limit):
+    for sample_id in report.outlier_ids[:limit]:
+        print(f"  {report.distances[sample_id]:.4f}  {paths[sample_id]}")
+    if report.num_outliers > limit:
+        print(f"  ... {report.num_outliers - limit} more")
+
+
+def _view(args):
+    view = _load_dataset(args.dataset)
+    if getattr(args, "tag", None):
+        view = view.match_tags(args.tag)
+    return view
+
+
+def cmd_curate(args):
+    from lookalike.curation import curate
+
+    view = _view(args)
+    if not args.encoder and not args.field:
+        raise UsageError("give --encoder NAME (to embed) or --field FIELD (embeddings already there)")
+    report = curate(view, encoder=args.encoder, embeddings_field=args.field,
+                    brain_key=args.brain_key, label_field=args.label_field,
+                    method=args.method, target=args.target, keep=args.keep,
+                    duplicate_threshold=args.duplicate_threshold,
+                    outlier_threshold=args.outlier_threshold, png_dir=args.pngs,
+                    log=lambda m: print(m, flush=True))
+    print(f"\nduplicate groups ({report.duplicates.num_groups}):")
+    _print_groups(report.duplicates, args.show_groups)
+    paths = dict(zip(*view.select(report.outliers.outlier_ids).values(["id", "filepath"])))
+    print(f"\nno-match outliers ({report.outliers.num_outliers}), most isolated first:")
+    _print_outliers(report.outliers, paths, args.show_groups)
+    if report.evaluation:
+        ev, k = report.evaluation, report.evaluation["k"]
+        print(f"\nretrieval against '{args.label_field}': recall@1 {ev['recall_at_1']:.3f}, "
+              f"precision@{k} {ev[f'precision_at_{k}']:.3f}, mAP@{k} {ev[f'map_at_{k}']:.3f}")
+    for path in report.pngs:
+        print(f"wrote {path}")
+    print("seconds per step: " + ", ".join(f"{k} {v}" for k, v in report.seconds.items()))
+    return 0
+
+
+def cmd_calibrate(args):
+    from lookalike.curation import calibrate_threshold
+
+    view = _view(args)
+    record = calibrate_threshold(view, args.brain_key, label_field=args.label_field,
+                                 method=args.method, target=args.target,
+                                 unknown_fraction=args.unknown_fraction,
+                                 unknown_classes=args.unknown_class)
+    print(f"'{args.brain_key}' calibrated ({record['method']}): match threshold "
+          f"{record['threshold']:.4f}; duplicate threshold {record['duplicate_threshold']:.4f}")
+    print(f"  {record['note']}")
+    print(f"  duplicate threshold: {record['duplicate_rule']}")
+    if record.get("metric_values"):
+        print("  at the threshold: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in record["metric_values"].items() if k != "thresholds"))
+    if record.get("num_missing_labels"):
+        print(f"  {record['num_missing_labels']} samples without a label were left out")
+    return 0
+
+
+def cmd_duplicates(args):
+    from lookalike.curation import delete_duplicates, find_duplicates
+
+    view = _view(args)
+    if args.delete:
+        count = delete_duplicates(view, dry_run=not args.yes)
+        if args.yes:
+            print(f"deleted {count} samples tagged 'duplicate' (their files are untouched)")
+        else:
+            print(f"would delete {count} samples tagged 'duplicate'; add --yes to delete them")
+        return 0
+    report = find_duplicates(view, args.brain_key, threshold=args.threshold, keep=args.keep,
+                             method=args.method)
+    print(f"{report.num_groups} groups, {report.num_duplicates} samples tagged 'duplicate' "
+          f"(threshold {report.threshold:.4f}, {report.method}; "
+          f"{report.num_exact_pairs} byte-identical pairs)")
+    _print_groups(report, args.show_groups)
+    return 0
+
+
+def cmd_outliers(args):
+    from lookalike.curation import flag_outliers
+
+    view = _view(args)
+    report = flag_outliers(view, args.brain_key, threshold=args.threshold)
+    paths = dict(zip(*view.select(report.outlier_ids).values(["id", "filepath"])))
+    print(f"{report.num_outliers} of {report.num_searched} samples are farther than "
+          f"{report.threshold:.4f} from any other (tagged 'no_match'):")
+    _print_outliers(report, paths, args.show)
+    return 0
+
+
+def cmd_evaluate(args):
+    from lookalike.curation import evaluate_retrieval
+
+    ev = evaluate_retrieval(_view(args), args.brain_key, args.label_field, k=args.k)
+    k = ev["k"]
+    print(f"recall@1 {ev['recall_at_1']:.4f}  precision@{k} {ev[f'precision_at_{k}']:.4f}  "
+          f"mAP@{k} {ev[f'map_at_{k}']:.4f}  ({ev['num_queries']} queries)")
+    if ev.get("confusion"):
+        conf = ev["confusion"]
+        print(f"match / no match at {conf['threshold']:.4f}: accuracy {ev['match_accuracy']:.4f}")
+        width = max(len(c) for c in conf["classes"]) + 1
+        print(" " * width + "".join(f"{c:>{width}}" for c in conf["classes"]))
+        for c, row in zip(conf["classes"], conf["matrix"]):
+            print(f"{c:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    else:
+        print(ev.get("confusion_note", ""))
+    return 0
+
+
+def cmd_figures(args):
+    import lookalike.similarity as ls
+    from lookalike.curation.figures import write_pngs
+
+    index = ls.load_index(_load_dataset(args.dataset), args.brain_key)
+    paths = write_pngs(index, args.out)
+    if not paths:
+        raise UsageError(f"run '{args.brain_key}' has no calibration yet: run lookalike calibrate")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_visualize(args):
+    from lookalike.curation import visualize_embeddings
+
+    results = visualize_embeddings(_view(args), args.field, brain_key=args.brain_key,
+                                   method=args.method,
+                                   progress=lambda f, label: print(label, flush=True))
+    print(f"visualization '{results.key}' of {len(results.points)} samples: open the App's "
+          "Embeddings panel")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="lookalike",
@@ -288,6 +442,75 @@ def build_parser():
     search.add_argument("-k", type=int, default=10)
     search.set_defaults(func=cmd_search)
 
+    def brain_args(p, key_required=True, tag=True):
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--brain-key", required=key_required, default=None,
+                       help="a lookalike similarity run")
+        if tag:
+            p.add_argument("--tag", default=None, help="only samples with this tag")
+
+    cur = sub.add_parser("curate", help="embed, index, calibrate, find duplicates and outliers")
+    brain_args(cur, key_required=False)
+    cur.add_argument("--encoder", default=None, help="encoder to embed with")
+    cur.add_argument("--field", default=None, help="embeddings field (default emb_<encoder>)")
+    cur.add_argument("--label-field", default=None, help="calibrate and evaluate with labels")
+    cur.add_argument("--method", default=None, choices=["f1", "precision", "percentile"])
+    cur.add_argument("--target", type=float, default=None,
+                     help="precision target, or the outlier percentile (default 95)")
+    cur.add_argument("--keep", default="first", choices=["first", "largest", "sharpest"])
+    cur.add_argument("--duplicate-threshold", type=float, default=None)
+    cur.add_argument("--outlier-threshold", type=float, default=None)
+    cur.add_argument("--pngs", default=None, help="write the pictures (PNG) to this folder")
+    cur.add_argument("--show-groups", type=int, default=10, help="groups and outliers printed")
+    cur.set_defaults(func=cmd_curate)
+
+    cal = sub.add_parser("calibrate", help="calibrate a run's distance thresholds")
+    brain_args(cal)
+    cal.add_argument("--label-field", default=None)
+    cal.add_argument("--method", default=None, choices=["f1", "precision", "percentile"])
+    cal.add_argument("--target", type=float, default=None)
+    cal.add_argument("--unknown-fraction", type=float, default=0.2,
+                     help="share of label classes held out as unknowns (0 = closed set)")
+    cal.add_argument("--unknown-class", action="append", default=None,
+                     help="a class to hold out as unknown (repeatable)")
+    cal.set_defaults(func=cmd_calibrate)
+
+    dup = sub.add_parser("duplicates", help="group near-duplicates (or delete the tagged ones)")
+    brain_args(dup, key_required=False)
+    dup.add_argument("--threshold", type=float, default=None)
+    dup.add_argument("--keep", default="first", choices=["first", "largest", "sharpest"])
+    dup.add_argument("--method", default="auto", choices=["auto", "exact", "approximate"])
+    dup.add_argument("--show-groups", type=int, default=10)
+    dup.add_argument("--delete", action="store_true",
+                     help="delete the samples tagged 'duplicate' (a dry run without --yes)")
+    dup.add_argument("--yes", action="store_true", help="really delete")
+    dup.set_defaults(func=cmd_duplicates)
+
+    out = sub.add_parser("outliers", help="tag samples that match nothing else")
+    brain_args(out)
+    out.add_argument("--threshold", type=float, default=None)
+    out.add_argument("--show", type=int, default=20)
+    out.set_defaults(func=cmd_outliers)
+
+    ev = sub.add_parser("evaluate", help="recall@1, precision@k, mAP@k and the confusion matrix")
+    brain_args(ev)
+    ev.add_argument("--label-field", required=True)
+    ev.add_argument("-k", type=int, default=10)
+    ev.set_defaults(func=cmd_evaluate)
+
+    fig = sub.add_parser("figures", help="write a run's calibration and evaluation pictures (PNG)")
+    brain_args(fig, tag=False)
+    fig.add_argument("--out", default=".", help="folder for the PNG files")
+    fig.set_defaults(func=cmd_figures)
+
+    vis = sub.add_parser("visualize", help="2-D projection for the App's Embeddings panel")
+    vis.add_argument("--dataset", required=True)
+    vis.add_argument("--field", required=True)
+    vis.add_argument("--brain-key", default=None, help="default <field>_<method>")
+    vis.add_argument("--method", default="umap", choices=["umap", "tsne", "pca"])
+    vis.add_argument("--tag", default=None)
+    vis.set_defaults(func=cmd_visualize)
+
     stop = sub.add_parser("stop", help="stop a running training job after its current epoch")
     stop.add_argument("name")
     stop.set_defaults(func=cmd_stop)
@@ -305,6 +528,7 @@ def main(argv=None):
     from lookalike.frameworks import FrameworkError
     from lookalike.images import UnreadableImageError
     from lookalike.importer import ImageImportError
+    from lookalike.calibration import CalibrationError
 
     quiet_mongodb_version_warning()
     try:
@@ -315,7 +539,7 @@ def main(argv=None):
         return 3
     except (ImageImportError, UnreadableImageError, DatabaseSetupError, EncoderStoreError,
             TrainingConfigError, EmptyViewError, FrameworkError, UsageError,
-            EmbeddingFieldError, NotOurIndexError, InvalidEmbeddingsError) as e:
+            EmbeddingFieldError, NotOurIndexError, InvalidEmbeddingsError, CalibrationError) as e:
         print(f"lookalike {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,20 +21,11 @@ import random
 import shutil
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+from PIL import Image
+
+from lookalike.edits import EDITS, JPEG_QUALITY, apply_edit
 
 DEFAULT_DATASET_NAME = "lookalike-demo"
-
-EDITS = (
-    "crop",
-    "resize",
-    "rotate",
-    "hflip",
-    "jpeg",
-    "brightness_contrast",
-    "grayscale",
-    "text_overlay",
-)
 
 # Photos kept without copies: nothing else in the dataset shows them.
 UNIQUE_PHOTOS = ("coffee", "hubble_deep_field", "microaneurysms", "rocket")
@@ -62,58 +53,9 @@ def skimage_photo_paths():
     return photos
 
 
-def _rgb(img):
-    from lookalike.images import to_rgb
-
-    return to_rgb(img)
-
-
-def apply_edit(img, edit, rng):
-    """Returns ``(edited image, file extension)`` for one edit kind."""
-    img = _rgb(img)
-    w, h = img.size
-    if edit == "crop":
-        fx, fy = rng.uniform(0.05, 0.12), rng.uniform(0.05, 0.12)
-        left, top = int(w * fx), int(h * fy)
-        right, bottom = w - int(w * rng.uniform(0.05, 0.12)), h - int(h * rng.uniform(0.05, 0.12))
-        return img.crop((left, top, right, bottom)), ".png"
-    if edit == "resize":
-        scale = rng.uniform(0.4, 0.6)
-        size = (max(16, int(w * scale)), max(16, int(h * scale)))
-        return img.resize(size, Image.Resampling.LANCZOS), ".png"
-    if edit == "rotate":
-        angle = rng.choice([-1, 1]) * rng.uniform(3, 8)
-        fill = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
-        return img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=fill), ".png"
-    if edit == "hflip":
-        return ImageOps.mirror(img), ".png"
-    if edit == "jpeg":
-        return img, ".jpg"  # the re-encode happens on save (quality 25)
-    if edit == "brightness_contrast":
-        img = ImageEnhance.Brightness(img).enhance(rng.uniform(1.15, 1.35))
-        return ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 0.85)), ".png"
-    if edit == "grayscale":
-        return img.convert("L"), ".png"
-    if edit == "text_overlay":
-        img = img.copy()
-        draw = ImageDraw.Draw(img)
-        size = max(10, h // 14)
-        font = ImageFont.load_default(size=size)
-        draw.text(
-            (w // 20, h - size * 2),
-            "(c) lookalike 2026",
-            fill=(255, 255, 255),
-            font=font,
-            stroke_width=max(1, size // 12),
-            stroke_fill=(0, 0, 0),
-        )
-        return img, ".png"
-    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS}")
-
-
 def _save(img, path):
     if path.endswith(".jpg"):
-        img.save(path, quality=25)
+        img.save(path, quality=JPEG_QUALITY)
     else:
         img.save(path)
 

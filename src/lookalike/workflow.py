@@ -1,8 +1,10 @@
 """The main job on the demo dataset, step by step (``make demo`` / ``lookalike demo``).
 
-Today: train the three encoders (or reuse them when they already exist, so a
-rerun costs nothing). Later steps -- embed, index, calibrate, flag -- append
-here, so that ``make demo`` always runs the whole job as far as it exists.
+Train the three encoders (or reuse them when they already exist, so a rerun
+costs nothing); embed and index the photos; calibrate label-free thresholds,
+group near-duplicates and flag no-match outliers, scored against the demo's
+ground truth; and on the digits, TF Similarity's open-set calibration and the
+retrieval evaluation of the metric encoder.
 """
 
 import time
@@ -120,3 +122,82 @@ def copy_retrieval(dataset, brain_key):
         found += sum(1 for n in neighbours if n != sample_id and group_of.get(n) == group)
         total += copies
     return found / max(total, 1), len(originals)
+
+
+def pair_scores(predicted_groups, true_groups):
+    """Precision, recall and F1 of "same group" over all pairs of samples.
+
+    Both arguments map sample ids to a group (None = in no group).
+    """
+    from collections import Counter
+
+    def pairs(groups):
+        sizes = Counter(g for g in groups.values() if g is not None)
+        return sum(n * (n - 1) // 2 for n in sizes.values())
+
+    both = Counter((predicted_groups.get(s), true_groups.get(s)) for s in predicted_groups
+                   if predicted_groups.get(s) is not None and true_groups.get(s) is not None)
+    tp = sum(n * (n - 1) // 2 for n in both.values())
+    predicted, actual = pairs(predicted_groups), pairs(true_groups)
+    precision = tp / predicted if predicted else 1.0
+    recall = tp / actual if actual else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "pairs": predicted,
+            "true_pairs": actual}
+
+
+def flag_scores(flagged, truth):
+    """Precision and recall of a set of flagged ids against the true ones."""
+    flagged, truth = set(flagged), set(truth)
+    tp = len(flagged & truth)
+    return {"precision": tp / len(flagged) if flagged else 1.0,
+            "recall": tp / len(truth) if truth else 1.0,
+            "flagged": len(flagged), "true": len(truth)}
+
+
+def curate_photos(dataset, brain_key, log=print):
+    """Label-free calibration, duplicates and outliers on the demo photos, scored against the truth."""
+    import lookalike.curation as lc
+
+    photos = dataset.match(F("source") == "photo")
+    cal = lc.calibrate_threshold(photos, brain_key)
+    dups = lc.find_duplicates(photos, brain_key)
+    outliers = lc.flag_outliers(photos, brain_key)
+    ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
+    truth_groups = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    predicted = {s: None for s in ids}
+    for number, group in enumerate(dups.groups):
+        for s in group:
+            predicted[s] = number
+    dup = pair_scores(predicted, truth_groups)
+    out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
+    log(f"  {brain_key}: duplicate threshold {cal['duplicate_threshold']:.4f} "
+        f"(synthetic copies), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
+        f"recall {dup['recall']:.3f} F1 {dup['f1']:.3f}")
+    log(f"  {brain_key}: outlier threshold {cal['threshold']:.4f} ({cal['note']}), "
+        f"{out['flagged']} flagged -> precision {out['precision']:.3f} "
+        f"recall {out['recall']:.3f} of the {out['true']} unique photos")
+    return {"duplicates": dup, "outliers": out, "calibration": cal}
+
+
+def curate_digits(dataset, quick=False, log=print, store_dir=None):
+    """The metric encoder on the digits: embed, index, open-set calibration, evaluation."""
+    import lookalike.curation as lc
+    import lookalike.similarity as ls
+    from lookalike.embeddings import compute_embeddings
+    from lookalike.encoders import load_encoder
+
+    digits = dataset.match(F("source") == "digit")
+    encoder = load_encoder("demo-metric" + ("-quick" if quick else ""), store_dir=store_dir)
+    compute_embeddings(digits, encoder, "emb_metric")
+    ls.build_index(dataset, "emb_metric", "emb_metric_sim")
+    cal = lc.calibrate_threshold(digits, "emb_metric_sim", label_field="ground_truth")
+    ev = lc.evaluate_retrieval(digits, "emb_metric_sim", "ground_truth", k=10)
+    unknown = cal["unknown_classes"]
+    conf = ev["confusion"]
+    rejected = conf["matrix"][-1][-1] / max(sum(conf["matrix"][-1]), 1) if conf else float("nan")
+    log(f"  emb_metric_sim: match threshold {cal['threshold']:.4f} (F1 "
+        f"{cal['metric_values']['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
+        f"recall@1 {ev['recall_at_1']:.3f}, precision@10 {ev['precision_at_10']:.3f}, "
+        f"mAP@10 {ev['map_at_10']:.3f}; unknown digits rejected {rejected:.3f}")
+    return {"calibration": cal, "evaluation": ev}

@@ -69,10 +69,9 @@ def load_index(dataset, brain_key):
     return dataset.load_brain_results(brain_key)
 
 
-def embed_query_image(index, path):
-    """Embeds an image file (not necessarily in the dataset) with the index's encoder."""
+def encoder_of(index):
+    """The encoder that wrote the index's embeddings (same version), or ValueError."""
     from lookalike.encoders import load_encoder
-    from lookalike.encoders.data import decode_resized
 
     name = index.config.encoder
     if not name:
@@ -83,6 +82,14 @@ def embed_query_image(index, path):
         raise ValueError(
             f"encoder '{name}' changed since the index was built ({encoder.version} vs "
             f"{index.config.encoder_version}): recompute the embeddings")
+    return encoder
+
+
+def embed_query_image(index, path):
+    """Embeds an image file (not necessarily in the dataset) with the index's encoder."""
+    from lookalike.encoders.data import decode_resized
+
+    encoder = encoder_of(index)
     return encoder.embed(decode_resized(path, encoder.image_size)[np.newaxis])[0]
 
 

@@ -107,6 +107,8 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids_to_inds = None
         self._curr_ids_to_inds = None
         self.num_missing = 0
+        # Calibration, evaluation, ... saved with the run (see lookalike.curation.records).
+        self.curation = {}
         faiss_index, cached = None, False
         if matrix is None:
             matrix, sample_ids, faiss_index, cached = self._load(config, brain_key)
@@ -271,6 +273,8 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         attrs = super().attributes()
         if self.config.embeddings_field is None:
             attrs.extend(["embeddings", "sample_ids"])
+        if self.curation:
+            attrs.append("curation")
         return attrs
 
     @property
@@ -355,9 +359,12 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         matrix = d.get("embeddings")
         ids = d.get("sample_ids")
         if matrix is not None:
-            return cls(samples, config, brain_key, matrix=as_unit_matrix(np.array(matrix)),
-                       sample_ids=np.array(ids))
-        return cls(samples, config, brain_key)
+            index = cls(samples, config, brain_key, matrix=as_unit_matrix(np.array(matrix)),
+                        sample_ids=np.array(ids))
+        else:
+            index = cls(samples, config, brain_key)
+        index.curation = d.get("curation") or {}
+        return index
 
 
 def read_field(dataset, field):

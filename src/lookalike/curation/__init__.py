@@ -1,0 +1,49 @@
+"""Curation on a lookalike similarity run: thresholds, outliers, near-duplicates, evaluation.
+
+    import lookalike.curation as lc
+    lc.calibrate_threshold(dataset, "emb_sim")                    # label-free
+    lc.calibrate_threshold(dataset, "emb_sim", label_field="ground_truth")  # TF Similarity's
+    report = lc.find_duplicates(dataset, "emb_sim", keep="largest")
+    session.view = lc.duplicates_view(dataset)
+    lc.delete_duplicates(dataset, dry_run=True)                   # a count first
+    outliers = lc.flag_outliers(dataset, "emb_sim")
+    metrics = lc.evaluate_retrieval(dataset, "emb_sim", "ground_truth", k=10)
+    lc.visualize_embeddings(dataset, "emb")                        # UMAP for the App
+
+Results are saved with the similarity run (``index.curation``) and in sample
+fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
+"""
+
+from lookalike.calibration import CalibrationError
+from lookalike.curation.calibrate import calibrate_threshold, get_calibration
+from lookalike.curation.duplicates import (
+    DuplicateReport,
+    delete_duplicates,
+    duplicates_view,
+    find_duplicates,
+)
+from lookalike.curation.evaluation import evaluate_retrieval
+from lookalike.curation.outliers import OutlierReport, flag_outliers, outliers_view
+from lookalike.curation.pipeline import CurationReport, curate
+from lookalike.curation.projection import visualize_embeddings
+from lookalike.curation.errors import CurationError, MissingRecordError, StaleRecordError
+
+__all__ = [
+    "CalibrationError",
+    "CurationError",
+    "CurationReport",
+    "DuplicateReport",
+    "MissingRecordError",
+    "OutlierReport",
+    "StaleRecordError",
+    "calibrate_threshold",
+    "curate",
+    "delete_duplicates",
+    "duplicates_view",
+    "evaluate_retrieval",
+    "find_duplicates",
+    "flag_outliers",
+    "get_calibration",
+    "outliers_view",
+    "visualize_embeddings",
+]

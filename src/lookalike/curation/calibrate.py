@@ -1,0 +1,272 @@
+"""``calibrate_threshold``: distance thresholds for a similarity run, saved with the run.
+
+With a label field: TF Similarity's procedure (see :mod:`lookalike.calibration`)
+on leave-one-out nearest neighbours, by default open-set: a share of the label
+classes is held out of the gallery, so that rejecting their queries counts.
+Without labels: thresholds from the distribution of nearest-neighbour distances,
+stated as such.
+
+Two thresholds are saved:
+
+* ``threshold``: "matches something we know" (distance <= threshold); samples
+  farther than this from every other sample are no-match outliers;
+* ``duplicate_threshold``: pairs closer than this are near-duplicates. It is
+  label-free in both cases. When the run knows its encoder: the distance that
+  keeps ``duplicate_recall`` (95%) of synthetic edited copies of sampled
+  images (:mod:`lookalike.curation.copies`). Otherwise (embeddings from
+  elsewhere): Otsu's split of the distances from each sample to its nearest
+  neighbours, which separates a tight "copies" mode from ordinary neighbours
+  when the data has copies.
+"""
+
+import numpy as np
+
+from lookalike.calibration import (
+    CalibrationError,
+    optimal_index,
+    target_index,
+    threshold_sweep,
+)
+from lookalike.curation import records
+from lookalike.curation.neighbours import leave_one_out
+
+METHODS = ("f1", "precision", "percentile")
+# Neighbours per sample whose distances set the label-free duplicate threshold.
+DUPLICATE_NEIGHBOURS = 10
+_CURVE_POINTS = 2000
+
+
+def load_labels(samples, index, label_field):
+    """(index rows, labels) of the indexed samples of ``samples`` with a label; and how many lack one."""
+    schema = samples.get_field_schema()
+    if label_field not in schema:
+        raise CalibrationError(f"'{samples._root_dataset.name}' has no field '{label_field}'")
+    import fiftyone as fo
+
+    path = label_field
+    field = schema[label_field]
+    if isinstance(field, fo.EmbeddedDocumentField):
+        if not issubclass(field.document_type, fo.Classification):
+            raise CalibrationError(
+                f"'{label_field}' holds {field.document_type.__name__} labels; "
+                "calibration needs a Classification or a string field")
+        path = f"{label_field}.label"
+    ids, labels = samples.values(["id", path])
+    position = {sid: i for i, sid in enumerate(index.sample_ids)}
+    rows, kept, missing = [], [], 0
+    for sid, label in zip(ids, labels):
+        if sid not in position:
+            continue  # not embedded: not in the index
+        if label is None or label == "":
+            missing += 1
+            continue
+        rows.append(position[sid])
+        kept.append(str(label))
+    return np.asarray(rows, dtype=int), np.asarray(kept, dtype=object), missing
+
+
+def pick_unknown_classes(classes, fraction, seed):
+    """A seeded share of the classes to hold out (at least one when ``fraction`` > 0)."""
+    if not fraction:
+        return []
+    if len(classes) < 2:
+        raise CalibrationError(
+            f"only one class ({classes[0]!r}): open-set calibration needs at least 2 "
+            "(pass unknown_fraction=0 for closed-set)")
+    n = min(len(classes) - 1, max(1, int(round(fraction * len(classes)))))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(classes), n, replace=False).tolist())
+
+
+def otsu_threshold(values, bins=256):
+    """Otsu's threshold of ``values``: the split that maximises the between-class variance."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        raise CalibrationError("need at least 2 distances")
+    if v.max() - v.min() < 1e-9:
+        return float(v.max())
+    counts, edges = np.histogram(v, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(counts * centres)
+    mean0 = m0 / np.maximum(w0, 1)
+    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    i = int(np.argmax(between[:-1]))
+    return float(edges[i + 1])
+
+
+def _curve_dict(curve, chosen):
+    n = len(curve.thresholds)
+    keep = np.unique(np.concatenate([np.linspace(0, n - 1, min(n, _CURVE_POINTS)).astype(int),
+                                     [chosen]]))
+    out = {k: getattr(curve, k)[keep].astype(float).tolist()
+           for k in ("thresholds", "precision", "recall", "f1")}
+    out.update({k: getattr(curve, k)[keep].astype(int).tolist() for k in ("tp", "fp", "fn", "tn")})
+    out["points"] = n
+    return out
+
+
+def _histogram(nn_dist):
+    finite = nn_dist[np.isfinite(nn_dist)]
+    counts, edges = np.histogram(finite, bins=min(60, max(10, len(finite) // 5)))
+    return {"counts": counts.tolist(), "edges": edges.astype(float).tolist()}
+
+
+def duplicate_threshold(index, nn_dists, duplicate_recall=0.95, num_copies=64, seed=51,
+                        progress=None):
+    """``(threshold, rule, extra)``: from synthetic copies when possible, else Otsu."""
+    from lookalike.curation.copies import copy_distances
+    from lookalike.encoders import EncoderStoreError
+
+    if not 0 < duplicate_recall <= 1:
+        raise CalibrationError(f"duplicate_recall must be in (0, 1], got {duplicate_recall}")
+    try:
+        dists = copy_distances(index, num_images=num_copies, seed=seed, progress=progress)
+    except (ValueError, EncoderStoreError) as e:
+        reason = str(e)
+    else:
+        flat = np.concatenate([np.asarray(v, float) for v in dists.values()])
+        if len(flat):
+            threshold = float(np.percentile(flat, 100 * duplicate_recall))
+            rule = (f"keeps {100 * duplicate_recall:g}% of {len(flat)} synthetic copies "
+                    f"({', '.join(dists)}) of {len(flat) // len(dists)} sampled images")
+            per_edit = {e: float(np.median(v)) for e, v in dists.items() if v}
+            return threshold, rule, {"copy_distance_median": per_edit}
+        reason = "none of the sampled images could be read"
+    finite = nn_dists[np.isfinite(nn_dists)]
+    return (otsu_threshold(finite),
+            f"Otsu split of the distances to each sample's {nn_dists.shape[1]} nearest "
+            f"neighbours (no synthetic copies: {reason})", {})
+
+
+def calibrate_threshold(samples, brain_key, label_field=None, method=None, target=None,
+                        unknown_classes=None, unknown_fraction=0.2, exclude_exact_duplicates=False,
+                        duplicate_recall=0.95, seed=51, progress=None):
+    """Calibrates and saves the thresholds of similarity run ``brain_key``; returns the record.
+
+    Args:
+        samples: the dataset or a view (with labels: the labelled queries)
+        brain_key: a lookalike similarity run
+        label_field (None): a Classification (or string) field; None = label-free
+        method (None): "f1" (default with labels), "precision" (needs ``target``)
+            or "percentile" (default without labels)
+        target (None): the precision to reach, or for "percentile" the
+            percentile of nearest-neighbour distances beyond which samples are
+            outliers (default 95: the most isolated 5%)
+        unknown_classes (None): label classes held out as unknowns (open set)
+        unknown_fraction (0.2): share of classes held out at random when
+            ``unknown_classes`` is not given; 0 for closed-set calibration
+        exclude_exact_duplicates (False): ignore distance-0 neighbours
+        duplicate_recall (0.95): share of synthetic copies the duplicate
+            threshold keeps
+        seed (51): seed of the held-out class choice
+        progress (None): ``progress(done, total)`` over the neighbour searches
+    """
+    import lookalike.similarity as ls
+
+    index = ls.load_index(samples._root_dataset, brain_key)
+    method = method or ("f1" if label_field else "percentile")
+    if method not in METHODS:
+        raise CalibrationError(f"unknown method {method!r}; choose from {METHODS}")
+    if method != "percentile" and not label_field:
+        raise CalibrationError(f"method {method!r} needs a label field")
+    if index.total_index_size < 2:
+        raise CalibrationError(f"run '{brain_key}' holds {index.total_index_size} embeddings: "
+                               "calibration needs at least 2")
+    engine = index.engine
+
+    def stage(offset, share):
+        if progress is None:
+            return None
+        return lambda done, total: progress(offset + share * done / max(total, 1), 1.0)
+
+    # Label-free part, for every indexed sample: nearest-neighbour distances.
+    nn_inds, nn_dists = leave_one_out(engine, k=DUPLICATE_NEIGHBOURS,
+                                      exclude_exact=exclude_exact_duplicates,
+                                      progress=stage(0.0, 0.5 if label_field else 1.0))
+    nn1 = nn_dists[:, 0]
+    dup_threshold, dup_rule, dup_extra = duplicate_threshold(
+        index, nn_dists, duplicate_recall=duplicate_recall, seed=seed)
+    record = {
+        "brain_key": brain_key,
+        "method": method,
+        "target": target,
+        "label_field": label_field,
+        "num_indexed": int(index.total_index_size),
+        "nn_histogram": _histogram(nn1),
+        "nn_percentiles": {str(q): float(np.percentile(nn1[np.isfinite(nn1)], q))
+                           for q in (1, 5, 25, 50, 75, 95, 99)},
+        "duplicate_threshold": dup_threshold,
+        "duplicate_rule": dup_rule,
+        "duplicate_recall": duplicate_recall,
+        **dup_extra,
+        "exclude_exact_duplicates": bool(exclude_exact_duplicates),
+    }
+
+    if method == "percentile":
+        q = 95.0 if target is None else float(target)
+        if not 0 < q < 100:
+            raise CalibrationError(f"the percentile target must be in (0, 100), got {q}")
+        record.update(
+            target=q, threshold=float(np.percentile(nn1[np.isfinite(nn1)], q)),
+            num_queries=int(np.isfinite(nn1).sum()), metric_values={},
+            note=(f"no labels: {100 - q:g}% of the samples lie farther than this from "
+                  "their nearest neighbour"))
+        return records.save(index, "calibration", record)
+
+    rows, labels, missing = load_labels(samples, index, label_field)
+    if len(rows) < 2:
+        raise CalibrationError(
+            f"{len(rows)} indexed samples have a '{label_field}' label ({missing} without): "
+            "calibration needs at least 2")
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise CalibrationError(f"only one class ({classes[0]!r}) in '{label_field}': "
+                               "calibration needs at least 2")
+    if unknown_classes is None:
+        unknown = pick_unknown_classes(classes, unknown_fraction, seed)
+    else:
+        unknown = sorted(set(map(str, unknown_classes)))
+        strangers = set(unknown) - set(classes)
+        if strangers:
+            raise CalibrationError(f"unknown_classes {sorted(strangers)} are not labels of "
+                                   f"'{label_field}' (labels: {classes[:20]})")
+        if len(unknown) >= len(classes):
+            raise CalibrationError("every class is held out: keep at least one known class")
+    known = ~np.isin(labels, unknown)
+    idx, dist = leave_one_out(engine, rows=rows, k=1, gallery=rows[known],
+                              exclude_exact=exclude_exact_duplicates,
+                              progress=stage(0.5, 0.5))
+    found = idx[:, 0] >= 0
+    label_of = dict(zip(rows.tolist(), labels.tolist()))
+    neighbour_labels = np.array([label_of.get(int(i)) for i in idx[:, 0]], dtype=object)
+    correct = (neighbour_labels == labels)[found]
+    curve = threshold_sweep(dist[found, 0], correct)
+    if method == "f1":
+        i = optimal_index(curve, "f1")
+    else:
+        if target is None or not 0 < float(target) <= 1:
+            raise CalibrationError("method 'precision' needs a target in (0, 1], e.g. 0.95")
+        i = target_index(curve, "precision", float(target))
+        if i is None:
+            raise CalibrationError(f"precision {target} is never reached "
+                                   f"(best {curve.precision.max():.3f})")
+    record.update(
+        threshold=float(curve.thresholds[i]), metric_values=curve.at(i),
+        curve=_curve_dict(curve, i), num_queries=int(found.sum()),
+        num_missing_labels=int(missing), classes=classes, unknown_classes=unknown,
+        note=("open set: " + f"{len(unknown)} of {len(classes)} classes held out as unknowns"
+              if unknown else "closed set: every class is known (the F1 optimum tends to "
+              "accept everything)"))
+    return records.save(index, "calibration", record)
+
+
+def get_calibration(samples, brain_key, check_fresh=True):
+    """The saved calibration of ``brain_key``; refuses a stale one unless ``check_fresh=False``."""
+    import lookalike.similarity as ls
+
+    return records.load(ls.load_index(samples._root_dataset, brain_key), "calibration",
+                        check_fresh=check_fresh)

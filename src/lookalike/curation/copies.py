@@ -1,0 +1,48 @@
+"""Synthetic copies: how far an edited copy of an image lands from it, for this encoder.
+
+A label-free duplicate threshold should say "a copy is anything within the
+distance that crop, resize, rotation, flip, JPEG, brightness, grayscale and a
+text overlay move an image". So: take a seeded sample of the indexed images,
+make one edited copy per edit kind (:mod:`lookalike.edits`), embed originals and
+copies with the run's own encoder and keep the distances. The threshold is the
+percentile of them that keeps the chosen share of copies.
+"""
+
+import random
+
+import numpy as np
+
+from lookalike.edits import EDITS, edited_copy
+
+
+def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
+    """``{edit: [distances]}`` between sampled indexed images and their edited copies."""
+    from PIL import Image
+
+    from lookalike.images import UnreadableImageError, load_image
+    from lookalike.similarity import encoder_of
+
+    encoder = encoder_of(index)
+    size = encoder.image_size
+    ids = list(index.sample_ids)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(ids), min(num_images, len(ids)), replace=False)
+    chosen_ids = [ids[i] for i in chosen]
+    paths = dict(zip(*index._dataset.select(chosen_ids).values(["id", "filepath"])))
+    edit_rng = random.Random(seed)
+    out = {e: [] for e in edits}
+    for n, sid in enumerate(chosen_ids, 1):
+        try:
+            img = load_image(paths[sid])
+        except UnreadableImageError:
+            continue  # counted by the images that do decode
+        batch = [img] + [edited_copy(img, e, edit_rng) for e in edits]
+        arrays = np.stack([np.asarray(im.resize((size, size), Image.Resampling.BILINEAR),
+                                      dtype=np.uint8) for im in batch])
+        emb = encoder.embed(arrays)
+        dist = np.clip(1.0 - emb[1:] @ emb[0], 0.0, 2.0)
+        for e, d in zip(edits, dist):
+            out[e].append(float(d))
+        if progress:
+            progress(n, len(chosen_ids))
+    return out

@@ -1,0 +1,377 @@
+"""Near-duplicate groups: every pair within a distance threshold, joined into connected groups.
+
+Pairs come from the run's vectors: exactly, as tiled matrix products over the
+upper triangle (each pair computed once), or for large collections from a faiss
+IVF range search (see ``benchmarks/curation.py`` for speed and recall against
+exact). Byte-identical files (same SHA-256) are paired too, without any encoder.
+Each group keeps one sample (``keep``: first, largest or sharpest); the others
+get a tag, and deleting them is a separate, explicit step with a dry run first.
+"""
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lookalike.curation.errors import CurationError
+
+KEEP_POLICIES = ("first", "largest", "sharpest")
+METHODS = ("auto", "exact", "approximate")
+# From this many vectors "auto" searches pairs with faiss IVF instead of exactly.
+APPROXIMATE_FROM = 50_000
+_TILE_FLOATS = 1 << 25  # ~128 MB of float32 per tile of the exact search
+
+
+@dataclass
+class DuplicateReport:
+    threshold: float
+    method: str
+    keep: str
+    groups: list  # lists of sample ids, the kept one first
+    num_pairs: int = 0
+    num_exact_pairs: int = 0
+    num_searched: int = 0
+    files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
+
+    @property
+    def num_groups(self):
+        return len(self.groups)
+
+    @property
+    def num_duplicates(self):
+        """Samples that are not kept (tagged)."""
+        return sum(len(g) - 1 for g in self.groups)
+
+    def summary(self):
+        return dict(threshold=self.threshold, method=self.method, keep=self.keep,
+                    num_groups=self.num_groups, num_duplicates=self.num_duplicates,
+                    num_pairs=self.num_pairs, num_exact_pairs=self.num_exact_pairs,
+                    num_searched=self.num_searched)
+
+
+def exact_pairs(matrix, threshold, progress=None):
+    """All ``(i, j, distance)`` with i < j and cosine distance <= ``threshold``, exactly."""
+    n = len(matrix)
+    rows_per_tile = max(1, min(4096, _TILE_FLOATS // max(n, 1)))
+    out_i, out_j, out_d = [], [], []
+    min_sim = 1.0 - threshold
+    for start in range(0, n, rows_per_tile):
+        stop = min(n, start + rows_per_tile)
+        # Only columns from ``start`` on: the lower triangle was seen already.
+        sims = matrix[start:stop] @ matrix[start:].T
+        a, b = np.nonzero(sims >= min_sim - 1e-6)
+        i, j = a + start, b + start
+        upper = j > i
+        i, j = i[upper], j[upper]
+        d = np.clip(1.0 - sims[a[upper], b[upper]], 0.0, 2.0)
+        ok = d <= threshold
+        out_i.append(i[ok])
+        out_j.append(j[ok])
+        out_d.append(d[ok])
+        if progress:
+            progress(stop, n)
+    return _concat(out_i, out_j, out_d)
+
+
+def approximate_pairs(matrix, threshold, engine=None, progress=None, batch=16384):
+    """Pairs within ``threshold`` from a faiss IVF range search (``engine``: an IVFEngine to reuse)."""
+    from lookalike.similarity.engine import IVFEngine
+
+    if engine is None or getattr(engine, "index", None) is None:
+        engine = IVFEngine(matrix)
+    faiss = __import__("faiss")
+    params = faiss.SearchParametersIVF(nprobe=engine.nprobe)
+    out_i, out_j, out_d = [], [], []
+    n = len(matrix)
+    for start in range(0, n, batch):
+        q = np.ascontiguousarray(matrix[start:start + batch], np.float32)
+        lims, sims, inds = engine.index.range_search(q, float(1.0 - threshold - 1e-6),
+                                                     params=params)
+        counts = np.diff(lims).astype(np.int64)
+        i = np.repeat(np.arange(start, start + len(q)), counts)
+        d = np.clip(1.0 - sims, 0.0, 2.0)
+        keep = (inds > i) & (d <= threshold)
+        out_i.append(i[keep])
+        out_j.append(inds[keep].astype(np.int64))
+        out_d.append(d[keep])
+        if progress:
+            progress(min(start + batch, n), n)
+    i, j, d = _concat(out_i, out_j, out_d)
+    # A pair found from both ends (or only one) is kept once.
+    if len(i):
+        _, first = np.unique(i * np.int64(n) + j, return_index=True)
+        i, j, d = i[first], j[first], d[first]
+    return i, j, d
+
+
+def _concat(i, j, d):
+    if not i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return (np.concatenate(i).astype(np.int64), np.concatenate(j).astype(np.int64),
+            np.concatenate(d).astype(np.float32))
+
+
+def groups_from_pairs(n, i, j):
+    """Connected groups (lists of positions, size >= 2) of the graph with edges (i, j)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(i) == 0:
+        return []
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    sizes = np.bincount(labels)
+    members = np.flatnonzero(sizes[labels] >= 2)
+    order = np.argsort(labels[members], kind="stable")
+    members = members[order]
+    splits = np.flatnonzero(np.diff(labels[members])) + 1
+    return [g.tolist() for g in np.split(members, splits)]
+
+
+def file_hash(path, chunk=1 << 20):
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+    except OSError:
+        return None  # missing or unreadable: it cannot be a byte-identical copy
+    return h.hexdigest()
+
+
+def hash_pairs(paths, num_workers=8):
+    """``(i, j)`` pairs chaining files with identical content, and the hashes."""
+    with ThreadPoolExecutor(num_workers) as pool:
+        hashes = list(pool.map(file_hash, paths))
+    first = {}
+    i, j = [], []
+    for n, h in enumerate(hashes):
+        if h is None:
+            continue
+        if h in first:
+            i.append(first[h])
+            j.append(n)
+        else:
+            first[h] = n
+    return np.asarray(i, np.int64), np.asarray(j, np.int64), hashes
+
+
+def sharpness(path, side=256):
+    """Variance of the Laplacian of the grayscale image at ``side`` px (higher = sharper).
+
+    Measured at one common size: at its own resolution a smaller copy would
+    look sharper, its edges falling on fewer pixels.
+    """
+    from PIL import Image
+
+    from lookalike.images import UnreadableImageError, load_image
+
+    try:
+        img = load_image(path).convert("L")
+    except UnreadableImageError:
+        return -1.0
+    a = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
+    lap = (a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4 * a[1:-1, 1:-1])
+    return float(lap.var())
+
+
+def image_size_key(path):
+    """(pixels, bytes) of an image file, read from its header; (-1, -1) when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+        return (w * h, os.path.getsize(path))
+    except Exception:  # noqa: BLE001 - any unreadable file simply loses
+        return (-1, -1)
+
+
+def choose_kept(group, keep, paths):
+    """The position to keep in ``group`` (positions in view order; ties go to the first)."""
+    if keep == "first":
+        return min(group)
+    if keep == "largest":
+        sizes = {p: image_size_key(paths[p]) for p in group}
+        return max(sorted(group), key=lambda p: sizes[p])
+    if keep == "sharpest":
+        # Within 3% of the sharpest counts as as sharp: then the largest wins.
+        scores = {p: sharpness(paths[p]) for p in group}
+        best = max(scores.values())
+        sharp = [p for p in sorted(group) if scores[p] >= 0.97 * best]
+        sizes = {p: image_size_key(paths[p]) for p in sharp}
+        return max(sharp, key=lambda p: sizes[p])
+    raise CurationError(f"unknown keep policy {keep!r}; choose from {KEEP_POLICIES}")
+
+
+DEFAULT_TAG = "duplicate"
+GROUP_FIELD = "dup_group"
+DISTANCE_FIELD = "dup_distance"
+
+
+def find_duplicates(samples, brain_key=None, threshold=None, keep="first", method="auto",
+                    tag=DEFAULT_TAG, exact_files=True, progress=None):
+    """Finds near-duplicate groups in ``samples``; writes ``dup_group``, ``dup_distance`` and a tag.
+
+    Args:
+        samples: the dataset or view to search (only samples in it are grouped)
+        brain_key (None): a lookalike similarity run; None = byte-identical
+            files only (no encoder needed)
+        threshold (None): cosine distance; None = the run's calibrated
+            ``duplicate_threshold`` (see ``calibrate_threshold``)
+        keep ("first"): which sample of a group is kept untagged: "first" (in
+            the view's order), "largest" (pixels, then bytes) or "sharpest"
+            (variance of the Laplacian)
+        method ("auto"): "exact", "approximate" (faiss IVF) or "auto"
+            (approximate from 50,000 samples)
+        tag ("duplicate"): tag put on every grouped sample but the kept one
+        exact_files (True): also pair byte-identical files (SHA-256)
+        progress (None): ``progress(fraction, label)``
+
+    Returns:
+        a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
+        1 = largest group) and ``dup_distance`` (distance to the kept sample)
+    """
+    if keep not in KEEP_POLICIES:
+        raise CurationError(f"unknown keep policy {keep!r}; choose from {KEEP_POLICIES}")
+    if method not in METHODS:
+        raise CurationError(f"unknown method {method!r}; choose from {METHODS}")
+    if len(samples) == 0:
+        raise CurationError("the view is empty: there are no samples to search for duplicates")
+    report_progress = progress or (lambda fraction, label: None)
+    ids, paths = samples.values(["id", "filepath"])
+    position = {sid: n for n, sid in enumerate(ids)}
+    edges_i, edges_j, edge_d = [], [], []
+    vectors, used, index = None, "files", None
+
+    if brain_key is not None:
+        import lookalike.similarity as ls
+        from lookalike.curation import records
+
+        index = ls.load_index(samples._root_dataset, brain_key)
+        if threshold is None:
+            threshold = records.load(index, "calibration")["duplicate_threshold"]
+        threshold = check_threshold(threshold)
+        rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
+        in_index = [position[sid] for sid in ids if sid in rows_of]
+        if len(in_index) < 2:
+            raise CurationError(f"fewer than 2 samples of this view are in run '{brain_key}': "
+                             "compute their embeddings and rebuild the index")
+        rows = np.array([rows_of[ids[p]] for p in in_index])
+        vectors = index.engine.matrix[rows]
+        used = method if method != "auto" else (
+            "approximate" if len(rows) >= APPROXIMATE_FROM else "exact")
+        search = (lambda done, total: report_progress(
+            0.8 * done / total, f"searched {done}/{total} samples"))
+        if used == "exact":
+            i, j, d = exact_pairs(vectors, threshold, progress=search)
+        else:
+            reuse = index.engine if len(rows) == index.total_index_size else None
+            i, j, d = approximate_pairs(vectors, threshold, engine=reuse, progress=search)
+        in_index = np.asarray(in_index)
+        edges_i.append(in_index[i])
+        edges_j.append(in_index[j])
+        edge_d.append(d)
+        num_pairs = len(i)
+    else:
+        num_pairs = 0
+        threshold = 0.0
+
+    num_exact = 0
+    if exact_files:
+        report_progress(0.8, "hashing files")
+        hi, hj, _ = hash_pairs(paths)
+        edges_i.append(hi)
+        edges_j.append(hj)
+        edge_d.append(np.zeros(len(hi), np.float32))
+        num_exact = len(hi)
+
+    i = np.concatenate(edges_i) if edges_i else np.zeros(0, np.int64)
+    j = np.concatenate(edges_j) if edges_j else np.zeros(0, np.int64)
+    groups = groups_from_pairs(len(ids), i, j)
+    report_progress(0.9, f"choosing the kept sample of {len(groups)} groups")
+    rows_in_vectors = None
+    if vectors is not None:
+        rows_in_vectors = {int(p): r for r, p in enumerate(in_index)}
+    ordered = []
+    distances = {}
+    for group in groups:
+        kept = choose_kept(group, keep, paths)
+        rest = sorted(p for p in group if p != kept)
+        for p in [kept] + rest:
+            if p == kept:
+                distances[p] = 0.0
+            elif rows_in_vectors is not None and p in rows_in_vectors and kept in rows_in_vectors:
+                a, b = vectors[rows_in_vectors[p]], vectors[rows_in_vectors[kept]]
+                distances[p] = float(np.clip(1.0 - a @ b, 0.0, 2.0))
+            else:
+                distances[p] = 0.0  # byte-identical files
+        ordered.append([kept] + rest)
+    ordered.sort(key=lambda g: (-len(g), g[0]))
+
+    write_groups(samples, ids, ordered, distances, tag)
+    report = DuplicateReport(
+        threshold=float(threshold), method=used, keep=keep,
+        groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(num_pairs),
+        num_exact_pairs=int(num_exact), num_searched=len(ids),
+        files={ids[p]: paths[p] for g in ordered for p in g})
+    if index is not None:
+        from lookalike.curation import records
+
+        records.save(index, "duplicates", report.summary())
+    report_progress(1.0, f"{report.num_groups} groups, {report.num_duplicates} duplicates")
+    return report
+
+
+def write_groups(samples, ids, groups, distances, tag):
+    """Replaces earlier results in ``samples`` with these groups (fields and tag)."""
+    import fiftyone as fo
+
+    dataset = samples._root_dataset
+    for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField)):
+        if name not in dataset.get_field_schema():
+            dataset.add_sample_field(name, ftype)
+    samples.set_field(GROUP_FIELD, None).save(GROUP_FIELD)
+    samples.set_field(DISTANCE_FIELD, None).save(DISTANCE_FIELD)
+    samples.untag_samples(tag)
+    group_of, dist_of, tagged = {}, {}, []
+    for number, group in enumerate(groups, 1):
+        for n, p in enumerate(group):
+            group_of[ids[p]] = number
+            dist_of[ids[p]] = distances[p]
+            if n > 0:
+                tagged.append(ids[p])
+    if group_of:
+        dataset.set_values(GROUP_FIELD, group_of, key_field="id")
+        dataset.set_values(DISTANCE_FIELD, dist_of, key_field="id")
+    if tagged:
+        dataset.select(tagged).tag_samples(tag)
+
+
+def duplicates_view(samples):
+    """The grouped samples, group by group, the kept one first."""
+    from fiftyone import ViewField as F
+
+    return samples.match(F(GROUP_FIELD) != None).sort_by(  # noqa: E711
+        [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
+
+
+def delete_duplicates(samples, tag=DEFAULT_TAG, dry_run=True):
+    """Deletes the samples tagged ``tag`` (not their files); with ``dry_run`` only counts them.
+
+    Returns the number of samples that are (or would be) deleted.
+    """
+    view = samples.match_tags(tag)
+    count = len(view)
+    if not dry_run and count:
+        samples._root_dataset.delete_samples(view)
+    return count
+
+
+def check_threshold(threshold):
+    t = float(threshold)
+    if not 0.0 <= t <= 2.0 or not np.isfinite(t):
+        raise CurationError(f"a cosine distance threshold must be in [0, 2], got {threshold}")
+    return t

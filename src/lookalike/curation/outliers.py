@@ -1,0 +1,91 @@
+"""No-match outliers: samples farther than the match threshold from every other sample.
+
+Each sample's leave-one-out nearest-neighbour distance goes to a float field;
+those beyond the threshold (by default the run's calibrated one) are marked in
+a boolean field and tagged, and the view of them lists the most isolated first.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lookalike.curation.duplicates import check_threshold
+from lookalike.curation.errors import CurationError
+from lookalike.curation.neighbours import leave_one_out
+
+DEFAULT_TAG = "no_match"
+DISTANCE_FIELD = "nn_distance"
+FLAG_FIELD = "no_match"
+
+
+@dataclass
+class OutlierReport:
+    threshold: float
+    num_searched: int
+    outlier_ids: list  # most isolated first
+    distances: dict  # sample id -> nearest-neighbour distance, for the outliers
+
+    @property
+    def num_outliers(self):
+        return len(self.outlier_ids)
+
+    def summary(self):
+        return dict(threshold=self.threshold, num_searched=self.num_searched,
+                    num_outliers=self.num_outliers)
+
+
+def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=None):
+    """Writes ``nn_distance`` and ``no_match`` on the indexed samples of ``samples`` and tags outliers.
+
+    ``threshold`` (cosine distance) defaults to the run's calibrated match
+    threshold (see ``calibrate_threshold``); neighbours are searched among all
+    of the run's samples, never the sample itself.
+    """
+    import fiftyone as fo
+
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+
+    dataset = samples._root_dataset
+    index = ls.load_index(dataset, brain_key)
+    if threshold is None:
+        threshold = records.load(index, "calibration")["threshold"]
+    threshold = check_threshold(threshold)
+    if len(samples) == 0:
+        raise CurationError("the view is empty: there are no samples to check")
+    if index.total_index_size < 2:
+        raise CurationError(f"run '{brain_key}' holds fewer than 2 embeddings: nothing to compare")
+    rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
+    ids = [sid for sid in samples.values("id") if sid in rows_of]
+    if not ids:
+        raise CurationError(f"no sample of this view is in run '{brain_key}': compute their "
+                         "embeddings and rebuild the index")
+    rows = np.array([rows_of[sid] for sid in ids])
+    wrap = (lambda done, total: progress(done / total, f"searched {done}/{total} samples")
+            ) if progress else None
+    _, dists = leave_one_out(index.engine, rows=rows, k=1, progress=wrap)
+    nn = dists[:, 0].astype(float)
+    flagged = nn > threshold
+
+    for name, ftype in ((DISTANCE_FIELD, fo.FloatField), (FLAG_FIELD, fo.BooleanField)):
+        if name not in dataset.get_field_schema():
+            dataset.add_sample_field(name, ftype)
+    samples.untag_samples(tag)
+    dataset.set_values(DISTANCE_FIELD, dict(zip(ids, nn.tolist())), key_field="id")
+    dataset.set_values(FLAG_FIELD, dict(zip(ids, flagged.tolist())), key_field="id")
+    order = np.argsort(-nn[flagged], kind="stable")
+    outlier_ids = [ids[i] for i in np.flatnonzero(flagged)[order]]
+    if outlier_ids:
+        dataset.select(outlier_ids).tag_samples(tag)
+    report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
+                           distances={sid: float(nn[rows_pos]) for rows_pos, sid in
+                                      enumerate(ids) if flagged[rows_pos]})
+    records.save(index, "outliers", report.summary())
+    return report
+
+
+def outliers_view(samples):
+    """The flagged samples, most isolated first."""
+    from fiftyone import ViewField as F
+
+    return samples.match(F(FLAG_FIELD) == True).sort_by(DISTANCE_FIELD, reverse=True)  # noqa: E712

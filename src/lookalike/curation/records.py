@@ -1,0 +1,62 @@
+"""Curation results saved with the similarity run: calibration and evaluation.
+
+They live in the run's results (``index.curation``), so they survive restarts,
+travel with the run and disappear with it. Each record keeps the state of the
+embeddings field it was computed from (which samples held a vector and the
+encoder version that wrote them): when the field has changed since, the record
+is stale and using it is refused until it is computed again.
+"""
+
+import time
+
+from lookalike.curation.errors import MissingRecordError, StaleRecordError
+from lookalike.similarity import artefacts
+
+
+
+
+def field_state(index):
+    field = index.config.embeddings_field
+    if field is None:
+        return {"size": int(index.total_index_size)}
+    state = artefacts._field_state(index._dataset, field)
+    return dict(state, size=int(index.total_index_size))
+
+
+def save(index, name, record):
+    """Saves ``record`` (a JSON-serialisable dict) as ``name`` on the run."""
+    record = dict(record, saved_at=time.time(), field_state=field_state(index),
+                  encoder=index.config.encoder, encoder_version=index.config.encoder_version)
+    index.curation = dict(index.curation or {}, **{name: record})
+    index.save()
+    return record
+
+
+def load(index, name, check_fresh=True):
+    record = (index.curation or {}).get(name)
+    if record is None:
+        raise MissingRecordError(
+            f"run '{index.key}' has no {name} yet: run "
+            f"{'calibrate_threshold' if name == 'calibration' else 'evaluate_retrieval'} first")
+    if check_fresh:
+        now = field_state(index)
+        if record.get("field_state") != now:
+            raise StaleRecordError(
+                f"the embeddings of run '{index.key}' changed since its {name} "
+                f"({_describe_change(record.get('field_state') or {}, now)}): "
+                f"run {'calibrate_threshold' if name == 'calibration' else 'evaluate_retrieval'} "
+                "again")
+    return record
+
+
+def is_fresh(index, name):
+    record = (index.curation or {}).get(name)
+    return record is not None and record.get("field_state") == field_state(index)
+
+
+def _describe_change(old, new):
+    if old.get("version") != new.get("version"):
+        return f"encoder version {old.get('version')} -> {new.get('version')}"
+    if old.get("count") != new.get("count") or old.get("size") != new.get("size"):
+        return f"{old.get('size')} -> {new.get('size')} embedded samples"
+    return "different samples"

@@ -1,0 +1,91 @@
+"""Edits that make a near-duplicate of an image: the demo's planted copies and the
+synthetic copies that calibrate a duplicate threshold without labels.
+
+Crop, resize, small rotation, horizontal flip, JPEG re-encode, brightness and
+contrast, grayscale and a text overlay: what happens to a picture between
+being posted, screenshotted, thumbnailed and watermarked.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
+
+EDITS = (
+    "crop",
+    "resize",
+    "rotate",
+    "hflip",
+    "jpeg",
+    "brightness_contrast",
+    "grayscale",
+    "text_overlay",
+)
+
+
+def _rgb(img):
+    from lookalike.images import to_rgb
+
+    return to_rgb(img)
+
+
+def apply_edit(img, edit, rng):
+    """Returns ``(edited image, file extension)`` for one edit kind."""
+    img = _rgb(img)
+    w, h = img.size
+    if edit == "crop":
+        fx, fy = rng.uniform(0.05, 0.12), rng.uniform(0.05, 0.12)
+        left, top = int(w * fx), int(h * fy)
+        right, bottom = w - int(w * rng.uniform(0.05, 0.12)), h - int(h * rng.uniform(0.05, 0.12))
+        return img.crop((left, top, right, bottom)), ".png"
+    if edit == "resize":
+        scale = rng.uniform(0.4, 0.6)
+        size = (max(16, int(w * scale)), max(16, int(h * scale)))
+        return img.resize(size, Image.Resampling.LANCZOS), ".png"
+    if edit == "rotate":
+        angle = rng.choice([-1, 1]) * rng.uniform(3, 8)
+        fill = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
+        return img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=fill), ".png"
+    if edit == "hflip":
+        return ImageOps.mirror(img), ".png"
+    if edit == "jpeg":
+        return img, ".jpg"  # the re-encode happens on save (quality 25; see reencode_jpeg)
+    if edit == "brightness_contrast":
+        img = ImageEnhance.Brightness(img).enhance(rng.uniform(1.15, 1.35))
+        return ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 0.85)), ".png"
+    if edit == "grayscale":
+        return img.convert("L"), ".png"
+    if edit == "text_overlay":
+        img = img.copy()
+        draw = ImageDraw.Draw(img)
+        size = max(10, h // 14)
+        font = ImageFont.load_default(size=size)
+        draw.text(
+            (w // 20, h - size * 2),
+            "(c) lookalike 2026",
+            fill=(255, 255, 255),
+            font=font,
+            stroke_width=max(1, size // 12),
+            stroke_fill=(0, 0, 0),
+        )
+        return img, ".png"
+    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS}")
+
+JPEG_QUALITY = 25
+
+
+def reencode_jpeg(img, quality=JPEG_QUALITY):
+    """``img`` after a JPEG round trip in memory."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as out:
+        return out.convert("RGB")
+
+
+def edited_copy(img, edit, rng):
+    """The edited image itself (JPEG edits re-encoded in memory), as RGB."""
+    out, ext = apply_edit(img, edit, rng)
+    if ext == ".jpg":
+        return reencode_jpeg(out)
+    return out.convert("RGB")

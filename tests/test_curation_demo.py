@@ -1,0 +1,113 @@
+"""The curation operators on the demo photos with a real (small) contrastive encoder.
+
+The planted copies must come back as duplicate groups and the photos without a
+copy as no-match outliers; the CLI writes the pictures.
+"""
+
+import os
+import subprocess
+import sys
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import pytest
+from fiftyone import ViewField as F
+
+from lookalike.demo import build_demo_dataset
+from lookalike.encoders import train_encoder
+from lookalike.workflow import flag_scores, pair_scores
+
+PLUGIN = "@lookalike/similarity"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo photos (and 20 digits) and a contrastive encoder trained on the photos."""
+    store = str(tmp_path_factory.mktemp("models"))
+    os.environ["LOOKALIKE_MODELS_DIR"] = store
+    name = "test-curation-demo"
+    ds = build_demo_dataset(name, data_dir=str(tmp_path_factory.mktemp("demo")), max_digits=20)
+    photos = ds.match(F("source") == "photo")
+    train_encoder(photos, "contrastive", "copies", store_dir=store, image_size=32, epochs=10,
+                  batch_size=64, width=0.5)
+    yield ds
+    os.environ.pop("LOOKALIKE_MODELS_DIR", None)
+    fo.delete_dataset(name)
+
+
+def _run(name, dataset, view=None, **params):
+    kwargs = dict(dataset=dataset, params=params)
+    if view is not None:
+        kwargs["view"] = view
+    return foo.execute_operator(f"{PLUGIN}/{name}", **kwargs)
+
+
+def test_operators_recover_planted_copies_and_unique_photos(demo):
+    photos = demo.match(F("source") == "photo")
+    _run("compute_embeddings", demo, view=photos, encoder="copies", embeddings_field="emb")
+    _run("build_index", demo, embeddings_field="emb", brain_key="emb_sim")
+    cal = _run("calibrate_threshold", demo, brain_key="emb_sim", view=photos).result
+    assert cal["method"] == "percentile" and "synthetic copies" in cal["duplicate_rule"]
+    assert 0 < cal["duplicate_threshold"] < cal["threshold"] < 2
+
+    out = _run("find_duplicates", demo, view=photos, brain_key="emb_sim", keep="largest")
+    ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
+    predicted = dict(zip(ids, photos.values("dup_group")))
+    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    scores = pair_scores(predicted, truth)
+    assert scores["recall"] >= 0.85 and scores["precision"] >= 0.6, scores
+    assert out.result["num_groups"] >= 15
+    # The largest of each group is kept: never the half-size "resize" copy.
+    kept = demo.match((F("dup_group") != None) & ~F("tags").contains("duplicate"))  # noqa: E711
+    assert "resize" not in kept.values("gt_edit")
+    assert "set_view" in [r["operator_uri"] for r in out.to_json()["executor"]["requests"]]
+
+    out = _run("flag_outliers", demo, view=photos, brain_key="emb_sim")
+    flagged = photos.match(F("no_match") == True).values("id")  # noqa: E712
+    found = flag_scores(flagged, [s for s, u in zip(ids, unique) if u])
+    assert found["recall"] == 1.0, found
+    assert out.result["num_outliers"] == len(flagged) == len(demo.match_tags("no_match"))
+    # The most isolated first, and the App's view is set to them.
+    view = demo.match(F("no_match") == True).sort_by("nn_distance", reverse=True)  # noqa: E712
+    assert view.first().gt_unique is True
+
+    ev = _run("evaluate_retrieval", demo, view=photos, brain_key="emb_sim",
+              label_field="ground_truth", k=5).result
+    assert 0.5 < ev["recall_at_1"] <= 1 and ev["confusion"]["classes"][-1] == "no match"
+
+    # Deleting asks for confirmation: without it, nothing goes.
+    n = len(demo)
+    out = _run("delete_duplicates", demo)
+    assert out.result == {"deleted": 0, "would_delete": len(demo.match_tags("duplicate"))}
+    assert len(demo) == n
+
+
+def test_cli_curate_prints_groups_and_writes_pictures(demo, subprocess_env, tmp_path):
+    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=os.environ["LOOKALIKE_MODELS_DIR"])
+    out = subprocess.run(
+        [sys.executable, "-m", "lookalike.cli", "curate", "--dataset", demo.name, "--tag",
+         "photo", "--encoder", "copies", "--field", "emb_cli", "--label-field", "ground_truth",
+         "--pngs", str(tmp_path / "png"), "--show-groups", "3"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "duplicate groups" in out.stdout and "no-match outliers" in out.stdout
+    assert "/photos/" in out.stdout and "recall@1" in out.stdout
+    pngs = sorted(os.listdir(tmp_path / "png"))
+    assert pngs == sorted(f"emb_cli_sim_{n}.png" for n in (
+        "threshold_curves", "precision_recall", "distance_histogram", "confusion_matrix"))
+    assert all(os.path.getsize(tmp_path / "png" / p) > 10_000 for p in pngs)
+    # Errors are one clear line and exit code 2.
+    bad = subprocess.run([sys.executable, "-m", "lookalike.cli", "outliers", "--dataset",
+                          demo.name, "--brain-key", "emb_cli_sim", "--threshold", "5"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "[0, 2]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_visualize_embeddings_saves_a_visualization_run(demo):
+    demo.reload()
+    out = _run("visualize_embeddings", demo, embeddings_field="emb_cli", method="umap",
+               brain_key="emb_cli_umap")
+    assert out.result["points"] == len(demo.match(F("source") == "photo"))
+    info = demo.get_brain_info("emb_cli_umap")
+    assert info.config.type == "visualization" and info.config.embeddings_field == "emb_cli"
+    assert demo.load_brain_results("emb_cli_umap").points.shape[1] == 2
