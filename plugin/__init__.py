@@ -8,6 +8,8 @@ and TensorFlow load only inside operators that need them.
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from .panel import LookalikePanel
+
 
 def _file_table(outputs, name, label, column):
     """A table of files that were skipped, with the reason for each."""
@@ -818,3 +820,4 @@ def register(p):
     p.register(DeleteDuplicates)
     p.register(EvaluateRetrieval)
     p.register(VisualizeEmbeddings)
+    p.register(LookalikePanel)

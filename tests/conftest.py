@@ -64,6 +64,8 @@ def _start_isolated_database():
     os.environ["FIFTYONE_CONFIG_PATH"] = os.path.join(tmp, "config.json")
     os.environ["FIFTYONE_APP_CONFIG_PATH"] = os.path.join(tmp, "app_config.json")
     os.environ["LOOKALIKE_DATA_DIR"] = os.path.join(tmp, "lookalike-data")
+    # The session's model store, shared with child processes (App server, workers).
+    os.environ["LOOKALIKE_MODELS_DIR"] = os.path.join(tmp, "models")
 
     if os.environ.get("FIFTYONE_DATABASE_URI"):
         name = f"lookalike_tests_{uuid.uuid4().hex[:12]}"
@@ -142,6 +144,50 @@ def demo_records(tmp_path_factory):
     from lookalike.demo import write_demo_images
 
     return write_demo_images(str(tmp_path_factory.mktemp("demo-images")), max_digits=200)
+
+
+@pytest.fixture(scope="session")
+def copies_encoder(demo_records):
+    """A small contrastive encoder ("copies") trained on the demo photos, in the session store.
+
+    Good enough to find the demo's planted copies (about 15 s to train).
+    """
+    from lookalike.encoders import contrastive
+    from lookalike.encoders.data import load_images
+
+    photos = [r["filepath"] for r in demo_records if r["source"] == "photo"]
+    images = load_images(photos, 32).images
+    contrastive.train(images, "copies", image_size=32, epochs=10, batch_size=64, width=0.5)
+    return "copies"
+
+
+@pytest.fixture(scope="session")
+def app_server(subprocess_env, tmp_path_factory):
+    """A real FiftyOne App server on 127.0.0.1 (its own PID, stopped at the end)."""
+    import requests
+
+    port = processes.free_port()
+    log = open(tmp_path_factory.mktemp("app") / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port",
+         str(port)], env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the App server exited with {proc.returncode}")
+            try:
+                if requests.get(f"{url}/fiftyone", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("the App server did not answer within 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        processes.stop(proc)
 
 
 @pytest.fixture

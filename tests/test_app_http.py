@@ -1,44 +1,13 @@
 """The App's own HTTP API against a real App server on 127.0.0.1 (started and stopped by PID)."""
 
-import subprocess
-import sys
-import time
-
 import fiftyone as fo
 import numpy as np
 import pytest
 import requests
 
 import lookalike.similarity as ls
-import processes
 
 PLUGIN = "@lookalike/similarity"
-
-
-@pytest.fixture(scope="module")
-def app_server(subprocess_env, tmp_path_factory):
-    port = processes.free_port()
-    log = open(tmp_path_factory.mktemp("app") / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port",
-         str(port)], env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the App server exited with {proc.returncode}")
-            try:
-                if requests.get(f"{url}/fiftyone", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the App server did not answer within 120 s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        processes.stop(proc)
 
 
 @pytest.fixture

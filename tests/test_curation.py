@@ -200,10 +200,12 @@ def test_evaluation_equals_sklearn_and_numpy_references(dataset_name, image_path
 
 def test_retrieval_metrics_hand_checked():
     rel = np.array([[True, False, True], [False, False, False], [False, True, True]])
+    # The second query has nothing to find (a class of one): it is left out.
     m = retrieval_metrics(rel, num_relevant=[2, 0, 5])
-    assert m["recall_at_1"] == pytest.approx(1 / 3)
-    assert m["precision_at_3"] == pytest.approx(4 / 9)
-    # AP@3: (1 + 2/3) / 2 and (1/2 + 2/3) / 3; the query with nothing to find is left out.
+    assert m["num_queries"] == 2 and m["num_unfindable"] == 1
+    assert m["recall_at_1"] == pytest.approx(1 / 2)
+    assert m["precision_at_3"] == pytest.approx(4 / 6)
+    # AP@3: (1 + 2/3) / 2 and (1/2 + 2/3) / 3.
     assert m["map_at_3"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 3) / 2)
 
 

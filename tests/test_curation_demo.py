@@ -14,24 +14,17 @@ import pytest
 from fiftyone import ViewField as F
 
 from lookalike.demo import build_demo_dataset
-from lookalike.encoders import train_encoder
 from lookalike.workflow import flag_scores, pair_scores
 
 PLUGIN = "@lookalike/similarity"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo photos (and 20 digits) and a contrastive encoder trained on the photos."""
-    store = str(tmp_path_factory.mktemp("models"))
-    os.environ["LOOKALIKE_MODELS_DIR"] = store
+def demo(tmp_path_factory, copies_encoder):
+    """The demo photos (and 20 digits); the session's "copies" encoder knows the photos."""
     name = "test-curation-demo"
     ds = build_demo_dataset(name, data_dir=str(tmp_path_factory.mktemp("demo")), max_digits=20)
-    photos = ds.match(F("source") == "photo")
-    train_encoder(photos, "contrastive", "copies", store_dir=store, image_size=32, epochs=10,
-                  batch_size=64, width=0.5)
     yield ds
-    os.environ.pop("LOOKALIKE_MODELS_DIR", None)
     fo.delete_dataset(name)
 
 
@@ -83,7 +76,7 @@ def test_operators_recover_planted_copies_and_unique_photos(demo):
 
 
 def test_cli_curate_prints_groups_and_writes_pictures(demo, subprocess_env, tmp_path):
-    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=os.environ["LOOKALIKE_MODELS_DIR"])
+    env = subprocess_env
     out = subprocess.run(
         [sys.executable, "-m", "lookalike.cli", "curate", "--dataset", demo.name, "--tag",
          "photo", "--encoder", "copies", "--field", "emb_cli", "--label-field", "ground_truth",

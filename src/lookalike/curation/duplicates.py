@@ -75,31 +75,56 @@ def exact_pairs(matrix, threshold, progress=None):
     return _concat(out_i, out_j, out_d)
 
 
-def approximate_pairs(matrix, threshold, engine=None, progress=None, batch=16384):
-    """Pairs within ``threshold`` from a faiss IVF range search (``engine``: an IVFEngine to reuse)."""
-    from lookalike.similarity.engine import IVFEngine
+def duplicate_ivf(matrix, nlist=None, nprobe=8, seed=51):
+    """A faiss IVF index built for a near-duplicate search: quick to train, few lists probed.
 
-    if engine is None or getattr(engine, "index", None) is None:
-        engine = IVFEngine(matrix)
-    faiss = __import__("faiss")
-    params = faiss.SearchParametersIVF(nprobe=engine.nprobe)
+    Near-duplicates are so close that they almost always share the query's
+    nearest lists, so the search needs neither the fine partition nor the wide
+    probing tuned for k-NN (see ``benchmarks/curation.py`` for its recall).
+    """
+    import faiss
+
+    n, d = matrix.shape
+    nlist = int(nlist or max(1, min(int(np.sqrt(n)), n // 39 or 1)))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    index.train(matrix[rng.choice(n, min(n, 64 * nlist), replace=False)])
+    index.add(matrix)
+    index.nprobe = int(min(nprobe, nlist))
+    return index
+
+
+def approximate_pairs(matrix, threshold, engine=None, nprobe=8, progress=None, batch=16384):
+    """Pairs within ``threshold`` from a faiss IVF range search.
+
+    ``engine``: an IVFEngine over the same rows to reuse; otherwise an index is
+    built with :func:`duplicate_ivf`.
+    """
+    import faiss
+
+    if engine is not None and getattr(engine, "index", None) is not None:
+        index, nprobe = engine.index, max(nprobe, engine.nprobe)
+    else:
+        index = duplicate_ivf(matrix, nprobe=nprobe)
+    params = faiss.SearchParametersIVF(nprobe=int(min(nprobe, index.nlist)))
     out_i, out_j, out_d = [], [], []
     n = len(matrix)
     for start in range(0, n, batch):
         q = np.ascontiguousarray(matrix[start:start + batch], np.float32)
-        lims, sims, inds = engine.index.range_search(q, float(1.0 - threshold - 1e-6),
-                                                     params=params)
+        lims, sims, inds = index.range_search(q, float(1.0 - threshold - 1e-6), params=params)
         counts = np.diff(lims).astype(np.int64)
         i = np.repeat(np.arange(start, start + len(q)), counts)
         d = np.clip(1.0 - sims, 0.0, 2.0)
-        keep = (inds > i) & (d <= threshold)
-        out_i.append(i[keep])
-        out_j.append(inds[keep].astype(np.int64))
+        # Each pair once, from its lower row (or from whichever end found it).
+        keep = (inds != i) & (d <= threshold)
+        a, b = np.minimum(i, inds)[keep], np.maximum(i, inds)[keep]
+        out_i.append(a)
+        out_j.append(b.astype(np.int64))
         out_d.append(d[keep])
         if progress:
             progress(min(start + batch, n), n)
     i, j, d = _concat(out_i, out_j, out_d)
-    # A pair found from both ends (or only one) is kept once.
     if len(i):
         _, first = np.unique(i * np.int64(n) + j, return_index=True)
         i, j, d = i[first], j[first], d[first]

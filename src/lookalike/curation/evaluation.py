@@ -6,8 +6,10 @@ ranked answers; an answer is relevant when it has the query's label.
 * recall@1: share of queries whose nearest neighbour is relevant;
 * precision@k: mean share of relevant answers among the top ``k``;
 * mAP@k: mean over queries of AP@k = sum_i P@i * rel_i / min(R, k), R being
-  the number of relevant samples in the gallery (queries with R = 0 are left
-  out of mAP: nothing could be found).
+  the number of relevant samples in the gallery.
+
+Queries with R = 0 (a class of one) have nothing to find: they are left out of
+all three and counted in ``num_unfindable``.
 
 The confusion matrix follows the TF Similarity seed: at the calibrated
 threshold a query is predicted as its neighbour's label, or "no match" when
@@ -33,16 +35,20 @@ def retrieval_metrics(relevant, num_relevant):
     q, k = relevant.shape
     if q == 0 or k == 0:
         raise CurationError("need at least one query and k >= 1")
+    findable = num_relevant > 0
+    if not findable.any():
+        raise CurationError("no query has another sample of its class: nothing to retrieve")
+    relevant, num_relevant = relevant[findable], num_relevant[findable]
     hits = np.cumsum(relevant, axis=1)
     precision_at_i = hits / np.arange(1, k + 1)
-    findable = num_relevant > 0
-    ap = (precision_at_i * relevant).sum(axis=1) / np.maximum(np.minimum(num_relevant, k), 1)
+    ap = (precision_at_i * relevant).sum(axis=1) / np.minimum(num_relevant, k)
     return {
         "recall_at_1": float(relevant[:, 0].mean()),
         f"precision_at_{k}": float(relevant.mean()),
-        f"map_at_{k}": float(ap[findable].mean()) if findable.any() else 0.0,
+        f"map_at_{k}": float(ap.mean()),
         "k": int(k),
-        "num_queries": int(q),
+        "num_queries": int(findable.sum()),
+        "num_unfindable": int(q - findable.sum()),
     }
 
 

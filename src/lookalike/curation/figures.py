@@ -106,10 +106,11 @@ def to_plotly(spec):
         elif t["type"] == "heatmap":
             fig.add_trace(go.Heatmap(x=t["x"], y=t["y"], z=t["z"], colorscale="Blues",
                                      text=t["z"], texttemplate="%{text}"))
-    for m in spec["marks"]:
+    for n, m in enumerate(spec["marks"]):  # labels on alternate sides: never on top of each other
         fig.add_vline(x=m["x"], line_dash="dash",
                       line_color=THRESHOLD_COLOURS.get(m["label"], "black"),
-                      annotation_text=f"{m['label']} {m['x']:.4g}")
+                      annotation_text=f"{m['label']} {m['x']:.4g}",
+                      annotation_position="top left" if n % 2 else "top right")
     fig.update_layout(title=spec["title"], xaxis_title=spec["xaxis"],
                       yaxis_title=spec["yaxis"], template="plotly_dark",
                       margin=dict(l=50, r=20, t=50, b=50))

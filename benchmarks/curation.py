@@ -1,0 +1,331 @@
+"""Curation quality and speed (run on demand; prints figures, asserts nothing).
+
+    .venv/bin/python benchmarks/curation.py                 # both parts
+    .venv/bin/python benchmarks/curation.py --quality       # (a) only; needs `make demo` first
+    .venv/bin/python benchmarks/curation.py --speed --sizes 100000 1000000
+
+(a) Quality on the demo images, per method: the three demo encoders, an
+untrained copy of the TF network, raw pixels and a perceptual hash
+(``imagehash.phash``, the floor to beat; Hamming distance as the cosine
+distance of +-1 bit vectors). For each of 3 seeds:
+
+* near-duplicates on the 185 photos: the label-free threshold the product uses
+  (95% of synthetic edited copies of 64 sampled photos, the seed choosing the
+  photos and edit parameters), pairs within it joined into connected groups,
+  scored as pairs against the planted groups (precision / recall / F1);
+* recall@1 and mAP@10 of the photos against their group (leave-one-out);
+* unseen-class rejection on the 1,797 digits: 3 classes held out (the seed
+  choosing them) of the gallery; the threshold accepts 95% of the known-class
+  queries; the share of unknown-class queries rejected. The metric encoder is
+  retrained per seed on the known classes only, so its unknowns are unseen.
+
+(b) Speed of ``find_duplicates``' pair search on clustered synthetic unit
+vectors with planted near-duplicate pairs (d = 256): ours exact (tiled matrix
+products), ours approximate (faiss IVF range search) and fiftyone-brain's
+``compute_near_duplicates`` on the same vectors and threshold, in the same run;
+recall against exact; the GEMM bound 2 * N^2 * d / the machine's measured
+float32 matrix-product FLOP/s.
+"""
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "src"))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+SEEDS = (51, 52, 53)
+
+
+# -- (a) quality ---------------------------------------------------------------
+def _pairs_scores(groups, truth):
+    from lookalike.workflow import pair_scores
+
+    return pair_scores(dict(enumerate(groups)), dict(enumerate(truth)))
+
+
+def _copy_threshold(embed, images, seed, num=64, recall=0.95):
+    from lookalike.edits import EDITS, edited_copy
+
+    rng = np.random.default_rng(seed)
+    erng = random.Random(seed)
+    chosen = rng.choice(len(images), min(num, len(images)), replace=False)
+    dists = []
+    for i in chosen:
+        batch = [images[i]] + [edited_copy(images[i], e, erng) for e in EDITS]
+        v = embed(batch)
+        dists.extend(np.clip(1 - v[1:] @ v[0], 0, 2).tolist())
+    return float(np.percentile(dists, 100 * recall))
+
+
+def _duplicates(vectors, threshold):
+    from lookalike.curation.duplicates import exact_pairs, groups_from_pairs
+
+    i, j, _ = exact_pairs(vectors, threshold)
+    labels = np.full(len(vectors), None, dtype=object)
+    for n, g in enumerate(groups_from_pairs(len(vectors), i, j)):
+        labels[g] = n
+    return labels
+
+
+def _retrieval(vectors, labels, k=10):
+    from lookalike.curation.evaluation import retrieval_metrics
+    from lookalike.curation.neighbours import leave_one_out
+    from lookalike.similarity.engine import ExactEngine
+
+    labels = np.asarray(labels, dtype=object)
+    inds, _ = leave_one_out(ExactEngine(vectors), k=k)
+    rel = labels[inds] == labels[:, None]
+    counts = {c: int((labels == c).sum()) for c in set(labels.tolist())}
+    return retrieval_metrics(rel, [counts[c] - 1 for c in labels])
+
+
+def _rejection(vectors, labels, unknown, keep=0.95):
+    from lookalike.curation.neighbours import leave_one_out
+    from lookalike.similarity.engine import ExactEngine
+
+    labels = np.asarray(labels)
+    known = ~np.isin(labels, unknown)
+    _, d = leave_one_out(ExactEngine(vectors), gallery=np.flatnonzero(known), k=1)
+    threshold = np.percentile(d[known, 0], 100 * keep)
+    return float((d[~known, 0] > threshold).mean())
+
+
+def _unit(x):
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _resized(images, size):
+    from PIL import Image
+
+    return np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR),
+                                np.uint8) for im in images])
+
+
+def embedders(store_dir=None, digits_known=None):
+    """{name: (embed(list of PIL) -> unit vectors)} of every method compared."""
+    from lookalike.encoders import load_encoder
+    from lookalike.encoders import metric as tfmetric
+
+    out = {}
+    for name in ("demo-contrastive", "demo-autoencoder", "demo-metric"):
+        enc = load_encoder(name, store_dir=store_dir)
+        out[name] = (lambda ims, enc=enc: enc.embed(_resized(ims, enc.image_size)))
+    net = tfmetric.build(32, 128, seed=0)
+    out["untrained network"] = lambda ims: _unit(net(_resized(ims, 32).astype(np.float32),
+                                                     training=False).numpy())
+
+    def pixels(ims):
+        x = _resized(ims, 32).reshape(len(ims), -1).astype(np.float32)
+        return _unit(x - x.mean(axis=1, keepdims=True))
+
+    out["raw pixels (32 px)"] = pixels
+    try:
+        import imagehash
+    except ImportError:
+        print("imagehash is not installed (pip install -e '.[bench]'): no perceptual-hash floor")
+    else:
+        def phash(ims):
+            bits = np.stack([imagehash.phash(im).hash.ravel() for im in ims]).astype(np.float32)
+            return _unit(2 * bits - 1)
+
+        out["perceptual hash (phash)"] = phash
+    return out
+
+
+def quality(args):
+    from PIL import Image
+
+    from lookalike.demo import write_demo_images
+    from lookalike.encoders import metric as tfmetric
+    from lookalike.images import load_image
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-bench-demo-")
+    records = write_demo_images(tmp)
+    photos = [r for r in records if r["source"] == "photo"]
+    digits = [r for r in records if r["source"] == "digit"]
+    photo_images = [load_image(r["filepath"]) for r in photos]
+    digit_images = [Image.open(r["filepath"]).convert("RGB") for r in digits]
+    truth = [None if r["gt_unique"] else r["gt_group"] for r in photos]
+    groups = [r["gt_group"] for r in photos]
+    digit_labels = np.array([r["label"] for r in digits])
+    methods = embedders()
+    rows = {name: [] for name in list(methods) + ["demo-metric (known classes only)"]}
+    for seed in SEEDS:
+        unknown = np.random.default_rng(seed).choice([str(c) for c in range(10)], 3,
+                                                     replace=False).tolist()
+        print(f"seed {seed}: unknown digits {unknown}", flush=True)
+        # The metric encoder, retrained on the known classes only.
+        known_idx = [i for i, lab in enumerate(digit_labels) if lab not in unknown]
+        arrays = _resized([digit_images[i] for i in known_idx], 32)
+        store = tempfile.mkdtemp(prefix="lookalike-bench-models-")
+        t = time.perf_counter()
+        tfmetric.train(arrays, digit_labels[known_idx].tolist(), "known-only", store_dir=store,
+                       image_size=32, epochs=6, seed=seed)
+        print(f"  trained the metric encoder on {len(known_idx)} known digits in "
+              f"{time.perf_counter() - t:.0f} s", flush=True)
+        from lookalike.encoders import load_encoder
+
+        enc = load_encoder("known-only", store_dir=store)
+        seeded = dict(methods)
+        seeded["demo-metric (known classes only)"] = (
+            lambda ims, enc=enc: enc.embed(_resized(ims, enc.image_size)))
+        for name, embed in seeded.items():
+            t = time.perf_counter()
+            vp = embed(photo_images)
+            threshold = _copy_threshold(embed, photo_images, seed)
+            dup = _pairs_scores(_duplicates(vp, threshold), truth)
+            ret = _retrieval(vp, groups)
+            rej = _rejection(embed(digit_images), digit_labels, unknown)
+            rows[name].append(dict(p=dup["precision"], r=dup["recall"], f1=dup["f1"],
+                                   threshold=threshold, r1=ret["recall_at_1"],
+                                   map10=ret["map_at_10"], rejection=rej))
+            print(f"  {name}: dup P {dup['precision']:.3f} R {dup['recall']:.3f} "
+                  f"F1 {dup['f1']:.3f} at {threshold:.4f}; recall@1 {ret['recall_at_1']:.3f} "
+                  f"mAP@10 {ret['map_at_10']:.3f}; unseen rejected {rej:.3f} "
+                  f"({time.perf_counter() - t:.1f} s)", flush=True)
+    print("\n| method | dup precision | dup recall | dup F1 | threshold | recall@1 | mAP@10 | "
+          "unseen-class rejection at 95% known kept |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rs in rows.items():
+        if not rs:
+            continue
+
+        def ms(key, rs=rs):
+            v = np.array([r[key] for r in rs])
+            return f"{v.mean():.3f} ± {v.std():.3f}"
+
+        print(f"| {name} | {ms('p')} | {ms('r')} | {ms('f1')} | {ms('threshold')} | {ms('r1')} | "
+              f"{ms('map10')} | {ms('rejection')} |")
+    print("(mean ± std over seeds " + ", ".join(map(str, SEEDS)) + "; the demo encoders "
+          "are those `make demo` trained; demo-metric saw every digit class in training)")
+
+
+# -- (b) speed -----------------------------------------------------------------
+def planted(n, d, seed=0, dup_share=0.05, noise=0.02):
+    """Clustered unit vectors, ``dup_share`` of them near-copies of another row."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(max(10, int(np.sqrt(n))), d)).astype(np.float32)
+    base_n = n - int(n * dup_share)
+    x = np.empty((n, d), np.float32)
+    x[:base_n] = centers[rng.integers(0, len(centers), base_n)]
+    x[:base_n] += 0.35 * rng.normal(size=(base_n, d)).astype(np.float32)
+    x[:base_n] /= np.linalg.norm(x[:base_n], axis=1, keepdims=True)
+    src = rng.integers(0, base_n, n - base_n)
+    x[base_n:] = x[src] + noise / np.sqrt(d) * rng.normal(size=(n - base_n, d)).astype(np.float32)
+    x[base_n:] /= np.linalg.norm(x[base_n:], axis=1, keepdims=True)
+    return x, set(zip(src.tolist(), range(base_n, n)))
+
+
+def gemm_flops():
+    a = np.random.default_rng(0).normal(size=(4096, 256)).astype(np.float32)
+    b = np.random.default_rng(1).normal(size=(256, 16384)).astype(np.float32)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * 4096 * 256 * 16384 / (time.perf_counter() - t)
+
+
+def speed(args):
+    from lookalike.curation.duplicates import approximate_pairs, exact_pairs
+
+    flops = gemm_flops()
+    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, "
+          f"float32 GEMM {flops / 1e9:.0f} GFLOP/s", flush=True)
+    d, threshold = 256, args.threshold
+    rows = []
+    for n in args.sizes:
+        x, planted_pairs = planted(n, d)
+        bound = 2 * n * n * d / flops
+        row = dict(N=n, bound=bound)
+        t = time.perf_counter()
+        ai, aj, _ = approximate_pairs(x, threshold)
+        row["ivf_s"] = time.perf_counter() - t
+        found = set(zip(ai.tolist(), aj.tolist()))
+        row["ivf_planted"] = len(found & planted_pairs) / len(planted_pairs)
+        print(f"N={n:,}: IVF {row['ivf_s']:.1f} s, {len(found):,} pairs, "
+              f"{row['ivf_planted']:.4f} of planted", flush=True)
+        if n <= args.max_exact:
+            t = time.perf_counter()
+            ei, ej, _ = exact_pairs(x, threshold)
+            row["exact_s"] = time.perf_counter() - t
+            exact = set(zip(ei.tolist(), ej.tolist()))
+            row["ivf_recall"] = len(found & exact) / max(len(exact), 1)
+            row["exact_pairs"] = len(exact)
+            print(f"  exact {row['exact_s']:.1f} s ({row['exact_s'] / bound:.2f}x the GEMM bound), "
+                  f"{len(exact):,} pairs; IVF recall of exact {row['ivf_recall']:.4f}", flush=True)
+        if n <= args.max_fob:
+            row["fob_s"], row["fob_recall"] = fob_near_duplicates(x, threshold, exact if
+                                                                  "exact_s" in row else None)
+            print(f"  fob.compute_near_duplicates {row['fob_s']:.1f} s "
+                  f"(ours IVF {row['fob_s'] / row['ivf_s']:.1f}x faster)", flush=True)
+        rows.append(row)
+    print(f"\n| N (d = {d}, threshold {threshold}) | ours IVF s | recall of exact | planted found | "
+          "ours exact s | fob.compute_near_duplicates s | fob / ours IVF | GEMM bound s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt = lambda k, f="{:.1f}": f.format(r[k]) if k in r else "-"  # noqa: E731
+        ratio = f"{r['fob_s'] / r['ivf_s']:.1f}x" if "fob_s" in r else "-"
+        print(f"| {r['N']:,} | {r['ivf_s']:.1f} | {fmt('ivf_recall', '{:.4f}')} | "
+              f"{r['ivf_planted']:.4f} | {fmt('exact_s')} | {fmt('fob_s')} | {ratio} | "
+              f"{r['bound']:.1f} |")
+
+
+def fob_near_duplicates(x, threshold, exact=None):
+    import fiftyone as fo
+    import fiftyone.brain as fob
+
+    ds = fo.Dataset()
+    ds.add_samples([fo.Sample(filepath=f"/nonexistent/{i}.jpg") for i in range(len(x))],
+                   progress=False)
+    try:
+        t = time.perf_counter()
+        index = fob.compute_near_duplicates(ds, threshold=threshold, embeddings=x,
+                                            progress=False)
+        seconds = time.perf_counter() - t
+        recall = None
+        if exact is not None:
+            flagged = set(index.duplicate_ids)
+            ids = ds.values("id")
+            dup_rows = {j for _, j in exact} | {i for i, _ in exact}
+            recall = len({ids[r] for r in dup_rows} & flagged) / max(len(dup_rows), 1)
+            print(f"  fob flagged {len(flagged):,} samples; {recall:.4f} of the samples in exact "
+                  "pairs", flush=True)
+        return seconds, recall
+    finally:
+        ds.delete()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quality", action="store_true", help="only part (a)")
+    parser.add_argument("--speed", action="store_true", help="only part (b)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--threshold", type=float, default=0.01)
+    parser.add_argument("--max-exact", type=int, default=100_000)
+    parser.add_argument("--max-fob", type=int, default=100_000)
+    args = parser.parse_args()
+    both = not (args.quality or args.speed)
+    if args.quality or both:
+        quality(args)
+    if args.speed or both:
+        if args.max_fob:
+            import conftest  # the tests' isolated mongod, same set-up
+
+            conftest._start_isolated_database()
+            from lookalike.database import quiet_mongodb_version_warning
+
+            quiet_mongodb_version_warning()
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The lookalike panel: encoders, similarity runs, curves, duplicate groups and outliers.
+
+Rendering only: the rows and figures come from :mod:`lookalike.overview`; the
+buttons open our operators (with their forms, so the user chooses immediate
+or delegated execution for long jobs).
+"""
+
+import json
+from urllib.parse import quote
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+PLUGIN = "@lookalike/similarity"
+OPERATOR_BUTTONS = (
+    ("train_encoder", "Train"),
+    ("compute_embeddings", "Embed"),
+    ("build_index", "Index"),
+    ("calibrate_threshold", "Calibrate"),
+    ("find_duplicates", "Duplicates"),
+    ("flag_outliers", "Outliers"),
+    ("evaluate_retrieval", "Evaluate"),
+    ("visualize_embeddings", "Project"),
+)
+
+
+def _media_url(path):
+    return "/media?filepath=" + quote(path)
+
+
+def _plotly(spec):
+    from lookalike.curation.figures import to_plotly
+
+    fig = json.loads(to_plotly(spec).to_json())
+    fig["layout"].pop("template", None)  # the App's own theme
+    fig["layout"].update(height=320, paper_bgcolor="rgba(0,0,0,0)",
+                         plot_bgcolor="rgba(0,0,0,0)", font={"color": "#aaa"})
+    return fig
+
+
+def _table(columns):
+    table = types.TableView()
+    for key, label in columns:
+        table.add_column(key, label=label)
+    return table
+
+
+class LookalikePanel(foo.Panel):
+    @property
+    def config(self):
+        return foo.PanelConfig(
+            name="lookalike_panel",
+            label="Lookalike",
+            icon="/assets/icon.svg",
+            surfaces="grid modal",
+            help_markdown="Encoders, similarity indexes, calibration, duplicates and outliers "
+            "of **lookalike**. Select one sample to see its nearest neighbours.",
+        )
+
+    # -- events -----------------------------------------------------------------
+    def on_load(self, ctx):
+        self._refresh(ctx)
+
+    def on_change_dataset(self, ctx):
+        ctx.panel.state.run = None
+        self._refresh(ctx)
+
+    def on_change_view(self, ctx):
+        # Operators change the view when they finish: show their results.
+        self._refresh(ctx)
+
+    def on_change_selected(self, ctx):
+        self._neighbours(ctx)
+
+    def on_change_current_sample(self, ctx):
+        self._neighbours(ctx, ctx.current_sample)
+
+    def refresh(self, ctx):
+        self._refresh(ctx)
+
+    def choose_run(self, ctx):
+        rows = ctx.panel.state.run_keys or []
+        row = ctx.params.get("row")
+        if row is not None and 0 <= int(row) < len(rows):
+            ctx.panel.state.run = rows[int(row)]
+        self._refresh(ctx)
+
+    def show_group(self, ctx):
+        from fiftyone import ViewField as F
+
+        groups = ctx.panel.state.group_numbers or []
+        row = ctx.params.get("row")
+        if row is None or not 0 <= int(row) < len(groups):
+            return
+        view = ctx.dataset.match(F("dup_group") == groups[int(row)]).sort_by("dup_distance")
+        ctx.ops.set_view(view)
+
+    def show_outlier(self, ctx):
+        ids = ctx.panel.state.outlier_ids or []
+        row = ctx.params.get("row")
+        if row is not None and 0 <= int(row) < len(ids):
+            ctx.ops.set_view(ctx.dataset.select(ids[int(row)]))
+
+    def show_all_duplicates(self, ctx):
+        import lookalike.curation as lc
+
+        ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
+
+    def show_all_outliers(self, ctx):
+        import lookalike.curation as lc
+
+        ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+
+    # -- state ------------------------------------------------------------------
+    def _refresh(self, ctx):
+        from lookalike import overview
+
+        state = ctx.panel.state
+        encoders = overview.encoder_rows()
+        state.encoders = [{k: v for k, v in r.items() if k != "previews"} for r in encoders]
+        previews = [p for r in encoders if r["kind"] == "autoencoder" for p in r["previews"][:1]]
+        state.preview = _media_url(previews[0]) if previews else None
+        state.preview_caption = (
+            f"Reconstructions of '{next(r['name'] for r in encoders if r['previews'])}' "
+            "(top: input, bottom: output)" if previews else None)
+        if ctx.dataset is None:
+            state.runs, state.run_keys = [], []
+            return
+        runs = overview.run_rows(ctx.dataset)
+        state.runs = runs
+        state.run_keys = [r["brain_key"] for r in runs]
+        if state.run not in state.run_keys:
+            state.run = state.run_keys[0] if state.run_keys else None
+        summary = overview.run_summary(ctx.dataset, state.run) if state.run else None
+        state.summary = "\n\n".join(summary["lines"]) if summary else None
+        figures = (summary or {}).get("figures") or {}
+        state.figure_names = list(figures)
+        for name, spec in figures.items():
+            fig = _plotly(spec)
+            ctx.panel.set_data(f"fig_{name}", fig["data"])
+            ctx.panel.set_state(f"layout_{name}", fig["layout"])
+        groups = overview.duplicate_group_rows(ctx.dataset)
+        state.groups = groups
+        state.group_numbers = [g["group"] for g in groups]
+        outliers = overview.outlier_rows(ctx.dataset)
+        state.outliers = [{k: v for k, v in r.items() if k != "id"} for r in outliers]
+        state.outlier_ids = [r["id"] for r in outliers]
+        self._neighbours(ctx)
+
+    def _neighbours(self, ctx, sample_id=None):
+        from lookalike import overview
+
+        state = ctx.panel.state
+        selected = [sample_id] if sample_id else list(ctx.selected or [])
+        state.neighbours, state.neighbours_title = [], None
+        if len(selected) != 1 or not state.run or ctx.dataset is None:
+            return
+        try:
+            state.neighbours = overview.neighbour_rows(ctx.dataset, state.run, selected[0])
+            state.neighbours_title = f"Nearest neighbours of the selected sample ({state.run})"
+        except ValueError as e:
+            state.neighbours_title = f"No neighbours: {e}"
+
+    # -- layout -----------------------------------------------------------------
+    def render(self, ctx):
+        state = ctx.panel.state
+        panel = types.Object()
+        panel.md("**Lookalike**: train, embed, index, calibrate, curate", name="title")
+        buttons = panel.h_stack("actions", align_x="left", gap=1)
+        for op, label in OPERATOR_BUTTONS:
+            buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
+                        variant="outlined")
+        buttons.btn("refresh", label="Refresh", on_click=self.refresh, variant="outlined")
+
+        if state.neighbours_title:
+            panel.md(f"**{state.neighbours_title}**", name="neighbours_title")
+            panel.list("neighbours", types.Object(),
+                       view=_table([("file", "File"), ("distance", "Distance")]))
+
+        panel.md("**Similarity indexes**", name="runs_title")
+        if state.runs:
+            runs = _table([("brain_key", "Brain key"), ("field", "Field"),
+                           ("encoder", "Encoder"), ("size", "Samples"), ("engine", "Engine"),
+                           ("calibration", "Calibration"), ("evaluation", "Evaluation")])
+            runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
+            panel.list("runs", types.Object(), view=runs)
+            panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary")
+            for name in state.figure_names or []:
+                panel.plot(f"fig_{name}", layout=state.get(f"layout_{name}") or {},
+                           config={"displayModeBar": False})
+        else:
+            panel.md("No lookalike index on this dataset yet: compute embeddings, then build "
+                     "an index.", name="no_runs")
+
+        panel.md("**Near-duplicate groups**", name="groups_title")
+        if state.groups:
+            groups = _table([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
+                             ("max_distance", "Widest distance")])
+            groups.add_row_action("show_group", self.show_group, label="Show", icon="grid_view")
+            panel.list("groups", types.Object(), view=groups)
+            panel.btn("all_duplicates", label="Show all groups", on_click=self.show_all_duplicates)
+        else:
+            panel.md("None found yet (Find duplicates).", name="no_groups")
+
+        panel.md("**No-match outliers**", name="outliers_title")
+        if state.outliers:
+            outliers = _table([("file", "File"), ("nn_distance", "Nearest-neighbour distance")])
+            outliers.add_row_action("show_outlier", self.show_outlier, label="Show", icon="image")
+            panel.list("outliers", types.Object(), view=outliers)
+            panel.btn("all_outliers", label="Show all outliers", on_click=self.show_all_outliers)
+        else:
+            panel.md("None flagged yet (Flag outliers).", name="no_outliers")
+
+        panel.md("**Encoders**", name="encoders_title")
+        if state.encoders:
+            panel.list("encoders", types.Object(), view=_table([
+                ("name", "Name"), ("kind", "Kind"), ("image_size", "Pixels"),
+                ("embedding_size", "Dimensions"), ("epochs", "Epochs"),
+                ("training_data", "Trained on"), ("final_loss", "Final loss")]))
+        else:
+            panel.md("No saved encoder yet (Train an encoder, or load one).", name="no_encoders")
+        if state.preview:
+            panel.md(state.preview_caption, name="preview_caption")
+            panel.img("preview", height="160px", alt_text="autoencoder reconstructions")
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2,
+                                                         align_x="left", align_y="top"))

@@ -1,0 +1,143 @@
+"""What there is to see: encoders, similarity runs and curation results as plain rows.
+
+The panel (and anything else) renders these; nothing here knows about the App.
+"""
+
+import os
+
+
+def encoder_rows(store_dir=None):
+    """One row per saved encoder, with its training facts and preview images (autoencoders)."""
+    from lookalike.encoders import list_encoders, resolve_path
+
+    rows = []
+    for m in list_encoders(store_dir=store_dir):
+        data = m.get("training_data") or {}
+        loss = (m.get("final_metrics") or {}).get("loss")
+        previews = []
+        try:
+            pdir = os.path.join(resolve_path(m["name"], store_dir), "previews")
+            if os.path.isdir(pdir):
+                previews = sorted(os.path.join(pdir, f) for f in os.listdir(pdir)
+                                  if f.endswith(".png"))
+        except Exception:  # noqa: BLE001 - a broken encoder still gets listed
+            pass
+        rows.append({
+            "name": m["name"], "kind": m["kind"], "image_size": int(m["image_size"]),
+            "embedding_size": int(m["embedding_size"]), "epochs": m.get("epochs"),
+            "training_data": (f"{data.get('num_samples', m.get('num_training_images', '?'))} "
+                              f"images of '{data.get('dataset', '?')}'"),
+            "final_loss": round(float(loss), 4) if isinstance(loss, (int, float)) else None,
+            "previews": previews,
+        })
+    return rows
+
+
+def run_rows(dataset):
+    """One row per lookalike similarity run: field, encoder, size, engine and record freshness."""
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+
+    rows = []
+    for key in ls.our_brain_keys(dataset):
+        try:
+            index = ls.load_index(dataset, key)
+        except Exception as e:  # noqa: BLE001 - one broken run must not hide the others
+            rows.append({"brain_key": key, "field": "?", "status": f"unloadable: {e}"})
+            continue
+        state = {}
+        for name in ("calibration", "evaluation"):
+            if name not in (index.curation or {}):
+                state[name] = "none"
+            else:
+                state[name] = "fresh" if records.is_fresh(index, name) else "stale"
+        rows.append({
+            "brain_key": key, "field": index.config.embeddings_field,
+            "encoder": index.config.encoder or "-", "size": int(index.total_index_size),
+            "engine": index.engine.name, "calibration": state["calibration"],
+            "evaluation": state["evaluation"],
+        })
+    return rows
+
+
+def run_summary(dataset, brain_key):
+    """Thresholds, metrics and figure specs of one run (whatever has been computed)."""
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+    from lookalike.curation.figures import run_figures
+
+    index = ls.load_index(dataset, brain_key)
+    curation = index.curation or {}
+    out = {"brain_key": brain_key, "figures": run_figures(index), "lines": []}
+    cal = curation.get("calibration")
+    if cal:
+        fresh = records.is_fresh(index, "calibration")
+        out["lines"].append(
+            f"Calibration ({cal['method']}{'' if fresh else ', STALE: recalibrate'}): "
+            f"match threshold {cal['threshold']:.4f}, duplicate threshold "
+            f"{cal['duplicate_threshold']:.4f}. {cal.get('note', '')}")
+        values = cal.get("metric_values") or {}
+        if values:
+            out["lines"].append("At the match threshold: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in values.items() if k != "thresholds"))
+    else:
+        out["lines"].append("Not calibrated yet.")
+    ev = curation.get("evaluation")
+    if ev:
+        k = ev["k"]
+        out["lines"].append(f"Retrieval against '{ev['label_field']}': recall@1 "
+                            f"{ev['recall_at_1']:.3f}, precision@{k} {ev[f'precision_at_{k}']:.3f},"
+                            f" mAP@{k} {ev[f'map_at_{k}']:.3f} ({ev['num_queries']} queries)")
+    for name in ("duplicates", "outliers"):
+        if curation.get(name):
+            summary = curation[name]
+            if name == "duplicates":
+                out["lines"].append(f"Duplicates: {summary['num_groups']} groups, "
+                                    f"{summary['num_duplicates']} tagged")
+            else:
+                out["lines"].append(f"Outliers: {summary['num_outliers']} of "
+                                    f"{summary['num_searched']} tagged")
+    return out
+
+
+def duplicate_group_rows(samples, limit=100):
+    """One row per duplicate group (largest first): size, kept file, widest distance."""
+    from fiftyone import ViewField as F
+
+    from lookalike.curation.duplicates import DISTANCE_FIELD, GROUP_FIELD
+
+    if GROUP_FIELD not in samples.get_field_schema():
+        return []
+    view = samples.match(F(GROUP_FIELD) != None)  # noqa: E711
+    groups, dists, paths, tags = view.values([GROUP_FIELD, DISTANCE_FIELD, "filepath", "tags"])
+    rows = {}
+    for g, d, p, t in zip(groups, dists, paths, tags):
+        row = rows.setdefault(g, {"group": int(g), "size": 0, "kept": None, "max_distance": 0.0})
+        row["size"] += 1
+        row["max_distance"] = round(max(row["max_distance"], float(d or 0.0)), 4)
+        if "duplicate" not in (t or []):
+            row["kept"] = os.path.basename(p)
+    return sorted(rows.values(), key=lambda r: r["group"])[:limit]
+
+
+def outlier_rows(samples, limit=100):
+    """The flagged no-match samples, most isolated first."""
+    from lookalike.curation.outliers import DISTANCE_FIELD, FLAG_FIELD, outliers_view
+
+    if FLAG_FIELD not in samples.get_field_schema():
+        return []
+    view = outliers_view(samples).limit(limit)
+    ids, paths, dists = view.values(["id", "filepath", DISTANCE_FIELD])
+    return [{"id": i, "file": os.path.basename(p), "nn_distance": round(float(d), 4)}
+            for i, p, d in zip(ids, paths, dists)]
+
+
+def neighbour_rows(dataset, brain_key, sample_id, k=10):
+    """The ``k`` nearest other samples of ``sample_id`` with their distances."""
+    import lookalike.similarity as ls
+
+    ids, dists = ls.nearest(dataset, brain_key, query_ids=[sample_id], k=k + 1)
+    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
+    return [{"id": i, "file": os.path.basename(paths[i]), "distance": round(float(d), 4)}
+            for i, d in zip(ids, dists) if i != sample_id][:k]
+

@@ -1,0 +1,207 @@
+"""The real App in headless Chromium, driven the way a curator works.
+
+Open the demo dataset, select a photo and use the App's own "sort by
+similarity" (its first tiles must be the photo's edited copies); open the
+lookalike panel (tables and plots render); run "Flag outliers" from the panel
+(the grid must show the planted unique photos). A screenshot of each step goes
+to the test's output folder, or to $LOOKALIKE_SCREENSHOTS_DIR (``make
+screenshots`` refreshes the README's pictures that way).
+
+Needs Debian's ``chromium`` (``make test`` installs it when run as root) and
+the ``playwright`` package (its own browser download is never used).
+"""
+
+import os
+import time
+
+import pytest
+from fiftyone import ViewField as F
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+UNIQUE = {"coffee", "hubble_deep_field", "microaneurysms", "rocket"}
+
+
+def _require_browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: browser tests skipped (`make test` installs Debian's "
+                    "chromium when run as root; or: apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401 - only whether it is there
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[test]'): browser tests "
+                    "skipped")
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    path = os.environ.get("LOOKALIKE_SCREENSHOTS_DIR") or str(tmp_path_factory.mktemp("shots"))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser_demo(tmp_path_factory, copies_encoder):
+    """The demo dataset with the photos embedded, indexed and calibrated."""
+    _require_browser()
+    import fiftyone as fo
+
+    import lookalike.curation as lc
+    import lookalike.similarity as ls
+    from lookalike.demo import build_demo_dataset
+    from lookalike.embeddings import compute_embeddings
+
+    name = "test-browser-demo"
+    ds = build_demo_dataset(name, data_dir=str(tmp_path_factory.mktemp("demo")), max_digits=20)
+    photos = ds.match(F("source") == "photo")
+    compute_embeddings(photos, copies_encoder, "emb")
+    ls.build_index(ds, "emb", "emb_sim")
+    lc.calibrate_threshold(photos, "emb_sim")
+    yield ds
+    fo.delete_dataset(name)
+
+
+@pytest.fixture(scope="module")
+def page(app_server, browser_demo):
+    import requests
+    from playwright.sync_api import sync_playwright
+
+    # Warm the server up: the first page load after a cold start can hang.
+    requests.post(f"{app_server}/operators", json={"dataset_name": browser_demo.name},
+                  timeout=120)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(f"{app_server}/datasets/{browser_demo.name}")
+        try:
+            page.wait_for_selector('[title^="Click to select sample"]', state="attached",
+                                   timeout=60_000)
+        except Exception:  # noqa: BLE001 - cold-start quirk: the grid may never render
+            pass
+        # The first page of a cold server also misses the App's own similarity
+        # results (they never reach the grid): work on a second load, as a user
+        # who reloads would.
+        page.reload()
+        page.wait_for_selector('[title^="Click to select sample"]', state="attached")
+        _dismiss_popovers(page)
+        yield page
+        browser.close()
+
+
+def _dismiss_popovers(page):
+    time.sleep(1)
+    for text in ("Dismiss", "Disable"):
+        button = page.get_by_text(text, exact=True)
+        if button.count():
+            button.first.click()
+    page.keyboard.press("Escape")
+
+
+def _tile_labels(page):
+    return page.eval_on_selector_all('[data-cy="tag-ground_truth"]',
+                                     "els => els.map(e => e.getAttribute('title'))")
+
+
+def _wait_for(condition, timeout=60, what="the App", page=None, shots=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    if page is not None and shots:  # what the App showed instead
+        page.screenshot(path=os.path.join(shots, "timed-out.png"))
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _select_and_search(page, label):
+    """Selects the first tile labelled ``label`` and runs the App's "sort by similarity"."""
+    labels = _wait_for(lambda: _tile_labels(page), what="the grid's tiles")
+    index = labels.index(label)
+    page.locator('[data-cy="looker"]').nth(index).hover()
+    page.locator('[title^="Click to select sample"]').nth(index).evaluate("el => el.click()")
+    page.eval_on_selector('[data-cy="action-sort-by-similarity"]', "el => el.click()")
+    search = '[data-cy="button-Search by similarity to the selected images"]'
+    page.wait_for_selector(search, state="attached")
+    page.eval_on_selector(search, "el => el.click()")
+    return index
+
+
+def test_the_apps_sort_by_similarity_shows_the_edited_copies_first(page, browser_demo, shots):
+    photos = browser_demo.match(F("source") == "photo")
+    copies = len(photos.match(F("gt_group") == "brick"))
+    label = "ground_truth: brick"
+
+    def most_similar_first():
+        first = _tile_labels(page)[:copies]
+        return first if first and set(first) == {label} else None
+
+    first = None
+    for attempt in range(3):
+        # The brick original: its group's first tile, not the grid's first tile.
+        assert _select_and_search(page, label) > 0
+        if attempt == 0:
+            page.screenshot(path=os.path.join(shots, "1-select-a-photo.png"))
+        try:
+            first = _wait_for(most_similar_first, timeout=20,
+                              what="the grid to show the most similar photos first")
+            break
+        except AssertionError:
+            # Seen in 1.22: the results of the search that opens the App's
+            # "Similarity Search" panel may never reach the grid; once the
+            # panel is open (it stays open across reloads) they do.
+            page.screenshot(path=os.path.join(shots, f"retry-{attempt}.png"))
+            if attempt == 2:
+                raise
+            page.reload()
+            page.wait_for_selector('[title^="Click to select sample"]', state="attached")
+            _dismiss_popovers(page)
+    time.sleep(3)  # let the thumbnails draw, for the screenshot
+    page.screenshot(path=os.path.join(shots, "2-sort-by-similarity.png"))
+    assert first == [label] * copies
+
+
+def test_the_panel_renders_its_tables_and_plots(page, shots):
+    page.keyboard.press("Escape")
+    page.eval_on_selector('[title="New panel"]', "el => el.click()")
+    page.eval_on_selector('[data-cy="new-panel-option-lookalike_panel"]', "el => el.click()")
+    panel = page.locator('[data-cy="panel-content-lookalike_panel"]')
+    panel.get_by_text("Similarity indexes").wait_for()
+    text = _wait_for(lambda: (lambda t: t if "emb_sim" in t else None)(panel.inner_text()),
+                     what="the panel's index table", page=page, shots=shots)
+    assert "Near-duplicate groups" in text and "Encoders" in text and "copies" in text
+    _wait_for(lambda: panel.locator(".js-plotly-plot").count() >= 1,
+              what="the nearest-neighbour histogram")
+    page.screenshot(path=os.path.join(shots, "3-panel.png"))
+
+
+def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo, shots):
+    page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)  # the whole dataset
+    panel = page.locator('[data-cy="panel-content-lookalike_panel"]')
+    panel.get_by_role("button", name="Outliers").click()
+    execute = page.get_by_role("button", name="Execute")
+    execute.wait_for()
+    page.get_by_text("Entire dataset", exact=True).click()  # target: the whole dataset
+    page.screenshot(path=os.path.join(shots, "4-flag-outliers-form.png"))
+    execute.click()
+    flagged = _wait_for(lambda: len(browser_demo.match_tags("no_match")) or None,
+                        what="flag_outliers to finish", page=page, shots=shots)
+    close = page.get_by_role("button", name="Close")
+    close.wait_for()
+    page.screenshot(path=os.path.join(shots, "5-flag-outliers-done.png"))
+    close.click()
+
+    page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
+
+    def grid_shows_outliers():
+        labels = _tile_labels(page)
+        return labels if labels and len(labels) == flagged else None
+
+    labels = _wait_for(grid_shows_outliers, what="the grid to show the outliers", page=page,
+                       shots=shots)
+    time.sleep(3)  # let the thumbnails draw, for the screenshot
+    page.screenshot(path=os.path.join(shots, "6-outliers.png"))
+    assert {f"ground_truth: {u}" for u in UNIQUE} <= set(labels)
