@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lookalike-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test app clean
+.PHONY: setup demo test browser screenshots worker app clean
 
 setup: $(STAMP)
 	@$(PY) -m lookalike.database
@@ -22,12 +22,36 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/lookalike demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The browser tests drive Debian's chromium (Playwright's own download cannot
+# work offline). Installed when missing and we are root (CI is); otherwise those
+# tests are skipped and say why.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests (apt-get) ..."; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || \
+		echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "no /usr/bin/chromium and not root: the browser tests will be skipped"; fi
+
+# Refreshes the README's screenshots from the browser tests.
+screenshots: setup browser
+	rm -rf docs/screenshots
+	LOOKALIKE_SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(PY) -m pytest tests/test_browser.py -v
+	rm -f docs/screenshots/retry-*.png docs/screenshots/timed-out.png
+	$(PY) -c 'import glob; from PIL import Image; [Image.open(p).convert("RGB").quantize(256).save(p, optimize=True) for p in glob.glob("docs/screenshots/*.png")]'
+
+# Runs jobs queued from the App (train, embed, ... with "delegated" on).
+worker: setup
+	FIFTYONE_PLUGINS_DIR=$(CURDIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone delegated launch
+
 # Opens the demo dataset in the App with this plugin loaded.
+# FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS lets the App queue jobs for `make worker`.
 app: setup
-	FIFTYONE_PLUGINS_DIR=$(CURDIR) $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
+	FIFTYONE_PLUGINS_DIR=$(CURDIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

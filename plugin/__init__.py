@@ -19,6 +19,27 @@ def _file_table(outputs, name, label, column):
     outputs.list(name, types.Object(), label=label, view=table)
 
 
+def _background_jobs_enabled():
+    """Whether the App may queue jobs for `fiftyone delegated launch` (no orchestrator set up)."""
+    import fiftyone as fo
+
+    return bool(fo.config.allow_legacy_orchestrators)
+
+
+def _delegate_input(inputs, label, recommended=False):
+    if _background_jobs_enabled():
+        inputs.bool("delegate", label=label, default=recommended)
+    else:
+        inputs.view("no_worker", types.Notice(
+            label="Runs in the App server. To queue long jobs for a worker instead, start the "
+            "App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true and run `fiftyone delegated "
+            "launch` (`make app` and `make worker` do both)"))
+
+
+def _delegated(ctx, recommended=False):
+    return _background_jobs_enabled() and bool(ctx.params.get("delegate", recommended))
+
+
 class ImportImages(foo.Operator):
     @property
     def config(self):
@@ -116,7 +137,7 @@ class TrainEncoder(foo.Operator):
 
     def resolve_delegation(self, ctx):
         # Immediate operators time out after 600 s; training usually takes longer.
-        return ctx.params.get("delegate", True)
+        return _delegated(ctx, recommended=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -163,7 +184,7 @@ class TrainEncoder(foo.Operator):
         inputs.int("epochs", label="Epochs", min=1, default=10)
         inputs.int("batch_size", label="Batch size", min=1, required=False)
         inputs.bool("overwrite", label="Replace an encoder of that name", default=False)
-        inputs.bool("delegate", label="Run delegated (recommended)", default=True)
+        _delegate_input(inputs, "Run delegated (recommended)", recommended=True)
         inputs.view_target(ctx)
         return types.Property(inputs, view=types.View(label="Train an encoder"))
 
@@ -296,7 +317,7 @@ class ComputeEmbeddings(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate", False)
+        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -313,7 +334,7 @@ class ComputeEmbeddings(foo.Operator):
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
         inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
-        inputs.bool("delegate", label="Run delegated (for large views)", default=False)
+        _delegate_input(inputs, "Run delegated (for large views)")
         inputs.view_target(ctx)
         return types.Property(inputs, view=types.View(label="Compute embeddings"))
 
@@ -495,7 +516,7 @@ class CalibrateThreshold(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate", False)
+        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -522,7 +543,7 @@ class CalibrateThreshold(foo.Operator):
             inputs.float("unknown_fraction", label="Share of classes held out as unknown",
                          min=0.0, max=0.9, default=0.2,
                          description="Open set: rejecting unknown classes counts (0: closed set)")
-        inputs.bool("delegate", label="Run delegated (for large datasets)", default=False)
+        _delegate_input(inputs, "Run delegated (for large datasets)")
         inputs.view_target(ctx)
         return types.Property(inputs, view=types.View(label="Calibrate thresholds"))
 
@@ -617,7 +638,7 @@ class FindDuplicates(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate", False)
+        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         import lookalike.similarity as ls
@@ -634,7 +655,7 @@ class FindDuplicates(foo.Operator):
         kd = _dropdown([("first", "first in the view"), ("largest", "largest (pixels)"),
                         ("sharpest", "sharpest (variance of the Laplacian)")])
         inputs.enum("keep", kd.values(), label="Keep in each group", default="first", view=kd)
-        inputs.bool("delegate", label="Run delegated (for large datasets)", default=False)
+        _delegate_input(inputs, "Run delegated (for large datasets)")
         inputs.view_target(ctx)
         return types.Property(inputs, view=types.View(label="Find near-duplicates"))
 
@@ -775,7 +796,7 @@ class VisualizeEmbeddings(foo.Operator):
         )
 
     def resolve_delegation(self, ctx):
-        return ctx.params.get("delegate", False)
+        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -792,7 +813,7 @@ class VisualizeEmbeddings(foo.Operator):
         inputs.enum("method", md.values(), label="Method", default="umap", view=md)
         method = ctx.params.get("method") or "umap"
         inputs.str("brain_key", label="Brain key", default=f"{field}_{method}", required=True)
-        inputs.bool("delegate", label="Run delegated", default=False)
+        _delegate_input(inputs, "Run delegated")
         return types.Property(inputs, view=types.View(label="Visualize embeddings"))
 
     def execute(self, ctx):

@@ -58,6 +58,8 @@ def _start_isolated_database():
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
     os.environ["FIFTYONE_PLUGINS_DIR"] = REPO_ROOT
+    # Let the App queue jobs for `fiftyone delegated launch` (as `make app` does).
+    os.environ["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
     os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = os.path.join(tmp, "fiftyone")
     os.environ["FIFTYONE_DATABASE_DIR"] = os.path.join(tmp, "unused-db-dir")
     os.environ["FIFTYONE_BRAIN_CONFIG_PATH"] = os.path.join(tmp, "brain_config.json")
@@ -161,30 +163,36 @@ def copies_encoder(demo_records):
     return "copies"
 
 
-@pytest.fixture(scope="session")
-def app_server(subprocess_env, tmp_path_factory):
-    """A real FiftyOne App server on 127.0.0.1 (its own PID, stopped at the end)."""
+def start_app_server(env, log_path, timeout=120):
+    """``(process, url)`` of a FiftyOne App server on 127.0.0.1, once it answers."""
     import requests
 
     port = processes.free_port()
-    log = open(tmp_path_factory.mktemp("app") / "server.log", "w")
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port",
-         str(port)], env=subprocess_env, stdout=log, stderr=subprocess.STDOUT)
+         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the App server exited with {proc.returncode}: see {log_path}")
+        try:
+            if requests.get(f"{url}/fiftyone", timeout=2).ok:
+                return proc, url
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            processes.stop(proc)
+            pytest.fail(f"the App server did not answer within {timeout} s")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def app_server(subprocess_env, tmp_path_factory):
+    """A real FiftyOne App server on 127.0.0.1 (its own PID, stopped at the end)."""
+    proc, url = start_app_server(subprocess_env, tmp_path_factory.mktemp("app") / "server.log")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the App server exited with {proc.returncode}")
-            try:
-                if requests.get(f"{url}/fiftyone", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the App server did not answer within 120 s")
-            time.sleep(0.5)
         yield url
     finally:
         processes.stop(proc)

@@ -11,6 +11,7 @@ Needs Debian's ``chromium`` (``make test`` installs it when run as root) and
 the ``playwright`` package (its own browser download is never used).
 """
 
+import importlib.util
 import os
 import time
 
@@ -28,9 +29,7 @@ def _require_browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"no {CHROMIUM}: browser tests skipped (`make test` installs Debian's "
                     "chromium when run as root; or: apt-get install chromium)")
-    try:
-        import playwright.sync_api  # noqa: F401 - only whether it is there
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         pytest.skip("playwright is not installed (pip install -e '.[test]'): browser tests "
                     "skipped")
 
@@ -98,6 +97,16 @@ def _dismiss_popovers(page):
         if button.count():
             button.first.click()
     page.keyboard.press("Escape")
+
+
+def _target_the_whole_dataset(page):
+    """Picks "Entire dataset" where the form offers a choice of target view."""
+    choice = page.get_by_text("Entire dataset", exact=True)
+    try:
+        choice.wait_for(timeout=3000)
+    except Exception:  # noqa: BLE001 - no choice offered: the view is the dataset
+        return
+    choice.click()
 
 
 def _tile_labels(page):
@@ -176,6 +185,17 @@ def test_the_panel_renders_its_tables_and_plots(page, shots):
     _wait_for(lambda: panel.locator(".js-plotly-plot").count() >= 1,
               what="the nearest-neighbour histogram")
     page.screenshot(path=os.path.join(shots, "3-panel.png"))
+    # Its buttons open our operators' forms, with defaults read from the dataset.
+    for button, title, shot in (("Train", "Train an encoder", "3a-train-form.png"),
+                                ("Embed", "Compute embeddings", "3b-embed-form.png"),
+                                ("Calibrate", "Calibrate thresholds", "3c-calibrate-form.png")):
+        panel.get_by_role("button", name=button, exact=True).click()
+        page.get_by_text(title, exact=True).first.wait_for()
+        time.sleep(1)
+        page.screenshot(path=os.path.join(shots, shot))
+        assert not page.get_by_text("Background compute is not yet configured").count()
+        page.get_by_role("button", name="Cancel").click()
+        page.get_by_text(title, exact=True).first.wait_for(state="hidden")
 
 
 def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo, shots):
@@ -184,7 +204,7 @@ def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo
     panel.get_by_role("button", name="Outliers").click()
     execute = page.get_by_role("button", name="Execute")
     execute.wait_for()
-    page.get_by_text("Entire dataset", exact=True).click()  # target: the whole dataset
+    _target_the_whole_dataset(page)
     page.screenshot(path=os.path.join(shots, "4-flag-outliers-form.png"))
     execute.click()
     flagged = _wait_for(lambda: len(browser_demo.match_tags("no_match")) or None,
@@ -205,3 +225,39 @@ def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo
     time.sleep(3)  # let the thumbnails draw, for the screenshot
     page.screenshot(path=os.path.join(shots, "6-outliers.png"))
     assert {f"ground_truth: {u}" for u in UNIQUE} <= set(labels)
+
+
+def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_demo, shots):
+    page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)
+    page.eval_on_selector('[data-cy="panel-tab-lookalike_panel"]', "el => el.click()")
+    panel = page.locator('[data-cy="panel-content-lookalike_panel"]')
+    panel.get_by_role("button", name="Duplicates", exact=True).click()
+    execute = page.get_by_role("button", name="Execute")
+    execute.wait_for()
+    _target_the_whole_dataset(page)
+    execute.click()
+    close = page.get_by_role("button", name="Close")
+    close.wait_for()
+    close.click()
+    browser_demo.reload()  # the App server added the fields
+    groups = browser_demo.count_values("dup_group")
+    groups.pop(None, None)
+    assert len(groups) >= 15
+    # The panel lists the groups; the grid shows them group by group.
+    _wait_for(lambda: "Widest distance" in panel.inner_text(), what="the groups table",
+              page=page, shots=shots)
+    page.screenshot(path=os.path.join(shots, "7-duplicate-groups-panel.png"))
+    page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
+    grouped = sum(groups.values())
+    kept = browser_demo.match((F("dup_group") == 1) & (F("dup_distance") == 0)).first()
+    first_label = f"ground_truth: {kept.ground_truth.label}"
+
+    def grid_shows_groups():
+        counts = page.locator('[data-cy="entry-counts"]').inner_text()
+        labels = _tile_labels(page)
+        return labels and labels[0] == first_label and f"{grouped} samples" in counts
+
+    _wait_for(grid_shows_groups, what="the grid to show the duplicate groups", page=page,
+              shots=shots)
+    time.sleep(3)
+    page.screenshot(path=os.path.join(shots, "8-duplicate-groups-grid.png"))

@@ -55,6 +55,15 @@ def test_train_encoder_is_delegated_by_default_and_a_worker_runs_it(photo_datase
     assert doc.result.result["summary"].startswith("ae-delegated: autoencoder")
 
 
+def test_without_a_worker_set_up_training_runs_in_the_app(photo_dataset, monkeypatch):
+    # Without FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS the App cannot queue a job (it would
+    # hide "Execute"): the form says how to enable it and the operator runs immediately.
+    monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", False)
+    result = foo.execute_operator(f"{PLUGIN}/train_encoder", dataset=photo_dataset,
+                                  params=dict(SMALL, name="ae-here", epochs=1))
+    assert not result.delegated and result.result["epochs"] == 1
+
+
 def test_load_encoder_by_name_and_by_path(photo_dataset, tmp_path):
     trained = foo.execute_operator(f"{PLUGIN}/train_encoder", dataset=photo_dataset,
                                    params=dict(SMALL, name="ae-src", epochs=1, delegate=False))
