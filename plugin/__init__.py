@@ -40,16 +40,33 @@ def _delegated(ctx, recommended=False):
     return _background_jobs_enabled() and bool(ctx.params.get("delegate", recommended))
 
 
+ICON = "/assets/icon.svg"
+
+
+def _config(background=False, **kwargs):
+    """Our operators' config: one icon; ``background`` ones may also run delegated."""
+    if background:
+        kwargs.update(allow_immediate_execution=True, allow_delegated_execution=True)
+    return foo.OperatorConfig(icon=ICON, **kwargs)
+
+
+class _BackgroundOperator(foo.Operator):
+    """A long job: delegated to a worker when the user asks for it and one can take it."""
+
+    delegate_by_default = False
+
+    def resolve_delegation(self, ctx):
+        return _delegated(ctx, recommended=self.delegate_by_default)
+
+
 class ImportImages(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="import_images",
             label="Lookalike: import a folder of images",
             description="Create a dataset from every readable image under a folder",
-            icon="/assets/icon.svg",
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
             view_target=False,
         )
 
@@ -120,24 +137,21 @@ def _saved_encoders():
     return [(m["name"], describe(m)) for m in list_encoders()]
 
 
-class TrainEncoder(foo.Operator):
+class TrainEncoder(_BackgroundOperator):
+    # Immediate operators time out after 600 s; training usually takes longer.
+    delegate_by_default = True
+
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="train_encoder",
             label="Lookalike: train an encoder",
             description="Train an image encoder on this view (runs delegated by default: "
             "start a worker with `fiftyone delegated launch`)",
-            icon="/assets/icon.svg",
             dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
             default_choice_to_delegated=True,
         )
-
-    def resolve_delegation(self, ctx):
-        # Immediate operators time out after 600 s; training usually takes longer.
-        return _delegated(ctx, recommended=True)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -235,11 +249,10 @@ class TrainEncoder(foo.Operator):
 class LoadEncoder(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="load_encoder",
             label="Lookalike: load an encoder",
             description="Check a saved encoder, or add an encoder directory to the model store",
-            icon="/assets/icon.svg",
             dynamic=True,
             view_target=False,
         )
@@ -303,21 +316,16 @@ def _dropdown(choices):
     return dd
 
 
-class ComputeEmbeddings(foo.Operator):
+class ComputeEmbeddings(_BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="compute_embeddings",
             label="Lookalike: compute embeddings",
             description="Embed this view's images with a saved encoder into a vector field",
-            icon="/assets/icon.svg",
             dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
         )
-
-    def resolve_delegation(self, ctx):
-        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -368,11 +376,10 @@ class ComputeEmbeddings(foo.Operator):
 class BuildIndex(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="build_index",
             label="Lookalike: build similarity index",
             description="Index an embeddings field for the App's 'sort by similarity'",
-            icon="/assets/icon.svg",
             dynamic=True,
             view_target=False,
         )
@@ -417,18 +424,17 @@ class BuildIndex(foo.Operator):
 class SortBySimilarity(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="sort_by_similarity",
             label="Lookalike: find similar images",
             description="Show the samples most similar to the selected ones or to an image file",
-            icon="/assets/icon.svg",
             dynamic=True,
             view_target=False,
         )
 
     def resolve_placement(self, ctx):
         return types.Placement(types.Places.SAMPLES_GRID_SECONDARY_ACTIONS,
-                               types.Button(label="Find similar", icon="/assets/icon.svg",
+                               types.Button(label="Find similar", icon=ICON,
                                             prompt=True))
 
     def resolve_input(self, ctx):
@@ -501,22 +507,17 @@ def _progress(ctx):
     return lambda fraction, label: ctx.set_progress(progress=fraction, label=label)
 
 
-class CalibrateThreshold(foo.Operator):
+class CalibrateThreshold(_BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="calibrate_threshold",
             label="Lookalike: calibrate distance thresholds",
             description="Match and duplicate thresholds from labels (TF Similarity's "
             "procedure) or from the nearest-neighbour distances; saved with the index",
-            icon="/assets/icon.svg",
             dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
         )
-
-    def resolve_delegation(self, ctx):
-        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
@@ -583,12 +584,11 @@ class CalibrateThreshold(foo.Operator):
 class FlagOutliers(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="flag_outliers",
             label="Lookalike: flag no-match outliers",
             description="Tag the samples farther than the threshold from every other sample "
             "and show them, most isolated first",
-            icon="/assets/icon.svg",
             dynamic=True,
         )
 
@@ -623,22 +623,17 @@ class FlagOutliers(foo.Operator):
         return types.Property(outputs)
 
 
-class FindDuplicates(foo.Operator):
+class FindDuplicates(_BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="find_duplicates",
             label="Lookalike: find near-duplicates",
             description="Group near-duplicate and byte-identical images, tag all but one "
             "per group",
-            icon="/assets/icon.svg",
             dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
         )
-
-    def resolve_delegation(self, ctx):
-        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         import lookalike.similarity as ls
@@ -692,11 +687,10 @@ class FindDuplicates(foo.Operator):
 class DeleteDuplicates(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="delete_duplicates",
             label="Lookalike: delete tagged duplicates",
             description="Delete the samples tagged 'duplicate' from the dataset (not the files)",
-            icon="/assets/icon.svg",
             dynamic=True,
         )
 
@@ -734,12 +728,11 @@ class DeleteDuplicates(foo.Operator):
 class EvaluateRetrieval(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="evaluate_retrieval",
             label="Lookalike: evaluate retrieval",
             description="recall@1, precision@k, mAP@k (leave-one-out) and the match / no-match "
             "confusion matrix against a label field",
-            icon="/assets/icon.svg",
             dynamic=True,
         )
 
@@ -782,21 +775,16 @@ class EvaluateRetrieval(foo.Operator):
         return types.Property(outputs)
 
 
-class VisualizeEmbeddings(foo.Operator):
+class VisualizeEmbeddings(_BackgroundOperator):
     @property
     def config(self):
-        return foo.OperatorConfig(
+        return _config(
             name="visualize_embeddings",
             label="Lookalike: 2-D projection of embeddings",
             description="A UMAP projection for the App's Embeddings panel",
-            icon="/assets/icon.svg",
             dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
+            background=True,
         )
-
-    def resolve_delegation(self, ctx):
-        return _delegated(ctx)
 
     def resolve_input(self, ctx):
         inputs = types.Object()

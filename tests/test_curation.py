@@ -151,6 +151,18 @@ def test_bad_input_is_refused_clearly(dataset_name, image_paths):
         lc.flag_outliers(ds.limit(0), "sim", threshold=0.5)
     with pytest.raises(ls.NotOurIndexError):
         lc.flag_outliers(ds, "missing", threshold=0.5)
+    with pytest.raises(lc.CurationError, match="empty"):
+        lc.find_duplicates(ds.limit(0), "sim", threshold=0.1)
+    with pytest.raises(lc.CurationError, match="keep policy"):
+        lc.find_duplicates(ds, "sim", threshold=0.1, keep="biggest")
+    with pytest.raises(lc.CurationError, match="no field 'nope'"):
+        lc.visualize_embeddings(ds, "nope")
+    with pytest.raises(lc.CurationError, match="unknown method"):
+        lc.visualize_embeddings(ds, "emb", method="mds")
+    with pytest.raises(lc.CurationError, match="at least 3"):
+        lc.visualize_embeddings(ds.limit(2), "emb")
+    with pytest.raises(lc.CurationError, match="k must be at least 1"):
+        lc.evaluate_retrieval(ds, "sim", "gt", k=0)
     # Fewer than 2 embedded samples.
     ds.set_values("emb", [None] * 14 + [np.ones(8, np.float32)])
     ls.build_index(ds, "emb", "one")

@@ -71,8 +71,14 @@ def test_operators_recover_planted_copies_and_unique_photos(demo):
     # Deleting asks for confirmation: without it, nothing goes.
     n = len(demo)
     out = _run("delete_duplicates", demo)
-    assert out.result == {"deleted": 0, "would_delete": len(demo.match_tags("duplicate"))}
+    tagged = len(demo.match_tags("duplicate"))
+    assert out.result == {"deleted": 0, "would_delete": tagged}
     assert len(demo) == n
+    # Confirmed, only the tagged samples go; their files stay.
+    paths = demo.match_tags("duplicate").values("filepath")
+    out = _run("delete_duplicates", demo, confirm=True)
+    assert out.result == {"deleted": tagged, "would_delete": tagged}
+    assert len(demo) == n - tagged and all(os.path.exists(p) for p in paths)
 
 
 def test_cli_curate_prints_groups_and_writes_pictures(demo, subprocess_env, tmp_path):

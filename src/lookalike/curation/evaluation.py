@@ -97,10 +97,13 @@ def evaluate_retrieval(samples, brain_key, label_field, k=10, progress=None):
         threshold = calibration["threshold"]
         unknown = calibration.get("unknown_classes") or []
         gallery = rows[~np.isin(labels, unknown)] if unknown else rows
-        wrap = (lambda done, total: progress(0.5 + 0.5 * done / total, "matching")
-                ) if progress else None
-        nidx, ndist = leave_one_out(index.engine, rows=rows, k=1, gallery=gallery,
-                                    progress=wrap)
+        if unknown:
+            wrap = (lambda done, total: progress(0.5 + 0.5 * done / total, "matching")
+                    ) if progress else None
+            nidx, ndist = leave_one_out(index.engine, rows=rows, k=1, gallery=gallery,
+                                        progress=wrap)
+        else:  # the same gallery as the ranking: its first neighbours
+            nidx, ndist = idx[:, :1], dist[:, :1]
         gallery_counts = {}
         for r in gallery.tolist():
             gallery_counts[label_of[r]] = gallery_counts.get(label_of[r], 0) + 1

@@ -19,7 +19,7 @@ def field_state(index):
     field = index.config.embeddings_field
     if field is None:
         return {"size": int(index.total_index_size)}
-    state = artefacts._field_state(index._dataset, field)
+    state = artefacts.field_state(index._dataset, field)
     return dict(state, size=int(index.total_index_size))
 
 

@@ -30,7 +30,7 @@ def directory(dataset, brain_key):
     return os.path.join(default_data_dir(), "indexes", str(dataset._doc.id), brain_key)
 
 
-def _field_state(dataset, field):
+def field_state(dataset, field):
     # Which samples hold a vector -- their count and id range, one server-side
     # aggregation instead of reading 100k ids (0.5 s) -- and which encoder wrote
     # them. Not last_modified_at: writing any other field (the distance field of
@@ -52,7 +52,7 @@ def save(dataset, brain_key, field, matrix, sample_ids, engine=None):
     np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
     np.save(tmp_i, np.asarray(sample_ids, dtype="U24"))
     meta = dict(field=field, dim=int(matrix.shape[1]) if matrix.ndim == 2 else 0,
-                size=int(len(sample_ids)), **_field_state(dataset, field))
+                size=int(len(sample_ids)), **field_state(dataset, field))
     os.replace(tmp_v, os.path.join(path, "vectors.npy"))
     os.replace(tmp_i, os.path.join(path, "ids.npy"))
     with open(os.path.join(path, "meta.json.tmp"), "w") as f:
@@ -78,7 +78,7 @@ def load(dataset, brain_key, field):
             meta = json.load(f)
         if meta.get("field") != field:
             return None
-        if {k: meta.get(k) for k in ("count", "ids", "version")} != _field_state(dataset, field):
+        if {k: meta.get(k) for k in ("count", "ids", "version")} != field_state(dataset, field):
             logger.info("index artefacts of '%s' are stale: rebuilding from '%s'", brain_key, field)
             return None
         matrix = np.load(os.path.join(path, "vectors.npy"), allow_pickle=False)
