@@ -100,13 +100,27 @@ def _dismiss_popovers(page):
 
 
 def _target_the_whole_dataset(page):
-    """Picks "Entire dataset" where the form offers a choice of target view."""
+    """Picks "Entire dataset" where the form offers a choice of target view.
+
+    The form re-renders while it resolves, so the choice may be replaced under
+    the pointer: try a few times.
+    """
     choice = page.get_by_text("Entire dataset", exact=True)
-    try:
-        choice.wait_for(timeout=3000)
-    except Exception:  # noqa: BLE001 - no choice offered: the view is the dataset
-        return
-    choice.click()
+    for _ in range(3):
+        try:
+            choice.wait_for(timeout=3000)
+        except Exception:  # noqa: BLE001 - no choice offered: the view is the dataset
+            return
+        try:
+            choice.click(timeout=5000)
+            return
+        except Exception:  # noqa: BLE001 - re-rendered meanwhile: look again
+            time.sleep(1)
+
+
+def _clear_view(page):
+    page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)
+    time.sleep(2)  # let the App register the dataset view before a form reads it
 
 
 def _tile_labels(page):
@@ -199,7 +213,7 @@ def test_the_panel_renders_its_tables_and_plots(page, shots):
 
 
 def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo, shots):
-    page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)  # the whole dataset
+    _clear_view(page)
     panel = page.locator('[data-cy="panel-content-lookalike_panel"]')
     panel.get_by_role("button", name="Outliers").click()
     execute = page.get_by_role("button", name="Execute")
@@ -228,7 +242,7 @@ def test_flag_outliers_from_the_panel_shows_the_unique_photos(page, browser_demo
 
 
 def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_demo, shots):
-    page.locator('[data-cy="btn-clear-view-bar"]').click(force=True)
+    _clear_view(page)
     page.eval_on_selector('[data-cy="panel-tab-lookalike_panel"]', "el => el.click()")
     panel = page.locator('[data-cy="panel-content-lookalike_panel"]')
     panel.get_by_role("button", name="Duplicates", exact=True).click()
