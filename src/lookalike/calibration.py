@@ -31,8 +31,7 @@ import numpy as np
 METRICS = ("precision", "recall", "f1")
 
 
-class CalibrationError(ValueError):
-    """Data that cannot be calibrated (too few samples, one class, ...)."""
+from lookalike.errors import CalibrationError  # noqa: F401 (re-exported)
 
 
 @dataclass

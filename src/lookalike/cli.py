@@ -6,8 +6,7 @@ import sys
 import time
 
 
-class UsageError(ValueError):
-    """A command-line argument that names nothing usable."""
+from lookalike.errors import UsageError
 
 
 def _progress_bar(desc):

@@ -24,8 +24,7 @@ OWN_MONGODB_HINT = (
 )
 
 
-class DatabaseSetupError(RuntimeError):
-    """No usable MongoDB for FiftyOne."""
+from lookalike.errors import DatabaseSetupError  # noqa: F401 (re-exported)
 
 
 def bundled_mongod_path():

@@ -15,8 +15,7 @@ import numpy as np
 INFO_KEY = "lookalike_embeddings"
 
 
-class EmbeddingFieldError(ValueError):
-    """The field cannot take these embeddings (another encoder's, or not ours)."""
+from lookalike.errors import EmbeddingFieldError  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -24,8 +24,7 @@ import threading
 _lock = threading.RLock()
 
 
-class FrameworkError(RuntimeError):
-    """A deep-learning framework is missing or cannot be used as we need it."""
+from lookalike.errors import FrameworkError  # noqa: F401 (re-exported)
 
 
 def _installed(module):

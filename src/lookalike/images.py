@@ -20,13 +20,7 @@ IMAGE_EXTENSIONS = frozenset(
 _MAX_PIXELS = 250_000_000
 
 
-class UnreadableImageError(ValueError):
-    """A file that is missing, not an image, or not fully decodable."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+from lookalike.errors import UnreadableImageError  # noqa: F401 (re-exported)
 
 
 def has_image_extension(path):

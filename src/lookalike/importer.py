@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from lookalike.images import UnreadableImageError, has_image_extension, open_image
 
 
-class ImageImportError(ValueError):
-    """The folder cannot be imported: nothing was written."""
+from lookalike.errors import ImageImportError  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -15,8 +15,7 @@ import numpy as np
 from lookalike.images import UnreadableImageError, load_image
 
 
-class EmptyViewError(ValueError):
-    """No sample (or no readable image) to work on."""
+from lookalike.errors import EmptyViewError  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -40,8 +40,7 @@ REQUIRED_KEYS = (
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class EncoderStoreError(ValueError):
-    """A model directory that is not ours, incomplete, corrupt or unreadable here."""
+from lookalike.errors import EncoderStoreError  # noqa: F401 (re-exported)
 
 
 def default_store_dir():

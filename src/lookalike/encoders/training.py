@@ -27,12 +27,7 @@ STATE_FILE = "state.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
-class TrainingStopped(RuntimeError):
-    """The job was asked to stop; its last finished epoch is checkpointed."""
-
-
-class TrainingConfigError(ValueError):
-    """Settings that cannot train (bad values, unusable labels, ...)."""
+from lookalike.errors import TrainingConfigError, TrainingStopped  # noqa: F401 (re-exported)
 
 
 class TrainingJob:

@@ -11,8 +11,7 @@ import numpy as np
 BACKEND_CLS = "lookalike.similarity.backend.LookalikeSimilarityConfig"
 
 
-class NotOurIndexError(ValueError):
-    """A brain key that does not exist or is not a lookalike similarity index."""
+from lookalike.errors import IncompleteIndexError, NotOurIndexError  # noqa: F401
 
 
 def is_ours(dataset, brain_key):

@@ -11,8 +11,7 @@ Distances are cosine distances, ``1 - cos``, in [0, 2].
 import numpy as np
 
 
-class InvalidEmbeddingsError(ValueError):
-    """Vectors that cannot be indexed: wrong shape, mixed dimensions, NaN or inf."""
+from lookalike.errors import InvalidEmbeddingsError  # noqa: F401 (re-exported)
 
 
 def as_unit_matrix(vectors, what="embeddings"):

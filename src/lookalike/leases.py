@@ -1,0 +1,154 @@
+"""Leases: a job's claim, in the database, on what it writes.
+
+Two jobs writing one embeddings field with two encoders, or rebuilding one
+index at once, would mix their writes. Before writing, a job takes a lease on
+the thing it writes (an embeddings field, a brain key, a dataset's curation
+results): one document in the ``lookalike_leases`` collection of FiftyOne's
+database, keyed by ``<dataset id>/<what>``, holding the owner, host, pid and
+an expiry. Taking it is one atomic insert (or an atomic takeover of an expired
+or dead owner's lease), so every worker that shares the database sees the same
+claim. While the job runs a thread renews the expiry; a job killed with -9
+stops renewing, and its lease is taken over once it expires, or at once when
+its pid is gone on this host.
+
+    with leases.hold(dataset, "field:emb_ae", job="compute_embeddings", same=encoder.version):
+        ...write...
+
+``same``: a second job with the same ``same`` value (the same encoder resuming
+the same field) is allowed to share the lease instead of being refused.
+"""
+
+import contextlib
+import datetime
+import os
+import socket
+import threading
+import time
+import uuid
+
+from lookalike.errors import LeaseHeldError
+
+COLLECTION = "lookalike_leases"
+TTL_S = float(os.environ.get("LOOKALIKE_LEASE_TTL_S", "60"))
+_HOST = socket.gethostname()
+
+
+def _collection():
+    import fiftyone.core.odm.database as fod
+
+    return fod.get_db_conn()[COLLECTION]
+
+
+def _key(dataset, what):
+    # A dataset's id survives renames; views lease their root dataset.
+    from lookalike import fo_adapter
+
+    return f"{fo_adapter.dataset_id(dataset)}/{what}"
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def _pid_alive(holder):
+    if holder.get("host") != _HOST:
+        return True  # another machine: only the expiry tells
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, ValueError):
+        pass
+    return True
+
+
+def _alive(doc):
+    """Whether a holder may still be writing (not expired, and a holder's pid exists)."""
+    if doc["expires"] < _now():
+        return False
+    return any(_pid_alive(h) for h in doc.get("holders") or [doc])
+
+
+def describe(doc):
+    since = doc["since"].replace(tzinfo=datetime.timezone.utc).astimezone()
+    return (f"job {doc.get('job') or 'lookalike'} (pid {doc['pid']} on {doc['host']}) since "
+            f"{since:%Y-%m-%d %H:%M:%S}")
+
+
+def current(dataset, what):
+    """The live lease on ``what``, or None."""
+    doc = _collection().find_one({"_id": _key(dataset, what)})
+    return doc if doc is not None and _alive(doc) else None
+
+
+def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
+    """Takes the lease on ``what`` or raises :class:`LeaseHeldError`; returns a :class:`Lease`.
+
+    ``wait``: seconds to wait for a live holder to finish before refusing.
+    ``label``: how the refusal names ``what`` ("field 'emb'"); default ``what``.
+    """
+    import pymongo.errors
+
+    coll = _collection()
+    key = _key(dataset, what)
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + wait
+    while True:
+        now = _now()
+        me = dict(host=_HOST, pid=os.getpid())
+        doc = dict(_id=key, owner=owner, job=job, same=same, since=now,
+                   expires=now + datetime.timedelta(seconds=TTL_S), holders=[me], **me)
+        try:
+            coll.insert_one(doc)
+            return Lease(key, owner)
+        except pymongo.errors.DuplicateKeyError:
+            pass
+        held = coll.find_one({"_id": key})
+        if held is None:
+            continue  # released in between: try again
+        if not _alive(held):
+            # Take over a dead or expired lease, only if nobody else did first.
+            if coll.find_one_and_replace({"_id": key, "owner": held["owner"]}, doc):
+                return Lease(key, owner)
+            continue
+        if same is not None and held.get("same") == same:
+            if coll.update_one({"_id": key, "owner": held["owner"]},
+                               {"$push": {"holders": me}}).modified_count:
+                return Lease(key, held["owner"])
+            continue
+        if time.monotonic() >= deadline:
+            raise LeaseHeldError(f"{label or what} is being written by {describe(held)}: "
+                                 "wait for it to finish, or stop it")
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+
+
+class Lease:
+    """A held lease; renewed by a background thread until :meth:`release`."""
+
+    def __init__(self, key, owner):
+        self.key, self.owner = key, owner
+        self._me = dict(host=_HOST, pid=os.getpid())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+        self._thread.start()
+
+    def _renew(self):
+        coll = _collection()
+        while not self._stop.wait(TTL_S / 3):
+            coll.update_one({"_id": self.key, "owner": self.owner},
+                            {"$set": {"expires": _now() + datetime.timedelta(seconds=TTL_S)}})
+
+    def release(self):
+        self._stop.set()
+        coll = _collection()
+        coll.update_one({"_id": self.key, "owner": self.owner}, {"$pull": {"holders": self._me}})
+        coll.delete_one({"_id": self.key, "owner": self.owner, "holders": {"$size": 0}})
+
+
+@contextlib.contextmanager
+def hold(dataset, what, **kwargs):
+    lease = acquire(dataset, what, **kwargs)
+    try:
+        yield lease
+    finally:
+        lease.release()
