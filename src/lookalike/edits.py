@@ -46,6 +46,8 @@ def apply_edit(img, edit, rng):
         angle = rng.choice([-1, 1]) * rng.uniform(3, 8)
         fill = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
         return img.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=fill), ".png"
+    if edit == "perspective":
+        return perspective(img, rng), ".png"
     if edit == "hflip":
         return ImageOps.mirror(img), ".png"
     if edit == "jpeg":
@@ -70,6 +72,46 @@ def apply_edit(img, edit, rng):
         )
         return img, ".png"
     raise ValueError(f"unknown edit {edit!r}; choose from {EDITS}")
+
+def perspective(img, rng, strength=(0.08, 0.18)):
+    """The same scene from another camera position: a random homography, then a crop,
+    a scale and a lighting change.
+
+    Each corner moves inwards by 8-18% of the side (a camera turned and moved),
+    the warped picture is cropped to what the camera would still see, scaled
+    by 0.6-0.9 and its brightness changed by -15..+15%.
+    """
+    w, h = img.size
+    lo, hi = strength
+    # Where the image's corners land: pulled in by a random share of the side.
+    corners = [(0, 0), (w, 0), (w, h), (0, h)]
+    sign = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
+    moved = [(x + sx * w * rng.uniform(lo, hi) * rng.uniform(0.2, 1.0),
+              y + sy * h * rng.uniform(lo, hi) * rng.uniform(0.2, 1.0))
+             for (x, y), (sx, sy) in zip(corners, sign)]
+    # PIL's perspective transform maps output pixels to input pixels: solve for
+    # the 8 coefficients that send each moved corner back to its original.
+    a, b = [], []
+    for (x, y), (u, v) in zip(moved, corners):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        b.extend([u, v])
+    coeffs = np.linalg.solve(np.array(a, float), np.array(b, float))
+    fill = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
+    warped = img.transform((w, h), Image.Transform.PERSPECTIVE, tuple(coeffs),
+                           resample=Image.Resampling.BILINEAR, fillcolor=fill)
+    # Crop to the inner box of the moved corners (what the new camera sees).
+    left = int(max(moved[0][0], moved[3][0]))
+    right = int(min(moved[1][0], moved[2][0]))
+    top = int(max(moved[0][1], moved[1][1]))
+    bottom = int(min(moved[2][1], moved[3][1]))
+    if right - left > 16 and bottom - top > 16:
+        warped = warped.crop((left, top, right, bottom))
+    scale = rng.uniform(0.6, 0.9)
+    warped = warped.resize((max(16, int(warped.width * scale)), max(16, int(warped.height * scale))),
+                           Image.Resampling.LANCZOS)
+    return ImageEnhance.Brightness(warped).enhance(rng.uniform(0.85, 1.15))
+
 
 JPEG_QUALITY = 25
 
