@@ -6,8 +6,10 @@ truncated downloads. :func:`load_image` turns each valid one into RGB and raises
 :class:`UnreadableImageError` (with the path and the reason) for the rest.
 """
 
+import contextlib
 import os
-import warnings
+import stat
+import threading
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -16,54 +18,157 @@ IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .ico".split()
 )
 
-# Refuse decompression bombs outright instead of warning.
-_MAX_PIXELS = 250_000_000
+# Images over this many pixels are refused from their header, before a pixel is
+# decoded: a small file can claim 30000 x 30000 and take gigabytes to decode.
+MAX_PIXELS_ENV = "LOOKALIKE_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 250_000_000
 
 
-from lookalike.errors import UnreadableImageError  # noqa: F401 (re-exported)
+from lookalike.errors import UnreadableImageError, UsageError  # noqa: E402,F401 (re-exported)
 
 
 def has_image_extension(path):
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def open_image(path):
-    """Opens and fully decodes ``path``; returns the PIL image in its own mode.
-
-    Truncated files fail here even when some other library has switched on
-    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: a half-grey image must not become an
-    embedding.
-    """
-    if not os.path.exists(path):
-        raise UnreadableImageError(path, "file not found")
-    if not os.path.isfile(path):
-        raise UnreadableImageError(path, "not a regular file")
-    if os.path.getsize(path) == 0:
-        raise UnreadableImageError(path, "empty file (0 bytes)")
+def max_pixels():
+    """The pixel limit: ``$LOOKALIKE_MAX_PIXELS``, else 250,000,000."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            if img.width * img.height > _MAX_PIXELS:
-                raise UnreadableImageError(
-                    path, f"{img.width}x{img.height} pixels exceeds the limit of {_MAX_PIXELS}"
-                )
-            if getattr(img, "is_animated", False):
-                img.seek(0)  # first frame of an animation
-            if ImageFile.LOAD_TRUNCATED_IMAGES:
-                _check_not_truncated(path, img)
-            img.load()
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"{MAX_PIXELS_ENV}={raw!r}: not a positive whole number of pixels")
+    return value
+
+
+# Pillow has its own limit (Image.MAX_IMAGE_PIXELS, about 89 M: a warning above it,
+# DecompressionBombError above twice it), checked in open, seek and load. Ours
+# replaces it for our decodes, so that the limit is LOOKALIKE_MAX_PIXELS and the
+# message names the size: Pillow's check is off only while one of our decodes
+# runs (counted, so concurrent decodes never restore it early) and the previous
+# value comes back when the last one ends. Setting it once at import would change
+# it for every other library in the process for good.
+_pillow_limit_lock = threading.Lock()
+_pillow_limit_users = 0
+_pillow_limit_saved = None
+
+
+@contextlib.contextmanager
+def _our_pixel_limit():
+    global _pillow_limit_users, _pillow_limit_saved
+    with _pillow_limit_lock:
+        if _pillow_limit_users == 0:
+            _pillow_limit_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pillow_limit_users += 1
+    try:
+        yield
+    finally:
+        with _pillow_limit_lock:
+            _pillow_limit_users -= 1
+            if _pillow_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit_saved
+
+
+def _check_file(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise UnreadableImageError(path, "file not found") from None
+    except OSError as e:
+        raise UnreadableImageError(path, _os_reason(e)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnreadableImageError(path, "not a regular file")
+    if st.st_size == 0:
+        raise UnreadableImageError(path, "empty file (0 bytes)")
+    return st
+
+
+def _os_reason(e):
+    if isinstance(e, FileNotFoundError):
+        return "file not found"  # deleted between our check and Pillow's open
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _check_pixels(path, img, limit):
+    w, h = img.size
+    if w * h > limit:
+        raise UnreadableImageError(
+            path, f"{w} x {h} pixels exceeds the limit of {limit} ({MAX_PIXELS_ENV})")
+
+
+@contextlib.contextmanager
+def _decoding(path):
+    """Maps everything Pillow and the OS raise for a bad file to :class:`UnreadableImageError`."""
+    try:
+        with _our_pixel_limit():
+            yield
     except UnreadableImageError:
         raise
     except UnidentifiedImageError:
         raise UnreadableImageError(path, "not a recognised image format") from None
-    except Image.DecompressionBombWarning as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        # Only when something else re-enabled Pillow's limit mid-decode.
         raise UnreadableImageError(path, f"refused as a decompression bomb ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = str(e) or type(e).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated or corrupt image data ({reason})"
-        raise UnreadableImageError(path, reason) from None
+    except MemoryError:
+        raise UnreadableImageError(path, "not enough memory to decode it") from None
+    except OSError as e:
+        if e.errno is not None or isinstance(e, FileNotFoundError):
+            raise UnreadableImageError(path, _os_reason(e)) from None
+        raise UnreadableImageError(path, _decoder_reason(e)) from None
+    except (SyntaxError, ValueError, EOFError) as e:
+        raise UnreadableImageError(path, _decoder_reason(e)) from None
+
+
+def _decoder_reason(e):
+    reason = str(e) or type(e).__name__
+    if "truncated" in reason.lower():
+        reason = f"truncated or corrupt image data ({reason})"
+    return reason
+
+
+def image_header_size(path):
+    """``(width, height)`` read from the header only; raises :class:`UnreadableImageError`.
+
+    Also for a file over the pixel limit, which is refused: nothing is decoded.
+    """
+    limit = max_pixels()
+    _check_file(path)
+    with _decoding(path), Image.open(path) as img:
+        _check_pixels(path, img, limit)
+        return img.size
+
+
+def open_image(path):
+    """Opens and fully decodes ``path``; returns the PIL image in its own mode.
+
+    Refused with the reason: a missing, empty or odd file, an image over
+    ``LOOKALIKE_MAX_PIXELS`` (from its header, before decoding), a format Pillow
+    does not know, truncated or corrupt data. Truncated files fail here even when
+    some other library has switched on ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: a
+    half-grey image must not become an embedding.
+    """
+    limit = max_pixels()
+    _check_file(path)
+    with _decoding(path):
+        img = Image.open(path)
+        try:
+            _check_pixels(path, img, limit)
+            if getattr(img, "is_animated", False):
+                img.seek(0)  # first frame of an animation
+                _check_pixels(path, img, limit)
+            if ImageFile.LOAD_TRUNCATED_IMAGES:
+                _check_not_truncated(path, img)
+            img.load()
+        except BaseException:
+            img.close()
+            raise
     return img
 
 

@@ -17,8 +17,7 @@ from lookalike.edits import EDITS, edited_copy
 
 def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
     """``{edit: [distances]}`` between sampled indexed images and their edited copies."""
-    from PIL import Image
-
+    from lookalike.encoders.data import resize_rgb
     from lookalike.images import UnreadableImageError, load_image
     from lookalike.similarity import encoder_of
 
@@ -33,12 +32,16 @@ def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
     out = {e: [] for e in edits}
     for n, sid in enumerate(chosen_ids, 1):
         try:
-            img = load_image(paths[sid])
+            img = load_image(paths[sid]) if sid in paths else None
         except UnreadableImageError:
-            continue  # counted by the images that do decode
+            img = None  # deleted, truncated, over the pixel limit...: the others still count
+        if img is None:
+            if progress:
+                progress(n, len(chosen_ids))
+            continue
         batch = [img] + [edited_copy(img, e, edit_rng) for e in edits]
-        arrays = np.stack([np.asarray(im.resize((size, size), Image.Resampling.BILINEAR),
-                                      dtype=np.uint8) for im in batch])
+        # The encoder's own preprocessing, as for every embedded file.
+        arrays = np.stack([resize_rgb(im, size) for im in batch])
         emb = encoder.embed(arrays)
         dist = np.clip(1.0 - emb[1:] @ emb[0], 0.0, 2.0)
         for e, d in zip(edits, dist):

@@ -115,40 +115,68 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
     return cls(path, manifest, **kwargs)
 
 
-def import_encoder(path, name=None, store_dir=None, overwrite=False):
-    """Checks an encoder directory (e.g. shared by a colleague) and copies it into the store.
+@dataclass
+class ImportResult:
+    path: str  # the encoder's directory in the store
+    left_behind: list = field(default_factory=list)  # what the source held but was not copied
 
-    The directory is validated and the encoder is loaded and run on one blank
-    image before anything is copied. Returns the store path.
+    @property
+    def note(self):
+        from lookalike.encoders.store import left_behind_note
+
+        return left_behind_note(self.left_behind)
+
+
+def import_encoder(path, name=None, store_dir=None, overwrite=False):
+    """Copies an encoder directory (e.g. shared by a colleague) into the store, checked.
+
+    Only ``manifest.json`` and the files it lists are copied, each a regular
+    file inside the directory opened without following links; a manifest entry
+    that is a link, absolute or with ``..`` refuses the whole directory, and
+    anything else there (unlisted files, pickles, links, folders) is left behind
+    and named in ``result.left_behind`` / ``result.note``. The checksums are
+    verified on the copies, then the encoder is loaded from them and run on one
+    blank image, all before it is published under ``name``. Returns an
+    :class:`ImportResult`.
     """
     import json
     import shutil
+    import tempfile
 
     import numpy as np
 
+    from lookalike import faults
     from lookalike.encoders import store
 
     source = os.path.abspath(os.path.expanduser(path))
-    encoder = load_encoder(source)
-    encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
-    name = validate_name(name or encoder.name)
+    manifest = read_manifest(source, verify_files=False)  # "not ours" said plainly first
+    name = validate_name(name or manifest["name"])
     store_dir = store_dir or default_store_dir()
     final = store.encoder_dir(name, store_dir)
     if os.path.abspath(final) == source:
-        return final  # already in the store under that name
+        load_encoder(source)  # already in the store under that name: just checked
+        return ImportResult(final)
     if os.path.exists(final) and not overwrite:
         raise EncoderStoreError(
             f"an encoder named '{name}' already exists: choose another name or pass overwrite=True")
-    partial = store.partial_dir(name, store_dir)
-    shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(store_dir, exist_ok=True)
-    shutil.copytree(source, partial)
-    manifest_path = os.path.join(partial, store.MANIFEST)
-    with open(manifest_path) as f:
-        manifest = json.load(f)
-    manifest.update(name=name, imported_from=source, imported_at=store.now_iso())
-    store.write_manifest(partial, manifest, list(manifest["files"]))
-    return store.publish(partial, final, overwrite=overwrite)
+    # A folder of this import's own: not the training job's .<name>.partial, whose
+    # checkpoints a resumable run of the same name still needs.
+    staging = tempfile.mkdtemp(prefix=f".{name}.import-", dir=store_dir)
+    try:
+        copy = os.path.join(staging, "encoder")
+        left = store.copy_listed_files(source, copy)
+        faults.point("import.copied")
+        encoder = load_encoder(copy)  # checksums verified on the copies, not the originals
+        encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
+        with open(os.path.join(copy, store.MANIFEST)) as f:
+            manifest = json.load(f)
+        manifest.update(name=name, imported_from=source, imported_at=store.now_iso())
+        store.write_manifest(copy, manifest, list(manifest["files"]))
+        store.publish(copy, final, overwrite=overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ImportResult(final, left)
 
 
 def describe(manifest):

@@ -37,14 +37,22 @@ def _workers(num_workers):
     return num_workers or min(8, (os.cpu_count() or 1) + 2)
 
 
-def decode_resized(path, size):
-    """RGB uint8 array of ``path`` resized to ``size`` x ``size`` (bilinear, aspect not kept)."""
+def resize_rgb(img, size):
+    """An RGB PIL image as the encoders see it: ``size`` x ``size`` uint8 (bilinear, aspect not kept)."""
     from PIL import Image
 
-    img = load_image(path)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+def decode_resized(path, size):
+    """RGB uint8 array of ``path`` at ``size`` x ``size`` (:func:`resize_rgb`).
+
+    Raises :class:`UnreadableImageError` (path and reason) for every file that is
+    missing, not an image, over the pixel limit, truncated or corrupt.
+    """
+    return resize_rgb(load_image(path), size)
 
 
 def _decode_one(args):

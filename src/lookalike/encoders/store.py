@@ -19,11 +19,13 @@ checkpoints a resumed job starts from.
 """
 
 import datetime
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 
 FORMAT = "lookalike-encoder"
 FORMAT_VERSION = 1
@@ -146,6 +148,108 @@ def read_manifest(directory, verify_files=True):
                     f"{directory}: weights file {rel} is corrupt (checksum differs from the manifest)"
                 )
     return manifest
+
+
+def _entry_parts(directory, rel):
+    """The path components of manifest entry ``rel``; refuses one that could leave ``directory``."""
+    if not isinstance(rel, str) or not rel:
+        raise EncoderStoreError(f"{directory}: manifest names a file that is not a path: {rel!r}")
+    parts = rel.split("/")
+    if os.path.isabs(rel) or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        raise EncoderStoreError(
+            f"{directory}: manifest entry {rel!r} is refused: only plain relative paths inside "
+            "the directory (no leading '/', no '..')")
+    return parts
+
+
+def _open_regular(directory, rel):
+    """A read-only fd of ``directory/rel``, following no symbolic link on the way (openat)."""
+    parts = _entry_parts(directory, rel)
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise EncoderStoreError(f"{directory}: cannot open the directory ({e.strerror})") from None
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = next_fd
+        # O_NONBLOCK: a FIFO named in the manifest must not hang us; fstat refuses it below.
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            reason = "is missing"
+        elif e.errno in (errno.ELOOP, errno.ENOTDIR):
+            reason = "is (or lies under) a symbolic link or not a folder: refused, links are not followed"
+        else:
+            reason = f"cannot be read ({e.strerror})"
+        raise EncoderStoreError(f"{directory}: manifest entry {rel} {reason}") from None
+    finally:
+        os.close(dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise EncoderStoreError(f"{directory}: manifest entry {rel} is not a regular file: refused")
+    return fd
+
+
+def _copy_fd(fd, dest):
+    with os.fdopen(fd, "rb") as src, open(dest, "xb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def copy_listed_files(source, dest):
+    """Copies ``manifest.json`` and the files it lists from ``source`` into the new folder ``dest``.
+
+    Only regular files inside ``source`` are taken, opened without following any
+    symbolic link; an entry that is a link, absolute, or has ``..`` is refused
+    (:class:`EncoderStoreError`). Returns what was left behind: the relative paths
+    of everything else in ``source`` (unlisted files, pickles, links, folders).
+    Checksums are not checked here: verify the copy (``read_manifest(dest)``).
+    """
+    source = os.path.abspath(source)
+    fd = _open_regular(source, MANIFEST)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read()
+    try:
+        manifest = json.loads(raw)
+    except ValueError as e:
+        raise EncoderStoreError(f"{os.path.join(source, MANIFEST)}: unreadable manifest ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or MANIFEST in files:
+        raise EncoderStoreError(f"{source}: {MANIFEST} is not a lookalike encoder manifest")
+    for rel in files:  # every entry checked before anything is copied
+        os.close(_open_regular(source, rel))
+    os.makedirs(dest)
+    with open(os.path.join(dest, MANIFEST), "xb") as out:
+        out.write(raw)
+    for rel in files:
+        target = os.path.join(dest, *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        _copy_fd(_open_regular(source, rel), target)
+    return _left_behind(source, {MANIFEST, *files})
+
+
+def _left_behind(source, taken):
+    left = []
+    for root, dirs, names in os.walk(source):  # never descends into a link
+        rel_root = os.path.relpath(root, source)
+        for name in sorted(dirs) + sorted(names):
+            rel = name if rel_root == "." else f"{rel_root}/{name}"
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                left.append(f"{rel} (symbolic link)")
+            elif name in names and rel not in taken:
+                left.append(rel)
+    return sorted(left)
+
+
+def left_behind_note(left, limit=10):
+    """One line naming what an import did not copy, or '' when nothing was left."""
+    if not left:
+        return ""
+    shown = ", ".join(left[:limit]) + (f", ... and {len(left) - limit} more" if len(left) > limit else "")
+    noun = "entry" if len(left) == 1 else "entries"
+    return f"left behind {len(left)} {noun} the manifest does not list: {shown}"
 
 
 def check_framework_version(manifest, installed_version):
