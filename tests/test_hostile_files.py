@@ -393,3 +393,28 @@ def test_an_import_killed_after_copying_leaves_no_encoder(shared_folder, store_d
     assert out.returncode == 0, out.stderr[-2000:]
     assert [e["name"] for e in list_encoders(store_dir)] == ["killed"]
     assert read_manifest(os.path.join(store_dir, "killed"))["name"] == "killed"
+
+
+def test_replacing_an_encoder_killed_between_the_renames_keeps_the_old_one(
+        shared_folder, store_dir, subprocess_env, tmp_path):
+    """publish(overwrite=True) renames the old encoder away, then the new one in."""
+    cmd = [sys.executable, "-m", "lookalike.cli", "load", "--path", str(shared_folder),
+           "--name", "kept"]
+    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store_dir)
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          timeout=300).returncode == 0
+    before = read_manifest(os.path.join(store_dir, "kept"))
+    marker = tmp_path / "reached"
+    killed = dict(env, LOOKALIKE_FAULT="store.publish.between_renames:kill",
+                  LOOKALIKE_FAULT_FILE=str(marker))
+    out = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=killed,
+                         timeout=300)
+    assert out.returncode == -9 and marker.exists()
+    assert not os.path.exists(os.path.join(store_dir, "kept"))  # the window itself
+    # The next look at the store puts the previous encoder back, whole.
+    assert [e["name"] for e in list_encoders(store_dir)] == ["kept"]
+    assert read_manifest(os.path.join(store_dir, "kept")) == before
+    assert subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, env=env,
+                          timeout=300).returncode == 0
+    assert [e["name"] for e in list_encoders(store_dir)] == ["kept"]
+    assert not [n for n in os.listdir(store_dir) if n.endswith(".old")]

@@ -64,7 +64,25 @@ def validate_name(name):
 
 
 def encoder_dir(name, store_dir=None):
-    return os.path.join(store_dir or default_store_dir(), validate_name(name))
+    path = os.path.join(store_dir or default_store_dir(), validate_name(name))
+    _recover_replaced(path)
+    return path
+
+
+def _old_dir(final):
+    return os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.old")
+
+
+def _recover_replaced(final):
+    # A job killed between the two renames of publish(overwrite=True) left the
+    # previous encoder under its hidden old name and nothing under the name:
+    # put the previous one back (old-complete).
+    old = _old_dir(final)
+    if not os.path.exists(final) and os.path.isdir(old):
+        try:
+            os.replace(old, final)
+        except OSError:
+            pass  # another process recovered it first
 
 
 def partial_dir(name, store_dir=None):
@@ -267,6 +285,9 @@ def list_encoders(store_dir=None):
     store_dir = store_dir or default_store_dir()
     if not os.path.isdir(store_dir):
         return []
+    for entry in os.listdir(store_dir):
+        if entry.startswith(".") and entry.endswith(".old"):
+            _recover_replaced(os.path.join(store_dir, entry[1:-len(".old")]))
     found = []
     for entry in sorted(os.listdir(store_dir)):
         if entry.startswith("."):
@@ -288,9 +309,12 @@ def publish(partial, final, overwrite=False):
                 f"an encoder named '{os.path.basename(final)}' exists: choose another name "
                 "or pass overwrite=True"
             )
-        old = final + ".old"
+        from lookalike import faults
+
+        old = _old_dir(final)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
+        faults.point("store.publish.between_renames")
         os.replace(partial, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
