@@ -12,6 +12,12 @@ class LookalikeError(Exception):
     """Base of every error lookalike raises on purpose: its message is the whole story."""
 
 
+def one_line(error):
+    """``error``'s message on one line (the CLI and the App show reasons as one line)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
+
+
 # -- bad input -----------------------------------------------------------------
 class UsageError(LookalikeError, ValueError):
     """An argument that names nothing usable (no such dataset, field, file, ...)."""
@@ -62,6 +68,10 @@ class IncompleteIndexError(SimilarityIndexError):
     """A brain run whose results were never written (a build that was killed)."""
 
 
+class IndexSettingsError(SimilarityIndexError):
+    """Settings an index cannot build or answer with (nprobe, recall target, k, engine)."""
+
+
 class CurationError(LookalikeError, ValueError):
     """Input that curation cannot work on: an empty view, a threshold outside [0, 2], ..."""
 
@@ -76,6 +86,18 @@ class StaleRecordError(CurationError):
 
 class MissingRecordError(CurationError):
     """No calibration (or evaluation) has been saved on this run yet."""
+
+
+class IncompleteCurationError(CurationError):
+    """A find_duplicates / flag_outliers run that was killed before publishing its results."""
+
+
+class DeletionRefusedError(CurationError):
+    """A deletion that would remove samples no published result still justifies."""
+
+
+class JournalError(LookalikeError, ValueError):
+    """A deletion journal that cannot be restored: missing, not ours, another dataset's."""
 
 
 # -- the environment -------------------------------------------------------------

@@ -21,3 +21,58 @@ def dataset_id(samples):
     dataset keeps them. (``dataset._doc.id``: private.)
     """
     return str(root_dataset(samples)._doc.id)
+
+
+def sample_collection(dataset):
+    """The pymongo collection holding ``dataset``'s sample documents.
+
+    Deletion journals save the raw documents (ids, every field, tags) and
+    undelete inserts them back unchanged: FiftyOne's public API only re-adds
+    samples under new ids. (``dataset._sample_collection``: private.)
+    """
+    return root_dataset(dataset)._sample_collection
+
+
+def set_info_key(samples, path, value):
+    """Sets ``dataset.info[k1][k2]...`` (``path`` = "k1.k2") with one atomic ``$set``.
+
+    ``dataset.info[k] = ...; dataset.save()`` writes all of ``info[k]`` from this
+    process's copy, so two jobs writing two sub-keys lose one of them. FiftyOne
+    has no public per-key update: this writes the dataset's document in its
+    ``datasets`` collection (private layout), then reloads ``info`` in memory.
+    """
+    import fiftyone.core.odm.database as fod
+
+    dataset = root_dataset(samples)
+    fod.get_db_conn().datasets.update_one({"_id": dataset._doc.id},
+                                          {"$set": {f"info.{path}": value}})
+    dataset._doc.reload("info")
+
+
+def read_info_key(samples, key):
+    """``dataset.info[key]`` as it is in the database now (other processes' writes
+    included), without reloading the dataset. (The ``datasets`` collection: private.)"""
+    import fiftyone.core.odm.database as fod
+
+    dataset = root_dataset(samples)
+    doc = fod.get_db_conn().datasets.find_one({"_id": dataset._doc.id}, {f"info.{key}": 1})
+    return ((doc or {}).get("info") or {}).get(key)
+
+
+def refresh_runs(samples):
+    """Re-reads the dataset's brain runs from the database (other processes' builds).
+
+    A dataset object keeps its document in memory, so an index that another
+    process swapped in stays invisible until then; ``dataset.reload()`` would
+    also reload every in-memory sample. (``dataset._doc.reload``: private.)
+    """
+    root_dataset(samples)._doc.reload("brain_methods")
+
+
+def forget_brain_results(samples, brain_key):
+    """Drops ``brain_key``'s cached results, so the next load reads the run anew.
+
+    Used when the run under that key was replaced by another process (its
+    build id changed). (``dataset._brain_cache``: private.)
+    """
+    root_dataset(samples)._brain_cache.pop(brain_key, None)

@@ -19,7 +19,8 @@ def field_state(index):
     field = index.config.embeddings_field
     if field is None:
         return {"size": int(index.total_index_size)}
-    state = artefacts.field_state(index._dataset, field)
+    # Over the view the run was built on: changes outside it do not matter.
+    state = artefacts.field_state(index.samples, field)
     return dict(state, size=int(index.total_index_size))
 
 

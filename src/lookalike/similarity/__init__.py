@@ -8,10 +8,24 @@
 
 import numpy as np
 
+from lookalike import faults, fo_adapter, leases
+from lookalike.errors import (  # noqa: F401 (IncompleteIndexError, NotOurIndexError re-exported)
+    EmptyViewError,
+    IncompleteIndexError,
+    IndexSettingsError,
+    LeaseHeldError,
+    NotOurIndexError,
+    SimilarityIndexError,
+    UsageError,
+)
+
 BACKEND_CLS = "lookalike.similarity.backend.LookalikeSimilarityConfig"
+# A build writes its run under this suffix and renames it only once complete.
+BUILDING_SUFFIX = "__lookalike_build"
 
 
-from lookalike.errors import IncompleteIndexError, NotOurIndexError  # noqa: F401
+def building_key(brain_key):
+    return f"{brain_key}{BUILDING_SUFFIX}"
 
 
 def is_ours(dataset, brain_key):
@@ -21,64 +35,175 @@ def is_ours(dataset, brain_key):
 
 
 def our_brain_keys(dataset):
-    return [k for k in dataset.list_brain_runs() if is_ours(dataset, k)]
+    return [k for k in dataset.list_brain_runs()
+            if is_ours(dataset, k) and not k.endswith(BUILDING_SUFFIX)]
 
 
 def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwrite=True,
                 nprobe=None, recall_target=0.98):
-    """Creates (or replaces) a lookalike similarity index over ``embeddings_field``.
+    """Creates (or replaces) a lookalike similarity index over ``embeddings_field`` of ``samples``.
 
-    ``engine``: "exact", "approximate" (faiss IVF; ``nprobe`` or tuned to
-    ``recall_target``) or "auto" (approximate from 200,000 vectors). Samples
-    without an embedding are left out (and counted in ``index.num_missing``). A
-    brain key used by another kind of run is never replaced.
+    The index holds exactly the samples of ``samples`` (a dataset or a view)
+    that have an embedding; queries on the dataset with this brain key return
+    only those. ``engine``: "exact", "approximate" (faiss IVF; ``nprobe`` or
+    tuned to ``recall_target``) or "auto" (approximate from 200,000 vectors).
+    Samples without an embedding are left out (and counted in
+    ``index.num_missing``). A brain key used by another kind of run is never
+    replaced.
+
+    The new index is built under a temporary key and swapped in only when
+    complete: a build killed at any point leaves the previous index answering
+    (or the new one), and the next build clears what it left. A second build
+    of the same key while one runs is refused (:class:`LeaseHeldError`).
     """
-    import fiftyone.brain as fob
-
     from lookalike.embeddings import field_record
+    from lookalike.similarity import artefacts
     from lookalike.similarity.backend import LookalikeSimilarityConfig
 
-    dataset = samples._root_dataset
+    dataset = fo_adapter.root_dataset(samples)
     brain_key = brain_key or f"{embeddings_field}_sim"
+    if (not isinstance(brain_key, str) or not brain_key.isidentifier()
+            or brain_key.endswith(BUILDING_SUFFIX)):
+        raise UsageError(f"brain key {brain_key!r} is not usable: use letters, digits and "
+                         "underscores, not starting with a digit")
+    if embeddings_field not in dataset.get_field_schema():
+        raise UsageError(f"dataset '{dataset.name}' has no field '{embeddings_field}': "
+                         "compute embeddings first")
+    record = field_record(dataset, embeddings_field) or {}
+    config = LookalikeSimilarityConfig(
+        embeddings_field=embeddings_field, engine=engine, encoder=record.get("encoder"),
+        encoder_version=record.get("version"), nprobe=nprobe, recall_target=recall_target)
+    _check_replaceable(dataset, brain_key, overwrite)
+    _check_has_embeddings(samples, embeddings_field)
+    with leases.hold(dataset, f"index:{brain_key}", job="build_index",
+                     label=f"index '{brain_key}' of '{dataset.name}'"):
+        fo_adapter.refresh_runs(dataset)  # another process may have built it meanwhile
+        _check_replaceable(dataset, brain_key, overwrite)
+        tmp = building_key(brain_key)
+        if tmp in dataset.list_brain_runs():
+            if not is_ours(dataset, tmp):
+                raise NotOurIndexError(f"brain key '{tmp}' belongs to another kind of run: "
+                                       "choose another key")
+            dataset.delete_brain_run(tmp)  # left by a killed build
+        artefacts.remove_unreferenced_builds(dataset)
+        index = _build(samples, config, tmp)
+        faults.point("index.built")
+        _swap_in(dataset, tmp, brain_key)
+    return index
+
+
+def _check_replaceable(dataset, brain_key, overwrite):
     if brain_key in dataset.list_brain_runs():
         if not is_ours(dataset, brain_key):
             raise NotOurIndexError(
                 f"brain key '{brain_key}' belongs to another kind of run: choose another key")
         if not overwrite:
             raise NotOurIndexError(f"an index '{brain_key}' exists (pass overwrite=True)")
-        dataset.delete_brain_run(brain_key)
-    if embeddings_field not in dataset.get_field_schema():
-        raise ValueError(f"dataset '{dataset.name}' has no field '{embeddings_field}': "
-                         "compute embeddings first")
-    record = field_record(dataset, embeddings_field) or {}
-    return fob.compute_similarity(
-        samples, embeddings=embeddings_field, brain_key=brain_key,
-        backend=LookalikeSimilarityConfig, engine=engine,
-        encoder=record.get("encoder"), encoder_version=record.get("version"),
-        nprobe=nprobe, recall_target=recall_target,
-    )
+
+
+def _check_has_embeddings(samples, field):
+    from lookalike.similarity.backend import describe_samples
+
+    if samples.count() == 0:
+        raise EmptyViewError(f"{describe_samples(samples)} has no samples: nothing to index")
+    if samples.count(field) == 0:
+        raise EmptyViewError(f"no sample of {describe_samples(samples)} has an embedding in "
+                             f"'{field}': compute embeddings first")
+
+
+def _build(samples, config, brain_key):
+    """Registers the run on ``samples`` (FiftyOne stores a view's stages), reads, saves."""
+    method = config.build()
+    method.ensure_requirements()
+    method.register_run(samples, brain_key, overwrite=False)
+    index = method.initialize(samples, brain_key)  # reads the vectors, writes the artefacts
+    faults.point("index.artefacts_written")
+    method.save_run_results(samples, brain_key, index)
+    return index
+
+
+def _swap_in(dataset, tmp, brain_key):
+    """Replaces ``brain_key`` by the complete run ``tmp``.
+
+    A kill before the delete leaves the old index; after it, the new one under
+    ``tmp``, which :func:`load_index` (or the next build) renames.
+    """
+    if brain_key in dataset.list_brain_runs():
+        faults.point("index.swap.before_delete")
+        dataset.delete_brain_run(brain_key)  # its artefacts go with it
+    faults.point("index.swap.deleted")
+    dataset.rename_brain_run(tmp, brain_key)  # the artefacts keep their build id
+    faults.point("index.swap.renamed")
 
 
 def load_index(dataset, brain_key):
+    """The lookalike index ``brain_key`` as it is in the database now, or a one-line error."""
+    dataset = fo_adapter.root_dataset(dataset)
+    fo_adapter.refresh_runs(dataset)
+    if brain_key not in dataset.list_brain_runs():
+        index = _finish_interrupted_swap(dataset, brain_key)
+        if index is not None:
+            return index
     if not is_ours(dataset, brain_key):
         known = ", ".join(our_brain_keys(dataset)) or "none"
         raise NotOurIndexError(
             f"'{brain_key}' is not a lookalike similarity index of '{dataset.name}' "
             f"(its lookalike indexes: {known})")
-    return dataset.load_brain_results(brain_key)
+    return _load_results(dataset, brain_key, brain_key)
+
+
+def _load_results(dataset, key, named):
+    """The results of run ``key``; IncompleteIndexError (naming index ``named``) if none."""
+    from lookalike.similarity.backend import incomplete_message
+
+    config = dataset.get_brain_info(key).config
+    try:
+        index = dataset.load_brain_results(key)
+        if index is not None and getattr(index.config, "build_id", None) != config.build_id:
+            # Cached in this process, but another process has replaced the run since.
+            fo_adapter.forget_brain_results(dataset, key)
+            index = dataset.load_brain_results(key)
+    except IncompleteIndexError:
+        index = None
+    if index is None:
+        raise IncompleteIndexError(incomplete_message(dataset, named, config.embeddings_field))
+    return index
+
+
+def _finish_interrupted_swap(dataset, brain_key):
+    """The new index of a build killed between its delete and rename, renamed; or None."""
+    tmp = building_key(brain_key)
+    if not is_ours(dataset, tmp):
+        return None
+    try:
+        lease = leases.acquire(dataset, f"index:{brain_key}", job="load_index")
+    except LeaseHeldError:
+        # A live build is swapping it in now: answer from the new index as it is.
+        return _load_results(dataset, tmp, brain_key)
+    try:
+        fo_adapter.refresh_runs(dataset)
+        if brain_key in dataset.list_brain_runs() or not is_ours(dataset, tmp):
+            return None
+        index = _load_results(dataset, tmp, brain_key)
+        dataset.rename_brain_run(tmp, brain_key)
+        return index
+    finally:
+        lease.release()
 
 
 def encoder_of(index):
-    """The encoder that wrote the index's embeddings (same version), or ValueError."""
+    """The encoder that wrote the index's embeddings (same version), or a SimilarityIndexError."""
     from lookalike.encoders import load_encoder
 
     name = index.config.encoder
     if not name:
-        raise ValueError("this index does not record which encoder made its embeddings, "
-                         "so it cannot embed a new image: rebuild it from a lookalike field")
+        raise SimilarityIndexError(
+            f"index '{index.key}' does not record which encoder made its embeddings, so it "
+            "cannot embed a new image: query by sample id, or rebuild it over a field that "
+            "lookalike embed wrote")
     encoder = load_encoder(name)
     if index.config.encoder_version and encoder.version != index.config.encoder_version:
-        raise ValueError(
+        raise SimilarityIndexError(
             f"encoder '{name}' changed since the index was built ({encoder.version} vs "
             f"{index.config.encoder_version}): recompute the embeddings")
     return encoder
@@ -100,16 +225,18 @@ def _query(index, query_ids, query_path):
         known = set(index.sample_ids)
         missing = [i for i in query if i not in known]
         if missing:
-            raise ValueError(f"{len(missing)} selected samples have no embedding in this index")
+            raise SimilarityIndexError(
+                f"{len(missing)} selected samples have no embedding in this index (or lie "
+                "outside the view it was built on)")
         return query[0] if len(query) == 1 else query
-    raise ValueError("select at least one sample or give a query image path")
+    raise UsageError("select at least one sample or give a query image path")
 
 
 def nearest(dataset, brain_key, query_ids=None, query_path=None, k=10):
     """``(sample_ids, distances)`` of the ``k`` nearest neighbours; writes nothing."""
     index = load_index(dataset, brain_key)
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise IndexSettingsError(f"k must be at least 1, got {k}")
     query = _query(index, query_ids, query_path)
     ids, _, dists = index._kneighbors(query, k=min(k, index.total_index_size),
                                       aggregation="mean", return_dists=True)
@@ -119,10 +246,9 @@ def nearest(dataset, brain_key, query_ids=None, query_path=None, k=10):
 def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25,
                        dist_field=None, reverse=False):
     """The ``k`` samples most similar to ``query_ids`` (mean of their vectors) or an image file."""
-    dataset = samples._root_dataset
-    index = load_index(dataset, brain_key)
+    index = load_index(fo_adapter.root_dataset(samples), brain_key)
     if k is not None and k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise IndexSettingsError(f"k must be at least 1, got {k}")
     query = _query(index, query_ids, query_path)
     if k is not None:
         k = min(k, index.total_index_size)

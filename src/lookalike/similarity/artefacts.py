@@ -10,10 +10,17 @@ outside lookalike that keep all three (vectors overwritten in place, one
 sample's vector swapped for another's) are not detected: call
 ``index.reload()`` after such edits.
 
-Location: ``<data dir>/indexes/<dataset id>/<brain key>/`` (see
-:func:`lookalike.paths.default_data_dir`).
+Location: ``<data dir>/indexes/<dataset id>/<build id>/`` (see
+:func:`lookalike.paths.default_data_dir`). The build id is recorded in the run's
+config, so renaming a run (as :func:`lookalike.similarity.build_index` does when
+it swaps a new index in) keeps its artefacts without moving anything. Runs made
+before build ids use their brain key as the directory name.
+
+The staleness state is computed over the samples the index was built on (the
+view stored with the run), not the whole dataset.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -21,16 +28,58 @@ import shutil
 
 import numpy as np
 
+from lookalike import fo_adapter
 from lookalike.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
 
 
-def directory(dataset, brain_key):
-    return os.path.join(default_data_dir(), "indexes", str(dataset._doc.id), brain_key)
+BUILD_PREFIX = "build-"
 
 
-def field_state(dataset, field):
+def dataset_directory(samples):
+    return os.path.join(default_data_dir(), "indexes", fo_adapter.dataset_id(samples))
+
+
+def build_path(samples, name):
+    """The artefacts directory ``name`` (a build id, or a legacy run's brain key)."""
+    return os.path.join(dataset_directory(samples), name)
+
+
+def directory(samples, brain_key):
+    """The artefacts directory of the brain run ``brain_key``."""
+    return build_path(samples, run_directory_name(samples, brain_key))
+
+
+def run_directory_name(samples, brain_key):
+    dataset = fo_adapter.root_dataset(samples)
+    if brain_key in dataset.list_brain_runs():
+        build_id = getattr(dataset.get_brain_info(brain_key).config, "build_id", None)
+        if build_id:
+            return build_id
+    return brain_key
+
+
+def remove_unreferenced_builds(dataset):
+    """Deletes build directories that no brain run names (left by killed builds).
+
+    The directories are listed before the runs: a build registers its run
+    (with its build id) before it creates its directory, so a directory listed
+    here whose run is being built is always seen as referenced.
+    """
+    root = dataset_directory(dataset)
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(BUILD_PREFIX)]
+    except OSError:
+        return
+    fo_adapter.refresh_runs(dataset)
+    referenced = {run_directory_name(dataset, k) for k in dataset.list_brain_runs()}
+    for name in names:
+        if name not in referenced:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def field_state(samples, field):
     # Which samples hold a vector -- their count and id range, one server-side
     # aggregation instead of reading 100k ids (0.5 s) -- and which encoder wrote
     # them. Not last_modified_at: writing any other field (the distance field of
@@ -39,20 +88,25 @@ def field_state(dataset, field):
 
     from lookalike.embeddings import field_record
 
-    count, first, last = dataset.exists(field).aggregate(
+    count, first, last = samples.exists(field).aggregate(
         [fo.Count(), fo.Min("_id"), fo.Max("_id")])
-    record = field_record(dataset, field) or {}
+    record = field_record(fo_adapter.root_dataset(samples), field) or {}
     return {"count": int(count), "ids": [str(first), str(last)], "version": record.get("version")}
 
 
-def save(dataset, brain_key, field, matrix, sample_ids, engine=None):
-    path = directory(dataset, brain_key)
+def save(samples, name, field, matrix, sample_ids, engine=None):
+    path = build_path(samples, name)
     os.makedirs(path, exist_ok=True)
+    # meta.json goes first and comes back last: a kill in between leaves no
+    # meta, read as missing (rebuilt from the field), never vectors of one
+    # save with ids of another.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(path, "meta.json"))
     tmp_v, tmp_i = os.path.join(path, "vectors.tmp.npy"), os.path.join(path, "ids.tmp.npy")
     np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
     np.save(tmp_i, np.asarray(sample_ids, dtype="U24"))
     meta = dict(field=field, dim=int(matrix.shape[1]) if matrix.ndim == 2 else 0,
-                size=int(len(sample_ids)), **field_state(dataset, field))
+                size=int(len(sample_ids)), **field_state(samples, field))
     os.replace(tmp_v, os.path.join(path, "vectors.npy"))
     os.replace(tmp_i, os.path.join(path, "ids.npy"))
     with open(os.path.join(path, "meta.json.tmp"), "w") as f:
@@ -70,16 +124,16 @@ def save(dataset, brain_key, field, matrix, sample_ids, engine=None):
         os.remove(faiss_path)
 
 
-def load(dataset, brain_key, field):
-    """``(matrix, sample_ids)`` from disk, or None when missing or stale."""
-    path = directory(dataset, brain_key)
+def load(samples, name, field):
+    """``(matrix, sample_ids)`` from disk, or None when missing or stale for ``samples``."""
+    path = build_path(samples, name)
     try:
         with open(os.path.join(path, "meta.json")) as f:
             meta = json.load(f)
         if meta.get("field") != field:
             return None
-        if {k: meta.get(k) for k in ("count", "ids", "version")} != field_state(dataset, field):
-            logger.info("index artefacts of '%s' are stale: rebuilding from '%s'", brain_key, field)
+        if {k: meta.get(k) for k in ("count", "ids", "version")} != field_state(samples, field):
+            logger.info("index artefacts %s are stale: rebuilding from '%s'", path, field)
             return None
         matrix = np.load(os.path.join(path, "vectors.npy"), allow_pickle=False)
         ids = np.load(os.path.join(path, "ids.npy"), allow_pickle=False)
@@ -90,9 +144,9 @@ def load(dataset, brain_key, field):
     return matrix, ids
 
 
-def load_faiss(dataset, brain_key, size):
+def load_faiss(samples, name, size):
     """``(faiss index, nprobe)`` saved with fresh artefacts of ``size`` rows, or None."""
-    path = directory(dataset, brain_key)
+    path = build_path(samples, name)
     try:
         with open(os.path.join(path, "ivf.json")) as f:
             meta = json.load(f)
@@ -105,5 +159,24 @@ def load_faiss(dataset, brain_key, size):
         return None
 
 
-def remove(dataset, brain_key):
-    shutil.rmtree(directory(dataset, brain_key), ignore_errors=True)
+def remove(samples, name):
+    shutil.rmtree(build_path(samples, name), ignore_errors=True)
+
+
+def rename(dataset, brain_key, new_key):
+    """Keeps a run's artefacts when ``dataset.rename_brain_run`` renames it.
+
+    Called through the run's ``rename`` hook, before FiftyOne renames the run
+    document. A run with a build id needs nothing (its directory is named by
+    the id). A legacy run's directory, named by its key, is moved (one
+    directory rename); a process killed in between leaves the run without
+    artefacts, which it then rebuilds from its samples (nothing lost).
+    """
+    name = run_directory_name(dataset, brain_key)
+    if name != brain_key:
+        return
+    src, dst = build_path(dataset, brain_key), build_path(dataset, new_key)
+    if not os.path.isdir(src):
+        return
+    shutil.rmtree(dst, ignore_errors=True)  # no run holds new_key (FiftyOne checks)
+    os.rename(src, dst)

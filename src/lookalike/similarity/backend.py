@@ -18,6 +18,8 @@ detected as stale and rebuilt from the field.
 """
 
 import logging
+import numbers
+import uuid
 
 import eta.core.utils as etau
 import numpy as np
@@ -28,6 +30,8 @@ from fiftyone.brain.similarity import (
     SimilarityIndex,
 )
 
+from lookalike import faults, fo_adapter
+from lookalike.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
 from lookalike.similarity import artefacts
 from lookalike.similarity.engine import (
     InvalidEmbeddingsError,
@@ -54,16 +58,24 @@ class LookalikeSimilarityConfig(SimilarityConfig):
         encoder (None): name of the lookalike encoder that wrote the embeddings
             (used to embed query images that are not in the dataset)
         encoder_version (None): that encoder's version
+        build_id (None): names the run's artefacts directory; set when the run
+            is registered, and kept when the run is renamed
     """
 
     def __init__(self, metric="cosine", engine="exact", encoder=None, encoder_version=None,
-                 nprobe=None, recall_target=0.98, **kwargs):
+                 nprobe=None, recall_target=0.98, build_id=None, **kwargs):
         if metric != "cosine":
-            raise ValueError(f"lookalike indexes use cosine distance, not {metric!r}")
+            raise IndexSettingsError(f"lookalike indexes use cosine distance, not {metric!r}")
         if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+            raise IndexSettingsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         if kwargs.get("patches_field") is not None:
-            raise ValueError("lookalike indexes do not support patches yet")
+            raise IndexSettingsError("lookalike indexes do not support patches yet")
+        if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, numbers.Integral)
+                                   or nprobe < 1):
+            raise IndexSettingsError(f"nprobe must be a whole number of at least 1, got {nprobe!r}")
+        if (isinstance(recall_target, bool) or not isinstance(recall_target, numbers.Real)
+                or not 0 < recall_target <= 1):
+            raise IndexSettingsError(f"recall target must be in (0, 1], got {recall_target!r}")
         super().__init__(**kwargs)
         self.metric = metric
         self.engine = engine
@@ -71,6 +83,7 @@ class LookalikeSimilarityConfig(SimilarityConfig):
         self.encoder_version = encoder_version
         self.nprobe = nprobe
         self.recall_target = recall_target
+        self.build_id = build_id
 
     @property
     def method(self):
@@ -90,20 +103,73 @@ class LookalikeSimilarityConfig(SimilarityConfig):
 
 
 class LookalikeSimilarity(Similarity):
+    def register_run(self, samples, key, overwrite=True, cleanup=True):
+        """Registers the run, then saves a stand-in that reads as "incomplete".
+
+        FiftyOne registers a run with no results and writes them at the end; a
+        build killed in between left a run whose results load as None, which
+        the App's sort then dereferences (AttributeError). The stand-in makes
+        every load of such a run raise :class:`IncompleteIndexError` instead.
+        """
+        if key is not None and not self.config.build_id:
+            self.config.build_id = f"{artefacts.BUILD_PREFIX}{uuid.uuid4().hex}"
+        if self.config.encoder is None and self.config.embeddings_field:
+            # fob.compute_similarity(backend="lookalike") names no encoder: record the
+            # field's, as build_index does, so that query images can be embedded.
+            from lookalike.embeddings import field_record
+
+            record = field_record(samples, self.config.embeddings_field) or {}
+            self.config.encoder = record.get("encoder")
+            self.config.encoder_version = record.get("version")
+        super().register_run(samples, key, overwrite=overwrite, cleanup=cleanup)
+        if key is None:
+            return
+        faults.point("index.registered")
+        self.save_run_results(samples, key, PendingSimilarityIndex(samples, self.config, key,
+                                                                   backend=self), cache=False)
+
     def initialize(self, samples, brain_key):
+        faults.point("index.initialize")
         return LookalikeSimilarityIndex(samples, self.config, brain_key, backend=self)
 
     def cleanup(self, samples, brain_key):
-        artefacts.remove(samples._root_dataset, brain_key)
+        artefacts.remove(samples, self.config.build_id or brain_key)
         super().cleanup(samples, brain_key)
+
+    def rename(self, samples, brain_key, new_key):
+        # fiftyone's rename_brain_run hook: the artefacts follow the run.
+        artefacts.rename(fo_adapter.root_dataset(samples), brain_key, new_key)
+        super().rename(samples, brain_key, new_key)
+
+
+def incomplete_message(samples, brain_key, field=None):
+    dataset = fo_adapter.root_dataset(samples)
+    return (f"index '{brain_key}' is incomplete: rebuild it with lookalike index --dataset "
+            f"{dataset.name} --field {field or '<field>'} --brain-key {brain_key}")
+
+
+class PendingSimilarityIndex(SimilarityIndex):
+    """The results of a run whose build has not finished: loading it raises."""
+
+    def attributes(self):
+        return ["cls"]
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        raise IncompleteIndexError(incomplete_message(samples, brain_key,
+                                                      config.embeddings_field))
 
 
 class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     """A similarity index over an embeddings field, searched exactly in memory."""
 
     def __init__(self, samples, config, brain_key, backend=None, matrix=None, sample_ids=None):
-        self._dataset = samples._root_dataset
-        self._brain_key = brain_key
+        self._dataset = fo_adapter.root_dataset(samples)
+        # The samples the run was built on (its stored view): read, and checked
+        # for staleness, instead of the whole dataset.
+        self._source = samples
+        # Set early: _brain_key reads it before SimilarityIndex.__init__ sets it again.
+        self._key = brain_key
         self._ids_to_inds = None
         self._curr_ids_to_inds = None
         self.num_missing = 0
@@ -119,20 +185,27 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
 
+    @property
+    def _brain_key(self):
+        # The key fiftyone keeps on the results: rename_brain_run updates it on a
+        # loaded index, so later saves go to the renamed run's artefacts.
+        return self._key
+
     # -- data -------------------------------------------------------------------
     def _load(self, config, brain_key):
         field = config.embeddings_field
         if field is None:
             return np.zeros((0, 0), np.float32), [], None, False
         if brain_key is not None:
-            cached = artefacts.load(self._dataset, brain_key, field)
+            name = config.build_id or brain_key
+            cached = artefacts.load(self._source, name, field)
             if cached is not None:
                 matrix, ids = cached
-                faiss_index = artefacts.load_faiss(self._dataset, brain_key, len(ids))
+                faiss_index = artefacts.load_faiss(self._source, name, len(ids))
                 # An approximate engine without its saved faiss index is rebuilt and saved.
                 exact = resolve_engine(config.engine, len(ids)) == "exact"
                 return matrix, ids, faiss_index, exact or faiss_index is not None
-        matrix, ids, missing = read_field(self._dataset, field)
+        matrix, ids, missing = read_field(self._source, field)
         self.num_missing = missing
         return matrix, ids, None, False
 
@@ -154,8 +227,12 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _save_artefacts(self, engine=None):
         engine = engine or self._engine
         if self._brain_key is not None and self.config_embeddings_field is not None:
-            artefacts.save(self._dataset, self._brain_key, self.config_embeddings_field,
+            artefacts.save(self._source, self._artefacts_name, self.config_embeddings_field,
                            engine.matrix, self._sample_ids, engine=engine)
+
+    @property
+    def _artefacts_name(self):
+        return self._config_for_engine.build_id or self._brain_key
 
     @property
     def config_embeddings_field(self):
@@ -193,7 +270,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         index = self._get_ids_to_inds(full=True)
         existing = np.array([i in index for i in sample_ids], dtype=bool)
         if existing.any() and not allow_existing:
-            raise ValueError(f"{int(existing.sum())} sample IDs are already in the index")
+            raise SimilarityIndexError(f"{int(existing.sum())} sample IDs are already in the index")
         if overwrite and existing.any():
             self._engine.replace([index[i] for i in sample_ids[existing]], matrix[existing])
         new = ~existing
@@ -238,7 +315,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def reload(self):
         if self.config.embeddings_field is not None:
-            matrix, ids, self.num_missing = read_field(self._dataset, self.config.embeddings_field)
+            matrix, ids, self.num_missing = read_field(self._source, self.config.embeddings_field)
             self._sample_ids = np.asarray(ids, dtype=str)
             self._engine = self._make_engine(matrix)
             self._ids_to_inds = None
@@ -249,7 +326,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                        warn_missing=False):
         """The stored unit vectors (not the raw field values) for ``sample_ids``."""
         if label_ids is not None:
-            raise ValueError("this index does not support label IDs")
+            raise SimilarityIndexError("this index does not support label IDs")
         if sample_ids is None:
             return self._engine.matrix.copy(), self._sample_ids.copy(), None
         inds = self._positions(sample_ids, allow_missing)
@@ -262,12 +339,12 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         index = self._get_ids_to_inds(full=True)
         missing = [i for i in sample_ids if i not in index]
         if missing and not allow_missing:
-            raise ValueError(f"sample IDs {missing[:5]} are not in the index")
+            raise SimilarityIndexError(f"sample IDs {missing[:5]} are not in the index")
         return np.array([index[i] for i in sample_ids if i in index], dtype=int)
 
     def cleanup(self):
         if self._brain_key is not None:
-            artefacts.remove(self._dataset, self._brain_key)
+            artefacts.remove(self._dataset, self._artefacts_name)
 
     def attributes(self):
         attrs = super().attributes()
@@ -285,18 +362,18 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None,
                     return_dists=False):
         if aggregation not in (None, "mean"):
-            raise ValueError(f"unsupported aggregation {aggregation!r}; use 'mean'")
+            raise IndexSettingsError(f"unsupported aggregation {aggregation!r}; use 'mean'")
         queries, full_index, single = self._unit_queries(query)
         if aggregation == "mean":
             if full_index:
-                raise ValueError("full-index queries do not support aggregation")
+                raise IndexSettingsError("full-index queries do not support aggregation")
             queries = as_unit_matrix(queries.mean(axis=0, keepdims=True), "query")
             single = True
         keep = self._current_inds
         if full_index:
             queries = self._engine.matrix if keep is None else self._engine.matrix[keep]
         if k is not None and k < 0:
-            raise ValueError(f"k must be positive, got {k}")
+            raise IndexSettingsError(f"k must be positive, got {k}")
         inds, dists = self._engine.knn(queries, k, keep=keep, reverse=reverse)
         if full_index:
             return (list(inds), list(dists)) if return_dists else list(inds)
@@ -322,6 +399,72 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             ids, dists = ids[0], dists[0]
         return (ids, None, dists) if return_dists else (ids, None)
 
+    # -- near-duplicates ----------------------------------------------------------
+    def find_duplicates(self, thresh=None, fraction=None):
+        """Near-duplicate groups as :func:`lookalike.curation.find_duplicates` forms them.
+
+        fiftyone-brain's own version (and so ``fob.compute_near_duplicates(...,
+        similarity_index=<this run>)``, which calls this) keeps samples greedily
+        and attaches each duplicate to its nearest kept sample, so a chain
+        a~b~c yields {a, b} and {c}. Here, as in lookalike's curation: pairs at
+        cosine distance ``1 - cos <= thresh`` are joined into connected groups
+        (same pair search, same groups), the first sample of each group in the
+        index's current view order is kept (``keep="first"``), the others are
+        ``duplicate_ids``, and ``neighbors_map`` maps each kept id to its
+        ``(duplicate id, distance to the kept sample)`` -- the ``dup_distance``
+        that curation writes. So ``duplicates_view()`` lists the same groups.
+
+        ``thresh=None`` uses the run's calibrated ``duplicate_threshold``;
+        ``fraction`` bisects the threshold until that share of the samples are
+        duplicates. Unlike lookalike's curation this writes nothing (no fields,
+        no tags) and does not pair byte-identical files without vectors.
+        """
+        from lookalike.curation import records
+        from lookalike.curation.duplicates import check_threshold
+
+        ids = np.asarray(self.current_sample_ids, dtype=str)
+        keep = self._current_inds
+        vectors = self._engine.matrix if keep is None else self._engine.matrix[keep]
+        engine = self._engine if keep is None else None
+        if fraction is not None:
+            thresh = self._threshold_for_fraction(vectors, fraction, engine)
+        elif thresh is None:
+            thresh = records.load(self, "calibration")["duplicate_threshold"]
+        thresh = check_threshold(thresh)
+        groups = self._duplicate_groups(vectors, thresh, engine)
+        neighbors_map, duplicates = {}, set()
+        for group in groups:
+            kept, rest = group[0], group[1:]
+            dists = np.clip(1.0 - vectors[rest] @ vectors[kept], 0.0, 2.0)
+            neighbors_map[ids[kept]] = sorted(
+                zip(ids[rest].tolist(), map(float, dists)), key=lambda t: t[1])
+            duplicates.update(rest)
+        self._thresh = thresh
+        self._duplicate_ids = [ids[p] for p in sorted(duplicates)]
+        self._unique_ids = [ids[p] for p in range(len(ids)) if p not in duplicates]
+        self._neighbors_map = neighbors_map
+
+    @staticmethod
+    def _duplicate_groups(vectors, thresh, engine=None):
+        """Groups of rows (lists, the kept = smallest row first), as curation forms them."""
+        from lookalike.curation.duplicates import groups_from_pairs, vector_pairs
+
+        _, i, j, _ = vector_pairs(vectors, thresh, engine=engine)
+        return [sorted(g) for g in groups_from_pairs(len(vectors), i, j)]
+
+    def _threshold_for_fraction(self, vectors, fraction, engine=None):
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise IndexSettingsError(f"fraction must be in [0, 1], got {fraction!r}")
+        wanted = len(vectors) - int(round((1.0 - float(fraction)) * len(vectors)))
+        low, high = 0.0, 2.0
+        for _ in range(30):  # duplicates only grow with the threshold
+            mid = 0.5 * (low + high)
+            found = sum(len(g) - 1 for g in self._duplicate_groups(vectors, mid, engine))
+            if found == wanted:
+                return mid
+            low, high = (mid, high) if found < wanted else (low, mid)
+        return high
+
     def _unit_queries(self, query):
         """-> (unit query matrix or None, full_index, single_query)."""
         if query is None:
@@ -342,7 +485,9 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         index = self._get_ids_to_inds(full=True)
         unknown = [i for i in query if i not in index]
         if unknown:
-            raise ValueError(f"query IDs {unknown[:5]} are not in this index (no embedding?)")
+            raise SimilarityIndexError(
+                f"query IDs {unknown[:5]} are not in this index (no embedding, or outside the "
+                "view it was built on)")
         return self._engine.matrix[[index[i] for i in query]], False, single
 
     def _get_ids_to_inds(self, full=False):
@@ -367,9 +512,15 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return index
 
 
-def read_field(dataset, field):
-    """(unit matrix, sample ids, number of samples without a vector) of an embeddings field."""
-    ids, vectors = dataset.values(["id", field])
+def describe_samples(samples):
+    """"'name'" for a dataset, "a view of 'name'" for a view (in messages)."""
+    dataset = fo_adapter.root_dataset(samples)
+    return f"'{dataset.name}'" if samples is dataset else f"a view of '{dataset.name}'"
+
+
+def read_field(samples, field):
+    """(unit matrix, sample ids, number without a vector) of an embeddings field over ``samples``."""
+    ids, vectors = samples.values(["id", field])
     have = [i for i, v in enumerate(vectors) if v is not None]
     missing = len(ids) - len(have)
     if missing:
@@ -377,7 +528,8 @@ def read_field(dataset, field):
                        missing, len(ids), field)
     if not have:
         raise InvalidEmbeddingsError(
-            f"no sample of '{dataset.name}' has an embedding in '{field}': compute embeddings first")
+            f"no sample of {describe_samples(samples)} has an embedding in '{field}': "
+            "compute embeddings first")
     matrix = as_unit_matrix([vectors[i] for i in have], f"'{field}' embeddings")
     return matrix, [ids[i] for i in have], missing
 
@@ -385,3 +537,9 @@ def read_field(dataset, field):
 def write_vectors(dataset, field, sample_ids, vectors):
     if len(sample_ids):
         dataset.set_values(field, dict(zip(map(str, sample_ids), list(vectors))), key_field="id")
+
+
+# Whoever loads our backend classes can also name it: backend="lookalike".
+from lookalike.brain_registration import register as _register_backend  # noqa: E402
+
+_register_backend()

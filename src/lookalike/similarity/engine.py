@@ -11,7 +11,7 @@ Distances are cosine distances, ``1 - cos``, in [0, 2].
 import numpy as np
 
 
-from lookalike.errors import InvalidEmbeddingsError  # noqa: F401 (re-exported)
+from lookalike.errors import IndexSettingsError, InvalidEmbeddingsError  # noqa: F401 (re-exported)
 
 
 def as_unit_matrix(vectors, what="embeddings"):
@@ -242,7 +242,8 @@ def resolve_engine(name, size):
     if name == "auto":
         name = "ivf" if size >= AUTO_APPROXIMATE_FROM else "exact"
     if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose exact, approximate (ivf) or auto")
+        raise IndexSettingsError(
+            f"unknown engine {name!r}; choose exact, approximate (ivf) or auto")
     return "exact" if size == 0 else name
 
 
