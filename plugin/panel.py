@@ -21,6 +21,8 @@ OPERATOR_BUTTONS = (
     ("flag_outliers", "Outliers"),
     ("evaluate_retrieval", "Evaluate"),
     ("visualize_embeddings", "Project"),
+    ("match_labels", "Match labels"),
+    ("match_images", "Match new images"),
 )
 
 
@@ -92,7 +94,10 @@ class LookalikePanel(foo.Panel):
         row = ctx.params.get("row")
         if row is None or not 0 <= int(row) < len(groups):
             return
-        view = ctx.dataset.match(F("dup_group") == groups[int(row)]).sort_by("dup_distance")
+        import lookalike.curation as lc
+
+        # Only the published run's group of that number (older runs' values may linger).
+        view = lc.duplicates_view(ctx.dataset).match(F("dup_group") == groups[int(row)])
         ctx.ops.set_view(view)
 
     def show_outlier(self, ctx):
@@ -110,6 +115,11 @@ class LookalikePanel(foo.Panel):
         import lookalike.curation as lc
 
         ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+
+    def show_label_no_match(self, ctx):
+        import lookalike.curation as lc
+
+        ctx.ops.set_view(lc.no_match_view(ctx.dataset))
 
     # -- state ------------------------------------------------------------------
     def _refresh(self, ctx):
@@ -145,6 +155,9 @@ class LookalikePanel(foo.Panel):
         outliers = overview.outlier_rows(ctx.dataset)
         state.outliers = [{k: v for k, v in r.items() if k != "id"} for r in outliers]
         state.outlier_ids = [r["id"] for r in outliers]
+        matching = overview.match_rows(ctx.dataset)
+        state.label_match, state.folder_match = matching["labels"], matching["folder"]
+        state.folder_rows = matching["rows"]
         self._neighbours(ctx)
 
     def _neighbours(self, ctx, sample_id=None):
@@ -210,6 +223,16 @@ class LookalikePanel(foo.Panel):
             panel.btn("all_outliers", label="Show all outliers", on_click=self.show_all_outliers)
         else:
             panel.md("None flagged yet (Flag outliers).", name="no_outliers")
+
+        if state.label_match:
+            panel.md(f"**Label matching**: {state.label_match}", name="label_match")
+            panel.btn("label_no_match", label="Show 'no match' samples",
+                      on_click=self.show_label_no_match)
+        if state.folder_match:
+            panel.md(f"**Last folder match**: {state.folder_match}", name="folder_match")
+            panel.list("folder_rows", types.Object(), view=_table([
+                ("file", "File"), ("decision", "Decision"), ("nearest_file", "Nearest sample"),
+                ("distance", "Distance"), ("label", "Label")]))
 
         panel.md("**Encoders**", name="encoders_title")
         if state.encoders:

@@ -102,13 +102,11 @@ def run_summary(dataset, brain_key):
 
 def duplicate_group_rows(samples, limit=100):
     """One row per duplicate group (largest first): size, kept file, widest distance."""
-    from fiftyone import ViewField as F
-
-    from lookalike.curation.duplicates import DISTANCE_FIELD, GROUP_FIELD
+    from lookalike.curation.duplicates import DISTANCE_FIELD, GROUP_FIELD, duplicates_view
 
     if GROUP_FIELD not in samples.get_field_schema():
         return []
-    view = samples.match(F(GROUP_FIELD) != None)  # noqa: E711
+    view = duplicates_view(samples)  # only the published run's groups
     groups, dists, paths, tags = view.values([GROUP_FIELD, DISTANCE_FIELD, "filepath", "tags"])
     rows = {}
     for g, d, p, t in zip(groups, dists, paths, tags):
@@ -130,6 +128,20 @@ def outlier_rows(samples, limit=100):
     ids, paths, dists = view.values(["id", "filepath", DISTANCE_FIELD])
     return [{"id": i, "file": os.path.basename(p), "nn_distance": round(float(d), 4)}
             for i, p, d in zip(ids, paths, dists)]
+
+
+def match_rows(dataset, limit=100):
+    """The last label matching (a line) and folder match (a line and its first rows)."""
+    from lookalike.curation.match import last_record
+
+    labels, folder = last_record(dataset, "label_match"), last_record(dataset, "folder_match")
+    rows = [{"file": r["file"], "decision": r["decision"],
+             "nearest_file": os.path.basename(r.get("nearest_path") or "") or None,
+             "distance": None if r.get("distance") is None else round(float(r["distance"]), 4),
+             "label": r.get("label")} for r in (folder or {}).get("rows", [])[:limit]]
+    return {"labels": (f"{labels['num_matched']} labelled, {labels['num_no_match']} 'no match' "
+                       f"in '{labels['pred_field']}'") if labels else None,
+            "folder": folder["summary"] if folder else None, "rows": rows}
 
 
 def neighbour_rows(dataset, brain_key, sample_id, k=10):

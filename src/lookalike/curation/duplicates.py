@@ -6,6 +6,21 @@ IVF range search (see ``benchmarks/curation.py`` for speed and recall against
 exact). Byte-identical files (same SHA-256) are paired too, without any encoder.
 Each group keeps one sample (``keep``: first, largest or sharpest); the others
 get a tag, and deleting them is a separate, explicit step with a dry run first.
+
+Writes never mix two runs: each run holds the lease ``curation:duplicates`` of
+the dataset, writes its groups under a run id (field ``dup_run``) and publishes
+that id in one atomic update (see :mod:`lookalike.curation.runs`); readers
+trust only samples of the published run.
+
+Deletion re-derives the groups from the samples that exist at delete time (the
+published run's ``dup_group`` of each, not the tags alone). A group's kept
+sample is its member without the tag; the tagged members of a group whose kept
+sample still exists are deleted, so the last member of a group never goes. When
+groups lost their kept sample (deleted in the App, or concurrently) nothing is
+deleted and the count is reported; tags that no published group explains are
+never acted on. One function (:func:`deletion_plan`) computes what goes: the dry
+run reports it, the real run journals it (:mod:`lookalike.curation.journal`)
+and then deletes it.
 """
 
 import hashlib
@@ -15,7 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lookalike import faults, fo_adapter, leases
+from lookalike.curation import runs
 from lookalike.curation.errors import CurationError
+from lookalike.errors import DeletionRefusedError
 
 KEEP_POLICIES = ("first", "largest", "sharpest")
 METHODS = ("auto", "exact", "approximate")
@@ -134,6 +152,22 @@ def approximate_pairs(matrix, threshold, engine=None, nprobe=4, progress=None, b
     return i, j, d
 
 
+def vector_pairs(vectors, threshold, method="auto", engine=None, progress=None):
+    """``(method used, i, j, d)``: every pair of rows within ``threshold``, i < j.
+
+    The one pair search of :func:`find_duplicates` and of the brain index's own
+    ``find_duplicates`` (``LookalikeSimilarityIndex``). ``engine``: the run's
+    engine when ``vectors`` are all its rows (its faiss index is reused).
+    """
+    used = method if method != "auto" else (
+        "approximate" if len(vectors) >= APPROXIMATE_FROM else "exact")
+    if used == "exact":
+        i, j, d = exact_pairs(vectors, threshold, progress=progress)
+    else:
+        i, j, d = approximate_pairs(vectors, threshold, engine=engine, progress=progress)
+    return used, i, j, d
+
+
 def _concat(i, j, d):
     if not i:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -190,7 +224,10 @@ def sharpness(path, side=256):
     """Variance of the Laplacian of the grayscale image at ``side`` px (higher = sharper).
 
     Measured at one common size: at its own resolution a smaller copy would
-    look sharper, its edges falling on fewer pixels.
+    look sharper, its edges falling on fewer pixels. An unreadable file (deleted
+    since import, over the pixel limit, truncated) scores 0.0, as flat as a
+    blank image: never above a readable one, and a group of only unreadable
+    files still has its sharpest (the "within 3%" test holds at 0, not at -1).
     """
     from PIL import Image
 
@@ -199,21 +236,24 @@ def sharpness(path, side=256):
     try:
         img = load_image(path).convert("L")
     except UnreadableImageError:
-        return -1.0
+        return 0.0
     a = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
     lap = (a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4 * a[1:-1, 1:-1])
     return float(lap.var())
 
 
 def image_size_key(path):
-    """(pixels, bytes) of an image file, read from its header; (-1, -1) when unreadable."""
-    from PIL import Image
+    """(pixels, bytes) of an image file, read from its header; (-1, -1) when unreadable.
+
+    Unreadable includes deleted since import and over the pixel limit: a file
+    that cannot be embedded or shown loses.
+    """
+    from lookalike.images import UnreadableImageError, image_header_size
 
     try:
-        with Image.open(path) as img:
-            w, h = img.size
+        w, h = image_header_size(path)
         return (w * h, os.path.getsize(path))
-    except Exception:  # noqa: BLE001 - any unreadable file simply loses
+    except (UnreadableImageError, OSError):
         return (-1, -1)
 
 
@@ -237,6 +277,9 @@ def choose_kept(group, keep, paths):
 DEFAULT_TAG = "duplicate"
 GROUP_FIELD = "dup_group"
 DISTANCE_FIELD = "dup_distance"
+RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
+KIND = "duplicates"
+DELETE_BATCH = 10_000  # samples per delete; a kill between batches is undone from the journal
 
 
 def find_duplicates(samples, brain_key=None, threshold=None, keep="first", method="auto",
@@ -261,7 +304,17 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
     Returns:
         a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
         1 = largest group) and ``dup_distance`` (distance to the kept sample)
+
+    Raises :class:`LeaseHeldError` while another job writes this dataset's duplicates.
     """
+    dataset = fo_adapter.root_dataset(samples)
+    with leases.hold(dataset, runs.lease_name(KIND), job="find_duplicates",
+                     label=runs.lease_label(dataset, KIND)):
+        return _find_duplicates(samples, brain_key, threshold, keep, method, tag,
+                                exact_files, progress)
+
+
+def _find_duplicates(samples, brain_key, threshold, keep, method, tag, exact_files, progress):
     if keep not in KEEP_POLICIES:
         raise CurationError(f"unknown keep policy {keep!r}; choose from {KEEP_POLICIES}")
     if method not in METHODS:
@@ -278,7 +331,7 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
         import lookalike.similarity as ls
         from lookalike.curation import records
 
-        index = ls.load_index(samples._root_dataset, brain_key)
+        index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
         if threshold is None:
             threshold = records.load(index, "calibration")["duplicate_threshold"]
         threshold = check_threshold(threshold)
@@ -289,15 +342,10 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
                              "compute their embeddings and rebuild the index")
         rows = np.array([rows_of[ids[p]] for p in in_index])
         vectors = index.engine.matrix[rows]
-        used = method if method != "auto" else (
-            "approximate" if len(rows) >= APPROXIMATE_FROM else "exact")
         search = (lambda done, total: report_progress(
             0.8 * done / total, f"searched {done}/{total} samples"))
-        if used == "exact":
-            i, j, d = exact_pairs(vectors, threshold, progress=search)
-        else:
-            reuse = index.engine if len(rows) == index.total_index_size else None
-            i, j, d = approximate_pairs(vectors, threshold, engine=reuse, progress=search)
+        reuse = index.engine if len(rows) == index.total_index_size else None
+        used, i, j, d = vector_pairs(vectors, threshold, method, engine=reuse, progress=search)
         in_index = np.asarray(in_index)
         edges_i.append(in_index[i])
         edges_j.append(in_index[j])
@@ -354,16 +402,24 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
 
 
 def write_groups(samples, ids, groups, distances, tag):
-    """Replaces earlier results in ``samples`` with these groups (fields and tag)."""
+    """Replaces earlier results in ``samples`` with these groups (fields and tag), then publishes.
+
+    The caller holds the lease. Until :func:`runs.publish` the run is pending:
+    a kill anywhere in between leaves it detectably incomplete (see the module
+    docstring).
+    """
     import fiftyone as fo
 
-    dataset = samples._root_dataset
-    for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField)):
+    dataset = fo_adapter.root_dataset(samples)
+    run = runs.begin(dataset, KIND)
+    faults.point("duplicates.after_begin")
+    for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
+                        (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
-    samples.set_field(GROUP_FIELD, None).save(GROUP_FIELD)
-    samples.set_field(DISTANCE_FIELD, None).save(DISTANCE_FIELD)
-    samples.untag_samples(tag)
+    for name in (GROUP_FIELD, DISTANCE_FIELD, RUN_FIELD):
+        samples.set_field(name, None).save(name)
+    faults.point("duplicates.after_clear")
     group_of, dist_of, tagged = {}, {}, []
     for number, group in enumerate(groups, 1):
         for n, p in enumerate(group):
@@ -374,28 +430,140 @@ def write_groups(samples, ids, groups, distances, tag):
     if group_of:
         dataset.set_values(GROUP_FIELD, group_of, key_field="id")
         dataset.set_values(DISTANCE_FIELD, dist_of, key_field="id")
+        dataset.set_values(RUN_FIELD, dict.fromkeys(group_of, run), key_field="id")
+    faults.point("duplicates.after_fields")
+    samples.untag_samples(tag)
+    faults.point("duplicates.after_untag")
     if tagged:
         dataset.select(tagged).tag_samples(tag)
+    faults.point("duplicates.after_tags")
+    runs.publish(dataset, KIND, run, tag=tag, num_groups=len(groups), num_duplicates=len(tagged))
+    return run
 
 
 def duplicates_view(samples):
-    """The grouped samples, group by group, the kept one first."""
+    """The published run's grouped samples, group by group, the kept one first."""
     from fiftyone import ViewField as F
 
-    return samples.match(F(GROUP_FIELD) != None).sort_by(  # noqa: E711
+    run = runs.published_run(fo_adapter.root_dataset(samples), KIND)
+    if run is None:
+        return samples.limit(0)
+    return samples.match(F(RUN_FIELD) == run).sort_by(
         [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
 
 
+@dataclass
+class DeletionPlan:
+    """What :func:`delete_duplicates` deletes now, derived from the samples that exist now."""
+
+    tag: str
+    run: str  # the published find_duplicates run (None: none published yet)
+    delete_ids: list  # tagged members of groups whose kept sample still exists
+    num_groups: int  # groups that lose samples
+    lost_groups: list  # numbers of groups (with tagged members in the view) whose kept sample is gone
+    unexplained: int  # samples tagged ``tag`` in the view that no published group explains
+
+    @property
+    def count(self):
+        return len(self.delete_ids)
+
+    def check(self, dataset_name):
+        """Raises :class:`DeletionRefusedError` when groups lost their kept sample."""
+        if self.lost_groups:
+            n = len(self.lost_groups)
+            raise DeletionRefusedError(
+                f"{n} duplicate group{'s' if n > 1 else ''} of dataset '{dataset_name}' lost "
+                f"{'their' if n > 1 else 'its'} kept sample since find_duplicates ran (group"
+                f"{'s' if n > 1 else ''} {', '.join(map(str, self.lost_groups[:10]))}"
+                f"{', ...' if n > 10 else ''}): nothing deleted; run find_duplicates again")
+
+
+def deletion_plan(samples, tag=DEFAULT_TAG, lease_held=False):
+    """The samples of ``samples`` that deleting duplicates removes now (see the module docstring).
+
+    ``lease_held``: the caller holds the lease of the dataset's duplicates.
+    """
+    from fiftyone import ViewField as F
+
+    from lookalike.curation import journal
+
+    dataset = fo_adapter.root_dataset(samples)
+    journal.check_flat(dataset)
+    runs.check_complete(dataset, KIND, lease_held=lease_held)
+    run = runs.published_run(dataset, KIND)
+    in_view = set(samples.values("id"))
+    tagged_in_view = set(samples.match_tags(tag).values("id"))
+    members = {}
+    if run is not None and RUN_FIELD in dataset.get_field_schema():
+        # The whole dataset: a group's kept sample may lie outside the view.
+        ids, numbers, tags = dataset.match(F(RUN_FIELD) == run).values(
+            ["id", GROUP_FIELD, "tags"])
+        for sid, number, sample_tags in zip(ids, numbers, tags):
+            if number is not None:
+                members.setdefault(number, []).append((sid, tag in (sample_tags or [])))
+    delete_ids, lost, explained, touched = [], [], set(), 0
+    for number in sorted(members):
+        marked = [sid for sid, is_tagged in members[number] if is_tagged and sid in in_view]
+        explained.update(marked)
+        if not marked:
+            continue
+        if all(is_tagged for _, is_tagged in members[number]):
+            lost.append(number)
+            continue
+        delete_ids.extend(marked)
+        touched += 1
+    return DeletionPlan(tag=tag, run=run, delete_ids=delete_ids, num_groups=touched,
+                        lost_groups=lost, unexplained=len(tagged_in_view - explained))
+
+
+@dataclass
+class DeletionResult:
+    plan: DeletionPlan
+    journal: str  # the journal file of the deleted samples (None when nothing was deleted)
+
+    @property
+    def count(self):
+        return self.plan.count
+
+
+def delete_planned(samples, tag=DEFAULT_TAG):
+    """Deletes what :func:`deletion_plan` lists, after journaling it; returns a :class:`DeletionResult`.
+
+    Holds the lease of the dataset's duplicates, so no find_duplicates can
+    change the groups between the plan and the delete. Image files stay.
+    """
+    from lookalike.curation import journal
+
+    dataset = fo_adapter.root_dataset(samples)
+    with leases.hold(dataset, runs.lease_name(KIND), job="delete_duplicates",
+                     label=runs.lease_label(dataset, KIND)):
+        plan = deletion_plan(samples, tag, lease_held=True)
+        plan.check(dataset.name)
+        if not plan.delete_ids:
+            return DeletionResult(plan, None)
+        path = journal.write(dataset, plan.delete_ids, "delete_duplicates", run=plan.run,
+                             tag=tag)
+        faults.point("delete.after_journal")
+        for start in range(0, len(plan.delete_ids), DELETE_BATCH):
+            dataset.delete_samples(plan.delete_ids[start:start + DELETE_BATCH])
+            faults.point("delete.after_batch")
+    return DeletionResult(plan, path)
+
+
 def delete_duplicates(samples, tag=DEFAULT_TAG, dry_run=True):
-    """Deletes the samples tagged ``tag`` (not their files); with ``dry_run`` only counts them.
+    """Deletes the tagged duplicates that the published groups explain (not their files).
+
+    With ``dry_run`` only counts them; both follow :func:`deletion_plan`, and
+    both raise :class:`DeletionRefusedError` when groups lost their kept sample.
+    A real run first writes a journal (``lookalike undelete`` restores it).
 
     Returns the number of samples that are (or would be) deleted.
     """
-    view = samples.match_tags(tag)
-    count = len(view)
-    if not dry_run and count:
-        samples._root_dataset.delete_samples(view)
-    return count
+    if dry_run:
+        plan = deletion_plan(samples, tag)
+        plan.check(fo_adapter.root_dataset(samples).name)
+        return plan.count
+    return delete_planned(samples, tag).count
 
 
 def check_threshold(threshold):

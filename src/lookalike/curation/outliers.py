@@ -3,12 +3,19 @@
 Each sample's leave-one-out nearest-neighbour distance goes to a float field;
 those beyond the threshold (by default the run's calibrated one) are marked in
 a boolean field and tagged, and the view of them lists the most isolated first.
+
+Like ``find_duplicates``, a run holds the lease ``curation:outliers`` of the
+dataset, writes under a run id (field ``nn_run``) and publishes it atomically at
+the end (:mod:`lookalike.curation.runs`): after a kill the previous run stays
+published, and :func:`outliers_view` shows only the published run's samples.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from lookalike import faults, fo_adapter, leases
+from lookalike.curation import runs
 from lookalike.curation.duplicates import check_threshold
 from lookalike.curation.errors import CurationError
 from lookalike.curation.neighbours import leave_one_out
@@ -16,6 +23,8 @@ from lookalike.curation.neighbours import leave_one_out
 DEFAULT_TAG = "no_match"
 DISTANCE_FIELD = "nn_distance"
 FLAG_FIELD = "no_match"
+RUN_FIELD = "nn_run"  # the run that wrote a sample's values; only the published one counts
+KIND = "outliers"
 
 
 @dataclass
@@ -39,14 +48,22 @@ def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=
 
     ``threshold`` (cosine distance) defaults to the run's calibrated match
     threshold (see ``calibrate_threshold``); neighbours are searched among all
-    of the run's samples, never the sample itself.
+    of the run's samples, never the sample itself. Raises :class:`LeaseHeldError`
+    while another job flags outliers on the same dataset.
     """
+    dataset = fo_adapter.root_dataset(samples)
+    with leases.hold(dataset, runs.lease_name(KIND), job="flag_outliers",
+                     label=runs.lease_label(dataset, KIND)):
+        return _flag_outliers(samples, brain_key, threshold, tag, progress)
+
+
+def _flag_outliers(samples, brain_key, threshold, tag, progress):
     import fiftyone as fo
 
     import lookalike.similarity as ls
     from lookalike.curation import records
 
-    dataset = samples._root_dataset
+    dataset = fo_adapter.root_dataset(samples)
     index = ls.load_index(dataset, brain_key)
     if threshold is None:
         threshold = records.load(index, "calibration")["threshold"]
@@ -67,16 +84,24 @@ def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=
     nn = dists[:, 0].astype(float)
     flagged = nn > threshold
 
-    for name, ftype in ((DISTANCE_FIELD, fo.FloatField), (FLAG_FIELD, fo.BooleanField)):
+    run = runs.begin(dataset, KIND)
+    for name, ftype in ((DISTANCE_FIELD, fo.FloatField), (FLAG_FIELD, fo.BooleanField),
+                        (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
     samples.untag_samples(tag)
+    faults.point("outliers.after_untag")
     dataset.set_values(DISTANCE_FIELD, dict(zip(ids, nn.tolist())), key_field="id")
     dataset.set_values(FLAG_FIELD, dict(zip(ids, flagged.tolist())), key_field="id")
+    dataset.set_values(RUN_FIELD, dict.fromkeys(ids, run), key_field="id")
+    faults.point("outliers.after_fields")
     order = np.argsort(-nn[flagged], kind="stable")
     outlier_ids = [ids[i] for i in np.flatnonzero(flagged)[order]]
     if outlier_ids:
         dataset.select(outlier_ids).tag_samples(tag)
+    faults.point("outliers.after_tags")
+    runs.publish(dataset, KIND, run, tag=tag, num_outliers=len(outlier_ids),
+                 num_searched=len(ids))
     report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
                            distances={sid: float(nn[rows_pos]) for rows_pos, sid in
                                       enumerate(ids) if flagged[rows_pos]})
@@ -85,7 +110,11 @@ def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=
 
 
 def outliers_view(samples):
-    """The flagged samples, most isolated first."""
+    """The published run's flagged samples, most isolated first."""
     from fiftyone import ViewField as F
 
-    return samples.match(F(FLAG_FIELD) == True).sort_by(DISTANCE_FIELD, reverse=True)  # noqa: E712
+    run = runs.published_run(fo_adapter.root_dataset(samples), KIND)
+    if run is None:
+        return samples.limit(0)
+    return samples.match((F(RUN_FIELD) == run) & (F(FLAG_FIELD) == True)).sort_by(  # noqa: E712
+        DISTANCE_FIELD, reverse=True)
