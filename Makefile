@@ -6,8 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lookalike-installed
 PYTEST_ARGS ?=
+# The App serves its plugins directory over HTTP: it holds a copy of the
+# plugin's files only, never the checkout itself.
+PLUGINS_DIR := $(CURDIR)/build/plugins
 
-.PHONY: setup demo test browser screenshots worker app clean
+.PHONY: setup demo test browser screenshots plugin worker app clean
 
 setup: $(STAMP)
 	@$(PY) -m lookalike.database
@@ -44,14 +47,18 @@ screenshots: setup browser
 	rm -f docs/screenshots/retry-*.png docs/screenshots/timed-out.png
 	$(PY) -c 'import glob; from PIL import Image; [Image.open(p).convert("RGB").quantize(256).save(p, optimize=True) for p in glob.glob("docs/screenshots/*.png")]'
 
+# build/plugins/lookalike/: fiftyone.yml, requirements.txt, plugin/, assets/ only.
+plugin: setup
+	@$(VENV)/bin/lookalike plugin install --dir $(PLUGINS_DIR)
+
 # Runs jobs queued from the App (train, embed, ... with "delegated" on).
-worker: setup
-	FIFTYONE_PLUGINS_DIR=$(CURDIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone delegated launch
+worker: plugin
+	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone delegated launch
 
 # Opens the demo dataset in the App with this plugin loaded.
 # FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS lets the App queue jobs for `make worker`.
-app: setup
-	FIFTYONE_PLUGINS_DIR=$(CURDIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
+app: plugin
+	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -57,7 +57,11 @@ def _start_isolated_database():
     _STATE["tmp"] = tmp
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
-    os.environ["FIFTYONE_PLUGINS_DIR"] = REPO_ROOT
+    # A copy of the plugin's files only, as `make app` serves them.
+    from lookalike.plugin_install import install as install_plugin
+
+    os.environ["FIFTYONE_PLUGINS_DIR"] = os.path.dirname(
+        install_plugin(os.path.join(tmp, "plugins"), check_served=False))
     # Let the App queue jobs for `fiftyone delegated launch` (as `make app` does).
     os.environ["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
     os.environ["FIFTYONE_DEFAULT_DATASET_DIR"] = os.path.join(tmp, "fiftyone")
