@@ -6,16 +6,22 @@ field never mixes two encoders. Samples that already hold a vector from the same
 encoder version are skipped unless ``overwrite``; vectors are written chunk by
 chunk, so a job that dies keeps what it finished and a rerun does the rest.
 Unreadable images are listed and marked on the sample (``<field>_error``).
+
+Concurrency: a job holds the lease ``field:<name>`` (:mod:`lookalike.leases`)
+from before it reads the field's record until its last write, shared only with
+jobs of the same encoder version, so two encoders can never both pass the
+record check. Each field's record is its own key, written with one atomic
+``$set``, so jobs on two fields never overwrite each other's record.
 """
 
 from dataclasses import dataclass, field
 
 import numpy as np
 
-INFO_KEY = "lookalike_embeddings"
-
-
+from lookalike import faults, fo_adapter, leases
 from lookalike.errors import EmbeddingFieldError  # noqa: F401 (re-exported)
+
+INFO_KEY = "lookalike_embeddings"
 
 
 @dataclass
@@ -27,15 +33,42 @@ class EmbeddingReport:
     failures: list = field(default_factory=list)  # (sample_id, path, reason)
 
 
+def field_records(dataset):
+    """``{field: record}`` of every field lookalike embedded, as the database holds it now."""
+    return dict(fo_adapter.read_info_key(dataset, INFO_KEY) or {})
+
+
 def field_record(dataset, field_name):
-    return (dataset.info.get(INFO_KEY) or {}).get(field_name)
+    """The record of the encoder that filled ``field_name`` (or None), read from the
+    database so another process's write is seen."""
+    return field_records(dataset).get(field_name)
 
 
 def _set_record(dataset, field_name, record):
-    info = dict(dataset.info.get(INFO_KEY) or {})
-    info[field_name] = record
-    dataset.info[INFO_KEY] = info
-    dataset.save()
+    fo_adapter.set_info_key(dataset, f"{INFO_KEY}.{field_name}", record)
+
+
+def _check_field_name(field_name):
+    # The name becomes a key of the record and a top-level sample field.
+    if not field_name or "." in field_name or field_name.startswith(("$", "_")):
+        raise EmbeddingFieldError(
+            f"field '{field_name}': an embeddings field name must be non-empty and must not "
+            "contain '.' or start with '$' or '_'")
+
+
+def _declare_fields(dataset, field_name, error_field):
+    import fiftyone as fo
+
+    # FiftyOne saves a dataset's whole field list: jobs on two fields take turns
+    # so that neither's new field is written over by the other's list.
+    with leases.hold(dataset, "schema", job="compute_embeddings", wait=120,
+                     label=f"the field list of dataset '{dataset.name}'"):
+        dataset.reload()
+        schema = dataset.get_field_schema()
+        if field_name not in schema:
+            dataset.add_sample_field(field_name, fo.VectorField)
+        if error_field not in schema:
+            dataset.add_sample_field(error_field, fo.StringField)
 
 
 def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, overwrite=False,
@@ -53,17 +86,32 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
 
     Returns:
         an :class:`EmbeddingReport`
+
+    Raises:
+        EmbeddingFieldError: the field holds another encoder's vectors, or
+            vectors lookalike did not write
+        LeaseHeldError: another job is writing the field with another encoder
     """
     from lookalike.encoders import load_encoder
     from lookalike.encoders.base import Encoder
 
     if not isinstance(encoder, Encoder):
         encoder = load_encoder(encoder)
-    dataset = samples._root_dataset
+    dataset = fo_adapter.root_dataset(samples)
     field_name = embeddings_field or f"emb_{encoder.name}".replace("-", "_").replace(".", "_")
-    error_field = f"{field_name}_error"
+    _check_field_name(field_name)
     if len(samples) == 0:
         raise EmbeddingFieldError("the view is empty: there is nothing to embed")
+    with leases.hold(dataset, f"field:{field_name}", job="compute_embeddings",
+                     same=encoder.version, label=f"field '{field_name}'"):
+        return _embed_holding_lease(samples, dataset, encoder, field_name, batch_size,
+                                    overwrite, chunk_size, progress)
+
+
+def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, overwrite,
+                         chunk_size, progress):
+    error_field = f"{field_name}_error"
+    dataset.reload()  # another process may have added the field since we loaded it
     record = field_record(dataset, field_name)
     mine = dict(encoder=encoder.name, version=encoder.version, dim=encoder.embedding_size,
                 kind=encoder.kind, image_size=encoder.image_size)
@@ -78,16 +126,17 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
                 f"field '{field_name}' holds embeddings of encoder {record.get('version')}; "
                 f"refusing to mix in {encoder.version}: choose another field or pass "
                 "overwrite=True to replace them all")
+        # Cleared before the new record is written: a kill in between leaves the
+        # old record over (some of) its own vectors, never the new one over old ones.
         dataset.set_field(field_name, None).save()  # on the whole dataset: no mixing
     elif exists and record is None:
         dataset.set_field(field_name, None).save()
-    _set_record(dataset, field_name, mine)
-    if error_field not in dataset.get_field_schema():
-        import fiftyone as fo
+    if record != mine:
+        _set_record(dataset, field_name, mine)
+    faults.point("embed.after_record")
+    _declare_fields(dataset, field_name, error_field)
 
-        dataset.add_sample_field(error_field, fo.StringField)
-
-    if overwrite or not exists:
+    if overwrite:
         todo = samples
     else:
         todo = samples.exists(field_name, False)
@@ -108,9 +157,12 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
         for i, reason in failed:
             errors[c_ids[i]] = reason
             failures.append((c_ids[i], c_paths[i], reason))
+        if start + chunk_size >= len(ids):
+            faults.point("embed.before_final_write")
         if values:
             dataset.set_values(field_name, values, key_field="id")
         dataset.set_values(error_field, errors, key_field="id")
         embedded += len(values)
+        faults.point("embed.after_chunk")
     return EmbeddingReport(field=field_name, encoder=encoder.version, embedded=embedded,
                            skipped_existing=skipped, failures=failures)

@@ -14,6 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from lookalike import faults
 from lookalike.images import UnreadableImageError, has_image_extension, open_image
 
 
@@ -158,6 +159,7 @@ def import_images(
     if not dataset_name or not str(dataset_name).strip():
         raise ImageImportError("a dataset name is required")
     directory = os.path.abspath(os.path.expanduser(directory))
+    _recover(dataset_name)
     exists = fo.dataset_exists(dataset_name)
     if exists and not (overwrite or append):
         raise ImageImportError(
@@ -196,17 +198,68 @@ def import_images(
             dataset.delete_samples(dataset.match(F("filepath").is_in(new_paths)))
             raise
     else:
-        # Write under a temporary name, then rename: an existing dataset is only
-        # replaced once its successor is complete.
-        tmp_name = f"{dataset_name}.importing-{uuid.uuid4().hex[:8]}"
-        dataset = fo.Dataset(tmp_name)
-        try:
-            dataset.add_samples(samples, progress=False)
-            if exists:
-                fo.delete_dataset(dataset_name)
-            dataset.name = dataset_name
-            dataset.persistent = persistent
-        except BaseException:
-            dataset.delete()
-            raise
+        _write_then_rename(samples, dataset_name, exists, persistent)
     return ImportReport(dataset_name=dataset_name, imported=len(samples), skipped=skipped)
+
+
+_IMPORTING, _REPLACED = ".importing-", ".replaced-"
+
+
+def _write_then_rename(samples, dataset_name, exists, persistent):
+    """Writes under a temporary name, then takes the name: an existing dataset is
+    only replaced once its successor is complete, and kept (renamed aside) until
+    the successor holds the name. A kill at any step leaves the old dataset or
+    the new one complete; :func:`_recover` (the next import) tidies up."""
+    import fiftyone as fo
+
+    from lookalike import leases
+
+    uid = uuid.uuid4().hex[:8]
+    # Not persistent while written: FiftyOne drops it if this process dies first.
+    dataset = fo.Dataset(f"{dataset_name}{_IMPORTING}{uid}")
+    # The lease tells a later import whether this one's writer is still alive.
+    lease = leases.acquire(dataset, "import", job="import")
+    old = None
+    try:
+        dataset.add_samples(samples, progress=False)
+        faults.point("importer.after_write")
+        # Persistent before it takes the name, so the name never holds a dataset
+        # FiftyOne would drop.
+        dataset.persistent = persistent
+        if exists:
+            old = fo.load_dataset(dataset_name)
+            old.name = f"{dataset_name}{_REPLACED}{uid}"
+            faults.point("importer.old_set_aside")
+        dataset.name = dataset_name
+        faults.point("importer.renamed")
+        if old is not None:
+            old.delete()
+    except BaseException:
+        if dataset.name != dataset_name:
+            dataset.delete()
+            if old is not None and not fo.dataset_exists(dataset_name):
+                old.name = dataset_name
+        raise
+    finally:
+        lease.release()
+
+
+def _recover(dataset_name):
+    """Finishes what a killed import of ``dataset_name`` left: an old dataset set
+    aside gets its name back (or is deleted once its successor holds the name),
+    and a temporary dataset whose writer is gone is deleted."""
+    import fiftyone as fo
+
+    from lookalike import leases
+
+    for name in fo.list_datasets():
+        if name.startswith(dataset_name + _REPLACED):
+            if fo.dataset_exists(dataset_name):
+                fo.delete_dataset(name)
+            else:
+                fo.load_dataset(name).name = dataset_name
+    for name in fo.list_datasets():
+        if name.startswith(dataset_name + _IMPORTING):
+            leftover = fo.load_dataset(name)
+            if leases.current(leftover, "import") is None:
+                leftover.delete()

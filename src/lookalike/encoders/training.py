@@ -1,12 +1,16 @@
 """What every training job shares: checkpoints, resume, stop, progress, publishing.
 
 A job writes into ``<store>/.<name>.partial/``: ``state.json`` (the settings and
-the per-epoch history) and ``checkpoint.npz`` (every array needed to continue:
-weights and optimiser state, saved with NumPy so loading never unpickles).
-After each epoch both are replaced atomically. Running the same job again with
-the same settings resumes after the last finished epoch; different settings
-are refused rather than mixed. When the last epoch is done the job writes the
-encoder files and the manifest, then renames the directory to ``<store>/<name>``.
+the per-epoch history) and ``checkpoint-<epoch>.npz`` (every array needed to
+continue: weights and optimiser state, saved with NumPy so loading never
+unpickles). After each epoch the new checkpoint is written, then the state that
+names it replaces the old one atomically (the commit), so a kill at any moment
+leaves a matching pair. Running the same job again with the same settings
+resumes after the last finished epoch; different settings are refused rather
+than mixed. When the last epoch is done the encoder files and the manifest go
+into ``.<name>.partial.ready/``, which is renamed to ``<store>/<name>``; the
+partial directory is removed only after that, so a job killed while publishing
+resumes with nothing left to train and publishes again.
 
 Stopping: the ``should_stop`` callable, or a file named ``STOP`` in the partial
 directory (``lookalike stop NAME``), ends the job after the current epoch's
@@ -20,6 +24,7 @@ import time
 
 import numpy as np
 
+from lookalike import faults
 from lookalike.encoders import store
 
 STOP_FILE = "STOP"
@@ -41,6 +46,7 @@ class TrainingJob:
         self.overwrite = overwrite
         self.resume = resume
         self.history = []  # one dict per finished epoch
+        self.checkpoint = None  # the file in self.dir holding the last epoch's arrays
         self.started = time.time()
 
     # -- set-up ---------------------------------------------------------------
@@ -62,6 +68,7 @@ class TrainingJob:
                     "pass resume=False to start over, or choose another name"
                 )
             self.history = state.get("history", [])
+            self.checkpoint = state.get("checkpoint", CHECKPOINT_FILE)
             self._clear_stop()
             return len(self.history)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -75,23 +82,33 @@ class TrainingJob:
 
     # -- checkpoints ----------------------------------------------------------
     def load_checkpoint(self):
-        path = os.path.join(self.dir, CHECKPOINT_FILE)
+        path = os.path.join(self.dir, self.checkpoint or CHECKPOINT_FILE)
         if not self.history or not os.path.isfile(path):
             return None
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
     def end_epoch(self, arrays, metrics):
-        """Saves the checkpoint for the epoch just finished, then the history."""
+        """Saves the checkpoint for the epoch just finished, then the history naming it."""
+        epoch = len(self.history) + 1
+        name = f"checkpoint-{epoch}.npz"
         tmp = os.path.join(self.dir, "checkpoint.tmp.npz")
         np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(self.dir, CHECKPOINT_FILE))
+        os.replace(tmp, os.path.join(self.dir, name))
+        faults.point("train.after_checkpoint")
         metrics = {k: (float(v) if isinstance(v, (int, float, np.number)) else v)
                    for k, v in metrics.items()}
-        self.history.append(dict(epoch=len(self.history) + 1, **metrics))
+        self.history.append(dict(epoch=epoch, **metrics))
+        self.checkpoint = name
         self._write_state()
+        faults.point("train.after_epoch")
+        for entry in os.listdir(self.dir):
+            if entry.startswith("checkpoint") and entry.endswith(".npz") and entry != name:
+                os.remove(os.path.join(self.dir, entry))
 
     def stop_requested(self, should_stop=None):
+        # Every trainer asks between two batches: the place to kill a job mid-epoch.
+        faults.point("train.batch")
         return os.path.exists(os.path.join(self.dir, STOP_FILE)) or bool(
             should_stop and should_stop()
         )
@@ -105,23 +122,28 @@ class TrainingJob:
     def _write_state(self):
         tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
         with open(tmp, "w") as f:
-            json.dump({"kind": self.kind, "settings": self.settings, "history": self.history},
-                      f, indent=2)
+            json.dump({"kind": self.kind, "settings": self.settings, "history": self.history,
+                       "checkpoint": self.checkpoint}, f, indent=2)
         os.replace(tmp, os.path.join(self.dir, STATE_FILE))
 
     # -- finishing ------------------------------------------------------------
     def finish(self, manifest, files):
-        """Writes the manifest over ``files`` and publishes the directory under its name."""
-        for stale in (CHECKPOINT_FILE, STATE_FILE, STOP_FILE):
-            path = os.path.join(self.dir, stale)
-            if os.path.exists(path) and stale not in files:
-                os.remove(path)
+        """Publishes ``files`` (relative to the partial directory) with their manifest
+        under the encoder's name; the partial directory goes last."""
+        ready = self.dir + ".ready"  # hidden like the partial directory: no store lists it
+        shutil.rmtree(ready, ignore_errors=True)
+        for rel in files:
+            os.makedirs(os.path.dirname(os.path.join(ready, rel)), exist_ok=True)
+            os.replace(os.path.join(self.dir, rel), os.path.join(ready, rel))
         manifest = dict(manifest, name=self.name, kind=self.kind, history=self.history,
                         epochs=len(self.history), training_seconds=round(time.time() - self.started, 1))
         if self.history:
             manifest["final_metrics"] = {k: v for k, v in self.history[-1].items() if k != "epoch"}
-        store.write_manifest(self.dir, manifest, files)
-        store.publish(self.dir, self.final_dir, overwrite=self.overwrite)
+        store.write_manifest(ready, manifest, files)
+        faults.point("train.before_publish")
+        store.publish(ready, self.final_dir, overwrite=self.overwrite)
+        faults.point("train.published")
+        shutil.rmtree(self.dir, ignore_errors=True)
         return self.final_dir
 
 
