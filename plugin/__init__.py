@@ -8,7 +8,47 @@ and TensorFlow load only inside operators that need them.
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from lookalike.errors import LookalikeError, one_line
+
 from .panel import LookalikePanel
+
+
+def _one_line_errors(operator_cls):
+    """``operator_cls`` whose execute shows our errors in the App as their one-line reason.
+
+    FiftyOne sends ``str(exception)`` as the run's ``error_message`` (the App's error
+    notification) and the traceback beside it; our reason is folded to one line and
+    raised without the chain of exceptions under it.
+    """
+    def execute(self, ctx):
+        try:
+            return operator_cls.execute(self, ctx)
+        except LookalikeError as e:
+            raise Exception(one_line(e)) from None
+
+    return type(operator_cls.__name__, (operator_cls,),
+                {"execute": execute, "__module__": operator_cls.__module__})
+
+
+class _RegisteringWithOneLineErrors:
+    """FiftyOne's plugin context, registering every class through :func:`_one_line_errors`."""
+
+    def __init__(self, plugin):
+        self._plugin = plugin
+
+    def register(self, operator_cls):
+        self._plugin.register(_one_line_errors(operator_cls))
+
+
+def _unreadable_image_reason(path):
+    """Why ``path`` cannot be a query image (one line), or None when it can."""
+    from lookalike.images import open_image
+
+    try:
+        open_image(path).close()
+    except LookalikeError as e:
+        return one_line(e)
+    return None
 
 
 def _file_table(outputs, name, label, column):
@@ -281,32 +321,37 @@ class LoadEncoder(foo.Operator):
         from lookalike.encoders import describe, import_encoder, load_encoder, read_manifest
 
         path, name = ctx.params.get("path"), ctx.params.get("name")
+        note = ""
         if path:
-            path = import_encoder(path, name=name, overwrite=ctx.params.get("overwrite", False))
-            encoder = load_encoder(path)
+            imported = import_encoder(path, name=name, overwrite=ctx.params.get("overwrite", False))
+            encoder, note = load_encoder(imported.path), imported.note
         elif name:
             encoder = load_encoder(name)
             encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
         else:
             raise ValueError("choose a saved encoder or give the path of an encoder directory")
         manifest = read_manifest(encoder.path)
-        ctx.ops.notify(f"Encoder ready: {describe(manifest)}", variant="success")
+        ctx.ops.notify(f"Encoder ready: {describe(manifest)}" + (f"; {note}" if note else ""),
+                       variant="success")
         return {"name": manifest["name"], "path": encoder.path, "summary": describe(manifest),
                 "kind": manifest["kind"], "embedding_size": manifest["embedding_size"],
-                "image_size": manifest["image_size"], "version": encoder.version}
+                "image_size": manifest["image_size"], "version": encoder.version,
+                "left_behind": note}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("summary", label="Encoder")
         outputs.str("path", label="Directory")
         outputs.str("version", label="Version")
+        outputs.str("left_behind", label="Not copied")
         return types.Property(outputs)
 
 
 def _embedding_fields(dataset):
-    from lookalike.embeddings import INFO_KEY
+    from lookalike.embeddings import field_records
 
-    return sorted((dataset.info.get(INFO_KEY) or {}).keys()) if dataset else []
+    # From the database: the App's dataset object misses fields a job embedded since.
+    return sorted(field_records(dataset)) if dataset else []
 
 
 def _dropdown(choices):
@@ -450,9 +495,13 @@ class SortBySimilarity(foo.Operator):
                     view=dd)
         inputs.int("k", label="Number of results", min=1, default=25)
         n = len(ctx.selected or [])
+        path = ctx.params.get("query_path")
+        # Checked here, so the form says why before Execute (execution refuses it too).
+        reason = _unreadable_image_reason(path) if path else None
         inputs.str("query_path", label="Query image file (optional)", required=n == 0,
                    description=(f"{n} selected sample(s) will be the query" if n else
-                                "No sample selected: give the path of an image file"))
+                                "No sample selected: give the path of an image file"),
+                   invalid=reason is not None, error_message=reason)
         inputs.str("dist_field", label="Distance field", default="similarity_dist")
         return types.Property(inputs, view=types.View(label="Find similar images"))
 
@@ -492,8 +541,8 @@ def _calibration_line(ctx, brain_key, which):
 
     try:
         record = lc.get_calibration(ctx.dataset, brain_key)
-    except lc.CalibrationError as e:
-        return None, str(e)
+    except LookalikeError as e:  # no calibration, a stale one, an index that cannot load
+        return None, one_line(e)
     return record[which], f"empty: the calibrated {record[which]:.4f} ({record['method']})"
 
 
@@ -690,28 +739,45 @@ class DeleteDuplicates(foo.Operator):
         return _config(
             name="delete_duplicates",
             label="Lookalike: delete tagged duplicates",
-            description="Delete the samples tagged 'duplicate' from the dataset (not the files)",
+            description="Delete the tagged members of the published duplicate groups whose "
+            "kept sample still exists (not the files; undo with 'undelete')",
             dynamic=True,
         )
 
     def resolve_input(self, ctx):
-        import lookalike.curation as lc
+        from lookalike.curation.duplicates import deletion_plan
+        from lookalike.errors import LookalikeError
 
         inputs = types.Object()
         tag = ctx.params.get("tag") or "duplicate"
         inputs.str("tag", label="Tag", default="duplicate")
-        count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True) if ctx.dataset else 0
-        if count == 0:
-            inputs.view("nothing", types.Notice(label=f"No sample is tagged '{tag}'"))
+        if not ctx.dataset:
+            return types.Property(inputs)
+        try:
+            # The same plan the deletion executes: the form's count is what goes.
+            plan = deletion_plan(ctx.dataset, tag=tag)
+            plan.check(ctx.dataset.name)
+        except LookalikeError as e:
+            inputs.view("refused", types.Error(label="Nothing can be deleted now",
+                                                description=str(e)))
+            return types.Property(inputs)
+        left = (f" {plan.unexplained} samples tagged '{tag}' that no published group explains "
+                "are left alone." if plan.unexplained else "")
+        if plan.count == 0:
+            inputs.view("nothing", types.Notice(
+                label=f"No member of a published duplicate group is tagged '{tag}'.{left}"))
             return types.Property(inputs)
         inputs.view("warning", types.Warning(
-            label=f"This deletes {count} samples tagged '{tag}' from the dataset",
-            description="Their image files stay on disk. This cannot be undone."))
-        inputs.bool("confirm", label=f"Yes, delete {count} samples", default=False)
+            label=f"This deletes {plan.count} samples tagged '{tag}' from {plan.num_groups} "
+            "groups (each keeps its kept sample)",
+            description="Their image files stay on disk. The deleted samples are journaled "
+            f"first: 'Lookalike: undelete samples' restores them.{left}"))
+        inputs.bool("confirm", label=f"Yes, delete {plan.count} samples", default=False)
         return types.Property(inputs, view=types.View(label="Delete duplicates"))
 
     def execute(self, ctx):
         import lookalike.curation as lc
+        from lookalike.curation.duplicates import delete_planned
 
         tag = ctx.params.get("tag") or "duplicate"
         if not ctx.params.get("confirm"):
@@ -719,10 +785,57 @@ class DeleteDuplicates(foo.Operator):
             ctx.ops.notify(f"Dry run: {count} samples would be deleted; tick the confirmation",
                            variant="info")
             return {"deleted": 0, "would_delete": count}
-        count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=False)
+        result = delete_planned(ctx.dataset, tag=tag)
         ctx.ops.reload_dataset()
-        ctx.ops.notify(f"Deleted {count} samples tagged '{tag}'", variant="success")
-        return {"deleted": count, "would_delete": count}
+        ctx.ops.notify(f"Deleted {result.count} samples tagged '{tag}'"
+                       + (" (undo: 'Lookalike: undelete samples')" if result.journal else ""),
+                       variant="success")
+        return {"deleted": result.count, "would_delete": result.count}
+
+
+class Undelete(foo.Operator):
+    @property
+    def config(self):
+        return _config(
+            name="undelete",
+            label="Lookalike: undelete samples",
+            description="Restore the samples of a deletion journal, with their ids, fields "
+            "and tags",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        from lookalike.curation import journal
+
+        inputs = types.Object()
+        entries = [e for e in journal.list_journals(ctx.dataset)
+                   if e.restored_at is None] if ctx.dataset else []
+        if not entries:
+            inputs.view("nothing", types.Notice(label="No deletion journal left to restore"))
+            return types.Property(inputs)
+        dd = _dropdown([(e.path, f"{e.created_at}: {e.num_samples} samples ({e.reason})")
+                        for e in entries])
+        inputs.enum("journal", dd.values(), label="Deletion to undo", default=entries[0].path,
+                    required=True, view=dd)
+        return types.Property(inputs, view=types.View(label="Undelete samples"))
+
+    def execute(self, ctx):
+        from lookalike.curation import journal
+
+        result = journal.restore(ctx.dataset, path=ctx.params["journal"])
+        ctx.ops.reload_dataset()
+        ctx.ops.notify(f"Restored {result.restored} samples"
+                       + (f" ({result.already_there} were still there)"
+                          if result.already_there else ""), variant="success")
+        return {"restored": result.restored, "already_there": result.already_there,
+                "journal": result.path}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.int("restored", label="Restored")
+        outputs.int("already_there", label="Still there")
+        outputs.str("journal", label="Journal")
+        return types.Property(outputs)
 
 
 class EvaluateRetrieval(foo.Operator):
@@ -817,6 +930,12 @@ class VisualizeEmbeddings(_BackgroundOperator):
 
 
 def register(p):
+    # The App and workers that load this plugin offer backend="lookalike" to
+    # fiftyone-brain (its forms, compute_similarity) with no brain config.
+    from lookalike.brain_registration import register as register_brain_backend
+
+    register_brain_backend()
+    p = _RegisteringWithOneLineErrors(p)
     p.register(ImportImages)
     p.register(TrainEncoder)
     p.register(LoadEncoder)
@@ -827,6 +946,11 @@ def register(p):
     p.register(FlagOutliers)
     p.register(FindDuplicates)
     p.register(DeleteDuplicates)
+    p.register(Undelete)
     p.register(EvaluateRetrieval)
     p.register(VisualizeEmbeddings)
+    from .match_operators import MatchImages, MatchLabels
+
+    p.register(MatchLabels)
+    p.register(MatchImages)
     p.register(LookalikePanel)

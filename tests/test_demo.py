@@ -107,6 +107,9 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
         assert "duplicate threshold" in curation and "pairs precision" in curation
         assert "of the 4 unique photos" in curation
         assert "unknown digits rejected" in curation and "mAP@10" in curation
+        query = out.stdout.split("the query set held back")[1]
+        assert "new edited copies recognised as duplicates" in query
+        assert "digits of the held-out classes called new" in query
         again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert again.returncode == 0, again.stderr[-3000:]
         assert again.stdout.count("reusing demo-") == 3 and "training" not in again.stdout

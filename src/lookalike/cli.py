@@ -1,28 +1,128 @@
 """The ``lookalike`` command line: ``lookalike demo``, ``import``, ``train``, ``curate``, ..."""
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
+import threading
 import time
+import traceback
 
 
-from lookalike.errors import UsageError
+from lookalike.errors import LookalikeError, TrainingStopped, UsageError, one_line
 
 
-def _progress_bar(desc):
+_OPEN_BARS = set()  # closed before an error line, which must start a line of its own
+
+
+class _Progress:
+    """A progress bar on stderr (stdout carries results only), ``leave=False``.
+
+    Called with either shape lookalike's jobs report in: ``(done, total)``
+    counts, or ``(fraction, label)`` (also ``(fraction, 1.0)``). Shown even when
+    stderr is not a terminal: a log then records how far a job got.
+    """
+
+    def __init__(self, desc, unit="img"):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done, total):
+        from tqdm import tqdm
+
+        fraction = isinstance(total, (str, float))
+        if self.bar is None:
+            self.bar = tqdm(total=1.0 if fraction else total, desc=self.desc, leave=False,
+                            file=sys.stderr, unit="" if fraction else self.unit,
+                            bar_format=("{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}"
+                                        if fraction else None))
+            _OPEN_BARS.add(self)
+        if isinstance(total, str):
+            self.bar.set_postfix_str(total, refresh=False)
+        if fraction:
+            done = min(done / (total if isinstance(total, float) else 1.0), 1.0)
+        elif total != self.bar.total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= self.bar.total:
+            self.close()  # a later phase of the job starts a new bar
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        _OPEN_BARS.discard(self)
+
+
+@contextlib.contextmanager
+def _spinner(desc):
+    """The elapsed time on stderr, for a step that reports no progress of its own."""
     from tqdm import tqdm
 
-    bar = {"bar": None}
+    bar = tqdm(total=None, desc=desc, bar_format="{desc} ... {elapsed}", leave=False,
+               file=sys.stderr)
+    stop = threading.Event()
 
-    def update(done, total):
-        if bar["bar"] is None:
-            bar["bar"] = tqdm(total=total, desc=desc, unit="img", leave=False)
-        bar["bar"].n = done
-        bar["bar"].refresh()
-        if done >= total:
-            bar["bar"].close()
+    def tick():
+        while not stop.wait(0.5):
+            bar.refresh()
 
-    return update
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
+def _results_only_on_stdout():
+    """FiftyOne logs (and draws its progress bars) on stdout: send all of that to stderr.
+
+    Scripts parse our stdout. FiftyOne adds its log handlers on import, for the
+    destinations "stdout" and "stdout,stderr" only; given another it adds none,
+    and ours below write to stderr. Where fiftyone is already imported, its
+    handlers are pointed at stderr instead.
+    """
+    os.environ["FIFTYONE_LOGGING_DESTINATION"] = "stderr"
+    os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"  # eta's bars write to stdout
+    if "fiftyone" in sys.modules:
+        import fiftyone as fo
+
+        fo.config.show_progress_bars = False
+    for name in ("fiftyone", "eta"):
+        logger = logging.getLogger(name)
+        handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+        for handler in handlers:
+            if handler.stream is sys.stdout:
+                handler.setStream(sys.stderr)
+        if not handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+            level = os.environ.get("FIFTYONE_LOGGING_LEVEL", "INFO").upper()
+            logger.setLevel(level if isinstance(logging.getLevelName(level), int) else "INFO")
+
+
+def _with_progress(fn, desc, **kwargs):
+    """``fn(**kwargs)`` under a progress bar: fed by ``fn``'s ``progress`` parameter where it
+    has one, else showing the elapsed time."""
+    import inspect
+
+    if "progress" in inspect.signature(fn).parameters:
+        return fn(progress=_Progress(desc), **kwargs)
+    with _spinner(desc):
+        return fn(**kwargs)
+
+
+def _print_above_bars(message):
+    """A result line on stdout while a bar may be drawn on stderr (same terminal)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _plugin_dir():
@@ -72,14 +172,16 @@ def cmd_demo(args):
             curate_photos(dataset, key)
         print("\nmetric learning on the digits (TF Similarity's calibration, open set):")
         curate_digits(dataset, quick=args.quick)
+        from lookalike.workflow import match_query_set
+
+        print("\nthe query set held back from the dataset, matched against it:")
+        match_query_set(dataset)
         print("\nin the App: the 'duplicate' and 'no_match' tags, fields dup_group, dup_distance, "
               "nn_distance, no_match")
-    plugins = _plugin_dir()
-    env = f"FIFTYONE_PLUGINS_DIR={plugins} " if plugins else ""
     print("\nopen it in the FiftyOne App (then http://localhost:5151):")
-    print(f"  {env}fiftyone app launch {dataset.name} --wait -1")
-    if plugins:
-        print("  or: make app")
+    print(f"  lookalike plugin install && fiftyone app launch {dataset.name} --wait -1")
+    if _plugin_dir():
+        print("  or, in this checkout: make app")
     return 0
 
 
@@ -93,7 +195,7 @@ def cmd_import(args):
         overwrite=args.overwrite,
         append=args.append,
         labels_from_folders=args.labels_from_folders,
-        progress=_progress_bar("checking images"),
+        progress=_Progress("checking images", unit="file"),
     )
     print(report.summary())
     return 0
@@ -115,7 +217,8 @@ def cmd_train(args):
     ).items() if v is not None}
     from tqdm import tqdm
 
-    bar = tqdm(total=args.epochs, desc=f"training {args.name}", unit="epoch")
+    bar = tqdm(total=args.epochs, desc=f"training {args.name}", unit="epoch", leave=False,
+               file=sys.stderr)
 
     def progress(epoch, epochs, metrics):
         bar.n = epoch
@@ -126,7 +229,7 @@ def cmd_train(args):
         result = train_encoder(view, args.kind, args.name, image_size=args.image_size,
                                epochs=args.epochs, batch_size=args.batch_size,
                                label_field=args.label_field, overwrite=args.overwrite,
-                               progress=progress, load_progress=_progress_bar("loading images"),
+                               progress=progress, load_progress=_Progress("loading images"),
                                **extra)
     finally:
         bar.close()
@@ -152,8 +255,10 @@ def cmd_encoders(args):
 def cmd_load(args):
     from lookalike.encoders import describe, import_encoder, read_manifest
 
-    path = import_encoder(args.path, name=args.name, overwrite=args.overwrite)
-    print(f"loaded {describe(read_manifest(path))}\n  {path}")
+    result = import_encoder(args.path, name=args.name, overwrite=args.overwrite)
+    print(f"loaded {describe(read_manifest(result.path))}\n  {result.path}")
+    if result.note:
+        print(f"  {result.note}")
     return 0
 
 
@@ -161,6 +266,31 @@ def cmd_stop(args):
     from lookalike.encoders import request_stop
 
     print(f"asked '{args.name}' to stop after its current epoch ({request_stop(args.name)})")
+    return 0
+
+
+def cmd_plugin_install(args):
+    from lookalike.plugin_install import install
+
+    if args.dir is None:
+        import fiftyone as fo
+
+        args.dir = fo.config.plugins_dir
+    target = install(args.dir)
+    print(f"installed the @lookalike/similarity plugin in {target}")
+    print(f"  use it with: FIFTYONE_PLUGINS_DIR={os.path.dirname(target)} fiftyone app launch")
+    return 0
+
+
+def cmd_register_backend(args):
+    from lookalike.brain_registration import env_hides_backend, write_brain_config
+
+    path, changed = write_brain_config(args.config)
+    print(f"{'registered' if changed else 'already registered'}: fiftyone-brain similarity "
+          f"backend 'lookalike' in {path}")
+    hidden = env_hides_backend()
+    if hidden:
+        print(f"warning: {hidden}", file=sys.stderr)
     return 0
 
 
@@ -179,7 +309,7 @@ def cmd_embed(args):
     if args.tag:
         view = view.match_tags(args.tag)
     report = compute_embeddings(view, args.encoder, args.field, batch_size=args.batch_size,
-                                overwrite=args.overwrite, progress=_progress_bar("embedding"))
+                                overwrite=args.overwrite, progress=_Progress("embedding"))
     print(f"embedded {report.embedded} images into '{report.field}' "
           f"({report.skipped_existing} already done) with {report.encoder}")
     for _, path, reason in report.failures:
@@ -191,8 +321,10 @@ def cmd_index(args):
     import lookalike.similarity as ls
 
     dataset = _load_dataset(args.dataset)
-    index = ls.build_index(dataset, args.field, args.brain_key, engine=args.engine,
-                           nprobe=args.nprobe)
+    # build_index has no progress parameter yet: _with_progress shows the elapsed time.
+    index = _with_progress(ls.build_index, "indexing", samples=dataset,
+                           embeddings_field=args.field, brain_key=args.brain_key,
+                           engine=args.engine, nprobe=args.nprobe)
     print(f"index '{index.key}' over '{args.field}': {index.total_index_size} samples"
           + (f", {index.num_missing} without an embedding left out" if index.num_missing else ""))
     return 0
@@ -204,8 +336,13 @@ def cmd_search(args):
     dataset = _load_dataset(args.dataset)
     if not args.image and not args.sample_id:
         raise UsageError("give --image PATH or --sample-id ID")
-    ids, dists = ls.nearest(dataset, args.brain_key, query_ids=args.sample_id,
-                            query_path=args.image, k=args.k)
+    if args.image:
+        from lookalike.images import open_image
+
+        open_image(args.image).close()  # a missing or broken file, before loading the encoder
+    ids, dists = _with_progress(ls.nearest, "searching", dataset=dataset,
+                                brain_key=args.brain_key, query_ids=args.sample_id,
+                                query_path=args.image, k=args.k)
     paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
     for sample_id, dist in zip(ids, dists):
         print(f"{dist:.4f}  {paths[sample_id]}")
@@ -241,12 +378,13 @@ def cmd_curate(args):
     view = _view(args)
     if not args.encoder and not args.field:
         raise UsageError("give --encoder NAME (to embed) or --field FIELD (embeddings already there)")
-    report = curate(view, encoder=args.encoder, embeddings_field=args.field,
-                    brain_key=args.brain_key, label_field=args.label_field,
-                    method=args.method, target=args.target, keep=args.keep,
-                    duplicate_threshold=args.duplicate_threshold,
-                    outlier_threshold=args.outlier_threshold, png_dir=args.pngs,
-                    log=lambda m: print(m, flush=True))
+    report = _with_progress(curate, "curating", samples=view, encoder=args.encoder,
+                            embeddings_field=args.field, brain_key=args.brain_key,
+                            label_field=args.label_field, method=args.method,
+                            target=args.target, keep=args.keep,
+                            duplicate_threshold=args.duplicate_threshold,
+                            outlier_threshold=args.outlier_threshold, png_dir=args.pngs,
+                            log=_print_above_bars)
     print(f"\nduplicate groups ({report.duplicates.num_groups}):")
     _print_groups(report.duplicates, args.show_groups)
     paths = dict(zip(*view.select(report.outliers.outlier_ids).values(["id", "filepath"])))
@@ -269,7 +407,8 @@ def cmd_calibrate(args):
     record = calibrate_threshold(view, args.brain_key, label_field=args.label_field,
                                  method=args.method, target=args.target,
                                  unknown_fraction=args.unknown_fraction,
-                                 unknown_classes=args.unknown_class)
+                                 unknown_classes=args.unknown_class,
+                                 progress=_Progress("calibrating"))
     print(f"'{args.brain_key}' calibrated ({record['method']}): match threshold "
           f"{record['threshold']:.4f}; duplicate threshold {record['duplicate_threshold']:.4f}")
     print(f"  {record['note']}")
@@ -283,18 +422,13 @@ def cmd_calibrate(args):
 
 
 def cmd_duplicates(args):
-    from lookalike.curation import delete_duplicates, find_duplicates
+    from lookalike.curation import find_duplicates
 
     view = _view(args)
     if args.delete:
-        count = delete_duplicates(view, dry_run=not args.yes)
-        if args.yes:
-            print(f"deleted {count} samples tagged 'duplicate' (their files are untouched)")
-        else:
-            print(f"would delete {count} samples tagged 'duplicate'; add --yes to delete them")
-        return 0
+        return _delete_duplicates(view, args)
     report = find_duplicates(view, args.brain_key, threshold=args.threshold, keep=args.keep,
-                             method=args.method)
+                             method=args.method, progress=_Progress("finding duplicates"))
     print(f"{report.num_groups} groups, {report.num_duplicates} samples tagged 'duplicate' "
           f"(threshold {report.threshold:.4f}, {report.method}; "
           f"{report.num_exact_pairs} byte-identical pairs)")
@@ -302,11 +436,55 @@ def cmd_duplicates(args):
     return 0
 
 
+def _delete_duplicates(view, args):
+    # The dry run and the real run follow one plan (deletion_plan).
+    from lookalike.curation.duplicates import delete_planned, deletion_plan
+
+    if args.yes:
+        result = delete_planned(view)
+        plan = result.plan
+    else:
+        plan = deletion_plan(view)
+        plan.check(args.dataset)
+    if plan.unexplained:
+        print(f"left alone: {plan.unexplained} samples tagged 'duplicate' that no published "
+              "find_duplicates group explains")
+    if not args.yes:
+        print(f"would delete {plan.count} samples tagged 'duplicate' from {plan.num_groups} "
+              "groups (each keeps its kept sample); add --yes to delete them")
+    elif result.journal:
+        print(f"deleted {plan.count} samples tagged 'duplicate' from {plan.num_groups} groups "
+              f"(their files are untouched); journal {result.journal}: undo with "
+              f"`lookalike undelete --dataset {args.dataset} --last`")
+    else:
+        print("deleted 0 samples: no published duplicate group has tagged members")
+    return 0
+
+
+def cmd_undelete(args):
+    from lookalike.curation import journal
+
+    dataset = _load_dataset(args.dataset)
+    if not args.last and not args.journal:
+        entries = journal.list_journals(dataset)
+        if not entries:
+            print(f"dataset '{dataset.name}' has no deletion journal")
+        for e in entries:
+            state = f"restored {e.restored_at}" if e.restored_at else "not restored"
+            print(f"{e.path}  {e.num_samples} samples  {e.reason} {e.created_at}  {state}")
+        return 0
+    result = journal.restore(dataset, path=args.journal, last=args.last)
+    print(f"restored {result.restored} samples from {result.path}"
+          + (f" ({result.already_there} were still there)" if result.already_there else ""))
+    return 0
+
+
 def cmd_outliers(args):
     from lookalike.curation import flag_outliers
 
     view = _view(args)
-    report = flag_outliers(view, args.brain_key, threshold=args.threshold)
+    report = flag_outliers(view, args.brain_key, threshold=args.threshold,
+                           progress=_Progress("finding outliers"))
     paths = dict(zip(*view.select(report.outlier_ids).values(["id", "filepath"])))
     print(f"{report.num_outliers} of {report.num_searched} samples are farther than "
           f"{report.threshold:.4f} from any other (tagged 'no_match'):")
@@ -317,7 +495,8 @@ def cmd_outliers(args):
 def cmd_evaluate(args):
     from lookalike.curation import evaluate_retrieval
 
-    ev = evaluate_retrieval(_view(args), args.brain_key, args.label_field, k=args.k)
+    ev = evaluate_retrieval(_view(args), args.brain_key, args.label_field, k=args.k,
+                            progress=_Progress("evaluating"))
     k = ev["k"]
     print(f"recall@1 {ev['recall_at_1']:.4f}  precision@{k} {ev[f'precision_at_{k}']:.4f}  "
           f"mAP@{k} {ev[f'map_at_{k}']:.4f}  ({ev['num_queries']} queries)")
@@ -338,7 +517,8 @@ def cmd_figures(args):
     from lookalike.curation.figures import write_pngs
 
     index = ls.load_index(_load_dataset(args.dataset), args.brain_key)
-    paths = write_pngs(index, args.out)
+    with _spinner("drawing"):
+        paths = write_pngs(index, args.out)
     if not paths:
         raise UsageError(f"run '{args.brain_key}' has no calibration yet: run lookalike calibrate")
     for path in paths:
@@ -346,19 +526,90 @@ def cmd_figures(args):
     return 0
 
 
+def cmd_match_labels(args):
+    from lookalike.curation import match_labels
+
+    report = match_labels(_view(args), args.brain_key, args.label_field,
+                          pred_field=args.pred_field, strategy=args.strategy, k=args.k,
+                          unlabelled_only=not args.all, progress=_Progress("matching"))
+    print(report.summary())
+    return 0
+
+
+def cmd_match(args):
+    from lookalike.curation import match_images
+
+    view = _view(args)
+    brain_key = args.brain_key or _only_run(view)
+    out = args.out or f"lookalike-match-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+    report = match_images(view, brain_key, args.images, add=args.add,
+                          label_field=args.label_field, out=out,
+                          progress=_Progress("matching"))
+    width = max([len(r.file) for r in report.rows] + [4])
+    for r in report.rows[:args.show]:
+        nearest = os.path.basename(r.nearest_path) if r.nearest_path else "-"
+        dist = f"{r.distance:.4f}" if r.distance is not None else "-"
+        label = f"  label {r.label}" if r.label is not None else ""
+        print(f"  {r.file:<{width}}  {r.decision:<9}  {dist}  {nearest}{label}")
+    if len(report.rows) > args.show:
+        print(f"  ... {len(report.rows) - args.show} more in {out}")
+    for path, reason in report.unreadable:
+        print(f"  skipped {path}: {reason}")
+    print(report.summary())
+    print(f"table: {out}")
+    return 0
+
+
+def _only_run(samples):
+    import lookalike.similarity as ls
+
+    keys = ls.our_brain_keys(samples._root_dataset)
+    if len(keys) != 1:
+        raise UsageError(f"give --brain-key (lookalike indexes: {', '.join(keys) or 'none'})")
+    return keys[0]
+
+
 def cmd_visualize(args):
     from lookalike.curation import visualize_embeddings
 
     results = visualize_embeddings(_view(args), args.field, brain_key=args.brain_key,
                                    method=args.method,
-                                   progress=lambda f, label: print(label, flush=True))
+                                   progress=_Progress("projecting"))
     print(f"visualization '{results.key}' of {len(results.points)} samples: open the App's "
           "Embeddings panel")
     return 0
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``lookalike <cmd>: error: <reason>``, exit 2)
+    and ``--debug`` on every command (subcommands get this class too)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand's default must not undo `lookalike --debug <cmd>`.
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="on an error, print its traceback too")
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def _at_least(minimum):
+    """An argparse type: a whole number >= ``minimum``."""
+    def whole_number(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return whole_number
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _CommandParser(
         prog="lookalike",
         description="Visual similarity search and curation for FiftyOne datasets.",
     )
@@ -369,7 +620,7 @@ def build_parser():
     demo.add_argument("--data-dir", default=None,
                       help="where to write the images (default: $LOOKALIKE_DATA_DIR or "
                            "~/fiftyone/lookalike/demo)")
-    demo.add_argument("--max-digits", type=int, default=None,
+    demo.add_argument("--max-digits", type=_at_least(1), default=None,
                       help="use only the first N of the 1,797 digits")
     demo.add_argument("--skip-training", action="store_true", help="only build the dataset")
     demo.add_argument("--retrain", action="store_true",
@@ -394,10 +645,11 @@ def build_parser():
     train.add_argument("--name", required=True, help="name of the encoder in the model store")
     train.add_argument("--label-field", default=None, help="Classification field (metric only)")
     train.add_argument("--tag", default=None, help="train only on samples with this tag")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--image-size", type=int, default=None)
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--embedding-size", type=int, default=None, help="metric/contrastive")
+    train.add_argument("--epochs", type=_at_least(1), default=10)
+    train.add_argument("--image-size", type=_at_least(1), default=None)
+    train.add_argument("--batch-size", type=_at_least(1), default=None)
+    train.add_argument("--embedding-size", type=_at_least(1), default=None,
+                       help="metric/contrastive")
     train.add_argument("--loss", default=None, help="metric: multisimilarity|triplet|circle|pn")
     train.add_argument("--width", type=float, default=None, help="autoencoder channel multiplier")
     train.add_argument("--embedding", default=None, help="autoencoder: gap|flatten")
@@ -419,7 +671,7 @@ def build_parser():
     emb.add_argument("--encoder", required=True, help="encoder name or directory")
     emb.add_argument("--field", default=None, help="vector field (default emb_<encoder>)")
     emb.add_argument("--tag", default=None, help="only samples with this tag")
-    emb.add_argument("--batch-size", type=int, default=64)
+    emb.add_argument("--batch-size", type=_at_least(1), default=64)
     emb.add_argument("--overwrite", action="store_true")
     emb.set_defaults(func=cmd_embed)
 
@@ -428,7 +680,7 @@ def build_parser():
     idx.add_argument("--field", required=True)
     idx.add_argument("--brain-key", default=None, help="default <field>_sim")
     idx.add_argument("--engine", default="auto", choices=["auto", "exact", "approximate"])
-    idx.add_argument("--nprobe", type=int, default=None,
+    idx.add_argument("--nprobe", type=_at_least(1), default=None,
                      help="approximate engine: lists searched per query (default: tuned)")
     idx.set_defaults(func=cmd_index)
 
@@ -438,7 +690,7 @@ def build_parser():
     search.add_argument("--image", default=None, help="a query image file")
     search.add_argument("--sample-id", action="append", default=None,
                         help="a query sample (repeat for the mean of several)")
-    search.add_argument("-k", type=int, default=10)
+    search.add_argument("-k", type=_at_least(1), default=10)
     search.set_defaults(func=cmd_search)
 
     def brain_args(p, key_required=True, tag=True):
@@ -460,7 +712,7 @@ def build_parser():
     cur.add_argument("--duplicate-threshold", type=float, default=None)
     cur.add_argument("--outlier-threshold", type=float, default=None)
     cur.add_argument("--pngs", default=None, help="write the pictures (PNG) to this folder")
-    cur.add_argument("--show-groups", type=int, default=10, help="groups and outliers printed")
+    cur.add_argument("--show-groups", type=_at_least(0), default=10, help="groups and outliers printed")
     cur.set_defaults(func=cmd_curate)
 
     cal = sub.add_parser("calibrate", help="calibrate a run's distance thresholds")
@@ -479,22 +731,30 @@ def build_parser():
     dup.add_argument("--threshold", type=float, default=None)
     dup.add_argument("--keep", default="first", choices=["first", "largest", "sharpest"])
     dup.add_argument("--method", default="auto", choices=["auto", "exact", "approximate"])
-    dup.add_argument("--show-groups", type=int, default=10)
+    dup.add_argument("--show-groups", type=_at_least(0), default=10)
     dup.add_argument("--delete", action="store_true",
                      help="delete the samples tagged 'duplicate' (a dry run without --yes)")
-    dup.add_argument("--yes", action="store_true", help="really delete")
+    dup.add_argument("--yes", action="store_true", help="really delete (journaled first)")
     dup.set_defaults(func=cmd_duplicates)
+
+    und = sub.add_parser("undelete", help="restore samples deleted by `duplicates --delete` "
+                         "(without --last/--journal: list the journals)")
+    und.add_argument("--dataset", required=True)
+    which = und.add_mutually_exclusive_group()
+    which.add_argument("--last", action="store_true", help="the newest journal not restored yet")
+    which.add_argument("--journal", default=None, help="a journal file")
+    und.set_defaults(func=cmd_undelete)
 
     out = sub.add_parser("outliers", help="tag samples that match nothing else")
     brain_args(out)
     out.add_argument("--threshold", type=float, default=None)
-    out.add_argument("--show", type=int, default=20)
+    out.add_argument("--show", type=_at_least(0), default=20)
     out.set_defaults(func=cmd_outliers)
 
     ev = sub.add_parser("evaluate", help="recall@1, precision@k, mAP@k and the confusion matrix")
     brain_args(ev)
     ev.add_argument("--label-field", required=True)
-    ev.add_argument("-k", type=int, default=10)
+    ev.add_argument("-k", type=_at_least(1), default=10)
     ev.set_defaults(func=cmd_evaluate)
 
     fig = sub.add_parser("figures", help="write a run's calibration and evaluation pictures (PNG)")
@@ -510,40 +770,82 @@ def build_parser():
     vis.add_argument("--tag", default=None)
     vis.set_defaults(func=cmd_visualize)
 
+    ml = sub.add_parser("match-labels", help="label unlabelled samples from their nearest "
+                                             "labelled ones, or 'no match'")
+    brain_args(ml)
+    ml.add_argument("--label-field", required=True)
+    ml.add_argument("--pred-field", default=None, help="default <label field>_match")
+    ml.add_argument("--strategy", default="nearest", choices=["nearest", "vote"])
+    ml.add_argument("-k", type=_at_least(1), default=5,
+                    help="neighbours that vote (--strategy vote)")
+    ml.add_argument("--all", action="store_true", help="also re-predict labelled samples")
+    ml.set_defaults(func=cmd_match_labels)
+
+    mt = sub.add_parser("match", help="match a folder of new images: duplicate, match or new")
+    brain_args(mt, key_required=False)
+    mt.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    mt.add_argument("--add", default="none", choices=["none", "new", "all"],
+                    help="import the new images (tagged with the batch), all, or none")
+    mt.add_argument("--label-field", default=None,
+                    help="predict this label (default: the calibration's)")
+    mt.add_argument("--out", default=None,
+                    help="the table (.csv or .json; default lookalike-match-<time>.csv)")
+    mt.add_argument("--show", type=_at_least(0), default=50, help="rows printed")
+    mt.set_defaults(func=cmd_match)
+
     stop = sub.add_parser("stop", help="stop a running training job after its current epoch")
     stop.add_argument("name")
     stop.set_defaults(func=cmd_stop)
+
+    plugin = sub.add_parser("plugin", help="put the FiftyOne plugin (only its files) into "
+                                           "a plugins directory")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True)
+    pinst = plugin_sub.add_parser("install", help="write <dir>/lookalike/")
+    pinst.add_argument("--dir", default=None,
+                       help="plugins directory (default: FiftyOne's plugins_dir, "
+                            "FIFTYONE_PLUGINS_DIR)")
+    pinst.set_defaults(func=cmd_plugin_install, needs_database=False)
+
+    reg = sub.add_parser("register-backend",
+                         help="add backend='lookalike' to fiftyone-brain's brain config file")
+    reg.add_argument("--config", default=None,
+                     help="brain config file (default: FIFTYONE_BRAIN_CONFIG_PATH or "
+                          "~/.fiftyone/brain_config.json)")
+    reg.set_defaults(func=cmd_register_backend, needs_database=False)
     return parser
 
 
 def main(argv=None):
+    """Runs one command; exit 0, or one line on stderr and 2 (our reason: bad input, an
+    unusable environment), 3 (training stopped on request), 1 (a bug), 130 (Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    from lookalike.database import DatabaseSetupError, ensure_mongod, quiet_mongodb_version_warning
-    from lookalike.encoders import EncoderStoreError, TrainingConfigError, TrainingStopped
-    from lookalike.embeddings import EmbeddingFieldError
-    from lookalike.encoders.data import EmptyViewError
-    from lookalike.similarity import NotOurIndexError
-    from lookalike.similarity.engine import InvalidEmbeddingsError
-    from lookalike.frameworks import FrameworkError
-    from lookalike.images import UnreadableImageError
-    from lookalike.importer import ImageImportError
-    from lookalike.calibration import CalibrationError
+    _results_only_on_stdout()
+    from lookalike.database import ensure_mongod, quiet_mongodb_version_warning
 
     quiet_mongodb_version_warning()
     try:
-        ensure_mongod(install=False)
+        if getattr(args, "needs_database", True):
+            ensure_mongod(install=False)
         return args.func(args)
     except TrainingStopped as e:
-        print(f"lookalike {args.command}: {e}", file=sys.stderr)
-        return 3
-    except (ImageImportError, UnreadableImageError, DatabaseSetupError, EncoderStoreError,
-            TrainingConfigError, EmptyViewError, FrameworkError, UsageError,
-            EmbeddingFieldError, NotOurIndexError, InvalidEmbeddingsError, CalibrationError) as e:
-        print(f"lookalike {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(args, one_line(e), 3)
+    except LookalikeError as e:
+        return _fail(args, f"error: {one_line(e)}", 2)
     except KeyboardInterrupt:
-        print(f"lookalike {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _fail(args, "interrupted", 130)
+    except Exception as e:  # a bug: one line, the traceback with --debug
+        hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
+        return _fail(args, f"error: {type(e).__name__}: {one_line(e)}{hint}", 1)
+
+
+def _fail(args, line, code):
+    for bar in list(_OPEN_BARS):
+        bar.close()
+    sys.stdout.flush()
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"lookalike {args.command}: {line}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Train the three encoders (or reuse them when they already exist, so a rerun
 costs nothing); embed and index the photos; calibrate label-free thresholds,
 group near-duplicates and flag no-match outliers, scored against the demo's
-ground truth; and on the digits, TF Similarity's open-set calibration and the
-retrieval evaluation of the metric encoder.
+ground truth; on the digits, TF Similarity's open-set calibration and the
+retrieval evaluation of the metric encoder; and last, the seed's query /
+database split: a query set held back from the dataset is matched against it.
 """
 
 import time
@@ -201,3 +202,113 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
         f"recall@1 {ev['recall_at_1']:.3f}, precision@10 {ev['precision_at_10']:.3f}, "
         f"mAP@10 {ev['map_at_10']:.3f}; unknown digits rejected {rejected:.3f}")
     return {"calibration": cal, "evaluation": ev}
+
+
+# The seed's query/database split: held-back images, matched against the rest.
+QUERY_EDITS = ("crop", "jpeg", "rotate", "brightness_contrast", "text_overlay")
+QUERY_KNOWN_DIGITS_PER_CLASS = 3
+QUERY_UNKNOWN_DIGITS_PER_CLASS = 10
+
+
+def write_query_set(dataset, query_dir, seed=99):
+    """Writes the demo's query folder; returns ``(photo truth, digit truth, held-back digit ids)``.
+
+    Photos: a new edited copy of 5 originals (other edit parameters than the
+    planted copies: they should come back as duplicates of that photo) and the
+    two photos of scikit-learn that the dataset lacks (they should be new).
+    Digits: copies of a few digits of each known class, held back from the
+    gallery (they should match their class), and of the classes the
+    calibration held out as unknown (they should be new).
+    """
+    import os
+    import random
+    import shutil
+
+    import sklearn.datasets
+    from PIL import Image
+
+    from lookalike.edits import apply_edit
+
+    if os.path.isdir(query_dir):
+        shutil.rmtree(query_dir)  # ours: rebuilt so that no stale file lingers
+    photo_dir, digit_dir = os.path.join(query_dir, "photos"), os.path.join(query_dir, "digits")
+    os.makedirs(photo_dir)
+    os.makedirs(digit_dir)
+    photos = dataset.match((F("source") == "photo") & (F("gt_edit") == "original")
+                           & (F("gt_unique") == False))  # noqa: E712
+    rng = random.Random(seed)
+    photo_truth = {}
+    for (path, group), edit in zip(sorted(zip(*photos.values(["filepath", "gt_group"]))),
+                                   QUERY_EDITS):
+        with Image.open(path) as img:
+            img.load()
+            edited, ext = apply_edit(img, edit, rng)
+        out = os.path.join(photo_dir, f"{group}_{edit}{ext}")
+        edited.convert("RGB").save(out, **({"quality": 85} if ext == ".jpg" else {}))
+        photo_truth[os.path.basename(out)] = group
+    images = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    for name in ("china.jpg", "flower.jpg"):
+        shutil.copyfile(os.path.join(images, name), os.path.join(photo_dir, f"unseen_{name}"))
+        photo_truth[f"unseen_{name}"] = None
+
+    unknown = set(_digit_calibration(dataset).get("unknown_classes") or [])
+    digits = dataset.match(F("source") == "digit")
+    per_class, digit_truth, held_back = {}, {}, []
+    for sid, path, label in zip(*digits.values(["id", "filepath", "ground_truth.label"])):
+        limit = QUERY_UNKNOWN_DIGITS_PER_CLASS if label in unknown else QUERY_KNOWN_DIGITS_PER_CLASS
+        if per_class.get(label, 0) >= limit:
+            continue
+        per_class[label] = per_class.get(label, 0) + 1
+        name = f"query_{label}_{os.path.basename(path)}"
+        shutil.copyfile(path, os.path.join(digit_dir, name))
+        digit_truth[name] = None if label in unknown else label
+        if label not in unknown:
+            held_back.append(sid)
+    return photo_truth, digit_truth, held_back
+
+
+def _digit_calibration(dataset):
+    import lookalike.curation as lc
+
+    return lc.get_calibration(dataset, "emb_metric_sim")
+
+
+def match_query_set(dataset, photo_key="emb_contrastive_sim", log=print):
+    """Matches the held-back query set and scores it against what it really is."""
+    import os
+
+    import lookalike.curation as lc
+    from lookalike.paths import default_data_dir
+
+    data_dir = (dataset.info.get("lookalike_demo") or {}).get("data_dir") or os.path.join(
+        default_data_dir(), "demo")
+    query_dir = os.path.join(data_dir, "query")
+    photo_truth, digit_truth, held_back = write_query_set(dataset, query_dir)
+
+    photos = dataset.match(F("source") == "photo")
+    report = lc.match_images(photos, photo_key, os.path.join(query_dir, "photos"))
+    groups = dict(zip(*photos.values(["id", "gt_group"])))
+    copies = [r for r in report.rows if photo_truth.get(r.file)]
+    dup_ok = sum(r.decision == "duplicate" and groups.get(r.nearest_id) == photo_truth[r.file]
+                 for r in copies)
+    unseen = [r for r in report.rows if photo_truth.get(r.file, 0) is None]
+    new_ok = sum(r.decision == "new" for r in unseen)
+    log(f"  photos ({photo_key}): {dup_ok} of {len(copies)} new edited copies recognised as "
+        f"duplicates of the right photo; {new_ok} of {len(unseen)} unseen photos called new "
+        f"({report.images_per_s:.0f} images/s)")
+
+    unknown = _digit_calibration(dataset).get("unknown_classes") or []
+    gallery = dataset.match((F("source") == "digit")
+                            & ~F("ground_truth.label").is_in(unknown)).exclude(held_back)
+    digits = lc.match_images(gallery, "emb_metric_sim", os.path.join(query_dir, "digits"))
+    known = [r for r in digits.rows if digit_truth.get(r.file)]
+    right = sum(r.decision != "new" and r.label == digit_truth[r.file] for r in known)
+    strangers = [r for r in digits.rows if digit_truth.get(r.file, 0) is None]
+    called_new = sum(r.decision == "new" for r in strangers)
+    log(f"  digits (emb_metric_sim, gallery without classes {', '.join(unknown)}): {right} of "
+        f"{len(known)} known digits matched to the right class; {called_new} of "
+        f"{len(strangers)} digits of the held-out classes called new")
+    return {"photos": {"duplicates": dup_ok, "copies": len(copies), "new": new_ok,
+                       "unseen": len(unseen)},
+            "digits": {"right_class": right, "known": len(known), "new": called_new,
+                       "held_out": len(strangers)}}

@@ -9,6 +9,8 @@
     outliers = lc.flag_outliers(dataset, "emb_sim")
     metrics = lc.evaluate_retrieval(dataset, "emb_sim", "ground_truth", k=10)
     lc.visualize_embeddings(dataset, "emb")                        # UMAP for the App
+    lc.match_labels(dataset, "emb_sim", "ground_truth")           # unlabelled -> label / no match
+    report = lc.match_images(dataset, "emb_sim", "/new/photos", add="new")
 
 Results are saved with the similarity run (``index.curation``) and in sample
 fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
@@ -23,6 +25,13 @@ from lookalike.curation.duplicates import (
     find_duplicates,
 )
 from lookalike.curation.evaluation import evaluate_retrieval
+from lookalike.curation.match import (
+    FolderMatchReport,
+    LabelMatchReport,
+    match_images,
+    match_labels,
+    no_match_view,
+)
 from lookalike.curation.outliers import OutlierReport, flag_outliers, outliers_view
 from lookalike.curation.pipeline import CurationReport, curate
 from lookalike.curation.projection import visualize_embeddings
@@ -33,6 +42,8 @@ __all__ = [
     "CurationError",
     "CurationReport",
     "DuplicateReport",
+    "FolderMatchReport",
+    "LabelMatchReport",
     "MissingRecordError",
     "OutlierReport",
     "StaleRecordError",
@@ -44,6 +55,9 @@ __all__ = [
     "find_duplicates",
     "flag_outliers",
     "get_calibration",
+    "match_images",
+    "match_labels",
+    "no_match_view",
     "outliers_view",
     "visualize_embeddings",
 ]

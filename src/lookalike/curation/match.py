@@ -1,0 +1,680 @@
+"""Matching with a reject option: unlabelled samples and folders of new images, against a run.
+
+Both seeds end here. TF Similarity's ``match(x, cutpoint="optimal",
+no_match_label=...)`` gives each new example the label of its nearest indexed
+example, or "no match" beyond the calibrated threshold; the Paddle seed shows
+each query image's closest database images. Two entry points:
+
+* :func:`match_labels`: for the samples of a view that have no label yet, the
+  nearest labelled samples of the index give a predicted ``fo.Classification``
+  (label, distance, matched sample id, ``no_match``) in ``<label_field>_match``.
+  Strategies as in TF Similarity: ``"nearest"`` and ``"vote"`` (majority of
+  the ``k`` nearest, ties to the label of the nearer neighbour). The reject
+  rule is the calibrated one in both: no match when the nearest labelled
+  sample is farther than the match threshold (the vote is held among the
+  neighbours within it), so the no-match rate is the calibrated one whatever
+  the strategy. (TF Similarity's majority vote compares the *mean* of the k
+  distances with a cutpoint calibrated for that matcher; ours is calibrated on
+  nearest-neighbour distances only.)
+* :func:`match_images`: every image of a folder is embedded with the run's
+  encoder and called a *duplicate* of its nearest sample (within the duplicate
+  threshold, and confirmed by ``verify`` when one is given), a *match* (within
+  the match threshold, with the predicted label when the run's calibration
+  has labels) or *new*. ``add="new"`` imports only the new ones (tagged with
+  the batch), so a library grows without duplicates; their vectors join the
+  index, so a rerun finds them as duplicates of themselves and adds nothing.
+
+Crash safety of ``add``: the batch's tag is written into the calibration
+record (``pending_batches``) before any sample is added; the new samples are
+added, then their vectors (field and index), then the calibration is carried
+over to the grown field (the new samples are unlabelled and were embedded by
+the run's own encoder version, so neither threshold depends on them). A job
+killed in between leaves a calibration that looks stale only because of
+samples of a pending batch: the next run sees that, embeds what is missing
+(their files are in the folder: they come back as "already in the dataset")
+and carries the calibration over.
+
+Geometric verification does not exist yet: ``verify(query_path, sample_path)
+-> bool`` is the hook (None: distance only).
+"""
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from lookalike import faults, fo_adapter, leases
+from lookalike.curation.errors import CurationError, StaleRecordError
+from lookalike.curation.evaluation import NO_MATCH
+from lookalike.errors import EmptyViewError, UsageError
+
+STRATEGIES = ("nearest", "vote")
+ADD_MODES = ("none", "new", "all")
+DECISIONS = ("duplicate", "match", "new")
+_LABEL_RECORD = "label_match"
+_FOLDER_RECORD = "folder_match"
+_PANEL_ROWS = 200  # rows of the last folder match kept with the run, for the panel
+
+
+# -- label matching ------------------------------------------------------------
+@dataclass
+class LabelMatchReport:
+    brain_key: str
+    label_field: str
+    pred_field: str
+    strategy: str
+    k: int
+    threshold: float
+    num_queries: int
+    num_matched: int
+    num_no_match: int
+    num_not_indexed: int = 0  # queries without an embedding: left as they were
+    label_counts: dict = field(default_factory=dict)  # predicted label -> count
+
+    def summary(self):
+        """One paragraph, for the CLI and the App."""
+        top = ", ".join(f"{label} {n}" for label, n in
+                        sorted(self.label_counts.items(), key=lambda kv: -kv[1])[:8])
+        text = (f"{self.num_queries} samples matched against the labelled samples of "
+                f"'{self.brain_key}' ({self.strategy}"
+                f"{f' of {self.k}' if self.strategy == 'vote' else ''}, match threshold "
+                f"{self.threshold:.4f}): {self.num_matched} got a label, {self.num_no_match} "
+                f"'{NO_MATCH}', in field '{self.pred_field}'")
+        if top:
+            text += f"; labels: {top}"
+        if self.num_not_indexed:
+            text += f"; {self.num_not_indexed} samples without an embedding were left out"
+        return text + "."
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def label_calibration(index, label_field=None):
+    """The run's fresh calibration *with labels*, or the reason it cannot be used."""
+    record = _calibration(index)
+    if not record.get("label_field") or record.get("method") == "percentile":
+        raise CurationError(
+            f"run '{index.key}' has a label-free calibration ({record.get('note', '')}): "
+            "matching labels needs a threshold calibrated on labels: run calibrate_threshold "
+            "with a label field")
+    if label_field is not None and record["label_field"] != label_field:
+        raise CurationError(
+            f"run '{index.key}' was calibrated on '{record['label_field']}', not "
+            f"'{label_field}': calibrate it on '{label_field}' first")
+    return record
+
+
+def _vote(labels, dists, threshold):
+    """``(label, distance, position)`` of TF Similarity's majority vote among the accepted.
+
+    ``labels``/``dists``: the k nearest, nearest first. Only neighbours within
+    the threshold vote; a tie goes to the label met first (the nearer one).
+    Returns None when none is within the threshold.
+    """
+    accepted = [i for i, d in enumerate(dists) if d <= threshold]
+    if not accepted:
+        return None
+    counts, first = {}, {}
+    for i in accepted:
+        counts[labels[i]] = counts.get(labels[i], 0) + 1
+        first.setdefault(labels[i], i)
+    best = max(counts.values())
+    winner = min((lab for lab, n in counts.items() if n == best), key=lambda lab: first[lab])
+    return winner, float(dists[first[winner]]), first[winner], best / len(accepted)
+
+
+def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nearest", k=5,
+                 unlabelled_only=True, no_match_label=NO_MATCH, progress=None):
+    """Predicts ``label_field`` for the samples of ``samples``, with a calibrated "no match".
+
+    Args:
+        samples: the dataset or a view: the samples to label
+        brain_key: a lookalike run calibrated with ``label_field``
+            (``calibrate_threshold(..., label_field=...)``); refused when it is
+            label-free or stale
+        label_field: a Classification (or string) field; its labelled, indexed
+            samples (anywhere in the dataset) are the gallery
+        pred_field (None): where predictions go (default ``<label_field>_match``)
+        strategy ("nearest"): "nearest" or "vote" (majority of ``k``)
+        unlabelled_only (True): only the samples whose ``label_field`` is empty;
+            False also re-predicts labelled ones (never from themselves)
+        no_match_label ("no match"): the label of a rejected sample
+        progress (None): ``progress(fraction, label)``
+
+    Returns:
+        a :class:`LabelMatchReport`. Each prediction is an ``fo.Classification``
+        with ``label``, ``confidence`` (vote: the winner's share of the votes),
+        ``distance`` (to ``matched_id``, the nearest sample of that label, or
+        for a no match the nearest labelled sample), ``matched_id`` and
+        ``no_match``.
+    """
+    import fiftyone as fo
+
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+    from lookalike.curation.calibrate import load_labels
+    from lookalike.curation.neighbours import leave_one_out
+
+    if strategy not in STRATEGIES:
+        raise CurationError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
+    k = int(k) if strategy == "vote" else 1
+    if k < 1:
+        raise CurationError(f"k must be at least 1, got {k}")
+    dataset = fo_adapter.root_dataset(samples)
+    index = _current_index(dataset, brain_key)
+    threshold = float(label_calibration(index, label_field)["threshold"])
+    pred_field = pred_field or f"{label_field}_match"
+    if pred_field == label_field:
+        raise CurationError("the prediction field must not be the label field itself")
+
+    gallery, gallery_labels, _ = load_labels(dataset, index, label_field)
+    if len(gallery) == 0:
+        raise CurationError(f"no indexed sample of '{dataset.name}' has a '{label_field}' "
+                            "label: nothing to match against")
+    label_of = dict(zip(gallery.tolist(), gallery_labels.tolist()))
+    path = _label_path(samples, label_field)
+    ids, labels = samples.values(["id", path])
+    if unlabelled_only:
+        ids = [i for i, lab in zip(ids, labels) if lab is None or lab == ""]
+    if not ids:
+        raise EmptyViewError(
+            f"every sample of the view has a '{label_field}' label: nothing to match "
+            "(unlabelled_only=False re-predicts labelled samples)" if unlabelled_only
+            else "the view is empty: there are no samples to match")
+    row_of = {sid: r for r, sid in enumerate(index.sample_ids)}
+    queried = [sid for sid in ids if sid in row_of]
+    not_indexed = len(ids) - len(queried)
+    if not queried:
+        raise CurationError(f"none of the {len(ids)} samples to match is in run '{brain_key}': "
+                            "compute their embeddings and rebuild the index")
+    rows = np.array([row_of[sid] for sid in queried])
+    wrap = (lambda done, total: progress(0.9 * done / total, f"matched {done}/{total}")
+            ) if progress else None
+    inds, dists = leave_one_out(index.engine, rows=rows, k=k, gallery=gallery, progress=wrap)
+
+    sample_ids = index.sample_ids
+    predictions, counts, matched = {}, {}, 0
+    for sid, row_i, row_d in zip(queried, inds, dists):
+        valid = row_i >= 0
+        row_i, row_d = row_i[valid], row_d[valid].astype(float)
+        neighbour_labels = [label_of[int(i)] for i in row_i]
+        vote = _vote(neighbour_labels, row_d, threshold) if len(row_i) else None
+        if vote is None:
+            nearest = int(row_i[0]) if len(row_i) else None
+            pred = fo.Classification(
+                label=no_match_label, no_match=True,
+                distance=float(row_d[0]) if len(row_d) else None,
+                matched_id=str(sample_ids[nearest]) if nearest is not None else None)
+        else:
+            label, distance, pos, share = vote
+            matched += 1
+            pred = fo.Classification(
+                label=label, no_match=False, distance=distance,
+                matched_id=str(sample_ids[int(row_i[pos])]),
+                confidence=share if strategy == "vote" else None)
+        counts[pred.label] = counts.get(pred.label, 0) + 1
+        predictions[sid] = pred
+
+    with leases.hold(dataset, f"field:{pred_field}", job="match_labels",
+                     label=f"field '{pred_field}'"):
+        _declare_prediction_field(dataset, pred_field)
+        faults.point("match_labels.before_write")
+        # One call: each sample's prediction is replaced atomically.
+        dataset.set_values(pred_field, predictions, key_field="id")
+    report = LabelMatchReport(
+        brain_key=brain_key, label_field=label_field, pred_field=pred_field,
+        strategy=strategy, k=k, threshold=threshold, num_queries=len(queried),
+        num_matched=matched, num_no_match=len(queried) - matched,
+        num_not_indexed=not_indexed, label_counts=counts)
+    records.save(index, _LABEL_RECORD, report.as_dict())
+    if progress:
+        progress(1.0, "done")
+    return report
+
+
+def _declare_prediction_field(dataset, pred_field):
+    """Declares the Classification field and its attributes, so the App can filter on them."""
+    import fiftyone as fo
+
+    # FiftyOne saves a dataset's whole field list: take turns with other jobs (as embeddings do).
+    with leases.hold(dataset, "schema", job="match_labels", wait=120,
+                     label=f"the field list of dataset '{dataset.name}'"):
+        dataset.reload()
+        schema = dataset.get_field_schema(flat=True)
+        if pred_field not in schema:
+            dataset.add_sample_field(pred_field, fo.EmbeddedDocumentField,
+                                     embedded_doc_type=fo.Classification)
+        for name, ftype in (("distance", fo.FloatField), ("matched_id", fo.StringField),
+                            ("no_match", fo.BooleanField)):
+            if f"{pred_field}.{name}" not in schema:
+                dataset.add_sample_field(f"{pred_field}.{name}", ftype)
+
+
+def _label_path(samples, label_field):
+    import fiftyone as fo
+
+    schema = samples.get_field_schema()
+    if label_field not in schema:
+        raise UsageError(f"'{fo_adapter.root_dataset(samples).name}' has no field "
+                         f"'{label_field}'")
+    field_ = schema[label_field]
+    if isinstance(field_, fo.EmbeddedDocumentField):
+        return f"{label_field}.label"
+    return label_field
+
+
+def no_match_view(samples, pred_field=None):
+    """The samples predicted "no match", farthest first (``pred_field``: default the last run's)."""
+    from fiftyone import ViewField as F
+
+    pred_field = pred_field or last_label_match_field(samples)
+    if pred_field is None or pred_field not in samples.get_field_schema():
+        raise CurationError("no label matching has run on this dataset yet: run match_labels")
+    return samples.match(F(f"{pred_field}.no_match") == True).sort_by(  # noqa: E712
+        f"{pred_field}.distance", reverse=True)
+
+
+def last_label_match_field(samples):
+    """The prediction field of the most recent ``match_labels`` on any run, or None."""
+    return (last_record(samples, _LABEL_RECORD) or {}).get("pred_field")
+
+
+def last_record(samples, name):
+    """The most recent ``name`` record (label or folder match) over the dataset's runs."""
+    import lookalike.similarity as ls
+
+    dataset = fo_adapter.root_dataset(samples)
+    best = None
+    for key in ls.our_brain_keys(dataset):
+        try:
+            record = (ls.load_index(dataset, key).curation or {}).get(name)
+        except Exception:  # noqa: BLE001 - one broken run must not hide the others
+            continue
+        if record and (best is None or record.get("saved_at", 0) > best.get("saved_at", 0)):
+            best = record
+    return best
+
+
+# -- a folder of new images --------------------------------------------------------
+@dataclass
+class MatchRow:
+    path: str
+    decision: str  # duplicate | match | new
+    nearest_id: str = None
+    nearest_path: str = None
+    distance: float = None
+    label: str = None  # predicted label (nearest labelled sample within the match threshold)
+    label_distance: float = None
+    verified: bool = None  # None: no verification ran
+    sample_id: str = None  # the sample it became (imported) or already is
+    note: str = ""
+
+    @property
+    def file(self):
+        return os.path.basename(self.path)
+
+
+@dataclass
+class FolderMatchReport:
+    directory: str
+    brain_key: str
+    threshold: float
+    duplicate_threshold: float
+    label_field: str = None
+    add: str = "none"
+    tag: str = None
+    rows: list = field(default_factory=list)  # MatchRow, in folder order
+    unreadable: list = field(default_factory=list)  # (path, reason)
+    added_ids: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self):
+        out = {d: 0 for d in DECISIONS}
+        for r in self.rows:
+            out[r.decision] += 1
+        return out
+
+    @property
+    def images_per_s(self):
+        return (len(self.rows) + len(self.unreadable)) / self.seconds if self.seconds else 0.0
+
+    def summary(self):
+        c = self.counts
+        text = (f"{len(self.rows)} images of {self.directory} matched against '{self.brain_key}' "
+                f"(duplicate threshold {self.duplicate_threshold:.4f}, match threshold "
+                f"{self.threshold:.4f}): {c['duplicate']} already there (duplicates), "
+                f"{c['match']} match a known sample")
+        labelled = sum(1 for r in self.rows if r.decision == "match" and r.label is not None)
+        if self.label_field:
+            text += f" ({labelled} with a '{self.label_field}' label)"
+        text += f", {c['new']} new"
+        if self.unreadable:
+            text += f"; {len(self.unreadable)} unreadable files skipped"
+        if self.add != "none":
+            text += (f"; imported {len(self.added_ids)} ({self.add}) tagged '{self.tag}'"
+                     if self.added_ids else "; nothing imported")
+        return text + f" ({self.images_per_s:.0f} images/s)."
+
+    def table(self):
+        """Plain rows (dicts), unreadable files last with decision "unreadable"."""
+        rows = [dict(file=r.file, **asdict(r)) for r in self.rows]
+        rows += [dict(file=os.path.basename(p), path=p, decision="unreadable", note=reason)
+                 for p, reason in self.unreadable]
+        return rows
+
+    def write(self, path):
+        """Writes the table as CSV or JSON (by the extension); returns the path."""
+        path = os.path.abspath(os.path.expanduser(path))
+        rows = self.table()
+        columns = ["file", "decision", "nearest_path", "distance", "label", "label_distance",
+                   "verified", "nearest_id", "sample_id", "note", "path"]
+        tmp = path + ".tmp"
+        if path.endswith(".json"):
+            with open(tmp, "w") as f:
+                json.dump({"summary": self.summary(), "counts": self.counts, "rows": rows}, f,
+                          indent=1)
+        elif path.endswith(".csv"):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            raise UsageError(f"{path}: the table is written as .csv or .json")
+        os.replace(tmp, path)
+        return path
+
+
+def _current_index(dataset, brain_key):
+    """The run as the database has it now, not as this process cached it.
+
+    Another process (a killed or finished ``match --add``, a recalibration) may
+    have changed its calibration record or its samples since this process
+    loaded it; deciding on the cached copy would import the same files twice.
+    """
+    import lookalike.similarity as ls
+
+    fo_adapter.forget_brain_results(dataset, brain_key)
+    return ls.load_index(dataset, brain_key)
+
+
+def _calibration(index):
+    """The fresh calibration, or one whose only change is samples of pending match batches."""
+    from lookalike.curation import records
+
+    try:
+        return records.load(index, "calibration")
+    except StaleRecordError:
+        record = (index.curation or {}).get("calibration") or {}
+        pending = record.get("pending_batches") or []
+        if pending and _state_without(index, pending) == record.get("field_state"):
+            return record  # a killed `match --add`: this run finishes it
+        raise
+
+
+def _state_without(index, tags):
+    """The run's field state as if the samples tagged ``tags`` held no vector."""
+    import fiftyone as fo
+
+    from lookalike.curation import records
+
+    dataset = index._dataset
+    state = records.field_state(index)
+    field_name = index.config.embeddings_field
+    if field_name is None:
+        return state
+    others = dataset.match_tags(tags, bool=False).exists(field_name)
+    count, first, last = others.aggregate([fo.Count(), fo.Min("_id"), fo.Max("_id")])
+    batch = set(dataset.match_tags(tags).values("id"))
+    size = sum(1 for s in index.sample_ids if s not in batch)
+    return dict(state, count=int(count), ids=[str(first), str(last)], size=size)
+
+
+def _carry_over(index, added, tag):
+    """The calibration follows the grown field (see the module docstring for why it may)."""
+    from lookalike.curation import records
+
+    record = dict(index.curation["calibration"])
+    record["field_state"] = records.field_state(index)
+    record["pending_batches"] = []
+    record["carried_over"] = (record.get("carried_over") or [])[-20:] + [
+        {"batch": tag, "added": int(added), "at": time.time()}]
+    index.curation = dict(index.curation, calibration=record)
+
+
+def _mark_pending(index, tag):
+    record = dict(index.curation["calibration"])
+    record["pending_batches"] = sorted(set(record.get("pending_batches") or []) | {tag})
+    index.curation = dict(index.curation, calibration=record)
+    index.save()
+
+
+def match_images(samples, brain_key, directory, add="none", label_field=None, verify=None,
+                 recursive=True, batch_size=64, chunk_size=512, tag=None, out=None,
+                 progress=None):
+    """Matches every image of ``directory`` against the indexed samples of ``samples``.
+
+    Args:
+        samples: the dataset or a view: its indexed samples are the candidates
+        brain_key: a lookalike run with an encoder and a fresh calibration
+        directory: a folder of images (searched recursively unless ``recursive=False``)
+        add ("none"): "new" imports the new images (also new against each other:
+            of two copies in the folder only the first is new), "all" every image
+            not yet in the dataset, "none" nothing
+        label_field (None): predict this label for matches (default: the
+            calibration's label field, if any)
+        verify (None): ``verify(query_path, sample_path) -> bool`` confirms a
+            duplicate (geometric verification, when it exists); an unconfirmed
+            one is a match
+        tag (None): the imported batch's tag (default ``match-<date>-<time>``)
+        out (None): also write the table to this .csv or .json file
+        progress (None): ``progress(fraction, label)``
+
+    Returns:
+        a :class:`FolderMatchReport`
+    """
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+    from lookalike.curation.calibrate import load_labels
+    from lookalike.encoders import EncoderStoreError
+    from lookalike.importer import list_files
+
+    start = time.perf_counter()
+    if add not in ADD_MODES:
+        raise UsageError(f"add must be one of {ADD_MODES}, got {add!r}")
+    dataset = fo_adapter.root_dataset(samples)
+    index = _current_index(dataset, brain_key)
+    try:
+        encoder = ls.encoder_of(index)
+    except (ValueError, EncoderStoreError) as e:
+        raise UsageError(f"run '{brain_key}' cannot embed new images: {e}") from None
+    calibration = _calibration(index)
+    threshold = float(calibration["threshold"])
+    dup_threshold = float(calibration["duplicate_threshold"])
+    label_field = label_field or calibration.get("label_field")
+    directory = os.path.abspath(os.path.expanduser(directory))
+    paths = list_files(directory, recursive=recursive)
+    if not paths:
+        raise EmptyViewError(f"{directory}: the folder contains no files")
+
+    row_of = {sid: r for r, sid in enumerate(index.sample_ids)}
+    if samples is dataset:
+        keep = None
+    else:
+        keep = np.array(sorted(row_of[s] for s in samples.values("id") if s in row_of), int)
+        if len(keep) == 0:
+            raise CurationError(f"no sample of this view is in run '{brain_key}': nothing to "
+                                "match against")
+    label_rows, label_of = None, {}
+    if label_field:
+        label_rows, labels, _ = load_labels(samples, index, label_field)
+        label_of = dict(zip(label_rows.tolist(), labels.tolist()))
+        label_rows = np.sort(label_rows) if len(label_rows) else None
+    tag = tag or f"match-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = FolderMatchReport(directory=directory, brain_key=brain_key, threshold=threshold,
+                               duplicate_threshold=dup_threshold, label_field=label_field,
+                               add=add, tag=tag)
+    lease = (leases.acquire(dataset, "match:import", job="match_images",
+                            label=f"importing into '{dataset.name}'")
+             if add != "none" else None)
+    try:
+        # Under the lease: which files are already samples is read after taking it.
+        known = dict(zip(*dataset.values(["filepath", "id"])))
+        pending = set(calibration.get("pending_batches") or [])
+        pending_ids = set(dataset.match_tags(sorted(pending)).values("id")) if pending else set()
+        embeddings, repair = [], []  # vectors of readable rows; (row, vector) to finish
+        for begin in range(0, len(paths), chunk_size):
+            chunk = paths[begin:begin + chunk_size]
+            emb, ok, failed = encoder.embed_paths(chunk, batch_size=batch_size)
+            report.unreadable.extend((chunk[i], reason) for i, reason in failed)
+            if len(ok):
+                chunk_rows = _decide(index, emb, [chunk[i] for i in ok], keep, label_rows,
+                                     label_of, threshold, dup_threshold, known, row_of, verify)
+                for row, vec in zip(chunk_rows, emb):
+                    report.rows.append(row)
+                    embeddings.append(vec)
+                    if row.sample_id in pending_ids and row.sample_id not in row_of:
+                        repair.append((row.sample_id, vec))
+            if progress:
+                done = min(begin + chunk_size, len(paths))
+                progress(0.9 * done / len(paths), f"matched {done}/{len(paths)} files")
+            faults.point("match.after_chunk")
+        if not report.rows:
+            first, reason = report.unreadable[0]
+            raise EmptyViewError(f"{directory}: none of its {len(paths)} files is a readable "
+                                 f"image (e.g. {os.path.basename(first)}: {reason})")
+        if add != "none":
+            _within_batch(report.rows, embeddings, dup_threshold, add)
+            _import(dataset, index, encoder, report, embeddings, repair, tag, calibration)
+    finally:
+        if lease is not None:
+            lease.release()
+    report.seconds = time.perf_counter() - start
+    summary = dict(directory=directory, add=add, tag=tag,
+                   counts=report.counts, summary=report.summary(),
+                   num_unreadable=len(report.unreadable), added=len(report.added_ids),
+                   rows=report.table()[:_PANEL_ROWS])
+    records.save(index, _FOLDER_RECORD, summary)
+    if out:
+        report.write(out)
+    if progress:
+        progress(1.0, "done")
+    return report
+
+
+def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_threshold, known,
+            row_of, verify):
+    """One :class:`MatchRow` per embedded file."""
+    engine, sample_ids = index.engine, index.sample_ids
+    inds, dists = engine.knn(emb, 1, keep=keep)
+    inds = np.asarray(inds)[:, 0]
+    dists = np.asarray(dists, float)[:, 0]
+    if keep is not None:
+        inds = np.where(inds >= 0, keep[np.clip(inds, 0, None)], -1)
+    if label_rows is not None:
+        l_inds, l_dists = engine.knn(emb, 1, keep=label_rows)
+        l_inds = label_rows[np.clip(np.asarray(l_inds)[:, 0], 0, None)]
+        l_dists = np.asarray(l_dists, float)[:, 0]
+    rows = []
+    for n, path in enumerate(paths):
+        row = MatchRow(path=path, decision="new")
+        same = known.get(path)
+        if same is not None:
+            # The file itself is a sample already (a rerun after importing it).
+            row.sample_id = row.nearest_id = same
+            row.nearest_path = path
+            row.decision = "duplicate"
+            if same in row_of:
+                row.distance = float(np.clip(1 - engine.matrix[row_of[same]] @ emb[n], 0, 2))
+            row.note = "already in the dataset"
+        elif inds[n] >= 0:
+            row.nearest_id = str(sample_ids[inds[n]])
+            row.distance = float(dists[n])
+            if row.distance <= dup_threshold:
+                row.decision = "duplicate"
+            elif row.distance <= threshold:
+                row.decision = "match"
+        if label_rows is not None and np.isfinite(l_dists[n]) and l_dists[n] <= threshold:
+            row.label = label_of.get(int(l_inds[n]))
+            row.label_distance = float(l_dists[n])
+        rows.append(row)
+    need = {r.nearest_id for r in rows if r.nearest_id and not r.nearest_path}
+    if need:
+        ds = index._dataset
+        paths_of = dict(zip(*ds.select(sorted(need)).values(["id", "filepath"])))
+        for r in rows:
+            if r.nearest_id and not r.nearest_path:
+                r.nearest_path = paths_of.get(r.nearest_id)
+    if verify is not None:
+        for r in rows:
+            if r.decision == "duplicate" and r.note != "already in the dataset":
+                r.verified = bool(verify(r.path, r.nearest_path))
+                if not r.verified:
+                    r.decision = "match" if r.distance <= threshold else "new"
+    return rows
+
+
+def _within_batch(rows, embeddings, dup_threshold, add):
+    """Of new images that duplicate each other, only the first stays new (``add="new"``)."""
+    from lookalike.curation.duplicates import exact_pairs
+
+    if add != "new":
+        return
+    new = [n for n, r in enumerate(rows) if r.decision == "new"]
+    if len(new) < 2:
+        return
+    i, j, d = exact_pairs(np.stack([embeddings[n] for n in new]), dup_threshold)
+    earlier = {}
+    for a, b, dist in sorted(zip(i.tolist(), j.tolist(), d.tolist()), key=lambda t: t[2]):
+        earlier.setdefault(b, (a, dist))  # b > a: b copies an earlier file of the batch
+    for b in sorted(earlier):
+        a, dist = earlier[b]
+        # Only a file that stays new can be the original of another.
+        while rows[new[a]].decision != "new" and a in earlier:
+            a, dist = earlier[a]
+        if rows[new[a]].decision == "new":
+            row = rows[new[b]]
+            row.decision, row.nearest_path, row.distance = "duplicate", rows[new[a]].path, dist
+            row.nearest_id, row.note = None, "copy of another new image of this folder"
+
+
+def _import(dataset, index, encoder, report, embeddings, repair, tag, calibration):
+    """Adds the chosen images as samples and their vectors to the field and the index."""
+    from lookalike.importer import _make_sample, probe_images
+
+    if report.add == "new":
+        chosen = [n for n, r in enumerate(report.rows) if r.decision == "new"]
+    else:
+        chosen = [n for n, r in enumerate(report.rows) if r.sample_id is None]
+    if not chosen and not repair and not calibration.get("pending_batches"):
+        return
+    field_name = index.config.embeddings_field
+    with leases.hold(dataset, f"field:{field_name}", job="match_images",
+                     same=encoder.version, label=f"field '{field_name}'"):
+        ids, vectors = [r for r, _ in repair], [v for _, v in repair]
+        if chosen:
+            _mark_pending(index, tag)
+            probes = probe_images([report.rows[n].path for n in chosen])
+            new_samples = []
+            for probe in probes:
+                sample = _make_sample(probe, report.directory, labels_from_folders=False)
+                sample.tags.append(tag)
+                new_samples.append(sample)
+            with leases.hold(dataset, "schema", job="match_images", wait=120,
+                             label=f"the field list of dataset '{dataset.name}'"):
+                new_ids = dataset.add_samples(new_samples, progress=False)
+            faults.point("match.after_import")
+            for n, sid in zip(chosen, new_ids):
+                report.rows[n].sample_id = str(sid)
+                report.added_ids.append(str(sid))
+            ids += [str(s) for s in new_ids]
+            vectors += [embeddings[n] for n in chosen]
+        if ids:
+            index.add_to_index(np.stack(vectors).astype(np.float32), ids, reload=False)
+            faults.point("match.after_vectors")
+        _carry_over(index, len(ids), tag)
+        index.save()
