@@ -169,61 +169,68 @@ def test_deleted_kept_samples_never_empty_the_dataset(ds, subprocess_env):
     assert lc.delete_duplicates(ds, dry_run=False) == 0 and len(ds) == n - 6
 
 
-@pytest.mark.parametrize("point", ["duplicates.after_clear", "duplicates.after_fields",
-                                   "duplicates.after_tags"])
-def test_a_find_duplicates_killed_while_writing_is_never_acted_on(
-        ds, subprocess_env, tmp_path, point):
-    old = lc.find_duplicates(ds, "sim", threshold=0.01)
+def _state_of_samples(dataset):
+    docs = fo_adapter.sample_collection(dataset).find({}, {"dup_group": 1, "dup_distance": 1,
+                                                           "dup_run": 1, "tags": 1})
+    return sorted((str(d["_id"]), d.get("dup_group"), d.get("dup_run"), tuple(d.get("tags", [])))
+                  for d in docs)
+
+
+@pytest.mark.parametrize("point,stands", [
+    ("duplicates.after_begin", "old"), ("duplicates.staging", "old"),
+    ("duplicates.staged", "new"), ("duplicates.applied", "new")])
+def test_a_find_duplicates_killed_while_writing_leaves_the_old_or_the_new_run(
+        ds, subprocess_env, tmp_path, point, stands):
+    lc.find_duplicates(ds, "sim", threshold=0.01)  # 4 groups of 3: 8 duplicates
     old_run = runs.published_run(ds, "duplicates")
+    before = _state_of_samples(ds)
     rc, out, err = _child(subprocess_env, FIND, ds.name, 0.2, fault=f"{point}:kill",
                           marker=tmp_path / "reached")
     assert rc == -9 and (tmp_path / "reached").exists(), err[-3000:]
-    # The old run is still the published one, marked as overtaken by a pending run.
     state = runs.record(ds, "duplicates")
     assert state["published"]["run"] == old_run and state["pending"] not in (None, old_run)
+    if stands == "old":
+        # Killed before the run was staged whole: the samples were never touched.
+        assert _state_of_samples(ds) == before
     n = len(ds)
-    for dry_run in (True, False):
-        with pytest.raises(IncompleteCurationError, match="did not finish"):
-            lc.delete_duplicates(ds, dry_run=dry_run)
+    # The next look settles it: the old run stands, or the staged one is finished.
+    expected = 8 if stands == "old" else 9
+    assert lc.delete_duplicates(ds, dry_run=True) == expected
+    state = runs.record(ds, "duplicates")
+    assert state["pending"] is None
+    assert (state["published"]["run"] == old_run) == (stands == "old")
+    sizes = sorted(len(m) for m in _groups_left(ds).values())
+    assert sizes == ([3, 3, 3, 3] if stands == "old" else [3, 3, 6])
+    assert len(ds.match_tags("duplicate")) == expected
+    assert runs._stage().count_documents({}) == 0  # nothing staged is left behind
     rc, out, err = _cli(subprocess_env, "duplicates", "--dataset", ds.name, "--delete", "--yes")
-    _one_error_line(rc, err, "did not finish", "run find_duplicates again")
-    assert len(ds) == n
-    # Views show the published run's samples only, never the half-written one's.
-    assert set(lc.duplicates_view(ds).values("dup_run")) <= {old_run}
-    assert set(lc.duplicates_view(ds).values("id")) <= {s for g in old.groups for s in g}
-
-    # A rerun finishes: 3 groups (6, 3, 3), 9 duplicates, and deleting them is exact.
-    new = lc.find_duplicates(ds, "sim", threshold=0.2)
-    assert sorted(len(g) for g in new.groups) == [3, 3, 6]
-    assert runs.record(ds, "duplicates")["pending"] is None
-    assert len(lc.duplicates_view(ds)) == 12 and len(ds.match_tags("duplicate")) == 9
-    assert lc.delete_duplicates(ds, dry_run=True) == 9
-    assert lc.delete_duplicates(ds, dry_run=False) == 9 and len(ds) == n - 9
-    assert sorted(len(m) for m in _groups_left(ds).values()) == [1, 1, 1]
+    assert rc == 0, err
+    assert len(ds) == n - expected
+    assert all(len(m) == 1 for m in _groups_left(ds).values())
+    # And a rerun works as ever: the kept samples of groups 0 and 1 lie 0.1 apart.
+    assert lc.find_duplicates(ds, "sim", threshold=0.2).num_groups == (
+        1 if stands == "old" else 0)
 
 
-@pytest.mark.parametrize("point", ["outliers.after_untag", "outliers.after_fields"])
-def test_a_killed_flag_outliers_never_shows_a_half_written_run(
-        ds, subprocess_env, tmp_path, point):
+@pytest.mark.parametrize("point,stands", [("outliers.staging", "old"),
+                                          ("outliers.applied", "new")])
+def test_a_killed_flag_outliers_leaves_the_old_or_the_new_run(
+        ds, subprocess_env, tmp_path, point, stands):
     first = lc.flag_outliers(ds, "sim", threshold=0.5)
     assert first.num_outliers == SINGLES
-    old_run = runs.published_run(ds, "outliers")
     rc, out, err = _child(subprocess_env, OUTLIERS, ds.name, 0.0, fault=f"{point}:kill",
                           marker=tmp_path / "reached")
     assert rc == -9, err[-3000:]
-    state = runs.record(ds, "outliers")
-    assert state["published"]["run"] == old_run and state["pending"] is not None
-    # The killed run would flag every sample: none of that shows. Killed before its
-    # field writes, the old outliers still stand; after them, the view is empty
-    # (the samples now carry the unpublished run's values) until a rerun.
+    assert runs.record(ds, "outliers")["pending"] is not None
+    # The killed run flags every sample: either none of that shows, or all of it.
     shown = lc.outliers_view(ds).values("id")
-    if point == "outliers.after_untag":
-        assert shown == first.outlier_ids
+    if stands == "old":
+        assert shown == first.outlier_ids and len(ds.match_tags("no_match")) == SINGLES
     else:
-        assert shown == []
-    again = lc.flag_outliers(ds, "sim", threshold=0.0)
-    assert again.num_outliers == N and len(lc.outliers_view(ds)) == N
+        assert len(shown) == N and len(ds.match_tags("no_match")) == N
     assert runs.record(ds, "outliers")["pending"] is None
+    again = lc.flag_outliers(ds, "sim", threshold=0.5)
+    assert again.num_outliers == SINGLES and len(lc.outliers_view(ds)) == SINGLES
 
 
 def test_a_second_find_duplicates_is_refused_while_one_writes(ds, subprocess_env, tmp_path):

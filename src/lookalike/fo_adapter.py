@@ -76,3 +76,25 @@ def forget_brain_results(samples, brain_key):
     build id changed). (``dataset._brain_cache``: private.)
     """
     root_dataset(samples)._brain_cache.pop(brain_key, None)
+
+
+def saved_brain_results(samples, brain_key):
+    """The run's results as saved in the database now (a dict), or None without results.
+
+    Read straight from the run's document, without building the index, so
+    that a record saved by another process since this one loaded the run is
+    seen. (``fiftyone.core.brain.BrainMethod._get_run_doc``: private.)
+    """
+    from bson import json_util
+    from fiftyone.core.brain import BrainMethod
+
+    refresh_runs(samples)
+    try:
+        run_doc = BrainMethod._get_run_doc(root_dataset(samples), brain_key)
+    except ValueError:
+        return None
+    run_doc.reload()
+    if not run_doc.results:
+        return None
+    run_doc.results.seek(0)
+    return json_util.loads(run_doc.results.read().decode())

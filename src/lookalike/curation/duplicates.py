@@ -402,53 +402,41 @@ def _find_duplicates(samples, brain_key, threshold, keep, method, tag, exact_fil
 
 
 def write_groups(samples, ids, groups, distances, tag):
-    """Replaces earlier results in ``samples`` with these groups (fields and tag), then publishes.
+    """Replaces earlier results on ``ids`` (the view's samples) with these groups; publishes.
 
-    The caller holds the lease. Until :func:`runs.publish` the run is pending:
-    a kill anywhere in between leaves it detectably incomplete (see the module
-    docstring).
+    The caller holds the lease. :func:`runs.write` stages the values, then
+    applies and publishes them: a kill anywhere leaves the old results or,
+    rolled forward, the new ones (see :mod:`lookalike.curation.runs`).
     """
     import fiftyone as fo
 
     dataset = fo_adapter.root_dataset(samples)
-    run = runs.begin(dataset, KIND)
-    faults.point("duplicates.after_begin")
     for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
                         (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
-    for name in (GROUP_FIELD, DISTANCE_FIELD, RUN_FIELD):
-        samples.set_field(name, None).save(name)
-    faults.point("duplicates.after_clear")
     group_of, dist_of, tagged = {}, {}, []
     for number, group in enumerate(groups, 1):
         for n, p in enumerate(group):
             group_of[ids[p]] = number
-            dist_of[ids[p]] = distances[p]
+            dist_of[ids[p]] = float(distances[p])
             if n > 0:
                 tagged.append(ids[p])
-    if group_of:
-        dataset.set_values(GROUP_FIELD, group_of, key_field="id")
-        dataset.set_values(DISTANCE_FIELD, dist_of, key_field="id")
-        dataset.set_values(RUN_FIELD, dict.fromkeys(group_of, run), key_field="id")
-    faults.point("duplicates.after_fields")
-    samples.untag_samples(tag)
-    faults.point("duplicates.after_untag")
-    if tagged:
-        dataset.select(tagged).tag_samples(tag)
-    faults.point("duplicates.after_tags")
-    runs.publish(dataset, KIND, run, tag=tag, num_groups=len(groups), num_duplicates=len(tagged))
-    return run
+    return runs.write(samples, KIND, RUN_FIELD, list(ids),
+                      {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of}, tag, tagged,
+                      num_groups=len(groups), num_duplicates=len(tagged))
 
 
 def duplicates_view(samples):
     """The published run's grouped samples, group by group, the kept one first."""
     from fiftyone import ViewField as F
 
-    run = runs.published_run(fo_adapter.root_dataset(samples), KIND)
+    dataset = fo_adapter.root_dataset(samples)
+    runs.recover(dataset, KIND)  # a killed run is finished (or dropped) first
+    run = runs.published_run(dataset, KIND)
     if run is None:
         return samples.limit(0)
-    return samples.match(F(RUN_FIELD) == run).sort_by(
+    return samples.match((F(RUN_FIELD) == run) & (F(GROUP_FIELD) != None)).sort_by(  # noqa: E711
         [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
 
 

@@ -443,14 +443,15 @@ def _carry_over(index, added, tag):
     record["pending_batches"] = []
     record["carried_over"] = (record.get("carried_over") or [])[-20:] + [
         {"batch": tag, "added": int(added), "at": time.time()}]
-    index.curation = dict(index.curation, calibration=record)
+    records.commit(index, {"calibration": record})
 
 
 def _mark_pending(index, tag):
     record = dict(index.curation["calibration"])
     record["pending_batches"] = sorted(set(record.get("pending_batches") or []) | {tag})
-    index.curation = dict(index.curation, calibration=record)
-    index.save()
+    from lookalike.curation import records
+
+    records.commit(index, {"calibration": record})
 
 
 def match_images(samples, brain_key, directory, add="none", label_field=None, verify=None,
@@ -677,4 +678,3 @@ def _import(dataset, index, encoder, report, embeddings, repair, tag, calibratio
             index.add_to_index(np.stack(vectors).astype(np.float32), ids, reload=False)
             faults.point("match.after_vectors")
         _carry_over(index, len(ids), tag)
-        index.save()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike import faults, fo_adapter, leases
+from lookalike import fo_adapter, leases
 from lookalike.curation import runs
 from lookalike.curation.duplicates import check_threshold
 from lookalike.curation.errors import CurationError
@@ -84,24 +84,17 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     nn = dists[:, 0].astype(float)
     flagged = nn > threshold
 
-    run = runs.begin(dataset, KIND)
     for name, ftype in ((DISTANCE_FIELD, fo.FloatField), (FLAG_FIELD, fo.BooleanField),
                         (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
-    samples.untag_samples(tag)
-    faults.point("outliers.after_untag")
-    dataset.set_values(DISTANCE_FIELD, dict(zip(ids, nn.tolist())), key_field="id")
-    dataset.set_values(FLAG_FIELD, dict(zip(ids, flagged.tolist())), key_field="id")
-    dataset.set_values(RUN_FIELD, dict.fromkeys(ids, run), key_field="id")
-    faults.point("outliers.after_fields")
     order = np.argsort(-nn[flagged], kind="stable")
     outlier_ids = [ids[i] for i in np.flatnonzero(flagged)[order]]
-    if outlier_ids:
-        dataset.select(outlier_ids).tag_samples(tag)
-    faults.point("outliers.after_tags")
-    runs.publish(dataset, KIND, run, tag=tag, num_outliers=len(outlier_ids),
-                 num_searched=len(ids))
+    # Staged, applied and published as one run (see lookalike.curation.runs).
+    runs.write(samples, KIND, RUN_FIELD, ids,
+               {DISTANCE_FIELD: dict(zip(ids, nn.tolist())),
+                FLAG_FIELD: dict(zip(ids, flagged.tolist()))},
+               tag, outlier_ids, num_outliers=len(outlier_ids), num_searched=len(ids))
     report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
                            distances={sid: float(nn[rows_pos]) for rows_pos, sid in
                                       enumerate(ids) if flagged[rows_pos]})
@@ -113,7 +106,9 @@ def outliers_view(samples):
     """The published run's flagged samples, most isolated first."""
     from fiftyone import ViewField as F
 
-    run = runs.published_run(fo_adapter.root_dataset(samples), KIND)
+    dataset = fo_adapter.root_dataset(samples)
+    runs.recover(dataset, KIND)  # a killed run is finished (or dropped) first
+    run = runs.published_run(dataset, KIND)
     if run is None:
         return samples.limit(0)
     return samples.match((F(RUN_FIELD) == run) & (F(FLAG_FIELD) == True)).sort_by(  # noqa: E712

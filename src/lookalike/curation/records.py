@@ -28,9 +28,26 @@ def save(index, name, record):
     """Saves ``record`` (a JSON-serialisable dict) as ``name`` on the run."""
     record = dict(record, saved_at=time.time(), field_state=field_state(index),
                   encoder=index.config.encoder, encoder_version=index.config.encoder_version)
-    index.curation = dict(index.curation or {}, **{name: record})
-    index.save()
+    commit(index, {name: record})
     return record
+
+
+def commit(index, changes):
+    """Merges ``changes`` ({name: record}) into the run's records as saved now, and saves.
+
+    The records travel in the run's results, which FiftyOne saves whole: two
+    processes that each loaded the run and then saved a record would lose one
+    of them. So the save holds a lease on the run's records and merges into the
+    records read back from the database, not into this process's copy.
+    """
+    from lookalike import fo_adapter, leases
+
+    dataset = fo_adapter.root_dataset(index.samples)
+    with leases.hold(dataset, f"records:{index.key}", job="save curation records", wait=120,
+                     label=f"the curation records of '{index.key}'"):
+        saved = fo_adapter.saved_brain_results(dataset, index.key) or {}
+        index.curation = dict(saved.get("curation") or {}, **changes)
+        index.save()
 
 
 def load(index, name, check_fresh=True):

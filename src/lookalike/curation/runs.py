@@ -1,21 +1,27 @@
-"""Which curation run's results stand: one record per dataset and kind, switched atomically.
+"""Which curation run's results stand: staged, then applied and published, rolled forward.
 
-``find_duplicates`` and ``flag_outliers`` write their results in several steps
-(clear the view's old values, set the fields, retag). A kill between two steps
-would leave a mix of two runs, so every run writes under a run id and readers
-trust only the samples carrying the *published* run's id:
+``find_duplicates`` and ``flag_outliers`` write fields and tags on many samples;
+MongoDB has no multi-document transaction on a standalone server, so a kill
+half-way would leave a mix of two runs. Instead (:func:`write`):
 
-1. take the lease ``curation:<kind>`` of the dataset (a second job is refused);
+1. the caller holds the lease ``curation:<kind>`` of the dataset (a second job
+   is refused);
 2. :func:`begin`: the record gets ``pending = <new run id>`` (one atomic update);
-3. write the result fields, the run-id field (``dup_run`` / ``nn_run``) and the tags;
-4. :func:`publish`: ``published = {run, tag, counts}`` and ``pending = None`` in one
-   atomic update of the record.
+3. *stage*: every value and tag decision of the run goes into the
+   ``lookalike_curation_stage`` collection -- the samples are not touched, so a
+   kill here leaves the old results standing, whole; the staged rows are
+   dropped by the next look (:func:`recover`);
+4. ``staged = <run id>`` (one atomic update): from here the run is decided;
+5. *apply*: one server-side ``$merge`` copies the staged values, the run id
+   (``dup_run`` / ``nn_run``) and the tags onto the samples; it is idempotent, so
+   a kill during it is finished by :func:`recover`, which applies it again;
+6. :func:`publish`: ``published = {run, tag, counts}``, ``pending = staged = None``.
 
-A kill in step 3 leaves ``pending`` set: the state is detectably incomplete,
-``delete_duplicates`` refuses to act (:func:`check_complete`), views show only
-samples of the published run, and the next run overwrites and publishes.
-Samples outside a run's view keep an older run id, so they are never mistaken
-for members of the published groups.
+So after a kill at any point either the old results stand or, once anything
+looks again (a rerun, a view, a deletion), the new ones: :func:`recover` runs
+first in each of those. Readers trust only samples carrying the *published*
+run's id; samples outside a run's view keep an older run id, so they are never
+mistaken for members of the published groups.
 
 The records live in the ``lookalike_curation`` collection of FiftyOne's
 database, keyed by ``<dataset id>/<kind>`` (ids survive renames).
@@ -28,6 +34,8 @@ from lookalike import fo_adapter
 from lookalike.errors import IncompleteCurationError
 
 COLLECTION = "lookalike_curation"
+STAGE = "lookalike_curation_stage"
+_STAGE_BATCH = 10_000
 JOBS = {"duplicates": "find_duplicates", "outliers": "flag_outliers"}
 
 
@@ -35,6 +43,12 @@ def _collection():
     import fiftyone.core.odm.database as fod
 
     return fod.get_db_conn()[COLLECTION]
+
+
+def _stage():
+    import fiftyone.core.odm.database as fod
+
+    return fod.get_db_conn()[STAGE]
 
 
 def _key(dataset, kind):
@@ -65,7 +79,8 @@ def publish(dataset, kind, run, **info):
     """Makes ``run`` the one readers trust, in one update (only if it is still the pending one)."""
     done = _collection().update_one(
         {"_id": _key(dataset, kind), "pending": run},
-        {"$set": {"published": dict(info, run=run, at=_now()), "pending": None}})
+        {"$set": {"published": dict(info, run=run, at=_now()), "pending": None,
+                  "staged": None}})
     if not done.modified_count:
         raise IncompleteCurationError(
             f"the {kind} run {run} was replaced by another while it wrote: run "
@@ -73,9 +88,100 @@ def publish(dataset, kind, run, **info):
 
 
 def record(dataset, kind):
-    """``{"published": {...} | None, "pending": run id | None}`` of ``kind``."""
+    """``{"published": {...} | None, "pending": run id | None, "staged": {...} | None}``."""
     doc = _collection().find_one({"_id": _key(dataset, kind)}) or {}
-    return {"published": doc.get("published"), "pending": doc.get("pending")}
+    return {"published": doc.get("published"), "pending": doc.get("pending"),
+            "staged": doc.get("staged")}
+
+
+def write(samples, kind, run_field, ids, values, tag, tagged, **info):
+    """Replaces the results of ``kind`` on the samples ``ids`` with one run's; returns its id.
+
+    ``values``: ``{field: {sample id: value}}`` (a missing id clears the field);
+    ``tagged``: the ids that get ``tag`` (the others of ``ids`` lose it);
+    ``info``: counts kept in the published record. The fields must be declared
+    and the caller must hold the lease of ``kind``.
+    """
+    from bson import ObjectId
+
+    from lookalike import faults
+
+    dataset = fo_adapter.root_dataset(samples)
+    recover(dataset, kind, lease_held=True)
+    run = begin(dataset, kind)
+    faults.point(f"{kind}.after_begin")
+    tagged = set(tagged)
+    stage = _stage()
+    for start in range(0, len(ids), _STAGE_BATCH):
+        stage.insert_many([
+            {"_id": f"{run}/{sid}", "run": run, "sample": ObjectId(sid),
+             "v": {f: v.get(sid) for f, v in values.items()}, "t": sid in tagged}
+            for sid in ids[start:start + _STAGE_BATCH]], ordered=False)
+        faults.point(f"{kind}.staging")
+    staged = dict(info, run=run, tag=tag, run_field=run_field, fields=sorted(values))
+    _collection().update_one({"_id": _key(dataset, kind), "pending": run},
+                             {"$set": {"staged": staged}})
+    faults.point(f"{kind}.staged")
+    _apply_and_publish(dataset, kind, staged)
+    return run
+
+
+def _apply_and_publish(dataset, kind, staged):
+    from lookalike import faults
+
+    run, tag = staged["run"], staged["tag"]
+    without_tag = {"$filter": {"input": {"$ifNull": ["$tags", []]},
+                               "cond": {"$ne": ["$$this", tag]}}}
+    update = {f: f"$$new.v.{f}" for f in staged["fields"]}
+    update[staged["run_field"]] = run
+    update["tags"] = {"$cond": ["$$new.t", {"$concatArrays": [without_tag, [tag]]},
+                                without_tag]}
+    update["last_modified_at"] = "$$NOW"
+    # One server-side command; setting the same values twice is harmless, so an
+    # interrupted one is simply run again. Samples deleted meanwhile are skipped.
+    _stage().aggregate([
+        {"$match": {"run": run}},
+        {"$project": {"_id": "$sample", "v": 1, "t": 1}},
+        {"$merge": {"into": fo_adapter.sample_collection(dataset).name, "on": "_id",
+                    "whenMatched": [{"$set": update}], "whenNotMatched": "discard"}},
+    ])
+    faults.point(f"{kind}.applied")
+    info = {k: v for k, v in staged.items() if k not in ("run", "run_field", "fields")}
+    publish(dataset, kind, run, **info)
+    _stage().delete_many({"run": run})
+    dataset.reload()  # in-memory samples must see the merged values
+
+
+def recover(dataset, kind, lease_held=False):
+    """Finishes or drops what a killed run of ``kind`` left; True when the state is settled.
+
+    A staged run is applied and published (new-complete); a run killed before
+    it was staged is dropped (old-complete). Without ``lease_held`` this takes
+    the lease, and leaves a run that a live job is still writing alone (False).
+    """
+    from lookalike import leases
+    from lookalike.errors import LeaseHeldError
+
+    state = record(dataset, kind)
+    if state["pending"] is None:
+        return True
+    if not lease_held:
+        try:
+            lease = leases.acquire(dataset, lease_name(kind), job=f"recover {kind}")
+        except LeaseHeldError:
+            return False
+        try:
+            return recover(dataset, kind, lease_held=True)
+        finally:
+            lease.release()
+    pending, staged = state["pending"], state["staged"]
+    if staged is not None and staged.get("run") == pending:
+        _apply_and_publish(dataset, kind, staged)
+    else:
+        _stage().delete_many({"run": pending})
+        _collection().update_one({"_id": _key(dataset, kind), "pending": pending},
+                                 {"$set": {"pending": None}})
+    return True
 
 
 def published_run(dataset, kind):
@@ -84,21 +190,17 @@ def published_run(dataset, kind):
 
 
 def check_complete(dataset, kind, lease_held=False):
-    """Raises :class:`IncompleteCurationError` when a run of ``kind`` was started and never published.
+    """Settles what a killed run left (:func:`recover`); raises :class:`IncompleteCurationError`
+    while a live job is still writing ``kind``.
 
     ``lease_held``: the caller holds the lease of ``kind``, so a pending run is dead.
     """
     from lookalike import leases
 
-    pending = record(dataset, kind)["pending"]
-    if pending is None:
+    if recover(dataset, kind, lease_held=lease_held):
         return
     name, job = fo_adapter.root_dataset(dataset).name, JOBS.get(kind, kind)
-    live = None if lease_held else leases.current(dataset, lease_name(kind))
-    if live is not None:
-        raise IncompleteCurationError(
-            f"{job} is writing the {kind} of dataset '{name}' ({leases.describe(live)}): "
-            "wait for it to finish")
+    live = leases.current(dataset, lease_name(kind))
     raise IncompleteCurationError(
-        f"the last {job} on dataset '{name}' did not finish (killed?): its {kind} are "
-        f"incomplete, run {job} again")
+        f"{job} is writing the {kind} of dataset '{name}'"
+        + (f" ({leases.describe(live)})" if live else "") + ": wait for it to finish")
