@@ -65,6 +65,16 @@ def load_labels(samples, index, label_field):
     return np.asarray(rows, dtype=int), np.asarray(kept, dtype=object), missing
 
 
+def _view_rows(samples, index):
+    """Rows of the index that hold samples of ``samples`` (an empty view is an error)."""
+    from lookalike.errors import EmptyViewError
+
+    if len(samples) == 0:
+        raise EmptyViewError("the view is empty: there are no samples to calibrate on")
+    position = {sid: r for r, sid in enumerate(index.sample_ids)}
+    return np.array([position[s] for s in samples.values("id") if s in position], dtype=int)
+
+
 def pick_unknown_classes(classes, fraction, seed):
     """A seeded share of the classes to hold out (at least one when ``fraction`` > 0)."""
     if not fraction:
@@ -183,8 +193,16 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
             return None
         return lambda done, total: progress(offset + share * done / max(total, 1), 1.0)
 
-    # Label-free part, for every indexed sample: nearest-neighbour distances.
-    nn_inds, nn_dists = leave_one_out(engine, k=DUPLICATE_NEIGHBOURS,
+    # Label-free part, for every indexed sample of the view (neighbours from the
+    # view too, as fiftyone-brain's methods do): nearest-neighbour distances.
+    view_rows = _view_rows(samples, index)
+    if len(view_rows) < 2:
+        raise CalibrationError(f"{len(view_rows)} samples of this view are in run "
+                               f"'{brain_key}': calibration needs at least 2")
+    whole = len(view_rows) == index.total_index_size
+    nn_inds, nn_dists = leave_one_out(engine, rows=None if whole else view_rows,
+                                      gallery=None if whole else view_rows,
+                                      k=DUPLICATE_NEIGHBOURS,
                                       exclude_exact=exclude_exact_duplicates,
                                       progress=stage(0.0, 0.5 if label_field else 1.0))
     nn1 = nn_dists[:, 0]
@@ -195,7 +213,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         "method": method,
         "target": target,
         "label_field": label_field,
-        "num_indexed": int(index.total_index_size),
+        "num_indexed": int(len(view_rows)),
         "nn_histogram": _histogram(nn1),
         "nn_percentiles": {str(q): float(np.percentile(nn1[np.isfinite(nn1)], q))
                            for q in (1, 5, 25, 50, 75, 95, 99)},

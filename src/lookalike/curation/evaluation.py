@@ -71,6 +71,10 @@ def evaluate_retrieval(samples, brain_key, label_field, k=10, progress=None):
 
     if int(k) < 1:
         raise CurationError(f"k must be at least 1, got {k}")
+    if len(samples) == 0:
+        from lookalike.errors import EmptyViewError
+
+        raise EmptyViewError("the view is empty: there are no samples to evaluate")
     index = ls.load_index(samples._root_dataset, brain_key)
     rows, labels, missing = load_labels(samples, index, label_field)
     if len(rows) < 2:

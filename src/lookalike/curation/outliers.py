@@ -80,7 +80,10 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     rows = np.array([rows_of[sid] for sid in ids])
     wrap = (lambda done, total: progress(done / total, f"searched {done}/{total} samples")
             ) if progress else None
-    _, dists = leave_one_out(index.engine, rows=rows, k=1, progress=wrap)
+    # Isolated within the view: its neighbours come from the view too.
+    whole = len(rows) == index.total_index_size
+    _, dists = leave_one_out(index.engine, rows=rows, k=1, gallery=None if whole else rows,
+                             progress=wrap)
     nn = dists[:, 0].astype(float)
     flagged = nn > threshold
 
