@@ -54,6 +54,7 @@ def _pairs_scores(groups, truth):
 
 def _copy_threshold(embed, images, seed, num=64, recall=0.95):
     from lookalike.edits import EDITS, edited_copy
+    from lookalike.similarity.distance import cosine_distance
 
     rng = np.random.default_rng(seed)
     erng = random.Random(seed)
@@ -62,27 +63,27 @@ def _copy_threshold(embed, images, seed, num=64, recall=0.95):
     for i in chosen:
         batch = [images[i]] + [edited_copy(images[i], e, erng) for e in EDITS]
         v = embed(batch)
-        dists.extend(np.clip(1 - v[1:] @ v[0], 0, 2).tolist())
+        dists.extend(cosine_distance(v[1:] @ v[0]).tolist())
     return float(np.percentile(dists, 100 * recall))
 
 
 def _duplicates(vectors, threshold):
-    from lookalike.curation.duplicates import exact_pairs, groups_from_pairs
+    from lookalike.similarity.pairs import groups_within
 
-    i, j, _ = exact_pairs(vectors, threshold)
     labels = np.full(len(vectors), None, dtype=object)
-    for n, g in enumerate(groups_from_pairs(len(vectors), i, j)):
+    for n, g in enumerate(groups_within(vectors, threshold, engine="exact")):
         labels[g] = n
     return labels
 
 
 def _best_f1(vectors, truth):
     """The best pair F1 over every threshold (an oracle: it reads the ground truth)."""
-    from lookalike.curation.duplicates import groups_from_pairs
+    from lookalike.similarity.distance import cosine_distance
+    from lookalike.similarity.pairs import groups_from_pairs
 
     n = len(vectors)
     iu = np.triu_indices(n, 1)
-    d = np.clip(1 - vectors @ vectors.T, 0, 2)[iu]
+    d = cosine_distance(vectors @ vectors.T)[iu]
     best = (0.0, 0.0)
     for t in np.unique(np.quantile(d, np.linspace(0.0005, 0.2, 120))):
         keep = d <= t
@@ -122,28 +123,33 @@ def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _resized(images, size):
-    from PIL import Image
+def _resized(images, manifest):
+    """PIL images as the input arrays of ``manifest``'s encoder (its own preprocessing)."""
+    from lookalike.encoders.preprocessing import to_input
 
-    return np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR),
-                                np.uint8) for im in images])
+    return np.stack([to_input(im.convert("RGB"), manifest) for im in images])
+
+
+def _at_32_px():
+    from lookalike.encoders.preprocessing import input_manifest
+
+    return input_manifest("metric", 32)
 
 
 def embedders(store_dir=None, digits_known=None):
     """{name: (embed(list of PIL) -> unit vectors)} of every method compared."""
-    from lookalike.encoders import load_encoder
-    from lookalike.encoders import metric as tfmetric
+    from lookalike.encoders import keras, load_encoder
 
     out = {}
     for name in ("demo-contrastive", "demo-autoencoder", "demo-metric"):
         enc = load_encoder(name, store_dir=store_dir)
-        out[name] = (lambda ims, enc=enc: enc.embed(_resized(ims, enc.image_size)))
-    net = tfmetric.build(32, 128, seed=0)
-    out["untrained network"] = lambda ims: _unit(net(_resized(ims, 32).astype(np.float32),
+        out[name] = (lambda ims, enc=enc: enc.embed(_resized(ims, enc.manifest)))
+    net = keras.build(32, 128, seed=0)
+    out["untrained network"] = lambda ims: _unit(net(_resized(ims, _at_32_px()).astype(np.float32),
                                                      training=False).numpy())
 
     def pixels(ims):
-        x = _resized(ims, 32).reshape(len(ims), -1).astype(np.float32)
+        x = _resized(ims, _at_32_px()).reshape(len(ims), -1).astype(np.float32)
         return _unit(x - x.mean(axis=1, keepdims=True))
 
     out["raw pixels (32 px)"] = pixels
@@ -184,7 +190,7 @@ def quality(args):
         print(f"seed {seed}: unknown digits {unknown}", flush=True)
         # The metric encoder, retrained on the known classes only.
         known_idx = [i for i, lab in enumerate(digit_labels) if lab not in unknown]
-        arrays = _resized([digit_images[i] for i in known_idx], 32)
+        arrays = _resized([digit_images[i] for i in known_idx], _at_32_px())
         store = tempfile.mkdtemp(prefix="lookalike-bench-models-")
         t = time.perf_counter()
         tfmetric.train(arrays, digit_labels[known_idx].tolist(), "known-only", store_dir=store,
@@ -196,7 +202,7 @@ def quality(args):
         enc = load_encoder("known-only", store_dir=store)
         seeded = dict(methods)
         seeded["demo-metric (known classes only)"] = (
-            lambda ims, enc=enc: enc.embed(_resized(ims, enc.image_size)))
+            lambda ims, enc=enc: enc.embed(_resized(ims, enc.manifest)))
         for name, embed in seeded.items():
             t = time.perf_counter()
             vp = embed(photo_images)
@@ -207,12 +213,12 @@ def quality(args):
             rej = _rejection(embed(digit_images), digit_labels, unknown)
             rows[name].append(dict(p=dup["precision"], r=dup["recall"], f1=dup["f1"],
                                    threshold=threshold, oracle=oracle_f1,
-                                   r1=ret["recall_at_1"],
-                                   map10=ret["map_at_10"], rejection=rej))
+                                   r1=ret.recall_at_1,
+                                   map10=ret.map_at_k, rejection=rej))
             print(f"  {name}: dup P {dup['precision']:.3f} R {dup['recall']:.3f} "
                   f"F1 {dup['f1']:.3f} at {threshold:.4f} (best {oracle_f1:.3f} at "
-                  f"{oracle_t:.4f}); recall@1 {ret['recall_at_1']:.3f} "
-                  f"mAP@10 {ret['map_at_10']:.3f}; unseen rejected {rej:.3f} "
+                  f"{oracle_t:.4f}); recall@1 {ret.recall_at_1:.3f} "
+                  f"mAP@10 {ret.map_at_k:.3f}; unseen rejected {rej:.3f} "
                   f"({time.perf_counter() - t:.1f} s)", flush=True)
     print("\n| method | dup precision | dup recall | dup F1 | threshold | best F1 (oracle "
           "threshold) | recall@1 | mAP@10 | unseen-class rejection at 95% known kept |")
@@ -259,7 +265,7 @@ def gemm_flops():
 
 
 def speed(args):
-    from lookalike.curation.duplicates import approximate_pairs, exact_pairs
+    from lookalike.similarity.pairs import approximate_pairs, exact_pairs
 
     flops = gemm_flops()
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, "

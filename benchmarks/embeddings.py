@@ -57,7 +57,7 @@ def main():
     print("|---|---|---|---|---|")
     for name in names:
         encoder = load_encoder(name)
-        images = load_images(paths, encoder.image_size).images
+        images = load_images(paths, encoder.manifest).images
         encoder.embed(images[:64])  # warm-up
         t = time.perf_counter()
         for start in range(0, len(images), 64):

@@ -48,7 +48,6 @@ def n_batches(size):
 
 def paddle_autoencoder(size, batch, width, results, tmp):
     from lookalike.encoders import autoencoder as ae
-    from lookalike.encoders.base import Encoder
 
     paddle = ae._paddle()
     model = ae.build(width)
@@ -140,10 +139,10 @@ def tf_autoencoder(size, batch, width, weights, ref, images, results):
 
 def tf_metric(size, batch, results):
     from lookalike import frameworks
-    from lookalike.encoders import metric
+    from lookalike.encoders import keras
 
     tf = frameworks.tensorflow()
-    model = metric.build(size)
+    model = keras.build(size)
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     fn = tf.function(lambda x: model(x, training=False))
     nb = n_batches(size)

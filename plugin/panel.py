@@ -11,6 +11,8 @@ from urllib.parse import quote
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from .forms import ICON, MATCH_COLUMNS, table_view
+
 PLUGIN = "@lookalike/similarity"
 OPERATOR_BUTTONS = (
     ("train_encoder", "Train"),
@@ -40,20 +42,13 @@ def _plotly(spec):
     return fig
 
 
-def _table(columns):
-    table = types.TableView()
-    for key, label in columns:
-        table.add_column(key, label=label)
-    return table
-
-
 class LookalikePanel(foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(
             name="lookalike_panel",
             label="Lookalike",
-            icon="/assets/icon.svg",
+            icon=ICON,
             surfaces="grid modal",
             help_markdown="Encoders, similarity indexes, calibration, duplicates and outliers "
             "of **lookalike**. Select one sample to see its nearest neighbours.",
@@ -188,11 +183,11 @@ class LookalikePanel(foo.Panel):
         if state.neighbours_title:
             panel.md(f"**{state.neighbours_title}**", name="neighbours_title")
             panel.list("neighbours", types.Object(),
-                       view=_table([("file", "File"), ("distance", "Distance")]))
+                       view=table_view([("file", "File"), ("distance", "Distance")]))
 
         panel.md("**Similarity indexes**", name="runs_title")
         if state.runs:
-            runs = _table([("brain_key", "Brain key"), ("field", "Field"),
+            runs = table_view([("brain_key", "Brain key"), ("field", "Field"),
                            ("encoder", "Encoder"), ("size", "Samples"), ("engine", "Engine"),
                            ("calibration", "Calibration"), ("evaluation", "Evaluation")])
             runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
@@ -207,7 +202,7 @@ class LookalikePanel(foo.Panel):
 
         panel.md("**Near-duplicate groups**", name="groups_title")
         if state.groups:
-            groups = _table([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
+            groups = table_view([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
                              ("max_distance", "Widest distance")])
             groups.add_row_action("show_group", self.show_group, label="Show", icon="grid_view")
             panel.list("groups", types.Object(), view=groups)
@@ -217,7 +212,7 @@ class LookalikePanel(foo.Panel):
 
         panel.md("**No-match outliers**", name="outliers_title")
         if state.outliers:
-            outliers = _table([("file", "File"), ("nn_distance", "Nearest-neighbour distance")])
+            outliers = table_view([("file", "File"), ("nn_distance", "Nearest-neighbour distance")])
             outliers.add_row_action("show_outlier", self.show_outlier, label="Show", icon="image")
             panel.list("outliers", types.Object(), view=outliers)
             panel.btn("all_outliers", label="Show all outliers", on_click=self.show_all_outliers)
@@ -230,13 +225,11 @@ class LookalikePanel(foo.Panel):
                       on_click=self.show_label_no_match)
         if state.folder_match:
             panel.md(f"**Last folder match**: {state.folder_match}", name="folder_match")
-            panel.list("folder_rows", types.Object(), view=_table([
-                ("file", "File"), ("decision", "Decision"), ("nearest_file", "Nearest sample"),
-                ("distance", "Distance"), ("label", "Label")]))
+            panel.list("folder_rows", types.Object(), view=table_view(MATCH_COLUMNS))
 
         panel.md("**Encoders**", name="encoders_title")
         if state.encoders:
-            panel.list("encoders", types.Object(), view=_table([
+            panel.list("encoders", types.Object(), view=table_view([
                 ("name", "Name"), ("kind", "Kind"), ("image_size", "Pixels"),
                 ("embedding_size", "Dimensions"), ("epochs", "Epochs"),
                 ("training_data", "Trained on"), ("final_loss", "Final loss")]))

@@ -160,9 +160,10 @@ def copies_encoder(demo_records):
     """
     from lookalike.encoders import contrastive
     from lookalike.encoders.data import load_images
+    from lookalike.encoders.preprocessing import input_manifest
 
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"]
-    images = load_images(photos, 32).images
+    images = load_images(photos, input_manifest("contrastive", 32)).images
     contrastive.train(images, "copies", image_size=32, epochs=10, batch_size=64, width=0.5)
     return "copies"
 

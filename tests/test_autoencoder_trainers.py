@@ -6,6 +6,7 @@ import pytest
 from lookalike.encoders import load_encoder, read_manifest
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest
 
 SMALL = dict(image_size=32, width=0.25, batch_size=8)
 
@@ -13,7 +14,7 @@ SMALL = dict(image_size=32, width=0.25, batch_size=8)
 @pytest.fixture(scope="module")
 def images(demo_records):
     paths = [r["filepath"] for r in demo_records if r["source"] == "photo"][:16]
-    return load_images(paths, 32).images
+    return load_images(paths, input_manifest("autoencoder", 32)).images
 
 
 def test_the_keras_twin_computes_what_the_paddle_model_computes(images):

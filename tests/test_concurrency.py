@@ -20,6 +20,7 @@ from lookalike.embeddings import compute_embeddings, field_record, field_records
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders import load_encoder
 from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest
 
 SMALL = dict(image_size=32, width=0.25, batch_size=8, epochs=1)
 NUM = 24  # three chunks of 8
@@ -40,7 +41,7 @@ def store(tmp_path_factory, demo_records):
     """Two tiny autoencoders (different seeds): two encoders whose vectors differ."""
     path = str(tmp_path_factory.mktemp("models"))
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:8]
-    images = load_images(photos, 32).images
+    images = load_images(photos, input_manifest("autoencoder", 32)).images
     ae.train(images, "tiny", store_dir=path, **SMALL)
     ae.train(images, "tiny-other", store_dir=path, seed=7, **SMALL)
     return path

@@ -10,10 +10,10 @@ from PIL import Image, ImageFilter
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike.calibration import calibrate_labels
-from lookalike.curation.duplicates import approximate_pairs, exact_pairs, sharpness
 from lookalike.curation.evaluation import retrieval_metrics
+from lookalike.curation.keep import sharpness
 from lookalike.similarity.engine import IVFEngine, as_unit_matrix
+from lookalike.similarity.pairs import approximate_pairs, exact_pairs
 
 
 def _dataset(name, paths, vectors, labels=None):
@@ -46,16 +46,30 @@ def test_calibration_on_a_run_hand_checked(dataset_name, image_paths):
     # Sorted distances: 10 (right, twice), 15 (wrong), 35 (right), 120 (wrong).
     # F1 at 10: P 1, R 2/3 -> 0.8; at 15: P 2/3, R 2/3 -> 2/3; at 35: P 3/4, R 1 -> 6/7;
     # at 120: P 3/5, R 1 -> 0.75. Best: 35 degrees.
-    assert record["threshold"] == pytest.approx(d(35), abs=1e-6)
-    assert record["metric_values"]["f1"] == pytest.approx(6 / 7)
-    assert record["curve"]["thresholds"] == pytest.approx([d(10), d(15), d(35), d(120)], abs=1e-6)
-    # Same as the numpy core on the same unit vectors.
-    core = calibrate_labels(as_unit_matrix(vectors), labels)
-    assert record["threshold"] == pytest.approx(core.threshold)
+    assert record.threshold == pytest.approx(d(35), abs=1e-6)
+    assert record.metric_values["f1"] == pytest.approx(6 / 7)
+    assert record.curve["thresholds"] == pytest.approx([d(10), d(15), d(35), d(120)], abs=1e-6)
+    # Same as a brute-force leave-one-out on the same unit vectors: every distinct
+    # nearest-neighbour distance tried, the largest with the best F1 kept.
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    dist = 1 - unit @ unit.T
+    np.fill_diagonal(dist, np.inf)
+    nearest = dist.argmin(axis=1)
+    nn_dist = dist[np.arange(len(unit)), nearest]
+    correct = np.array(labels)[nearest] == np.array(labels)
+    best_f1, expected = -1.0, None
+    for t in np.unique(nn_dist):
+        tp = int((correct & (nn_dist <= t)).sum())
+        fp = int((~correct & (nn_dist <= t)).sum())
+        p, r = tp / (tp + fp), tp / int(correct.sum())
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        if f1 >= best_f1 - 1e-12:
+            best_f1, expected = f1, t
+    assert record.threshold == pytest.approx(expected, abs=1e-6)
     # A precision target picks the largest distance that reaches it.
     record = lc.calibrate_threshold(ds, "sim", label_field="gt", method="precision",
                                     target=0.75, unknown_fraction=0)
-    assert record["threshold"] == pytest.approx(d(35), abs=1e-6)
+    assert record.threshold == pytest.approx(d(35), abs=1e-6)
 
 
 def test_leave_one_out_never_matches_itself_and_exact_copies_can_be_excluded(
@@ -75,7 +89,7 @@ def test_leave_one_out_never_matches_itself_and_exact_copies_can_be_excluded(
     inds, dists = leave_one_out(index.engine, k=1, exclude_exact=True)
     assert (dists[:, 0] > 1e-6).all()
     rec = lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_fraction=0)
-    assert rec["threshold"] > 0  # a self-match would have given 0
+    assert rec.threshold > 0  # a self-match would have given 0
 
 
 def test_open_set_holds_classes_out_and_lowers_the_threshold(dataset_name, image_paths):
@@ -87,10 +101,10 @@ def test_open_set_holds_classes_out_and_lowers_the_threshold(dataset_name, image
     ls.build_index(ds, "emb", "sim")
     closed = lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_fraction=0)
     opened = lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_classes=["c0", "c1"])
-    assert opened["unknown_classes"] == ["c0", "c1"] and "open set" in opened["note"]
-    assert opened["threshold"] < closed["threshold"]
+    assert opened.unknown_classes == ["c0", "c1"] and "open set" in opened.note
+    assert opened.threshold < closed.threshold
     seeded = lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_fraction=0.34, seed=3)
-    assert len(seeded["unknown_classes"]) == 2
+    assert len(seeded.unknown_classes) == 2
 
 
 def test_calibration_survives_a_restart_and_refuses_when_stale(dataset_name, image_paths):
@@ -98,14 +112,17 @@ def test_calibration_survives_a_restart_and_refuses_when_stale(dataset_name, ima
     ds = _dataset(dataset_name, image_paths[:60], rng.normal(size=(60, 8)))
     ls.build_index(ds, "emb", "sim")
     saved = lc.calibrate_threshold(ds, "sim", target=90)
-    assert saved["method"] == "percentile" and "no labels" in saved["note"]
+    assert saved.method == "percentile" and "no labels" in saved.note
     # A fresh load of the dataset reads it back from the run.
     ds.clear_cache() if hasattr(ds, "clear_cache") else None
     reloaded = fo.load_dataset(dataset_name)
     reloaded._brain_cache.clear() if hasattr(reloaded, "_brain_cache") else None
     again = lc.get_calibration(reloaded, "sim")
-    assert again["threshold"] == pytest.approx(saved["threshold"])
-    assert again["nn_histogram"] == saved["nn_histogram"]
+    assert again.threshold == pytest.approx(saved.threshold)
+    assert again.nn_histogram == saved.nn_histogram
+    # The saved record is the dataclass's record, whole.
+    record = ls.load_index(reloaded, "sim").curation["calibration"]
+    assert again.to_record() == record and "no labels" in again.summary()
     # The embeddings change (one sample loses its vector): every use is refused.
     first = reloaded.first()
     first["emb"] = None
@@ -134,9 +151,12 @@ def test_bad_input_is_refused_clearly(dataset_name, image_paths):
     ds.set_values("gt", [fo.Classification(label=lab) if lab else None
                          for lab in ["x", "y"] * 5 + [None] * 5])
     record = lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_fraction=0)
-    assert record["num_missing_labels"] == 5 and record["num_queries"] == 10
+    assert record.num_missing_labels == 5 and record.num_queries == 10
     with pytest.raises(lc.CalibrationError, match="no field 'nope'"):
         lc.calibrate_threshold(ds, "sim", label_field="nope")
+    with pytest.raises(lc.CalibrationError, match=r"'emb' is a \w+; a label field is a "
+                       r"Classification or a string field \(label fields: gt\)"):
+        lc.calibrate_threshold(ds, "sim", label_field="emb")
     with pytest.raises(lc.CalibrationError, match="needs a target"):
         lc.calibrate_threshold(ds, "sim", label_field="gt", method="precision")
     with pytest.raises(lc.CalibrationError, match="needs a label field"):
@@ -190,8 +210,8 @@ def test_evaluation_equals_sklearn_and_numpy_references(dataset_name, image_path
     k = 7
     rel = np.array([[y[j] == y[i] for j in row] for i, row in enumerate(others)])
     ev = lc.evaluate_retrieval(ds, "sim", "gt", k=k)
-    assert ev["recall_at_1"] == pytest.approx(rel[:, 0].mean())
-    assert ev[f"precision_at_{k}"] == pytest.approx(rel[:, :k].mean())
+    assert ev.k == k and ev.recall_at_1 == pytest.approx(rel[:, 0].mean())
+    assert ev.precision_at_k == pytest.approx(rel[:, :k].mean())
     # Over the whole ranking (k = N - 1), mAP equals sklearn's average precision.
     full = lc.evaluate_retrieval(ds, "sim", "gt", k=n - 1)
     sims = x @ x.T
@@ -199,12 +219,16 @@ def test_evaluation_equals_sklearn_and_numpy_references(dataset_name, image_path
     for i in range(n):
         mask = np.arange(n) != i
         aps.append(average_precision_score(y[mask] == y[i], sims[i, mask]))
-    assert full[f"map_at_{n - 1}"] == pytest.approx(np.mean(aps), abs=1e-6)
+    assert full.k == n - 1 and full.map_at_k == pytest.approx(np.mean(aps), abs=1e-6)
+    # Saved as before (metric keys carrying k), and read back whole.
+    record = ls.load_index(ds, "sim").curation["evaluation"]
+    assert record[f"map_at_{n - 1}"] == full.map_at_k
+    assert lc.RetrievalEvaluation.from_record(record) == full and full.to_record() == record
     # A confusion matrix needs a calibration; then it has a "no match" class.
-    assert ev["confusion"] is None and "calibrate" in ev["confusion_note"]
+    assert ev.confusion is None and "calibrate" in ev.confusion_note
     lc.calibrate_threshold(ds, "sim", label_field="gt", unknown_classes=["k0"])
     ev = lc.evaluate_retrieval(ds, "sim", "gt", k=k)
-    conf = ev["confusion"]
+    conf = ev.confusion
     assert conf["classes"][-1] == "no match" and "k0" not in conf["classes"]
     assert np.sum(conf["matrix"]) == n
     assert sum(conf["matrix"][-1]) == int((labels == "k0").sum())  # k0 is truly no-match
@@ -214,11 +238,11 @@ def test_retrieval_metrics_hand_checked():
     rel = np.array([[True, False, True], [False, False, False], [False, True, True]])
     # The second query has nothing to find (a class of one): it is left out.
     m = retrieval_metrics(rel, num_relevant=[2, 0, 5])
-    assert m["num_queries"] == 2 and m["num_unfindable"] == 1
-    assert m["recall_at_1"] == pytest.approx(1 / 2)
-    assert m["precision_at_3"] == pytest.approx(4 / 6)
+    assert m.num_queries == 2 and m.num_unfindable == 1 and m.k == 3
+    assert m.recall_at_1 == pytest.approx(1 / 2)
+    assert m.precision_at_k == pytest.approx(4 / 6)
     # AP@3: (1 + 2/3) / 2 and (1/2 + 2/3) / 3.
-    assert m["map_at_3"] == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 3) / 2)
+    assert m.map_at_k == pytest.approx(((1 + 2 / 3) / 2 + (1 / 2 + 2 / 3) / 3) / 2)
 
 
 def test_approximate_pairs_recover_exact_pairs():
@@ -227,7 +251,7 @@ def test_approximate_pairs_recover_exact_pairs():
     near = base[:600] + 0.05 * rng.normal(size=(600, 32)).astype(np.float32)
     matrix = as_unit_matrix(np.concatenate([base, near]))
     ei, ej, ed = exact_pairs(matrix, 0.01)
-    ai, aj, ad = approximate_pairs(matrix, 0.01, engine=IVFEngine(matrix, nlist=40))
+    ai, aj, ad = approximate_pairs(matrix, 0.01, reuse=IVFEngine(matrix, nlist=40))
     exact = set(zip(ei.tolist(), ej.tolist()))
     found = set(zip(ai.tolist(), aj.tolist()))
     assert len(exact) >= 600 and found <= exact

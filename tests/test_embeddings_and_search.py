@@ -14,6 +14,7 @@ from lookalike.embeddings import EmbeddingFieldError, compute_embeddings, field_
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders import load_encoder
 from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest
 
 PLUGIN = "@lookalike/similarity"
 SMALL = dict(image_size=32, width=0.25, batch_size=8, epochs=1)
@@ -24,7 +25,7 @@ def store(tmp_path_factory, demo_records):
     """Two tiny autoencoders (different seeds) in a model store of their own."""
     path = str(tmp_path_factory.mktemp("models"))
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:8]
-    images = load_images(photos, 32).images
+    images = load_images(photos, input_manifest("autoencoder", 32)).images
     ae.train(images, "tiny", store_dir=path, **SMALL)
     ae.train(images, "tiny-other", store_dir=path, seed=7, **SMALL)
     return path
@@ -43,7 +44,7 @@ def photos(store, dataset_name, demo_records, monkeypatch, tmp_path):
 def test_embeddings_are_written_recorded_and_resumable(photos, store):
     report = compute_embeddings(photos, "tiny", "emb", batch_size=8)
     assert report.embedded == 30 and report.skipped_existing == 0
-    assert sorted(os.path.basename(p) for _, p, _ in report.failures) == ["cut.jpg", "gone.png"]
+    assert sorted(os.path.basename(f.path) for f in report.failures) == ["cut.jpg", "gone.png"]
     vectors = [v for v in photos.values("emb") if v is not None]
     assert len(vectors) == 30 and vectors[0].dtype == np.float32 and vectors[0].shape == (64,)
     assert np.allclose(np.linalg.norm(np.stack(vectors), axis=1), 1, atol=1e-5)
@@ -64,9 +65,9 @@ def test_embeddings_are_written_recorded_and_resumable(photos, store):
 def test_an_interrupted_job_keeps_its_finished_chunks(photos):
     calls = {"n": 0}
 
-    def die_in_second_chunk(done, total):
+    def die_in_second_chunk(fraction, label):
         calls["n"] += 1
-        if done > 8:
+        if fraction > 8 / len(photos):
             raise KeyboardInterrupt("killed")
 
     with pytest.raises(KeyboardInterrupt):

@@ -20,6 +20,7 @@ from lookalike.encoders import (
 )
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders.data import EmptyViewError, load_images
+from lookalike.encoders.preprocessing import input_manifest
 
 SMALL = dict(image_size=32, width=0.25, batch_size=8)  # 16/32/64 channels: seconds, not minutes
 
@@ -28,14 +29,14 @@ SMALL = dict(image_size=32, width=0.25, batch_size=8)  # 16/32/64 channels: seco
 def photos(demo_records):
     records = demo_records
     paths = [r["filepath"] for r in records if r["source"] == "photo"][:24]
-    return paths, load_images(paths, 32).images
+    return paths, load_images(paths, input_manifest("autoencoder", 32)).images
 
 
 def test_trains_saves_and_reloads_in_a_fresh_process(photos, store_dir, subprocess_env, tmp_path):
     paths, images = photos
     seen = []
     path = ae.train(images, "ae-small", epochs=2, store_dir=store_dir, preview_images=images[:3],
-                    progress=lambda e, n, m: seen.append((e, n, m["loss"])), **SMALL)
+                    on_epoch=lambda e, n, m: seen.append((e, n, m["loss"])), **SMALL)
     assert [(e, n) for e, n, _ in seen] == [(1, 2), (2, 2)]
     assert all(np.isfinite(loss) and loss > 0 for _, _, loss in seen)
     manifest = read_manifest(path)
@@ -63,11 +64,11 @@ def test_embed_paths_skips_unreadable_files(photos, store_dir, tmp_path):
     path = ae.train(images[:8], "ae-paths", epochs=1, store_dir=store_dir, **SMALL)
     encoder = load_encoder(path)
     bad = files.write_truncated_jpeg(str(tmp_path / "cut.jpg"))
-    emb, ok, failures = encoder.embed_paths([paths[0], bad, str(tmp_path / "gone.png"), paths[1]],
-                                            batch_size=2)
+    gone = str(tmp_path / "gone.png")
+    emb, ok, failures = encoder.embed_paths([paths[0], bad, gone, paths[1]], batch_size=2)
     assert ok == [0, 3] and emb.shape == (2, 64)
-    assert [i for i, _ in failures] == [1, 2]
-    assert "truncated" in failures[0][1] and "not found" in failures[1][1]
+    assert [f.path for f in failures] == [bad, gone]
+    assert "truncated" in failures[0].reason and "not found" in failures[1].reason
     assert np.abs(emb - encoder.embed(images[:2])).max() < 1e-5
 
 
@@ -91,7 +92,7 @@ def test_interrupted_training_resumes_where_it_stopped(photos, store_dir):
 
     epochs_run = []
     path = ae.train(images, "ae-resumed", epochs=3, store_dir=store_dir,
-                    progress=lambda e, n, m: epochs_run.append(e), **SMALL)
+                    on_epoch=lambda e, n, m: epochs_run.append(e), **SMALL)
     assert epochs_run == [2, 3]  # epoch 1 was not redone
     assert [h["epoch"] for h in read_manifest(path)["history"]] == [1, 2, 3]
     # Weights and optimiser state were restored exactly: same result as never stopping.
@@ -103,7 +104,7 @@ def test_stop_file_and_changed_settings(photos, store_dir):
     _, images = photos
     with pytest.raises(TrainingStopped):
         ae.train(images[:8], "ae-stop", epochs=2, store_dir=store_dir,
-                 progress=lambda e, n, m: request_stop("ae-stop", store_dir), **SMALL)
+                 on_epoch=lambda e, n, m: request_stop("ae-stop", store_dir), **SMALL)
     with pytest.raises(TrainingConfigError, match="other settings"):
         ae.train(images[:8], "ae-stop", epochs=5, store_dir=store_dir, **SMALL)
     path = ae.train(images[:8], "ae-stop", epochs=5, store_dir=store_dir, resume=False, **SMALL)
@@ -113,7 +114,7 @@ def test_stop_file_and_changed_settings(photos, store_dir):
 def test_bad_settings_and_names(photos, store_dir):
     _, images = photos
     with pytest.raises(TrainingConfigError, match="multiple of 8"):
-        ae.train(load_images([], 30).images, "x", image_size=30, store_dir=store_dir)
+        ae.train(load_images([], input_manifest("autoencoder", 30)).images, "x", image_size=30, store_dir=store_dir)
     with pytest.raises(TrainingConfigError, match="embedding must be one of"):
         ae.train(images[:2], "x", embedding="mean", store_dir=store_dir, **SMALL)
     with pytest.raises(TrainingConfigError, match="expected images of shape"):

@@ -22,8 +22,10 @@ from lookalike.encoders import (
     request_stop,
     train_encoder,
 )
-from lookalike.encoders import contrastive, metric, store
+from lookalike.encoders import contrastive, keras, metric, store
 from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest
+from lookalike.labels import labelled_view
 
 SMALL = dict(image_size=32, width=0.25, embedding_size=32)  # 16/32/64/64 channels: seconds
 METRIC = dict(SMALL, steps_per_epoch=2, classes_per_batch=4, examples_per_class_per_batch=4)
@@ -42,13 +44,13 @@ def digits(demo):
     """About 50 real digit images of 4 classes, with their labels and paths."""
     records = [r for r in demo if r["source"] == "digit" and r["label"] in CLASSES]
     paths = [r["filepath"] for r in records]
-    return load_images(paths, 32).images, [r["label"] for r in records], paths
+    return load_images(paths, input_manifest("metric", 32)).images, [r["label"] for r in records], paths
 
 
 @pytest.fixture(scope="module")
 def photos(demo):
     paths = [r["filepath"] for r in demo if r["source"] == "photo"][:16]
-    return load_images(paths, 32).images
+    return load_images(paths, input_manifest("metric", 32)).images
 
 
 def test_importing_the_tf_encoders_imports_no_framework(subprocess_env):
@@ -69,7 +71,7 @@ def test_metric_trains_saves_and_reloads_in_a_fresh_process(digits, store_dir, s
     images, labels, _ = digits
     seen = []
     path = metric.train(images, labels, "metric-small", epochs=2, store_dir=store_dir,
-                        progress=lambda e, n, m: seen.append((e, n, m)), **METRIC)
+                        on_epoch=lambda e, n, m: seen.append((e, n, m)), **METRIC)
     assert [(e, n) for e, n, _ in seen] == [(1, 2), (2, 2)]
     for _, _, m in seen:
         assert np.isfinite(m["loss"]) and np.isfinite(m["val_loss"]) and m["images_per_s"] > 0
@@ -124,17 +126,17 @@ def test_metric_batch_size_and_early_stopping(digits, store_dir):
 def test_contrastive_trains_on_photos_and_reloads(photos, store_dir, tmp_path):
     losses = []
     path = contrastive.train(photos, "contrastive-small", epochs=2, batch_size=8,
-                             store_dir=store_dir, progress=lambda e, n, m: losses.append(m["loss"]),
+                             store_dir=store_dir, on_epoch=lambda e, n, m: losses.append(m["loss"]),
                              **SMALL)
     assert len(losses) == 2 and all(np.isfinite(losses))
     manifest = read_manifest(path)
     assert manifest["kind"] == "contrastive" and manifest["loss"] == "simclr"
-    assert manifest["architecture"] == metric.architecture(32, 0.25)  # the metric network
+    assert manifest["architecture"] == keras.architecture(32, 0.25)  # the metric network
     assert manifest["augmentations"]["jpeg"]["quality"] == [20, 90]
     assert manifest["num_training_images"] == 16 and manifest["steps_per_epoch"] == 2
 
     encoder = load_encoder(path)
-    assert isinstance(encoder, metric.KerasEncoder) and encoder.kind == "contrastive"
+    assert isinstance(encoder, keras.KerasEncoder) and encoder.kind == "contrastive"
     emb = encoder.embed(photos)
     assert emb.shape == (16, 32)
     assert np.abs(emb - load_encoder(path).embed(photos)).max() < 1e-5
@@ -173,7 +175,7 @@ def test_interrupted_metric_training_resumes_where_it_stopped(digits, store_dir)
 
     epochs_run = []
     path = metric.train(images, labels, "metric-resumed", epochs=3, store_dir=store_dir,
-                        progress=lambda e, n, m: epochs_run.append(e), **METRIC)
+                        on_epoch=lambda e, n, m: epochs_run.append(e), **METRIC)
     assert epochs_run == [2, 3]
     history = read_manifest(path)["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -189,7 +191,7 @@ def test_stopped_contrastive_training_resumes_like_an_uninterrupted_one(photos, 
     reference = contrastive.train(photos, "c-ref", **settings)
     with pytest.raises(TrainingStopped):
         contrastive.train(photos, "c-stop",
-                          progress=lambda e, n, m: request_stop("c-stop", store_dir), **settings)
+                          on_epoch=lambda e, n, m: request_stop("c-stop", store_dir), **settings)
     with pytest.raises(TrainingConfigError, match="other settings"):
         contrastive.train(photos, "c-stop", **dict(settings, epochs=4))
     path = contrastive.train(photos, "c-stop", **settings)
@@ -217,26 +219,26 @@ def test_labelled_view_refuses_unusable_labels(digits, dataset_name):
     ds = _digit_dataset(dataset_name, digits, with_missing)
 
     with pytest.warns(UserWarning, match=f"2 of {len(labels)} samples have no 'ground_truth' label"):
-        view, got = metric.labelled_view(ds, "ground_truth")
+        view, got = labelled_view(ds, "ground_truth")
     assert len(view) == len(labels) - 2 and got == labels[2:]
     assert all(isinstance(label, str) for label in got)
 
     with pytest.raises(TrainingConfigError, match="needs labels: pass label_field"):
-        metric.labelled_view(ds, None)
+        labelled_view(ds, None)
     with pytest.raises(TrainingConfigError, match="'nope' does not exist.*ground_truth"):
-        metric.labelled_view(ds, "nope")
+        labelled_view(ds, "nope")
     with pytest.raises(TrainingConfigError, match="'source' is a StringField"):
-        metric.labelled_view(ds, "source")
+        labelled_view(ds, "source")
     with pytest.raises(TrainingConfigError, match="only one class \\('0'\\)"):
-        metric.labelled_view(ds.match(fo.ViewField("ground_truth.label") == "0"), "ground_truth")
+        labelled_view(ds.match(fo.ViewField("ground_truth.label") == "0"), "ground_truth")
     one_three = ds.match(fo.ViewField("ground_truth.label") == "3").limit(1)
     zeros = ds.match(fo.ViewField("ground_truth.label") == "0")
     mixed = ds.select(zeros.values("id") + one_three.values("id"))
     with pytest.raises(TrainingConfigError, match="1 classes in .* a single example \\('3'\\)"):
-        metric.labelled_view(mixed, "ground_truth")
+        labelled_view(mixed, "ground_truth")
     unlabelled = ds.match(fo.ViewField("ground_truth") == None)  # noqa: E711
     with pytest.raises(TrainingConfigError, match="no labelled samples .*2 samples have no label"):
-        metric.labelled_view(unlabelled, "ground_truth")
+        labelled_view(unlabelled, "ground_truth")
 
 
 def test_metric_train_refuses_bad_settings(digits, store_dir):
@@ -248,7 +250,7 @@ def test_metric_train_refuses_bad_settings(digits, store_dir):
     with pytest.raises(TrainingConfigError, match="loss must be one of"):
         metric.train(images, labels, "x", loss="arcface", store_dir=store_dir, **SMALL)
     with pytest.raises(TrainingConfigError, match="at least 24"):
-        metric.train(load_images([], 16).images, [], "x", store_dir=store_dir,
+        metric.train(load_images([], input_manifest("metric", 16)).images, [], "x", store_dir=store_dir,
                      **dict(SMALL, image_size=16))
     with pytest.raises(TrainingConfigError, match="at least 2 images"):
         contrastive.train(images[:1], "x", store_dir=store_dir, **SMALL)

@@ -18,6 +18,7 @@ import imagefiles as files
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders import list_encoders, load_encoder, read_manifest
 from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest
 
 
 def _run(env, args, fault=None):
@@ -121,9 +122,10 @@ TRAIN = """
 import json, sys
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders.data import load_images
-images = load_images(json.loads(sys.argv[1]), 32).images
+from lookalike.encoders.preprocessing import input_manifest
+images = load_images(json.loads(sys.argv[1]), input_manifest("autoencoder", 32)).images
 done = []
-ae.train(images, "resumed", store_dir=sys.argv[2], progress=lambda e, n, m: done.append(e),
+ae.train(images, "resumed", store_dir=sys.argv[2], on_epoch=lambda e, n, m: done.append(e),
          **json.loads(sys.argv[3]))
 print("EPOCHS", done)
 """
@@ -137,7 +139,7 @@ def training_photos(demo_records):
 @pytest.fixture(scope="module")
 def reference(training_photos, tmp_path_factory):
     """The same training, never interrupted: what a resumed job must end with."""
-    images = load_images(training_photos, 32).images
+    images = load_images(training_photos, input_manifest("autoencoder", 32)).images
     path = ae.train(images, "reference", store_dir=str(tmp_path_factory.mktemp("ref")),
                     **SETTINGS)
     return load_encoder(path).embed(images), images

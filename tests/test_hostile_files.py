@@ -22,9 +22,11 @@ from PIL import Image
 
 import imagefiles as files
 import lookalike
-from lookalike.curation.duplicates import choose_kept, find_duplicates, image_size_key, sharpness
+from lookalike.curation.duplicates import find_duplicates
+from lookalike.curation.keep import choose_kept, image_size_key, sharpness
 from lookalike.encoders import EncoderStoreError, import_encoder, list_encoders, read_manifest
-from lookalike.encoders.data import decode_resized, load_images, resize_rgb
+from lookalike.encoders.data import load_images
+from lookalike.encoders.preprocessing import input_manifest, load_input, to_input
 from lookalike.images import (
     UnreadableImageError,
     image_header_size,
@@ -32,6 +34,7 @@ from lookalike.images import (
     open_image,
 )
 
+AT_32 = input_manifest("contrastive", 32)  # the input of a 32 px encoder
 BOMB_REASON = "30000 x 30000 pixels exceeds the limit of 250000000 (LOOKALIKE_MAX_PIXELS)"
 
 
@@ -78,7 +81,7 @@ def test_the_bomb_is_one_for_pillow(tmp_path):
 def test_every_decoder_refuses_the_bomb_with_its_size(tmp_path):
     path = write_bomb_png(str(tmp_path / "bomb.png"))
     before = Image.MAX_IMAGE_PIXELS
-    for decode in (open_image, load_image, image_header_size, lambda p: decode_resized(p, 32)):
+    for decode in (open_image, load_image, image_header_size, lambda p: load_input(p, AT_32)):
         with pytest.raises(UnreadableImageError) as e:
             decode(path)
         assert str(e.value) == f"{path}: {BOMB_REASON}"
@@ -89,10 +92,10 @@ def test_every_decoder_refuses_the_bomb_with_its_size(tmp_path):
 def test_missing_truncated_and_odd_files_give_their_reason(tmp_path):
     cut = files.write_truncated_jpeg(str(tmp_path / "cut.jpg"))
     with pytest.raises(UnreadableImageError, match="truncated"):
-        decode_resized(cut, 32)
+        load_input(cut, AT_32)
     gone = files.write_jpeg(str(tmp_path / "gone.jpg"))
     os.remove(gone)
-    for decode in (load_image, image_header_size, lambda p: decode_resized(p, 32)):
+    for decode in (load_image, image_header_size, lambda p: load_input(p, AT_32)):
         with pytest.raises(UnreadableImageError) as e:
             decode(gone)
         assert e.value.reason == "file not found"
@@ -120,7 +123,7 @@ def test_concurrent_decodes_restore_pillow_limit(tmp_path, demo_records):
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:40]
     bomb = write_bomb_png(str(tmp_path / "bomb.png"))
     before = Image.MAX_IMAGE_PIXELS
-    loaded = load_images(photos + [bomb] * 8, 32, num_workers=8)
+    loaded = load_images(photos + [bomb] * 8, AT_32, num_workers=8)
     assert len(loaded.sample_ids) == 40 and len(loaded.failures) == 8
     assert {f.reason for f in loaded.failures} == {BOMB_REASON}
     assert Image.MAX_IMAGE_PIXELS == before
@@ -148,7 +151,7 @@ def test_max_pixels_env_in_a_child_process(tmp_path, subprocess_env):
 def test_import_skips_the_bomb_and_imports_the_rest(folder, dataset_name):
     report = lookalike.import_images(str(folder), dataset_name)
     assert report.imported == 5
-    reasons = {os.path.basename(s.path): s.reason for s in report.skipped}
+    reasons = {os.path.basename(s.path): s.reason for s in report.failures}
     assert reasons["bomb.png"] == BOMB_REASON
     assert "truncated" in reasons["cut.jpg"]
     assert "bomb.png: " + BOMB_REASON in report.summary()
@@ -181,7 +184,7 @@ def test_embedding_writes_the_reason_and_a_rerun_succeeds(imported, copies_encod
 
     report = compute_embeddings(imported, copies_encoder, "emb")
     assert report.embedded == 4
-    reasons = {os.path.basename(p): r for _, p, r in report.failures}
+    reasons = {os.path.basename(f.path): f.reason for f in report.failures}
     assert reasons["bomb.png"] == BOMB_REASON and reasons["gone.jpg"] == "file not found"
     assert "truncated" in reasons["cut.jpg"]
     errors = dict(zip(*imported.values(["filepath", "emb_error"])))
@@ -271,7 +274,8 @@ def test_copies_skip_a_file_deleted_after_indexing(imported, copies_encoder, fol
     assert set(out) == set(EDITS) and all(len(v) == 3 for v in out.values())
     # the copies are preprocessed exactly as embedded files are
     photo = imported.exists("emb").last().filepath
-    assert np.array_equal(resize_rgb(load_image(photo), 32), decode_resized(photo, 32))
+    manifest = ls.encoder_of(index).manifest
+    assert np.array_equal(to_input(load_image(photo), manifest), load_input(photo, manifest))
 
 
 # -- model folders ------------------------------------------------------------------

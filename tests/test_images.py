@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from PIL import ImageFile
+from PIL import Image, ImageFile
 
 import imagefiles as files
-from lookalike.images import UnreadableImageError, load_image, load_rgb_array
+from lookalike.encoders.preprocessing import input_manifest, load_input, to_input
+from lookalike.images import UnreadableImageError, load_image
 
 
 def test_jpeg_loads_as_rgb(tmp_path):
@@ -47,8 +48,13 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_resize_to_array(tmp_path):
-    arr = load_rgb_array(files.write_jpeg(str(tmp_path / "a.jpg")), size=32)
+    path = files.write_jpeg(str(tmp_path / "a.jpg"))
+    arr = load_input(path, input_manifest("autoencoder", 32))
     assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    # bilinear, aspect not kept: the arrays every saved encoder and threshold were made with
+    img = load_image(path)
+    assert np.array_equal(arr, np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR)))
+    assert np.array_equal(to_input(img, input_manifest("metric", 32)), arr)
 
 
 @pytest.mark.parametrize("load_truncated", [False, True])

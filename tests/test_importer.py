@@ -36,7 +36,7 @@ def test_imports_every_readable_image_and_reports_the_rest(mixed_folder, dataset
     names = sorted(os.path.basename(p) for p in ds.values("filepath"))
     assert names == ["astronaut.jpg", "camera16.png", "chelsea.jpg", "palette.gif", "rgba.png"]
     assert report.imported == 5
-    reasons = {os.path.basename(s.path): s.reason for s in report.skipped}
+    reasons = {os.path.basename(s.path): s.reason for s in report.failures}
     assert set(reasons) == {"README.txt", "fake.png", "truncated.jpg"}
     assert "truncated" in reasons["truncated.jpg"]
     assert "not an image file" in reasons["README.txt"]

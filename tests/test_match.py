@@ -115,12 +115,12 @@ def test_unlabelled_digits_get_their_class_and_unseen_classes_no_match(digits):
     unseen_rejected = float(np.mean(no_match[~known]))
     # The evaluation's confusion matrix at the same threshold: its "no match" row holds the
     # calibration's own held-out class (rejected at the calibrated rate) ...
-    conf = ev["confusion"]
+    conf = ev.confusion
     calibrated_rejection = conf["matrix"][-1][-1] / max(sum(conf["matrix"][-1]), 1)
-    print(f"\nmatch threshold {cal['threshold']:.4f} (held out in calibration: "
-          f"{cal['unknown_classes']}); evaluate_retrieval: match accuracy "
-          f"{ev['match_accuracy']:.3f}, unknown rejected {calibrated_rejection:.3f}, recall@1 "
-          f"{ev['recall_at_1']:.3f}; match_labels: known accuracy {accuracy:.3f} "
+    print(f"\nmatch threshold {cal.threshold:.4f} (held out in calibration: "
+          f"{cal.unknown_classes}); evaluate_retrieval: match accuracy "
+          f"{ev.match_accuracy:.3f}, unknown rejected {calibrated_rejection:.3f}, recall@1 "
+          f"{ev.recall_at_1:.3f}; match_labels: known accuracy {accuracy:.3f} "
           f"(no match {known_rejected:.3f}), unseen classes no match {unseen_rejected:.3f}")
     # ... and the truly unseen classes come back "no match" at about that rate.
     assert unseen_rejected >= 0.6
@@ -134,7 +134,7 @@ def test_unlabelled_digits_get_their_class_and_unseen_classes_no_match(digits):
     for sid, d, m, p, rejected in list(zip(ids, dist, matched, pred, no_match))[::17]:
         exact = 1 - index.engine.matrix[rows[sid]] @ index.engine.matrix[rows[m]]
         assert d == pytest.approx(exact, abs=1e-5)
-        assert (d > cal["threshold"]) == rejected
+        assert (d > cal.threshold) == rejected
         if not rejected:
             assert ds[m].gt.label == p
     # The view of the rejected ones, farthest first.
@@ -269,7 +269,7 @@ def test_folder_match_finds_copies_and_new_photos_and_add_new_is_rerunnable(
     report = lc.match_images(ds, "emb_sim", folder, out=str(tmp_path / "table.csv"))
     by_file = {r.file: r for r in report.rows}
     assert set(by_file) == set(expected)
-    assert sorted(os.path.basename(p) for p, _ in report.unreadable) == ["broken.jpg",
+    assert sorted(os.path.basename(f.path) for f in report.unreadable) == ["broken.jpg",
                                                                         "notes.txt"]
     for file, group in expected.items():
         row = by_file[file]

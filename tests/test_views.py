@@ -40,8 +40,8 @@ def test_outliers_are_isolated_within_the_view(ds):
 def test_calibration_counts_and_measures_only_the_view(ds):
     whole = lc.calibrate_threshold(ds, "sim")
     half = lc.calibrate_threshold(ds.match(fo.ViewField("pair") < 5), "sim")
-    assert whole["num_indexed"] == 20 and half["num_indexed"] == 10
-    assert half["num_queries"] == 10
+    assert whole.num_indexed == 20 and half.num_indexed == 10
+    assert half.num_queries == 10
 
 
 @pytest.mark.parametrize("call", [

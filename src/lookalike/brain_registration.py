@@ -20,14 +20,10 @@ Two ways in, both idempotent:
 import json
 import os
 
-from lookalike.errors import UsageError
+from lookalike.errors import BrainConfigError  # noqa: F401 (re-exported)
 from lookalike.similarity import BACKEND_CLS as CONFIG_CLS
 
 BACKEND_NAME = "lookalike"
-
-
-class BrainConfigError(UsageError):
-    """A brain config file that cannot be read or written."""
 
 
 def register():

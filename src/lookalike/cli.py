@@ -10,6 +10,7 @@ import time
 import traceback
 
 
+from lookalike import fo_adapter
 from lookalike.errors import LookalikeError, TrainingStopped, UsageError, one_line
 
 
@@ -19,33 +20,25 @@ _OPEN_BARS = set()  # closed before an error line, which must start a line of it
 class _Progress:
     """A progress bar on stderr (stdout carries results only), ``leave=False``.
 
-    Called with either shape lookalike's jobs report in: ``(done, total)``
-    counts, or ``(fraction, label)`` (also ``(fraction, 1.0)``). Shown even when
-    stderr is not a terminal: a log then records how far a job got.
+    The ``progress(fraction, label)`` callback of every long-running call
+    (:mod:`lookalike.progress`): the label is shown beside the bar. Shown even
+    when stderr is not a terminal: a log then records how far a job got.
     """
 
-    def __init__(self, desc, unit="img"):
-        self.desc, self.unit, self.bar = desc, unit, None
+    def __init__(self, desc):
+        self.desc, self.bar = desc, None
 
-    def __call__(self, done, total):
+    def __call__(self, fraction, label):
         from tqdm import tqdm
 
-        fraction = isinstance(total, (str, float))
         if self.bar is None:
-            self.bar = tqdm(total=1.0 if fraction else total, desc=self.desc, leave=False,
-                            file=sys.stderr, unit="" if fraction else self.unit,
-                            bar_format=("{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}"
-                                        if fraction else None))
+            self.bar = tqdm(total=1.0, desc=self.desc, leave=False, file=sys.stderr, unit="",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
             _OPEN_BARS.add(self)
-        if isinstance(total, str):
-            self.bar.set_postfix_str(total, refresh=False)
-        if fraction:
-            done = min(done / (total if isinstance(total, float) else 1.0), 1.0)
-        elif total != self.bar.total:
-            self.bar.total = total
-        self.bar.n = done
+        self.bar.set_postfix_str(label, refresh=False)
+        self.bar.n = min(fraction, 1.0)
         self.bar.refresh()
-        if done >= self.bar.total:
+        if fraction >= 1.0:
             self.close()  # a later phase of the job starts a new bar
 
     def close(self):
@@ -115,14 +108,6 @@ def _with_progress(fn, desc, **kwargs):
         return fn(progress=_Progress(desc), **kwargs)
     with _spinner(desc):
         return fn(**kwargs)
-
-
-def _print_above_bars(message):
-    """A result line on stdout while a bar may be drawn on stderr (same terminal)."""
-    from tqdm import tqdm
-
-    tqdm.write(message, file=sys.stdout)
-    sys.stdout.flush()
 
 
 def _plugin_dir():
@@ -195,7 +180,7 @@ def cmd_import(args):
         overwrite=args.overwrite,
         append=args.append,
         labels_from_folders=args.labels_from_folders,
-        progress=_Progress("checking images", unit="file"),
+        progress=_Progress("checking images"),
     )
     print(report.summary())
     return 0
@@ -215,30 +200,25 @@ def cmd_train(args):
         learning_rate=args.learning_rate, embedding_size=args.embedding_size, loss=args.loss,
         width=args.width, embedding=args.embedding,
     ).items() if v is not None}
-    from tqdm import tqdm
-
-    bar = tqdm(total=args.epochs, desc=f"training {args.name}", unit="epoch", leave=False,
-               file=sys.stderr)
-
-    def progress(epoch, epochs, metrics):
-        bar.n = epoch
-        bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics.get('images_per_s', 0):.0f}")
-        bar.refresh()
-
+    # One bar: decoding, then one step per epoch, its label the epoch's loss and speed.
+    bar = _Progress(f"training {args.name}")
     try:
         result = train_encoder(view, args.kind, args.name, image_size=args.image_size,
                                epochs=args.epochs, batch_size=args.batch_size,
                                label_field=args.label_field, overwrite=args.overwrite,
-                               progress=progress, load_progress=_Progress("loading images"),
-                               **extra)
+                               progress=bar, **extra)
     finally:
-        bar.close()
+        bar.close()  # early stopping ends the run before the bar is full
     from lookalike.encoders import describe
 
     print(f"saved {describe(result.manifest)}\n  {result.path}")
-    for failure in result.failures:
-        print(f"  skipped {failure.path}: {failure.reason}")
+    _print_failures(result.failures)
     return 0
+
+
+def _print_failures(failures):
+    for failure in failures:
+        print(f"  skipped {failure.path}: {failure.reason}")
 
 
 def cmd_encoders(args):
@@ -312,8 +292,7 @@ def cmd_embed(args):
                                 overwrite=args.overwrite, progress=_Progress("embedding"))
     print(f"embedded {report.embedded} images into '{report.field}' "
           f"({report.skipped_existing} already done) with {report.encoder}")
-    for _, path, reason in report.failures:
-        print(f"  skipped {path}: {reason}")
+    _print_failures(report.failures)
     return 0
 
 
@@ -340,7 +319,7 @@ def cmd_search(args):
         from lookalike.images import open_image
 
         open_image(args.image).close()  # a missing or broken file, before loading the encoder
-    ids, dists = _with_progress(ls.nearest, "searching", dataset=dataset,
+    ids, dists = _with_progress(ls.nearest, "searching", samples=dataset,
                                 brain_key=args.brain_key, query_ids=args.sample_id,
                                 query_path=args.image, k=args.k)
     paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
@@ -383,17 +362,17 @@ def cmd_curate(args):
                             label_field=args.label_field, method=args.method,
                             target=args.target, keep=args.keep,
                             duplicate_threshold=args.duplicate_threshold,
-                            outlier_threshold=args.outlier_threshold, png_dir=args.pngs,
-                            log=_print_above_bars)
+                            outlier_threshold=args.outlier_threshold, png_dir=args.pngs)
+    print(report.summary())
     print(f"\nduplicate groups ({report.duplicates.num_groups}):")
     _print_groups(report.duplicates, args.show_groups)
     paths = dict(zip(*view.select(report.outliers.outlier_ids).values(["id", "filepath"])))
     print(f"\nno-match outliers ({report.outliers.num_outliers}), most isolated first:")
     _print_outliers(report.outliers, paths, args.show_groups)
     if report.evaluation:
-        ev, k = report.evaluation, report.evaluation["k"]
-        print(f"\nretrieval against '{args.label_field}': recall@1 {ev['recall_at_1']:.3f}, "
-              f"precision@{k} {ev[f'precision_at_{k}']:.3f}, mAP@{k} {ev[f'map_at_{k}']:.3f}")
+        ev, k = report.evaluation, report.evaluation.k
+        print(f"\nretrieval against '{args.label_field}': recall@1 {ev.recall_at_1:.3f}, "
+              f"precision@{k} {ev.precision_at_k:.3f}, mAP@{k} {ev.map_at_k:.3f}")
     for path in report.pngs:
         print(f"wrote {path}")
     print("seconds per step: " + ", ".join(f"{k} {v}" for k, v in report.seconds.items()))
@@ -404,20 +383,21 @@ def cmd_calibrate(args):
     from lookalike.curation import calibrate_threshold
 
     view = _view(args)
-    record = calibrate_threshold(view, args.brain_key, label_field=args.label_field,
-                                 method=args.method, target=args.target,
-                                 unknown_fraction=args.unknown_fraction,
-                                 unknown_classes=args.unknown_class,
-                                 progress=_Progress("calibrating"))
-    print(f"'{args.brain_key}' calibrated ({record['method']}): match threshold "
-          f"{record['threshold']:.4f}; duplicate threshold {record['duplicate_threshold']:.4f}")
-    print(f"  {record['note']}")
-    print(f"  duplicate threshold: {record['duplicate_rule']}")
-    if record.get("metric_values"):
+    calibration = calibrate_threshold(view, args.brain_key, label_field=args.label_field,
+                                      method=args.method, target=args.target,
+                                      unknown_fraction=args.unknown_fraction,
+                                      unknown_classes=args.unknown_class,
+                                      progress=_Progress("calibrating"))
+    print(f"'{args.brain_key}' calibrated ({calibration.method}): match threshold "
+          f"{calibration.threshold:.4f}; duplicate threshold "
+          f"{calibration.duplicate_threshold:.4f}")
+    print(f"  {calibration.note}")
+    print(f"  duplicate threshold: {calibration.duplicate_rule}")
+    if calibration.metric_values:
         print("  at the threshold: " + ", ".join(
-            f"{k} {v:.3f}" for k, v in record["metric_values"].items() if k != "thresholds"))
-    if record.get("num_missing_labels"):
-        print(f"  {record['num_missing_labels']} samples without a label were left out")
+            f"{k} {v:.3f}" for k, v in calibration.metric_values.items() if k != "thresholds"))
+    if calibration.num_missing_labels:
+        print(f"  {calibration.num_missing_labels} samples without a label were left out")
     return 0
 
 
@@ -428,9 +408,9 @@ def cmd_duplicates(args):
     if args.delete:
         return _delete_duplicates(view, args)
     report = find_duplicates(view, args.brain_key, threshold=args.threshold, keep=args.keep,
-                             method=args.method, progress=_Progress("finding duplicates"))
+                             engine=args.engine, progress=_Progress("finding duplicates"))
     print(f"{report.num_groups} groups, {report.num_duplicates} samples tagged 'duplicate' "
-          f"(threshold {report.threshold:.4f}, {report.method}; "
+          f"(threshold {report.threshold:.4f}, {report.engine}; "
           f"{report.num_exact_pairs} byte-identical pairs)")
     _print_groups(report, args.show_groups)
     return 0
@@ -497,18 +477,18 @@ def cmd_evaluate(args):
 
     ev = evaluate_retrieval(_view(args), args.brain_key, args.label_field, k=args.k,
                             progress=_Progress("evaluating"))
-    k = ev["k"]
-    print(f"recall@1 {ev['recall_at_1']:.4f}  precision@{k} {ev[f'precision_at_{k}']:.4f}  "
-          f"mAP@{k} {ev[f'map_at_{k}']:.4f}  ({ev['num_queries']} queries)")
-    if ev.get("confusion"):
-        conf = ev["confusion"]
-        print(f"match / no match at {conf['threshold']:.4f}: accuracy {ev['match_accuracy']:.4f}")
+    k = ev.k
+    print(f"recall@1 {ev.recall_at_1:.4f}  precision@{k} {ev.precision_at_k:.4f}  "
+          f"mAP@{k} {ev.map_at_k:.4f}  ({ev.num_queries} queries)")
+    if ev.confusion:
+        conf = ev.confusion
+        print(f"match / no match at {conf['threshold']:.4f}: accuracy {ev.match_accuracy:.4f}")
         width = max(len(c) for c in conf["classes"]) + 1
         print(" " * width + "".join(f"{c:>{width}}" for c in conf["classes"]))
         for c, row in zip(conf["classes"], conf["matrix"]):
             print(f"{c:>{width}}" + "".join(f"{v:>{width}}" for v in row))
     else:
-        print(ev.get("confusion_note", ""))
+        print(ev.confusion_note or "")
     return 0
 
 
@@ -553,8 +533,7 @@ def cmd_match(args):
         print(f"  {r.file:<{width}}  {r.decision:<9}  {dist}  {nearest}{label}")
     if len(report.rows) > args.show:
         print(f"  ... {len(report.rows) - args.show} more in {out}")
-    for path, reason in report.unreadable:
-        print(f"  skipped {path}: {reason}")
+    _print_failures(report.unreadable)
     print(report.summary())
     print(f"table: {out}")
     return 0
@@ -563,7 +542,7 @@ def cmd_match(args):
 def _only_run(samples):
     import lookalike.similarity as ls
 
-    keys = ls.our_brain_keys(samples._root_dataset)
+    keys = ls.our_brain_keys(fo_adapter.root_dataset(samples))
     if len(keys) != 1:
         raise UsageError(f"give --brain-key (lookalike indexes: {', '.join(keys) or 'none'})")
     return keys[0]
@@ -609,6 +588,13 @@ def _at_least(minimum):
 
 
 def build_parser():
+    # The choices are the package's own constants (each validated where it is used).
+    from lookalike.curation import calibrate, match, projection
+    from lookalike.curation.keep import KEEP_POLICIES
+    from lookalike.encoders import KINDS, autoencoder, contrastive, metric
+    from lookalike.similarity.engine import ENGINES
+    from lookalike.similarity.pairs import APPROXIMATE_FROM
+
     parser = _CommandParser(
         prog="lookalike",
         description="Visual similarity search and curation for FiftyOne datasets.",
@@ -641,7 +627,7 @@ def build_parser():
 
     train = sub.add_parser("train", help="train an encoder on a dataset's images")
     train.add_argument("--dataset", required=True)
-    train.add_argument("--kind", required=True, choices=["autoencoder", "metric", "contrastive"])
+    train.add_argument("--kind", required=True, choices=KINDS)
     train.add_argument("--name", required=True, help="name of the encoder in the model store")
     train.add_argument("--label-field", default=None, help="Classification field (metric only)")
     train.add_argument("--tag", default=None, help="train only on samples with this tag")
@@ -650,9 +636,11 @@ def build_parser():
     train.add_argument("--batch-size", type=_at_least(1), default=None)
     train.add_argument("--embedding-size", type=_at_least(1), default=None,
                        help="metric/contrastive")
-    train.add_argument("--loss", default=None, help="metric: multisimilarity|triplet|circle|pn")
+    train.add_argument("--loss", default=None, help=f"metric: {'|'.join(metric.LOSSES)}; "
+                       f"contrastive: {'|'.join(contrastive.LOSSES)}")
     train.add_argument("--width", type=float, default=None, help="autoencoder channel multiplier")
-    train.add_argument("--embedding", default=None, help="autoencoder: gap|flatten")
+    train.add_argument("--embedding", default=None,
+                       help=f"autoencoder: {'|'.join(autoencoder.EMBEDDINGS)}")
     train.add_argument("--learning-rate", type=float, default=None)
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(func=cmd_train)
@@ -679,7 +667,7 @@ def build_parser():
     idx.add_argument("--dataset", required=True)
     idx.add_argument("--field", required=True)
     idx.add_argument("--brain-key", default=None, help="default <field>_sim")
-    idx.add_argument("--engine", default="auto", choices=["auto", "exact", "approximate"])
+    idx.add_argument("--engine", default="auto", choices=ENGINES)
     idx.add_argument("--nprobe", type=_at_least(1), default=None,
                      help="approximate engine: lists searched per query (default: tuned)")
     idx.set_defaults(func=cmd_index)
@@ -705,10 +693,10 @@ def build_parser():
     cur.add_argument("--encoder", default=None, help="encoder to embed with")
     cur.add_argument("--field", default=None, help="embeddings field (default emb_<encoder>)")
     cur.add_argument("--label-field", default=None, help="calibrate and evaluate with labels")
-    cur.add_argument("--method", default=None, choices=["f1", "precision", "percentile"])
+    cur.add_argument("--method", default=None, choices=calibrate.METHODS)
     cur.add_argument("--target", type=float, default=None,
                      help="precision target, or the outlier percentile (default 95)")
-    cur.add_argument("--keep", default="first", choices=["first", "largest", "sharpest"])
+    cur.add_argument("--keep", default="first", choices=KEEP_POLICIES)
     cur.add_argument("--duplicate-threshold", type=float, default=None)
     cur.add_argument("--outlier-threshold", type=float, default=None)
     cur.add_argument("--pngs", default=None, help="write the pictures (PNG) to this folder")
@@ -718,7 +706,7 @@ def build_parser():
     cal = sub.add_parser("calibrate", help="calibrate a run's distance thresholds")
     brain_args(cal)
     cal.add_argument("--label-field", default=None)
-    cal.add_argument("--method", default=None, choices=["f1", "precision", "percentile"])
+    cal.add_argument("--method", default=None, choices=calibrate.METHODS)
     cal.add_argument("--target", type=float, default=None)
     cal.add_argument("--unknown-fraction", type=float, default=0.2,
                      help="share of label classes held out as unknowns (0 = closed set)")
@@ -729,8 +717,9 @@ def build_parser():
     dup = sub.add_parser("duplicates", help="group near-duplicates (or delete the tagged ones)")
     brain_args(dup, key_required=False)
     dup.add_argument("--threshold", type=float, default=None)
-    dup.add_argument("--keep", default="first", choices=["first", "largest", "sharpest"])
-    dup.add_argument("--method", default="auto", choices=["auto", "exact", "approximate"])
+    dup.add_argument("--keep", default="first", choices=KEEP_POLICIES)
+    dup.add_argument("--engine", default="auto", choices=ENGINES,
+                     help=f"the pair search (auto: approximate from {APPROXIMATE_FROM:,} samples)")
     dup.add_argument("--show-groups", type=_at_least(0), default=10)
     dup.add_argument("--delete", action="store_true",
                      help="delete the samples tagged 'duplicate' (a dry run without --yes)")
@@ -766,7 +755,7 @@ def build_parser():
     vis.add_argument("--dataset", required=True)
     vis.add_argument("--field", required=True)
     vis.add_argument("--brain-key", default=None, help="default <field>_<method>")
-    vis.add_argument("--method", default="umap", choices=["umap", "tsne", "pca"])
+    vis.add_argument("--method", default="umap", choices=projection.METHODS)
     vis.add_argument("--tag", default=None)
     vis.set_defaults(func=cmd_visualize)
 
@@ -775,7 +764,7 @@ def build_parser():
     brain_args(ml)
     ml.add_argument("--label-field", required=True)
     ml.add_argument("--pred-field", default=None, help="default <label field>_match")
-    ml.add_argument("--strategy", default="nearest", choices=["nearest", "vote"])
+    ml.add_argument("--strategy", default="nearest", choices=match.STRATEGIES)
     ml.add_argument("-k", type=_at_least(1), default=5,
                     help="neighbours that vote (--strategy vote)")
     ml.add_argument("--all", action="store_true", help="also re-predict labelled samples")
@@ -784,7 +773,7 @@ def build_parser():
     mt = sub.add_parser("match", help="match a folder of new images: duplicate, match or new")
     brain_args(mt, key_required=False)
     mt.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    mt.add_argument("--add", default="none", choices=["none", "new", "all"],
+    mt.add_argument("--add", default="none", choices=match.ADD_MODES,
                     help="import the new images (tagged with the batch), all, or none")
     mt.add_argument("--label-field", default=None,
                     help="predict this label (default: the calibration's)")

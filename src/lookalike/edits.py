@@ -11,6 +11,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from lookalike.errors import UsageError
+
 EDITS = (
     "crop",
     "resize",
@@ -71,7 +73,7 @@ def apply_edit(img, edit, rng):
             stroke_fill=(0, 0, 0),
         )
         return img, ".png"
-    raise ValueError(f"unknown edit {edit!r}; choose from {EDITS}")
+    raise UsageError(f"unknown edit {edit!r}; choose from {EDITS}")
 
 def perspective(img, rng, strength=(0.08, 0.18)):
     """The same scene from another camera position: a random homography, then a crop,

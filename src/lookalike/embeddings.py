@@ -20,6 +20,7 @@ import numpy as np
 
 from lookalike import faults, fo_adapter, leases
 from lookalike.errors import EmbeddingFieldError  # noqa: F401 (re-exported)
+from lookalike.progress import report
 
 INFO_KEY = "lookalike_embeddings"
 
@@ -30,7 +31,7 @@ class EmbeddingReport:
     encoder: str
     embedded: int
     skipped_existing: int
-    failures: list = field(default_factory=list)  # (sample_id, path, reason)
+    failures: list = field(default_factory=list)  # lookalike.images.ImageFailure, with sample_id
 
 
 def field_records(dataset):
@@ -46,6 +47,18 @@ def field_record(dataset, field_name):
 
 def _set_record(dataset, field_name, record):
     fo_adapter.set_info_key(dataset, f"{INFO_KEY}.{field_name}", record)
+
+
+def default_field_name(encoder):
+    """The field an encoder's embeddings go to unless told: ``emb_<name>``, FiftyOne-safe.
+
+    ``encoder``: a loaded encoder or its name. FiftyOne reads "." in a field name
+    as a path into an embedded document, so every character but letters,
+    digits and "_" becomes "_" (``ae.v2`` -> ``emb_ae_v2``).
+    """
+    import re
+
+    return "emb_" + re.sub(r"\W", "_", getattr(encoder, "name", encoder))
 
 
 def _check_field_name(field_name):
@@ -78,11 +91,11 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
     Args:
         samples: a FiftyOne dataset or view
         encoder: an encoder name, directory or loaded :class:`Encoder`
-        embeddings_field: the vector field (default ``emb_<encoder name>``)
+        embeddings_field: the vector field (default :func:`default_field_name`)
         overwrite: recompute vectors that exist; with another encoder than the
             field's, the field is cleared on the whole dataset first (a field
             never mixes encoders)
-        progress: optional ``callable(done, total)``
+        progress: optional ``progress(fraction, label)`` (:mod:`lookalike.progress`)
 
     Returns:
         an :class:`EmbeddingReport`
@@ -98,7 +111,7 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
     if not isinstance(encoder, Encoder):
         encoder = load_encoder(encoder)
     dataset = fo_adapter.root_dataset(samples)
-    field_name = embeddings_field or f"emb_{encoder.name}".replace("-", "_").replace(".", "_")
+    field_name = embeddings_field or default_field_name(encoder)
     _check_field_name(field_name)
     if len(samples) == 0:
         raise EmbeddingFieldError("the view is empty: there is nothing to embed")
@@ -142,21 +155,20 @@ def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, over
         todo = samples.exists(field_name, False)
     skipped = len(samples) - len(todo)
     ids, paths = todo.values(["id", "filepath"]) if len(todo) else ([], [])
-    embedded, failures = 0, []
+    embedded, done, failures = 0, 0, []
     for start in range(0, len(ids), chunk_size):
         c_ids, c_paths = ids[start:start + chunk_size], paths[start:start + chunk_size]
 
-        def chunk_progress(done, total, start=start):
-            if progress is not None:
-                progress(start + done, len(ids))
-
-        emb, ok, failed = encoder.embed_paths(c_paths, batch_size=batch_size,
-                                              progress=chunk_progress)
-        values = {c_ids[i]: vec for i, vec in zip(ok, emb.astype(np.float32))}
-        errors = {c_ids[i]: None for i in ok}
-        for i, reason in failed:
-            errors[c_ids[i]] = reason
-            failures.append((c_ids[i], c_paths[i], reason))
+        values, errors = {}, {}
+        for ok, emb, failed in encoder.iter_embed_paths(c_paths, batch_size=batch_size,
+                                                        sample_ids=c_ids):
+            if emb is not None:
+                values.update((c_ids[i], vec) for i, vec in zip(ok, emb.astype(np.float32)))
+                errors.update((c_ids[i], None) for i in ok)
+            errors.update((f.sample_id, f.reason) for f in failed)
+            failures.extend(failed)
+            done += len(ok) + len(failed)
+            report(progress, done, len(ids), f"embedded {done}/{len(ids)}")
         if start + chunk_size >= len(ids):
             faults.point("embed.before_final_write")
         if values:

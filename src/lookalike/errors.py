@@ -96,6 +96,14 @@ class DeletionRefusedError(CurationError):
     """A deletion that would remove samples no published result still justifies."""
 
 
+class PluginInstallError(UsageError):
+    """The plugin cannot be installed there (another plugin's folder, a folder we must not serve)."""
+
+
+class BrainConfigError(UsageError):
+    """A brain config file that cannot be read or written."""
+
+
 class JournalError(LookalikeError, ValueError):
     """A deletion journal that cannot be restored: missing, not ours, another dataset's."""
 

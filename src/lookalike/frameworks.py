@@ -83,7 +83,24 @@ def tensorflow():
                 paddle()  # must precede TensorFlow, see the module docstring
         tf = importlib.import_module("tensorflow")
         _check_keras2(tf)
+        _gpu_memory_growth(tf)
         return tf
+
+
+_gpu_configured = False
+
+
+def _gpu_memory_growth(tf):
+    # TensorFlow grabs all GPU memory by default; Paddle may share the device.
+    global _gpu_configured
+    if _gpu_configured:
+        return
+    _gpu_configured = True
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # the device is already initialised: too late, and harmless
 
 
 def _check_keras2(tf):

@@ -3,13 +3,15 @@
 Every model in lookalike sees 8-bit RGB. Files on disk are more varied: 16-bit
 PNGs, palette GIFs with transparency, RGBA, CMYK JPEGs, EXIF-rotated photos,
 truncated downloads. :func:`load_image` turns each valid one into RGB and raises
-:class:`UnreadableImageError` (with the path and the reason) for the rest.
+:class:`UnreadableImageError` (with the path and the reason) for the rest;
+jobs that skip such files list them as :class:`ImageFailure`.
 """
 
 import contextlib
 import os
 import stat
 import threading
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -25,6 +27,27 @@ DEFAULT_MAX_PIXELS = 250_000_000
 
 
 from lookalike.errors import UnreadableImageError, UsageError  # noqa: E402,F401 (re-exported)
+
+
+@dataclass
+class ImageFailure:
+    """A file that could not be used as an image, and why: every job lists these, never raises.
+
+    ``sample_id`` is the FiftyOne sample the file belongs to, when there is one.
+    """
+
+    path: str
+    reason: str
+    sample_id: str | None = None
+
+
+def failure_lines(failures, limit=None):
+    """``"  path: reason"`` for each failure (the first ``limit``), then ``"  ... and N more"``."""
+    shown = failures if limit is None else failures[:limit]
+    lines = [f"  {f.path}: {f.reason}" for f in shown]
+    if len(failures) > len(shown):
+        lines.append(f"  ... and {len(failures) - len(shown)} more")
+    return lines
 
 
 def has_image_extension(path):
@@ -233,13 +256,3 @@ def _scale_to_uint8(arr):
 def load_image(path):
     """Decodes ``path`` into an RGB PIL image or raises :class:`UnreadableImageError`."""
     return to_rgb(open_image(path))
-
-
-def load_rgb_array(path, size=None):
-    """Decodes ``path`` into a ``(H, W, 3)`` uint8 array, resized to ``size`` if given."""
-    img = load_image(path)
-    if size is not None:
-        if isinstance(size, int):
-            size = (size, size)
-        img = img.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)

@@ -15,32 +15,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lookalike import faults
-from lookalike.images import UnreadableImageError, has_image_extension, open_image
+from lookalike.images import (
+    ImageFailure,
+    UnreadableImageError,
+    failure_lines,
+    has_image_extension,
+    open_image,
+)
+from lookalike.progress import report
 
 
 from lookalike.errors import ImageImportError  # noqa: F401 (re-exported)
 
 
 @dataclass
-class SkippedFile:
-    path: str
-    reason: str
-
-
-@dataclass
 class ImportReport:
     dataset_name: str
     imported: int
-    skipped: list = field(default_factory=list)  # SkippedFile
+    failures: list = field(default_factory=list)  # ImageFailure: files skipped
 
     def summary(self, max_listed=20):
         lines = [f"imported {self.imported} images into dataset '{self.dataset_name}'"]
-        if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} files:")
-            for s in self.skipped[:max_listed]:
-                lines.append(f"  {s.path}: {s.reason}")
-            if len(self.skipped) > max_listed:
-                lines.append(f"  ... and {len(self.skipped) - max_listed} more")
+        if self.failures:
+            lines.append(f"skipped {len(self.failures)} files:")
+            lines += failure_lines(self.failures, max_listed)
         return "\n".join(lines)
 
 
@@ -87,14 +85,16 @@ def _probe(path):
 
 
 def probe_images(paths, num_workers=None, progress=None):
-    """Decodes every path (in threads: Pillow releases the GIL while decoding)."""
+    """Decodes every path (in threads: Pillow releases the GIL while decoding).
+
+    ``progress(fraction, label)``.
+    """
     num_workers = num_workers or min(8, (os.cpu_count() or 1) + 1)
     probes = []
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
         for i, probe in enumerate(pool.map(_probe, paths), 1):
             probes.append(probe)
-            if progress is not None:
-                progress(i, len(paths))
+            report(progress, i, len(paths), f"checked {i}/{len(paths)} files")
     return probes
 
 
@@ -141,11 +141,11 @@ def import_images(
         labels_from_folders: store each image's sub-folder (relative to
             ``directory``) as a ``ground_truth`` classification
         persistent: keep the dataset after this process exits
-        progress: optional ``callable(done, total)`` while files are checked
+        progress: optional ``progress(fraction, label)`` while files are checked
 
     Returns:
         an :class:`ImportReport`; files that are not images or cannot be decoded
-        are listed in ``report.skipped`` with the reason.
+        are listed in ``report.failures`` (:class:`~lookalike.images.ImageFailure`).
 
     Raises:
         ImageImportError: the folder is missing or holds no readable image, or
@@ -176,13 +176,10 @@ def import_images(
 
     probes = probe_images(paths, progress=progress)
     good = [p for p in probes if not p.error]
-    skipped = [SkippedFile(p.path, p.error) for p in probes if p.error]
+    failures = [ImageFailure(p.path, p.error) for p in probes if p.error]
     if not good and not (append and exists):
-        listed = "\n".join(f"  {s.path}: {s.reason}" for s in skipped[:10])
-        more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-        raise ImageImportError(
-            f"{directory}: no readable images among {len(paths)} files:\n{listed}{more}"
-        )
+        listed = "\n".join(failure_lines(failures, 10))
+        raise ImageImportError(f"{directory}: no readable images among {len(paths)} files:\n{listed}")
 
     samples = [_make_sample(p, directory, labels_from_folders) for p in good]
     if append and exists:
@@ -199,7 +196,7 @@ def import_images(
             raise
     else:
         _write_then_rename(samples, dataset_name, exists, persistent)
-    return ImportReport(dataset_name=dataset_name, imported=len(samples), skipped=skipped)
+    return ImportReport(dataset_name=dataset_name, imported=len(samples), failures=failures)
 
 
 _IMPORTING, _REPLACED = ".importing-", ".replaced-"

@@ -64,30 +64,20 @@ def run_summary(dataset, brain_key):
     """Thresholds, metrics and figure specs of one run (whatever has been computed)."""
     import lookalike.similarity as ls
     from lookalike.curation import records
+    from lookalike.curation.calibrate import Calibration
+    from lookalike.curation.evaluation import RetrievalEvaluation
     from lookalike.curation.figures import run_figures
 
     index = ls.load_index(dataset, brain_key)
     curation = index.curation or {}
     out = {"brain_key": brain_key, "figures": run_figures(index), "lines": []}
-    cal = curation.get("calibration")
-    if cal:
-        fresh = records.is_fresh(index, "calibration")
-        out["lines"].append(
-            f"Calibration ({cal['method']}{'' if fresh else ', STALE: recalibrate'}): "
-            f"match threshold {cal['threshold']:.4f}, duplicate threshold "
-            f"{cal['duplicate_threshold']:.4f}. {cal.get('note', '')}")
-        values = cal.get("metric_values") or {}
-        if values:
-            out["lines"].append("At the match threshold: " + ", ".join(
-                f"{k} {v:.3f}" for k, v in values.items() if k != "thresholds"))
+    if curation.get("calibration"):
+        stale = "" if records.is_fresh(index, "calibration") else "STALE, recalibrate: "
+        out["lines"].append(stale + Calibration.from_record(curation["calibration"]).summary())
     else:
         out["lines"].append("Not calibrated yet.")
-    ev = curation.get("evaluation")
-    if ev:
-        k = ev["k"]
-        out["lines"].append(f"Retrieval against '{ev['label_field']}': recall@1 "
-                            f"{ev['recall_at_1']:.3f}, precision@{k} {ev[f'precision_at_{k}']:.3f},"
-                            f" mAP@{k} {ev[f'map_at_{k}']:.3f} ({ev['num_queries']} queries)")
+    if curation.get("evaluation"):
+        out["lines"].append(RetrievalEvaluation.from_record(curation["evaluation"]).summary())
     for name in ("duplicates", "outliers"):
         if curation.get(name):
             summary = curation[name]
@@ -130,15 +120,20 @@ def outlier_rows(samples, limit=100):
             for i, p, d in zip(ids, paths, dists)]
 
 
+def folder_match_rows(rows, limit=100):
+    """The first ``limit`` rows of a folder match's table (``MatchReport.table()``), for display."""
+    return [{"file": r["file"], "decision": r["decision"],
+             "nearest_file": os.path.basename(r.get("nearest_path") or "") or None,
+             "distance": None if r.get("distance") is None else round(float(r["distance"]), 4),
+             "label": r.get("label")} for r in rows[:limit]]
+
+
 def match_rows(dataset, limit=100):
     """The last label matching (a line) and folder match (a line and its first rows)."""
     from lookalike.curation.match import last_record
 
     labels, folder = last_record(dataset, "label_match"), last_record(dataset, "folder_match")
-    rows = [{"file": r["file"], "decision": r["decision"],
-             "nearest_file": os.path.basename(r.get("nearest_path") or "") or None,
-             "distance": None if r.get("distance") is None else round(float(r["distance"]), 4),
-             "label": r.get("label")} for r in (folder or {}).get("rows", [])[:limit]]
+    rows = folder_match_rows((folder or {}).get("rows", []), limit)
     return {"labels": (f"{labels['num_matched']} labelled, {labels['num_no_match']} 'no match' "
                        f"in '{labels['pred_field']}'") if labels else None,
             "folder": folder["summary"] if folder else None, "rows": rows}

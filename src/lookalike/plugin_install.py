@@ -24,7 +24,7 @@ import shutil
 import tempfile
 
 from lookalike import faults
-from lookalike.errors import UsageError
+from lookalike.errors import PluginInstallError  # noqa: F401 (re-exported)
 
 # Everything a FiftyOne plugin is: its manifest, its Python entry, its icon and
 # its Python requirements. Nothing else is ever put into a plugins directory.
@@ -32,10 +32,6 @@ PLUGIN_FILES = ("fiftyone.yml", "requirements.txt", "plugin", "assets")
 PLUGIN_NAME = "@lookalike/similarity"
 FOLDER = "lookalike"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
-
-
-class PluginInstallError(UsageError):
-    """The plugin cannot be installed there (another plugin's folder, a folder we must not serve)."""
 
 
 def checkout_root():

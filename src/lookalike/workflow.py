@@ -65,13 +65,13 @@ def train_demo_encoders(dataset, quick=False, retrain=False, log=print, store_di
         view = dataset.match(F("source") == plan.source)
         start = time.perf_counter()
 
-        def progress(epoch, epochs, metrics, name=name):
+        def on_epoch(epoch, epochs, metrics, name=name):
             log(f"    {name} epoch {epoch}/{epochs}: loss {metrics['loss']:.4f}, "
                 f"{metrics.get('images_per_s', 0):.0f} images/s")
 
         log(f"  training {name} ({plan.kind}) on {len(view)} {plan.source}s ...")
         result = train_encoder(view, plan.kind, name, store_dir=store_dir, overwrite=retrain,
-                               progress=progress, **settings)
+                               on_epoch=on_epoch, **settings)
         manifests[name] = read_manifest(resolve_path(name, store_dir))
         log(f"  trained {describe(result.manifest)} in {time.perf_counter() - start:.0f} s")
     return manifests
@@ -119,7 +119,7 @@ def copy_retrieval(dataset, brain_key):
     found = total = 0
     for sample_id, group in zip(originals.values("id"), originals.values("gt_group")):
         copies = sum(1 for g in groups if g == group) - 1
-        neighbours, _ = index._kneighbors(sample_id, k=copies + 1)
+        neighbours, _ = index.nearest(sample_id, k=copies + 1)
         found += sum(1 for n in neighbours if n != sample_id and group_of.get(n) == group)
         total += copies
     return found / max(total, 1), len(originals)
@@ -172,10 +172,10 @@ def curate_photos(dataset, brain_key, log=print):
             predicted[s] = number
     dup = pair_scores(predicted, truth_groups)
     out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
-    log(f"  {brain_key}: duplicate threshold {cal['duplicate_threshold']:.4f} "
+    log(f"  {brain_key}: duplicate threshold {cal.duplicate_threshold:.4f} "
         f"(synthetic copies), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
         f"recall {dup['recall']:.3f} F1 {dup['f1']:.3f}")
-    log(f"  {brain_key}: outlier threshold {cal['threshold']:.4f} ({cal['note']}), "
+    log(f"  {brain_key}: outlier threshold {cal.threshold:.4f} ({cal.note}), "
         f"{out['flagged']} flagged -> precision {out['precision']:.3f} "
         f"recall {out['recall']:.3f} of the {out['true']} unique photos")
     return {"duplicates": dup, "outliers": out, "calibration": cal}
@@ -194,13 +194,13 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
     ls.build_index(dataset, "emb_metric", "emb_metric_sim")
     cal = lc.calibrate_threshold(digits, "emb_metric_sim", label_field="ground_truth")
     ev = lc.evaluate_retrieval(digits, "emb_metric_sim", "ground_truth", k=10)
-    unknown = cal["unknown_classes"]
-    conf = ev["confusion"]
+    unknown = cal.unknown_classes
+    conf = ev.confusion
     rejected = conf["matrix"][-1][-1] / max(sum(conf["matrix"][-1]), 1) if conf else float("nan")
-    log(f"  emb_metric_sim: match threshold {cal['threshold']:.4f} (F1 "
-        f"{cal['metric_values']['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
-        f"recall@1 {ev['recall_at_1']:.3f}, precision@10 {ev['precision_at_10']:.3f}, "
-        f"mAP@10 {ev['map_at_10']:.3f}; unknown digits rejected {rejected:.3f}")
+    log(f"  emb_metric_sim: match threshold {cal.threshold:.4f} (F1 "
+        f"{cal.metric_values['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
+        f"recall@1 {ev.recall_at_1:.3f}, precision@{ev.k} {ev.precision_at_k:.3f}, "
+        f"mAP@{ev.k} {ev.map_at_k:.3f}; unknown digits rejected {rejected:.3f}")
     return {"calibration": cal, "evaluation": ev}
 
 
@@ -251,7 +251,7 @@ def write_query_set(dataset, query_dir, seed=99):
         shutil.copyfile(os.path.join(images, name), os.path.join(photo_dir, f"unseen_{name}"))
         photo_truth[f"unseen_{name}"] = None
 
-    unknown = set(_digit_calibration(dataset).get("unknown_classes") or [])
+    unknown = set(_digit_calibration(dataset).unknown_classes or [])
     digits = dataset.match(F("source") == "digit")
     per_class, digit_truth, held_back = {}, {}, []
     for sid, path, label in zip(*digits.values(["id", "filepath", "ground_truth.label"])):
@@ -297,7 +297,7 @@ def match_query_set(dataset, photo_key="emb_contrastive_sim", log=print):
         f"duplicates of the right photo; {new_ok} of {len(unseen)} unseen photos called new "
         f"({report.images_per_s:.0f} images/s)")
 
-    unknown = _digit_calibration(dataset).get("unknown_classes") or []
+    unknown = _digit_calibration(dataset).unknown_classes or []
     gallery = dataset.match((F("source") == "digit")
                             & ~F("ground_truth.label").is_in(unknown)).exclude(held_back)
     digits = lc.match_images(gallery, "emb_metric_sim", os.path.join(query_dir, "digits"))

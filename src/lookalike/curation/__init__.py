@@ -16,15 +16,14 @@ Results are saved with the similarity run (``index.curation``) and in sample
 fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
 """
 
-from lookalike.calibration import CalibrationError
-from lookalike.curation.calibrate import calibrate_threshold, get_calibration
+from lookalike.curation.calibrate import Calibration, calibrate_threshold, get_calibration
 from lookalike.curation.duplicates import (
     DuplicateReport,
     delete_duplicates,
     duplicates_view,
     find_duplicates,
 )
-from lookalike.curation.evaluation import evaluate_retrieval
+from lookalike.curation.evaluation import RetrievalEvaluation, evaluate_retrieval
 from lookalike.curation.match import (
     FolderMatchReport,
     LabelMatchReport,
@@ -35,9 +34,15 @@ from lookalike.curation.match import (
 from lookalike.curation.outliers import OutlierReport, flag_outliers, outliers_view
 from lookalike.curation.pipeline import CurationReport, curate
 from lookalike.curation.projection import visualize_embeddings
-from lookalike.curation.errors import CurationError, MissingRecordError, StaleRecordError
+from lookalike.errors import (
+    CalibrationError,
+    CurationError,
+    MissingRecordError,
+    StaleRecordError,
+)
 
 __all__ = [
+    "Calibration",
     "CalibrationError",
     "CurationError",
     "CurationReport",
@@ -46,6 +51,7 @@ __all__ = [
     "LabelMatchReport",
     "MissingRecordError",
     "OutlierReport",
+    "RetrievalEvaluation",
     "StaleRecordError",
     "calibrate_threshold",
     "curate",

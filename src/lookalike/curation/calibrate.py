@@ -1,6 +1,6 @@
 """``calibrate_threshold``: distance thresholds for a similarity run, saved with the run.
 
-With a label field: TF Similarity's procedure (see :mod:`lookalike.calibration`)
+With a label field: TF Similarity's procedure (see :mod:`lookalike.curation.sweep`)
 on leave-one-out nearest neighbours, by default open-set: a share of the label
 classes is held out of the gallery, so that rejecting their queries counts.
 Without labels: thresholds from the distribution of nearest-neighbour distances,
@@ -17,18 +17,22 @@ Two thresholds are saved:
   elsewhere): Otsu's split of the distances from each sample to its nearest
   neighbours, which separates a tight "copies" mode from ordinary neighbours
   when the data has copies.
+
+The result is a :class:`Calibration`; the run keeps it as a record (a dict,
+:meth:`Calibration.to_record`), which matching and curation read.
 """
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike.calibration import (
-    CalibrationError,
-    optimal_index,
-    target_index,
-    threshold_sweep,
-)
+from lookalike import fo_adapter
 from lookalike.curation import records
 from lookalike.curation.neighbours import leave_one_out
+from lookalike.curation.sweep import choose, threshold_sweep
+from lookalike.errors import CalibrationError, EmptyViewError
+from lookalike.labels import indexed_labels, pick_unknown_classes
+from lookalike.progress import stage
 
 METHODS = ("f1", "precision", "percentile")
 # Neighbours per sample whose distances set the label-free duplicate threshold.
@@ -36,56 +40,53 @@ DUPLICATE_NEIGHBOURS = 10
 _CURVE_POINTS = 2000
 
 
-def load_labels(samples, index, label_field):
-    """(index rows, labels) of the indexed samples of ``samples`` with a label; and how many lack one."""
-    schema = samples.get_field_schema()
-    if label_field not in schema:
-        raise CalibrationError(f"'{samples._root_dataset.name}' has no field '{label_field}'")
-    import fiftyone as fo
-
-    path = label_field
-    field = schema[label_field]
-    if isinstance(field, fo.EmbeddedDocumentField):
-        if not issubclass(field.document_type, fo.Classification):
-            raise CalibrationError(
-                f"'{label_field}' holds {field.document_type.__name__} labels; "
-                "calibration needs a Classification or a string field")
-        path = f"{label_field}.label"
-    ids, labels = samples.values(["id", path])
-    position = {sid: i for i, sid in enumerate(index.sample_ids)}
-    rows, kept, missing = [], [], 0
-    for sid, label in zip(ids, labels):
-        if sid not in position:
-            continue  # not embedded: not in the index
-        if label is None or label == "":
-            missing += 1
-            continue
-        rows.append(position[sid])
-        kept.append(str(label))
-    return np.asarray(rows, dtype=int), np.asarray(kept, dtype=object), missing
-
-
 def _view_rows(samples, index):
     """Rows of the index that hold samples of ``samples`` (an empty view is an error)."""
-    from lookalike.errors import EmptyViewError
-
     if len(samples) == 0:
         raise EmptyViewError("the view is empty: there are no samples to calibrate on")
     position = {sid: r for r, sid in enumerate(index.sample_ids)}
     return np.array([position[s] for s in samples.values("id") if s in position], dtype=int)
 
 
-def pick_unknown_classes(classes, fraction, seed):
-    """A seeded share of the classes to hold out (at least one when ``fraction`` > 0)."""
-    if not fraction:
-        return []
-    if len(classes) < 2:
-        raise CalibrationError(
-            f"only one class ({classes[0]!r}): open-set calibration needs at least 2 "
-            "(pass unknown_fraction=0 for closed-set)")
-    n = min(len(classes) - 1, max(1, int(round(fraction * len(classes)))))
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(sorted(classes), n, replace=False).tolist())
+@dataclass
+class Calibration(records.SavedResult):
+    """The thresholds of a run, as :func:`calibrate_threshold` saved them with it."""
+
+    NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field")
+    brain_key: str
+    method: str  # "f1", "precision" or "percentile"
+    threshold: float  # the match threshold: farther from every other sample = no match
+    duplicate_threshold: float = None  # closer pairs are near-duplicates
+    duplicate_rule: str = ""  # how the duplicate threshold was set, in words
+    note: str = ""  # how the match threshold was set, in words
+    target: float = None  # the precision or percentile asked for
+    label_field: str = None  # None: label-free
+    num_indexed: int = None  # indexed samples of the view calibrated on
+    num_queries: int = None
+    metric_values: dict = field(default_factory=dict)  # precision, recall, f1 at the threshold
+    nn_histogram: dict = None  # counts and edges of nearest-neighbour distances
+    nn_percentiles: dict = None  # of nearest-neighbour distances, by percentile ("5", "95")
+    duplicate_recall: float = None
+    copy_distance_median: dict = None  # per synthetic edit, when copies set the threshold
+    exclude_exact_duplicates: bool = False
+    # With labels:
+    curve: dict = None  # the sweep (thinned), for the pictures
+    num_missing_labels: int = None
+    classes: list = None
+    unknown_classes: list = None  # held out of the gallery (open set)
+
+    def summary(self):
+        """One paragraph, for the CLI and the App."""
+        text = (f"'{self.brain_key}' calibrated ({self.method}): match threshold "
+                f"{self.threshold:.4f}, duplicate threshold {self.duplicate_threshold:.4f}. "
+                f"{self.note}")
+        values = {k: v for k, v in (self.metric_values or {}).items() if k != "thresholds"}
+        if values:
+            text += "; at the match threshold: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in values.items())
+        if self.num_missing_labels:
+            text += f"; {self.num_missing_labels} samples without a label were left out"
+        return text + f". Duplicate threshold: {self.duplicate_rule}."
 
 
 def otsu_threshold(values, bins=256):
@@ -155,7 +156,7 @@ def duplicate_threshold(index, nn_dists, duplicate_recall=0.95, num_copies=64, s
 def calibrate_threshold(samples, brain_key, label_field=None, method=None, target=None,
                         unknown_classes=None, unknown_fraction=0.2, exclude_exact_duplicates=False,
                         duplicate_recall=0.95, seed=51, progress=None):
-    """Calibrates and saves the thresholds of similarity run ``brain_key``; returns the record.
+    """Calibrates and saves the thresholds of similarity run ``brain_key``.
 
     Args:
         samples: the dataset or a view (with labels: the labelled queries)
@@ -173,11 +174,14 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         duplicate_recall (0.95): share of synthetic copies the duplicate
             threshold keeps
         seed (51): seed of the held-out class choice
-        progress (None): ``progress(done, total)`` over the neighbour searches
+        progress (None): ``progress(fraction, label)`` over the neighbour searches
+
+    Returns:
+        a :class:`Calibration`, also saved with the run
     """
     import lookalike.similarity as ls
 
-    index = ls.load_index(samples._root_dataset, brain_key)
+    index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
     method = method or ("f1" if label_field else "percentile")
     if method not in METHODS:
         raise CalibrationError(f"unknown method {method!r}; choose from {METHODS}")
@@ -187,11 +191,6 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         raise CalibrationError(f"run '{brain_key}' holds {index.total_index_size} embeddings: "
                                "calibration needs at least 2")
     engine = index.engine
-
-    def stage(offset, share):
-        if progress is None:
-            return None
-        return lambda done, total: progress(offset + share * done / max(total, 1), 1.0)
 
     # Label-free part, for every indexed sample of the view (neighbours from the
     # view too, as fiftyone-brain's methods do): nearest-neighbour distances.
@@ -204,7 +203,8 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
                                       gallery=None if whole else view_rows,
                                       k=DUPLICATE_NEIGHBOURS,
                                       exclude_exact=exclude_exact_duplicates,
-                                      progress=stage(0.0, 0.5 if label_field else 1.0))
+                                      progress=stage(progress, 0.0, 0.5 if label_field else 1.0,
+                                                     "nearest neighbours"))
     nn1 = nn_dists[:, 0]
     dup_threshold, dup_rule, dup_extra = duplicate_threshold(
         index, nn_dists, duplicate_recall=duplicate_recall, seed=seed)
@@ -233,9 +233,9 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
             num_queries=int(np.isfinite(nn1).sum()), metric_values={},
             note=(f"no labels: {100 - q:g}% of the samples lie farther than this from "
                   "their nearest neighbour"))
-        return records.save(index, "calibration", record)
+        return Calibration.from_record(records.save(index, "calibration", record))
 
-    rows, labels, missing = load_labels(samples, index, label_field)
+    rows, labels, missing = indexed_labels(samples, index, label_field, CalibrationError)
     if len(rows) < 2:
         raise CalibrationError(
             f"{len(rows)} indexed samples have a '{label_field}' label ({missing} without): "
@@ -257,21 +257,15 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     known = ~np.isin(labels, unknown)
     idx, dist = leave_one_out(engine, rows=rows, k=1, gallery=rows[known],
                               exclude_exact=exclude_exact_duplicates,
-                              progress=stage(0.5, 0.5))
+                              progress=stage(progress, 0.5, 0.5, "labelled neighbours"))
     found = idx[:, 0] >= 0
     label_of = dict(zip(rows.tolist(), labels.tolist()))
     neighbour_labels = np.array([label_of.get(int(i)) for i in idx[:, 0]], dtype=object)
     correct = (neighbour_labels == labels)[found]
     curve = threshold_sweep(dist[found, 0], correct)
-    if method == "f1":
-        i = optimal_index(curve, "f1")
-    else:
-        if target is None or not 0 < float(target) <= 1:
-            raise CalibrationError("method 'precision' needs a target in (0, 1], e.g. 0.95")
-        i = target_index(curve, "precision", float(target))
-        if i is None:
-            raise CalibrationError(f"precision {target} is never reached "
-                                   f"(best {curve.precision.max():.3f})")
+    if method == "precision" and (target is None or not 0 < float(target) <= 1):
+        raise CalibrationError("method 'precision' needs a target in (0, 1], e.g. 0.95")
+    i = choose(curve, method, None if method == "f1" else float(target))
     record.update(
         threshold=float(curve.thresholds[i]), metric_values=curve.at(i),
         curve=_curve_dict(curve, i), num_queries=int(found.sum()),
@@ -279,12 +273,15 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         note=("open set: " + f"{len(unknown)} of {len(classes)} classes held out as unknowns"
               if unknown else "closed set: every class is known (the F1 optimum tends to "
               "accept everything)"))
-    return records.save(index, "calibration", record)
+    return Calibration.from_record(records.save(index, "calibration", record))
 
 
 def get_calibration(samples, brain_key, check_fresh=True):
-    """The saved calibration of ``brain_key``; refuses a stale one unless ``check_fresh=False``."""
+    """The saved :class:`Calibration` of ``brain_key``.
+
+    Refuses a stale one (:class:`StaleRecordError`) unless ``check_fresh=False``.
+    """
     import lookalike.similarity as ls
 
-    return records.load(ls.load_index(samples._root_dataset, brain_key), "calibration",
-                        check_fresh=check_fresh)
+    index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
+    return Calibration.from_record(records.load(index, "calibration", check_fresh=check_fresh))

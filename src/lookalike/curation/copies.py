@@ -13,21 +13,21 @@ import random
 import numpy as np
 
 from lookalike.edits import EDITS, edited_copy
+from lookalike.similarity.distance import cosine_distance
 
 
 def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
     """``{edit: [distances]}`` between sampled indexed images and their edited copies."""
-    from lookalike.encoders.data import resize_rgb
+    from lookalike.encoders.preprocessing import to_input
     from lookalike.images import UnreadableImageError, load_image
     from lookalike.similarity import encoder_of
 
     encoder = encoder_of(index)
-    size = encoder.image_size
     ids = list(index.sample_ids)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(ids), min(num_images, len(ids)), replace=False)
     chosen_ids = [ids[i] for i in chosen]
-    paths = dict(zip(*index._dataset.select(chosen_ids).values(["id", "filepath"])))
+    paths = dict(zip(*index.dataset.select(chosen_ids).values(["id", "filepath"])))
     edit_rng = random.Random(seed)
     out = {e: [] for e in edits}
     for n, sid in enumerate(chosen_ids, 1):
@@ -40,10 +40,10 @@ def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
                 progress(n, len(chosen_ids))
             continue
         batch = [img] + [edited_copy(img, e, edit_rng) for e in edits]
-        # The encoder's own preprocessing, as for every embedded file.
-        arrays = np.stack([resize_rgb(im, size) for im in batch])
+        # The preprocessing the encoder's manifest records, as for every embedded file.
+        arrays = np.stack([to_input(im, encoder.manifest) for im in batch])
         emb = encoder.embed(arrays)
-        dist = np.clip(1.0 - emb[1:] @ emb[0], 0.0, 2.0)
+        dist = cosine_distance(emb[1:] @ emb[0])
         for e, d in zip(edits, dist):
             out[e].append(float(d))
         if progress:

@@ -1,11 +1,11 @@
-"""Near-duplicate groups: every pair within a distance threshold, joined into connected groups.
+"""Near-duplicate groups on a dataset: found, written to sample fields and tags, deleted.
 
-Pairs come from the run's vectors: exactly, as tiled matrix products over the
-upper triangle (each pair computed once), or for large collections from a faiss
-IVF range search (see ``benchmarks/curation.py`` for speed and recall against
-exact). Byte-identical files (same SHA-256) are paired too, without any encoder.
-Each group keeps one sample (``keep``: first, largest or sharpest); the others
-get a tag, and deleting them is a separate, explicit step with a dry run first.
+The FiftyOne side of near-duplicates. Pairs come from the run's vectors, by the
+one pair search (:mod:`lookalike.similarity.pairs`, exact or faiss IVF), and
+from byte-identical files (same SHA-256, no encoder needed); pairs are joined
+into connected groups and each group keeps one sample (``keep``: first, largest
+or sharpest, :mod:`lookalike.curation.keep`); the others get a tag, and
+deleting them is a separate, explicit step with a dry run first.
 
 Writes never mix two runs: each run holds the lease ``curation:duplicates`` of
 the dataset, writes its groups under a run id (field ``dup_run``) and publishes
@@ -23,29 +23,31 @@ run reports it, the real run journals it (:mod:`lookalike.curation.journal`)
 and then deletes it.
 """
 
-import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lookalike import faults, fo_adapter, leases
-from lookalike.curation import runs
-from lookalike.curation.errors import CurationError
-from lookalike.errors import DeletionRefusedError
+from lookalike.curation import records, runs
+from lookalike.curation.keep import check_keep_policy, choose_kept, hash_pairs
+from lookalike.errors import CurationError, DeletionRefusedError
+from lookalike.progress import scaled
+from lookalike.similarity.distance import cosine_distance
+from lookalike.similarity.engine import check_engine
+from lookalike.similarity.pairs import groups_from_pairs, vector_pairs
 
-KEEP_POLICIES = ("first", "largest", "sharpest")
-METHODS = ("auto", "exact", "approximate")
-# From this many vectors "auto" searches pairs with faiss IVF instead of exactly.
-APPROXIMATE_FROM = 50_000
-_TILE_FLOATS = 1 << 25  # ~128 MB of float32 per tile of the exact search
+DEFAULT_TAG = "duplicate"
+GROUP_FIELD = "dup_group"
+DISTANCE_FIELD = "dup_distance"
+RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
+KIND = "duplicates"
+DELETE_BATCH = 10_000  # samples per delete; a kill between batches is undone from the journal
 
 
 @dataclass
 class DuplicateReport:
     threshold: float
-    method: str
+    engine: str  # the pair search used: "exact", "approximate", or "files" (hashes only)
     keep: str
     groups: list  # lists of sample ids, the kept one first
     num_pairs: int = 0
@@ -62,227 +64,22 @@ class DuplicateReport:
         """Samples that are not kept (tagged)."""
         return sum(len(g) - 1 for g in self.groups)
 
-    def summary(self):
-        return dict(threshold=self.threshold, method=self.method, keep=self.keep,
+    def to_record(self):
+        """The counts saved with the run (``index.curation["duplicates"]``)."""
+        return dict(threshold=self.threshold, engine=self.engine, keep=self.keep,
                     num_groups=self.num_groups, num_duplicates=self.num_duplicates,
                     num_pairs=self.num_pairs, num_exact_pairs=self.num_exact_pairs,
                     num_searched=self.num_searched)
 
-
-def exact_pairs(matrix, threshold, progress=None):
-    """All ``(i, j, distance)`` with i < j and cosine distance <= ``threshold``, exactly."""
-    n = len(matrix)
-    rows_per_tile = max(1, min(4096, _TILE_FLOATS // max(n, 1)))
-    out_i, out_j, out_d = [], [], []
-    min_sim = 1.0 - threshold
-    for start in range(0, n, rows_per_tile):
-        stop = min(n, start + rows_per_tile)
-        # Only columns from ``start`` on: the lower triangle was seen already.
-        sims = matrix[start:stop] @ matrix[start:].T
-        a, b = np.nonzero(sims >= min_sim - 1e-6)
-        i, j = a + start, b + start
-        upper = j > i
-        i, j = i[upper], j[upper]
-        d = np.clip(1.0 - sims[a[upper], b[upper]], 0.0, 2.0)
-        ok = d <= threshold
-        out_i.append(i[ok])
-        out_j.append(j[ok])
-        out_d.append(d[ok])
-        if progress:
-            progress(stop, n)
-    return _concat(out_i, out_j, out_d)
+    def summary(self):
+        """One paragraph, for the CLI and the App."""
+        return (f"{self.num_groups} near-duplicate groups among {self.num_searched} samples "
+                f"(threshold {self.threshold:.4f}, {self.engine} search, keep {self.keep}): "
+                f"{self.num_duplicates} duplicates tagged, {self.num_exact_pairs} "
+                "byte-identical pairs")
 
 
-def duplicate_ivf(matrix, nlist=None, nprobe=4, seed=51):
-    """A faiss IVF index built for a near-duplicate search: quick to train, few lists probed.
-
-    Near-duplicates are so close that they almost always share the query's
-    nearest lists, so the search needs neither the k-NN index's fine partition
-    nor its wide probing. About 2 * sqrt(N) lists, k-means on 39 points per list
-    for 10 iterations, 4 lists probed: at N = 100k (d = 256) 3 s in all, at 1M
-    90 s, every planted pair found (``benchmarks/curation.py``).
-    """
-    import faiss
-
-    n, d = matrix.shape
-    nlist = int(nlist or max(1, min(int(2 * np.sqrt(n)), n // 39 or 1)))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.niter = 10
-    rng = np.random.default_rng(seed)
-    index.train(matrix[rng.choice(n, min(n, 39 * nlist), replace=False)])
-    index.add(matrix)
-    index.nprobe = int(min(nprobe, nlist))
-    return index
-
-
-def approximate_pairs(matrix, threshold, engine=None, nprobe=4, progress=None, batch=16384):
-    """Pairs within ``threshold`` from a faiss IVF range search.
-
-    ``engine``: an IVFEngine over the same rows to reuse; otherwise an index is
-    built with :func:`duplicate_ivf`.
-    """
-    import faiss
-
-    if engine is not None and getattr(engine, "index", None) is not None:
-        index, nprobe = engine.index, max(nprobe, engine.nprobe)
-    else:
-        index = duplicate_ivf(matrix, nprobe=nprobe)
-    params = faiss.SearchParametersIVF(nprobe=int(min(nprobe, index.nlist)))
-    out_i, out_j, out_d = [], [], []
-    n = len(matrix)
-    for start in range(0, n, batch):
-        q = np.ascontiguousarray(matrix[start:start + batch], np.float32)
-        lims, sims, inds = index.range_search(q, float(1.0 - threshold - 1e-6), params=params)
-        counts = np.diff(lims).astype(np.int64)
-        i = np.repeat(np.arange(start, start + len(q)), counts)
-        d = np.clip(1.0 - sims, 0.0, 2.0)
-        # Each pair once, from its lower row (or from whichever end found it).
-        keep = (inds != i) & (d <= threshold)
-        a, b = np.minimum(i, inds)[keep], np.maximum(i, inds)[keep]
-        out_i.append(a)
-        out_j.append(b.astype(np.int64))
-        out_d.append(d[keep])
-        if progress:
-            progress(min(start + batch, n), n)
-    i, j, d = _concat(out_i, out_j, out_d)
-    if len(i):
-        _, first = np.unique(i * np.int64(n) + j, return_index=True)
-        i, j, d = i[first], j[first], d[first]
-    return i, j, d
-
-
-def vector_pairs(vectors, threshold, method="auto", engine=None, progress=None):
-    """``(method used, i, j, d)``: every pair of rows within ``threshold``, i < j.
-
-    The one pair search of :func:`find_duplicates` and of the brain index's own
-    ``find_duplicates`` (``LookalikeSimilarityIndex``). ``engine``: the run's
-    engine when ``vectors`` are all its rows (its faiss index is reused).
-    """
-    used = method if method != "auto" else (
-        "approximate" if len(vectors) >= APPROXIMATE_FROM else "exact")
-    if used == "exact":
-        i, j, d = exact_pairs(vectors, threshold, progress=progress)
-    else:
-        i, j, d = approximate_pairs(vectors, threshold, engine=engine, progress=progress)
-    return used, i, j, d
-
-
-def _concat(i, j, d):
-    if not i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return (np.concatenate(i).astype(np.int64), np.concatenate(j).astype(np.int64),
-            np.concatenate(d).astype(np.float32))
-
-
-def groups_from_pairs(n, i, j):
-    """Connected groups (lists of positions, size >= 2) of the graph with edges (i, j)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    if len(i) == 0:
-        return []
-    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels)
-    members = np.flatnonzero(sizes[labels] >= 2)
-    order = np.argsort(labels[members], kind="stable")
-    members = members[order]
-    splits = np.flatnonzero(np.diff(labels[members])) + 1
-    return [g.tolist() for g in np.split(members, splits)]
-
-
-def file_hash(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(chunk), b""):
-                h.update(block)
-    except OSError:
-        return None  # missing or unreadable: it cannot be a byte-identical copy
-    return h.hexdigest()
-
-
-def hash_pairs(paths, num_workers=8):
-    """``(i, j)`` pairs chaining files with identical content, and the hashes."""
-    with ThreadPoolExecutor(num_workers) as pool:
-        hashes = list(pool.map(file_hash, paths))
-    first = {}
-    i, j = [], []
-    for n, h in enumerate(hashes):
-        if h is None:
-            continue
-        if h in first:
-            i.append(first[h])
-            j.append(n)
-        else:
-            first[h] = n
-    return np.asarray(i, np.int64), np.asarray(j, np.int64), hashes
-
-
-def sharpness(path, side=256):
-    """Variance of the Laplacian of the grayscale image at ``side`` px (higher = sharper).
-
-    Measured at one common size: at its own resolution a smaller copy would
-    look sharper, its edges falling on fewer pixels. An unreadable file (deleted
-    since import, over the pixel limit, truncated) scores 0.0, as flat as a
-    blank image: never above a readable one, and a group of only unreadable
-    files still has its sharpest (the "within 3%" test holds at 0, not at -1).
-    """
-    from PIL import Image
-
-    from lookalike.images import UnreadableImageError, load_image
-
-    try:
-        img = load_image(path).convert("L")
-    except UnreadableImageError:
-        return 0.0
-    a = np.asarray(img.resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32)
-    lap = (a[:-2, 1:-1] + a[2:, 1:-1] + a[1:-1, :-2] + a[1:-1, 2:] - 4 * a[1:-1, 1:-1])
-    return float(lap.var())
-
-
-def image_size_key(path):
-    """(pixels, bytes) of an image file, read from its header; (-1, -1) when unreadable.
-
-    Unreadable includes deleted since import and over the pixel limit: a file
-    that cannot be embedded or shown loses.
-    """
-    from lookalike.images import UnreadableImageError, image_header_size
-
-    try:
-        w, h = image_header_size(path)
-        return (w * h, os.path.getsize(path))
-    except (UnreadableImageError, OSError):
-        return (-1, -1)
-
-
-def choose_kept(group, keep, paths):
-    """The position to keep in ``group`` (positions in view order; ties go to the first)."""
-    if keep == "first":
-        return min(group)
-    if keep == "largest":
-        sizes = {p: image_size_key(paths[p]) for p in group}
-        return max(sorted(group), key=lambda p: sizes[p])
-    if keep == "sharpest":
-        # Within 3% of the sharpest counts as as sharp: then the largest wins.
-        scores = {p: sharpness(paths[p]) for p in group}
-        best = max(scores.values())
-        sharp = [p for p in sorted(group) if scores[p] >= 0.97 * best]
-        sizes = {p: image_size_key(paths[p]) for p in sharp}
-        return max(sharp, key=lambda p: sizes[p])
-    raise CurationError(f"unknown keep policy {keep!r}; choose from {KEEP_POLICIES}")
-
-
-DEFAULT_TAG = "duplicate"
-GROUP_FIELD = "dup_group"
-DISTANCE_FIELD = "dup_distance"
-RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
-KIND = "duplicates"
-DELETE_BATCH = 10_000  # samples per delete; a kill between batches is undone from the journal
-
-
-def find_duplicates(samples, brain_key=None, threshold=None, keep="first", method="auto",
+def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engine="auto",
                     tag=DEFAULT_TAG, exact_files=True, progress=None):
     """Finds near-duplicate groups in ``samples``; writes ``dup_group``, ``dup_distance`` and a tag.
 
@@ -295,8 +92,9 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
         keep ("first"): which sample of a group is kept untagged: "first" (in
             the view's order), "largest" (pixels, then bytes) or "sharpest"
             (variance of the Laplacian)
-        method ("auto"): "exact", "approximate" (faiss IVF) or "auto"
-            (approximate from 50,000 samples)
+        engine ("auto"): the pair search, one of
+            :data:`lookalike.similarity.engine.ENGINES`: "exact", "approximate"
+            (faiss IVF) or "auto" (approximate from 50,000 samples)
         tag ("duplicate"): tag put on every grouped sample but the kept one
         exact_files (True): also pair byte-identical files (SHA-256)
         progress (None): ``progress(fraction, label)``
@@ -310,78 +108,66 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", metho
     dataset = fo_adapter.root_dataset(samples)
     with leases.hold(dataset, runs.lease_name(KIND), job="find_duplicates",
                      label=runs.lease_label(dataset, KIND)):
-        return _find_duplicates(samples, brain_key, threshold, keep, method, tag,
+        return _find_duplicates(samples, brain_key, threshold, keep, engine, tag,
                                 exact_files, progress)
 
 
-def _find_duplicates(samples, brain_key, threshold, keep, method, tag, exact_files, progress):
-    if keep not in KEEP_POLICIES:
-        raise CurationError(f"unknown keep policy {keep!r}; choose from {KEEP_POLICIES}")
-    if method not in METHODS:
-        raise CurationError(f"unknown method {method!r}; choose from {METHODS}")
+def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, progress):
+    check_keep_policy(keep)
+    check_engine(engine)
     if len(samples) == 0:
         raise CurationError("the view is empty: there are no samples to search for duplicates")
     report_progress = progress or (lambda fraction, label: None)
     ids, paths = samples.values(["id", "filepath"])
     position = {sid: n for n, sid in enumerate(ids)}
-    edges_i, edges_j, edge_d = [], [], []
-    vectors, used, index = None, "files", None
+    edges_i, edges_j = [], []
+    vectors, used, index, row_in_vectors = None, "files", None, {}
+    num_pairs, num_exact = 0, 0
 
     if brain_key is not None:
         import lookalike.similarity as ls
-        from lookalike.curation import records
 
         index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
-        if threshold is None:
-            threshold = records.load(index, "calibration")["duplicate_threshold"]
-        threshold = check_threshold(threshold)
+        threshold = records.threshold(index, "duplicate_threshold", threshold)
         rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
         in_index = [position[sid] for sid in ids if sid in rows_of]
         if len(in_index) < 2:
             raise CurationError(f"fewer than 2 samples of this view are in run '{brain_key}': "
-                             "compute their embeddings and rebuild the index")
+                                "compute their embeddings and rebuild the index")
         rows = np.array([rows_of[ids[p]] for p in in_index])
         vectors = index.engine.matrix[rows]
-        search = (lambda done, total: report_progress(
-            0.8 * done / total, f"searched {done}/{total} samples"))
         reuse = index.engine if len(rows) == index.total_index_size else None
-        used, i, j, d = vector_pairs(vectors, threshold, method, engine=reuse, progress=search)
+        used, i, j, _ = vector_pairs(vectors, threshold, engine, reuse=reuse,
+                                     progress=scaled(progress, 0.0, 0.8))
         in_index = np.asarray(in_index)
         edges_i.append(in_index[i])
         edges_j.append(in_index[j])
-        edge_d.append(d)
         num_pairs = len(i)
+        row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
     else:
-        num_pairs = 0
         threshold = 0.0
 
-    num_exact = 0
     if exact_files:
         report_progress(0.8, "hashing files")
         hi, hj, _ = hash_pairs(paths)
         edges_i.append(hi)
         edges_j.append(hj)
-        edge_d.append(np.zeros(len(hi), np.float32))
         num_exact = len(hi)
 
     i = np.concatenate(edges_i) if edges_i else np.zeros(0, np.int64)
     j = np.concatenate(edges_j) if edges_j else np.zeros(0, np.int64)
     groups = groups_from_pairs(len(ids), i, j)
     report_progress(0.9, f"choosing the kept sample of {len(groups)} groups")
-    rows_in_vectors = None
-    if vectors is not None:
-        rows_in_vectors = {int(p): r for r, p in enumerate(in_index)}
     ordered = []
     distances = {}
     for group in groups:
         kept = choose_kept(group, keep, paths)
         rest = sorted(p for p in group if p != kept)
-        for p in [kept] + rest:
-            if p == kept:
-                distances[p] = 0.0
-            elif rows_in_vectors is not None and p in rows_in_vectors and kept in rows_in_vectors:
-                a, b = vectors[rows_in_vectors[p]], vectors[rows_in_vectors[kept]]
-                distances[p] = float(np.clip(1.0 - a @ b, 0.0, 2.0))
+        distances[kept] = 0.0
+        for p in rest:
+            if p in row_in_vectors and kept in row_in_vectors:
+                distances[p] = float(cosine_distance(
+                    vectors[row_in_vectors[p]] @ vectors[row_in_vectors[kept]]))
             else:
                 distances[p] = 0.0  # byte-identical files
         ordered.append([kept] + rest)
@@ -389,14 +175,12 @@ def _find_duplicates(samples, brain_key, threshold, keep, method, tag, exact_fil
 
     write_groups(samples, ids, ordered, distances, tag)
     report = DuplicateReport(
-        threshold=float(threshold), method=used, keep=keep,
+        threshold=float(threshold), engine=used, keep=keep,
         groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(num_pairs),
         num_exact_pairs=int(num_exact), num_searched=len(ids),
         files={ids[p]: paths[p] for g in ordered for p in g})
     if index is not None:
-        from lookalike.curation import records
-
-        records.save(index, "duplicates", report.summary())
+        records.save(index, "duplicates", report.to_record())
     report_progress(1.0, f"{report.num_groups} groups, {report.num_duplicates} duplicates")
     return report
 
@@ -431,13 +215,8 @@ def duplicates_view(samples):
     """The published run's grouped samples, group by group, the kept one first."""
     from fiftyone import ViewField as F
 
-    dataset = fo_adapter.root_dataset(samples)
-    runs.recover(dataset, KIND)  # a killed run is finished (or dropped) first
-    run = runs.published_run(dataset, KIND)
-    if run is None:
-        return samples.limit(0)
-    return samples.match((F(RUN_FIELD) == run) & (F(GROUP_FIELD) != None)).sort_by(  # noqa: E711
-        [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
+    return runs.published_view(samples, KIND, RUN_FIELD, F(GROUP_FIELD) != None,  # noqa: E711
+                               [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
 
 
 @dataclass
@@ -552,10 +331,3 @@ def delete_duplicates(samples, tag=DEFAULT_TAG, dry_run=True):
         plan.check(fo_adapter.root_dataset(samples).name)
         return plan.count
     return delete_planned(samples, tag).count
-
-
-def check_threshold(threshold):
-    t = float(threshold)
-    if not 0.0 <= t <= 2.0 or not np.isfinite(t):
-        raise CurationError(f"a cosine distance threshold must be in [0, 2], got {threshold}")
-    return t

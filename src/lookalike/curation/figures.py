@@ -12,23 +12,23 @@ THRESHOLD_COLOURS = {"match threshold": "#d62728", "duplicate threshold": "#2ca0
 
 def _marks(calibration):
     marks = []
-    if calibration.get("threshold") is not None:
-        marks.append({"x": float(calibration["threshold"]), "label": "match threshold"})
-    if calibration.get("duplicate_threshold") is not None:
-        marks.append({"x": float(calibration["duplicate_threshold"]),
+    if calibration.threshold is not None:
+        marks.append({"x": float(calibration.threshold), "label": "match threshold"})
+    if calibration.duplicate_threshold is not None:
+        marks.append({"x": float(calibration.duplicate_threshold),
                       "label": "duplicate threshold"})
     return marks
 
 
 def threshold_curves(calibration):
     """Precision, recall and F1 against the distance threshold (labelled calibrations)."""
-    curve = calibration.get("curve")
+    curve = calibration.curve
     if not curve:
         return None
     x = curve["thresholds"]
     return {
         "name": "threshold_curves",
-        "title": f"Precision / recall / F1 against distance ({calibration['method']})",
+        "title": f"Precision / recall / F1 against distance ({calibration.method})",
         "xaxis": "cosine distance threshold", "yaxis": "value",
         "traces": [{"type": "line", "name": m, "x": x, "y": curve[m]}
                    for m in ("precision", "recall", "f1")],
@@ -37,7 +37,7 @@ def threshold_curves(calibration):
 
 
 def precision_recall(calibration):
-    curve = calibration.get("curve")
+    curve = calibration.curve
     if not curve:
         return None
     return {
@@ -51,7 +51,7 @@ def precision_recall(calibration):
 
 
 def distance_histogram(calibration):
-    hist = calibration.get("nn_histogram")
+    hist = calibration.nn_histogram
     if not hist:
         return None
     edges = hist["edges"]
@@ -67,7 +67,7 @@ def distance_histogram(calibration):
 
 
 def confusion_matrix(evaluation):
-    conf = (evaluation or {}).get("confusion")
+    conf = evaluation.confusion
     if not conf:
         return None
     return {
@@ -82,14 +82,17 @@ def confusion_matrix(evaluation):
 
 def run_figures(index):
     """The specs available from a run's saved records, by name."""
+    from lookalike.curation.calibrate import Calibration
+    from lookalike.curation.evaluation import RetrievalEvaluation
+
     curation = getattr(index, "curation", None) or {}
-    calibration, evaluation = curation.get("calibration"), curation.get("evaluation")
     specs = []
-    if calibration:
+    if curation.get("calibration"):
+        calibration = Calibration.from_record(curation["calibration"])
         specs += [threshold_curves(calibration), precision_recall(calibration),
                   distance_histogram(calibration)]
-    if evaluation:
-        specs.append(confusion_matrix(evaluation))
+    if curation.get("evaluation"):
+        specs.append(confusion_matrix(RetrievalEvaluation.from_record(curation["evaluation"])))
     return {s["name"]: s for s in specs if s}
 
 

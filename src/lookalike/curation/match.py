@@ -47,8 +47,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from lookalike import faults, fo_adapter, leases
-from lookalike.curation.errors import CurationError, StaleRecordError
+from lookalike.errors import CurationError, StaleRecordError
 from lookalike.curation.evaluation import NO_MATCH
+from lookalike.similarity.distance import cosine_distance
 from lookalike.errors import EmptyViewError, UsageError
 
 STRATEGIES = ("nearest", "vote")
@@ -127,6 +128,11 @@ def _vote(labels, dists, threshold):
     return winner, float(dists[first[winner]]), first[winner], best / len(accepted)
 
 
+def default_prediction_field(label_field):
+    """Where match_labels writes its predictions unless told: ``<label field>_match``."""
+    return f"{label_field}_match"
+
+
 def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nearest", k=5,
                  unlabelled_only=True, no_match_label=NO_MATCH, progress=None):
     """Predicts ``label_field`` for the samples of ``samples``, with a calibrated "no match".
@@ -154,9 +160,8 @@ def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nea
     """
     import fiftyone as fo
 
-    import lookalike.similarity as ls
     from lookalike.curation import records
-    from lookalike.curation.calibrate import load_labels
+    from lookalike.labels import indexed_labels, label_path
     from lookalike.curation.neighbours import leave_one_out
 
     if strategy not in STRATEGIES:
@@ -167,17 +172,16 @@ def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nea
     dataset = fo_adapter.root_dataset(samples)
     index = _current_index(dataset, brain_key)
     threshold = float(label_calibration(index, label_field)["threshold"])
-    pred_field = pred_field or f"{label_field}_match"
+    pred_field = pred_field or default_prediction_field(label_field)
     if pred_field == label_field:
         raise CurationError("the prediction field must not be the label field itself")
 
-    gallery, gallery_labels, _ = load_labels(dataset, index, label_field)
+    gallery, gallery_labels, _ = indexed_labels(dataset, index, label_field)
     if len(gallery) == 0:
         raise CurationError(f"no indexed sample of '{dataset.name}' has a '{label_field}' "
                             "label: nothing to match against")
     label_of = dict(zip(gallery.tolist(), gallery_labels.tolist()))
-    path = _label_path(samples, label_field)
-    ids, labels = samples.values(["id", path])
+    ids, labels = samples.values(["id", label_path(samples, label_field)])
     if unlabelled_only:
         ids = [i for i, lab in zip(ids, labels) if lab is None or lab == ""]
     if not ids:
@@ -254,19 +258,6 @@ def _declare_prediction_field(dataset, pred_field):
                 dataset.add_sample_field(f"{pred_field}.{name}", ftype)
 
 
-def _label_path(samples, label_field):
-    import fiftyone as fo
-
-    schema = samples.get_field_schema()
-    if label_field not in schema:
-        raise UsageError(f"'{fo_adapter.root_dataset(samples).name}' has no field "
-                         f"'{label_field}'")
-    field_ = schema[label_field]
-    if isinstance(field_, fo.EmbeddedDocumentField):
-        return f"{label_field}.label"
-    return label_field
-
-
 def no_match_view(samples, pred_field=None):
     """The samples predicted "no match", farthest first (``pred_field``: default the last run's)."""
     from fiftyone import ViewField as F
@@ -328,7 +319,7 @@ class FolderMatchReport:
     add: str = "none"
     tag: str = None
     rows: list = field(default_factory=list)  # MatchRow, in folder order
-    unreadable: list = field(default_factory=list)  # (path, reason)
+    unreadable: list = field(default_factory=list)  # lookalike.images.ImageFailure
     added_ids: list = field(default_factory=list)
     seconds: float = 0.0
 
@@ -363,8 +354,8 @@ class FolderMatchReport:
     def table(self):
         """Plain rows (dicts), unreadable files last with decision "unreadable"."""
         rows = [dict(file=r.file, **asdict(r)) for r in self.rows]
-        rows += [dict(file=os.path.basename(p), path=p, decision="unreadable", note=reason)
-                 for p, reason in self.unreadable]
+        rows += [dict(file=os.path.basename(f.path), path=f.path, decision="unreadable",
+                      note=f.reason) for f in self.unreadable]
         return rows
 
     def write(self, path):
@@ -422,7 +413,7 @@ def _state_without(index, tags):
 
     from lookalike.curation import records
 
-    dataset = index._dataset
+    dataset = index.dataset
     state = records.field_state(index)
     field_name = index.config.embeddings_field
     if field_name is None:
@@ -480,7 +471,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     """
     import lookalike.similarity as ls
     from lookalike.curation import records
-    from lookalike.curation.calibrate import load_labels
+    from lookalike.labels import indexed_labels
     from lookalike.encoders import EncoderStoreError
     from lookalike.importer import list_files
 
@@ -512,7 +503,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
                                 "match against")
     label_rows, label_of = None, {}
     if label_field:
-        label_rows, labels, _ = load_labels(samples, index, label_field)
+        label_rows, labels, _ = indexed_labels(samples, index, label_field)
         label_of = dict(zip(label_rows.tolist(), labels.tolist()))
         label_rows = np.sort(label_rows) if len(label_rows) else None
     tag = tag or f"match-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -531,7 +522,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
         for begin in range(0, len(paths), chunk_size):
             chunk = paths[begin:begin + chunk_size]
             emb, ok, failed = encoder.embed_paths(chunk, batch_size=batch_size)
-            report.unreadable.extend((chunk[i], reason) for i, reason in failed)
+            report.unreadable.extend(failed)
             if len(ok):
                 chunk_rows = _decide(index, emb, [chunk[i] for i in ok], keep, label_rows,
                                      label_of, threshold, dup_threshold, known, row_of, verify)
@@ -545,9 +536,9 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
                 progress(0.9 * done / len(paths), f"matched {done}/{len(paths)} files")
             faults.point("match.after_chunk")
         if not report.rows:
-            first, reason = report.unreadable[0]
+            first = report.unreadable[0]
             raise EmptyViewError(f"{directory}: none of its {len(paths)} files is a readable "
-                                 f"image (e.g. {os.path.basename(first)}: {reason})")
+                                 f"image (e.g. {os.path.basename(first.path)}: {first.reason})")
         if add != "none":
             _within_batch(report.rows, embeddings, dup_threshold, add)
             _import(dataset, index, encoder, report, embeddings, repair, tag, calibration)
@@ -590,7 +581,7 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
             row.nearest_path = path
             row.decision = "duplicate"
             if same in row_of:
-                row.distance = float(np.clip(1 - engine.matrix[row_of[same]] @ emb[n], 0, 2))
+                row.distance = float(cosine_distance(engine.matrix[row_of[same]] @ emb[n]))
             row.note = "already in the dataset"
         elif inds[n] >= 0:
             row.nearest_id = str(sample_ids[inds[n]])
@@ -605,7 +596,7 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
         rows.append(row)
     need = {r.nearest_id for r in rows if r.nearest_id and not r.nearest_path}
     if need:
-        ds = index._dataset
+        ds = index.dataset
         paths_of = dict(zip(*ds.select(sorted(need)).values(["id", "filepath"])))
         for r in rows:
             if r.nearest_id and not r.nearest_path:
@@ -621,7 +612,7 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
 
 def _within_batch(rows, embeddings, dup_threshold, add):
     """Of new images that duplicate each other, only the first stays new (``add="new"``)."""
-    from lookalike.curation.duplicates import exact_pairs
+    from lookalike.similarity.pairs import exact_pairs
 
     if add != "new":
         return

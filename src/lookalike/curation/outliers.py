@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from lookalike import fo_adapter, leases
-from lookalike.curation import runs
-from lookalike.curation.duplicates import check_threshold
-from lookalike.curation.errors import CurationError
+from lookalike.curation import records, runs
 from lookalike.curation.neighbours import leave_one_out
+from lookalike.errors import CurationError
+from lookalike.progress import stage
 
 DEFAULT_TAG = "no_match"
 DISTANCE_FIELD = "nn_distance"
@@ -38,9 +38,15 @@ class OutlierReport:
     def num_outliers(self):
         return len(self.outlier_ids)
 
-    def summary(self):
+    def to_record(self):
+        """The counts saved with the run (``index.curation["outliers"]``)."""
         return dict(threshold=self.threshold, num_searched=self.num_searched,
                     num_outliers=self.num_outliers)
+
+    def summary(self):
+        """One line, for the CLI and the App."""
+        return (f"{self.num_outliers} of {self.num_searched} samples match nothing within "
+                f"{self.threshold:.4f}")
 
 
 def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=None):
@@ -61,13 +67,10 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     import fiftyone as fo
 
     import lookalike.similarity as ls
-    from lookalike.curation import records
 
     dataset = fo_adapter.root_dataset(samples)
     index = ls.load_index(dataset, brain_key)
-    if threshold is None:
-        threshold = records.load(index, "calibration")["threshold"]
-    threshold = check_threshold(threshold)
+    threshold = records.threshold(index, "threshold", threshold)
     if len(samples) == 0:
         raise CurationError("the view is empty: there are no samples to check")
     if index.total_index_size < 2:
@@ -78,12 +81,10 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
         raise CurationError(f"no sample of this view is in run '{brain_key}': compute their "
                          "embeddings and rebuild the index")
     rows = np.array([rows_of[sid] for sid in ids])
-    wrap = (lambda done, total: progress(done / total, f"searched {done}/{total} samples")
-            ) if progress else None
     # Isolated within the view: its neighbours come from the view too.
     whole = len(rows) == index.total_index_size
     _, dists = leave_one_out(index.engine, rows=rows, k=1, gallery=None if whole else rows,
-                             progress=wrap)
+                             progress=stage(progress, 0.0, 1.0, "searched"))
     nn = dists[:, 0].astype(float)
     flagged = nn > threshold
 
@@ -101,7 +102,7 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
                            distances={sid: float(nn[rows_pos]) for rows_pos, sid in
                                       enumerate(ids) if flagged[rows_pos]})
-    records.save(index, "outliers", report.summary())
+    records.save(index, "outliers", report.to_record())
     return report
 
 
@@ -109,10 +110,5 @@ def outliers_view(samples):
     """The published run's flagged samples, most isolated first."""
     from fiftyone import ViewField as F
 
-    dataset = fo_adapter.root_dataset(samples)
-    runs.recover(dataset, KIND)  # a killed run is finished (or dropped) first
-    run = runs.published_run(dataset, KIND)
-    if run is None:
-        return samples.limit(0)
-    return samples.match((F(RUN_FIELD) == run) & (F(FLAG_FIELD) == True)).sort_by(  # noqa: E712
-        DISTANCE_FIELD, reverse=True)
+    return runs.published_view(samples, KIND, RUN_FIELD, F(FLAG_FIELD) == True,  # noqa: E712
+                               DISTANCE_FIELD, reverse=True)

@@ -7,7 +7,14 @@ same encoder are skipped), so an interrupted run resumes where it stopped.
 import time
 from dataclasses import dataclass, field
 
-from lookalike.curation.errors import CurationError
+from lookalike import fo_adapter
+from lookalike.errors import CurationError
+from lookalike.progress import scaled
+
+
+# Each step's share of curate's progress (embedding dominates when it runs).
+_SHARES = dict(embed=0.5, index=0.05, calibrate=0.15, duplicates=0.15, outliers=0.1,
+               evaluate=0.05)
 
 
 @dataclass
@@ -15,31 +22,56 @@ class CurationReport:
     embeddings_field: str
     brain_key: str
     embedded: int = 0
-    calibration: dict = None
+    embedding: object = None  # EmbeddingReport, when curate embedded
+    num_indexed: int = 0
+    calibration: object = None  # Calibration
     duplicates: object = None  # DuplicateReport
     outliers: object = None  # OutlierReport
-    evaluation: dict = None
+    evaluation: object = None  # RetrievalEvaluation
     pngs: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+
+    def summary(self):
+        """A line per step, for the CLI and the App."""
+        lines = []
+        if self.embedding is not None:
+            e = self.embedding
+            lines.append(f"embeddings '{self.embeddings_field}': {e.embedded} computed, "
+                         f"{e.skipped_existing} already there, {len(e.failures)} unreadable")
+        lines.append(f"index '{self.brain_key}': {self.num_indexed} samples")
+        cal = self.calibration
+        if cal is not None:
+            lines.append(f"calibrated ({cal.method}): match threshold {cal.threshold:.4f}, "
+                         f"duplicate threshold {cal.duplicate_threshold:.4f} -- "
+                         f"{cal.duplicate_rule}")
+        if self.duplicates is not None:
+            lines.append("duplicates: " + self.duplicates.summary())
+        if self.outliers is not None:
+            lines.append("outliers: " + self.outliers.summary())
+        if self.evaluation is not None:
+            lines.append("evaluation: " + self.evaluation.summary())
+        return "\n".join(lines)
 
 
 def curate(samples, encoder=None, embeddings_field=None, brain_key=None, label_field=None,
            method=None, target=None, keep="first", duplicate_threshold=None,
-           outlier_threshold=None, png_dir=None, log=None):
+           outlier_threshold=None, png_dir=None, progress=None):
     """Runs the whole curation job on ``samples``; returns a :class:`CurationReport`.
 
     Args:
         samples: the dataset or view
         encoder (None): an encoder name or object; None = ``embeddings_field``
             must already hold embeddings
-        embeddings_field (None): where embeddings go (default ``emb_<encoder>``)
-        brain_key (None): the similarity run (default ``<field>_sim``)
+        embeddings_field (None): where embeddings go (default
+            :func:`lookalike.embeddings.default_field_name`)
+        brain_key (None): the similarity run (default
+            :func:`lookalike.similarity.default_brain_key`)
         label_field (None): calibrate and evaluate against these labels
         method, target: see :func:`calibrate_threshold`
         keep ("first"): which sample of each duplicate group stays untagged
         duplicate_threshold, outlier_threshold (None): override calibration
         png_dir (None): write the pictures there
-        log (None): ``log(message)`` for progress lines
+        progress (None): ``progress(fraction, label)``, over all the steps
     """
     import lookalike.similarity as ls
     from lookalike.curation.calibrate import calibrate_threshold
@@ -47,49 +79,52 @@ def curate(samples, encoder=None, embeddings_field=None, brain_key=None, label_f
     from lookalike.curation.evaluation import evaluate_retrieval
     from lookalike.curation.figures import write_pngs
     from lookalike.curation.outliers import flag_outliers
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings import compute_embeddings, default_field_name
     from lookalike.encoders import load_encoder
+    from lookalike.similarity import default_brain_key
 
-    log = log or (lambda message: None)
-    dataset = samples._root_dataset
+    dataset = fo_adapter.root_dataset(samples)
     if encoder is not None and not hasattr(encoder, "embed"):
         encoder = load_encoder(encoder)
     if embeddings_field is None:
         if encoder is None:
             raise CurationError("give an encoder or an existing embeddings field")
-        embeddings_field = "emb_" + encoder.name.replace("-", "_")
-    brain_key = brain_key or f"{embeddings_field}_sim"
+        embeddings_field = default_field_name(encoder)
+    brain_key = brain_key or default_brain_key(embeddings_field)
     report = CurationReport(embeddings_field, brain_key)
+    steps = [s for s in _SHARES if (s != "embed" or encoder is not None)
+             and (s != "evaluate" or label_field)]
+    total = sum(_SHARES[s] for s in steps)
+    done = 0.0
 
-    def timed(name, fn):
+    def run(name, fn):
+        """``fn(step_progress)``, timed, its progress mapped onto the step's share."""
+        nonlocal done
+        share = _SHARES[name] / total
         start = time.perf_counter()
-        out = fn()
+        out = fn(scaled(progress, done, share))
         report.seconds[name] = round(time.perf_counter() - start, 2)
+        done += share
         return out
 
     if encoder is not None:
-        emb = timed("embed", lambda: compute_embeddings(samples, encoder, embeddings_field))
-        report.embedded = emb.embedded
-        log(f"embeddings '{embeddings_field}': {emb.embedded} computed, "
-            f"{emb.skipped_existing} already there, {len(emb.failures)} unreadable")
-    index = timed("index", lambda: ls.build_index(dataset, embeddings_field, brain_key))
-    log(f"index '{brain_key}': {index.total_index_size} samples")
-    report.calibration = timed("calibrate", lambda: calibrate_threshold(
-        samples, brain_key, label_field=label_field, method=method, target=target))
-    cal = report.calibration
-    log(f"calibrated ({cal['method']}): match threshold {cal['threshold']:.4f}, "
-        f"duplicate threshold {cal['duplicate_threshold']:.4f} -- {cal['duplicate_rule']}")
-    report.duplicates = timed("duplicates", lambda: find_duplicates(
-        samples, brain_key, threshold=duplicate_threshold, keep=keep))
-    log(f"duplicates: {report.duplicates.num_groups} groups, "
-        f"{report.duplicates.num_duplicates} samples tagged 'duplicate'")
-    report.outliers = timed("outliers", lambda: flag_outliers(
-        samples, brain_key, threshold=outlier_threshold))
-    log(f"outliers: {report.outliers.num_outliers} of {report.outliers.num_searched} "
-        "samples tagged 'no_match'")
+        report.embedding = run("embed", lambda p: compute_embeddings(
+            samples, encoder, embeddings_field, progress=p))
+        report.embedded = report.embedding.embedded
+    index = run("index", lambda p: ls.build_index(dataset, embeddings_field, brain_key))
+    report.num_indexed = index.total_index_size
+    report.calibration = run("calibrate", lambda p: calibrate_threshold(
+        samples, brain_key, label_field=label_field, method=method, target=target,
+        progress=p))
+    report.duplicates = run("duplicates", lambda p: find_duplicates(
+        samples, brain_key, threshold=duplicate_threshold, keep=keep, progress=p))
+    report.outliers = run("outliers", lambda p: flag_outliers(
+        samples, brain_key, threshold=outlier_threshold, progress=p))
     if label_field:
-        report.evaluation = timed("evaluate", lambda: evaluate_retrieval(
-            samples, brain_key, label_field))
+        report.evaluation = run("evaluate", lambda p: evaluate_retrieval(
+            samples, brain_key, label_field, progress=p))
     if png_dir:
         report.pngs = write_pngs(ls.load_index(dataset, brain_key), png_dir)
+    if progress is not None:
+        progress(1.0, f"curated '{brain_key}'")
     return report

@@ -6,9 +6,15 @@ from our stored vectors (UMAP by default; numba compiles UMAP on first use in
 a process, about 20 s).
 """
 
-from lookalike.curation.errors import CurationError
+from lookalike import fo_adapter
+from lookalike.errors import CurationError
 
 METHODS = ("umap", "tsne", "pca")
+
+
+def default_projection_key(embeddings_field, method):
+    """The brain key of a projection unless told: ``<field>_<method>``."""
+    return f"{embeddings_field}_{method}"
 
 
 def visualize_embeddings(samples, embeddings_field, brain_key=None, method="umap", seed=51,
@@ -24,7 +30,7 @@ def visualize_embeddings(samples, embeddings_field, brain_key=None, method="umap
 
     if method not in METHODS:
         raise CurationError(f"unknown method {method!r}; choose from {METHODS}")
-    dataset = samples._root_dataset
+    dataset = fo_adapter.root_dataset(samples)
     if embeddings_field not in dataset.get_field_schema():
         raise CurationError(f"'{dataset.name}' has no field '{embeddings_field}': compute "
                          "embeddings first")
@@ -32,7 +38,7 @@ def visualize_embeddings(samples, embeddings_field, brain_key=None, method="umap
     if len(view) < 3:
         raise CurationError(f"{len(view)} samples have '{embeddings_field}' embeddings: a "
                          "projection needs at least 3")
-    brain_key = brain_key or f"{embeddings_field}_{method}"
+    brain_key = brain_key or default_projection_key(embeddings_field, method)
     if brain_key in dataset.list_brain_runs():
         if not overwrite:
             raise CurationError(f"a brain run '{brain_key}' exists (pass overwrite=True)")

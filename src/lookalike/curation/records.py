@@ -1,4 +1,4 @@
-"""Curation results saved with the similarity run: calibration and evaluation.
+"""Curation results saved with the similarity run (calibration, evaluation); thresholds from them.
 
 They live in the run's results (``index.curation``), so they survive restarts,
 travel with the run and disappear with it. Each record keeps the state of the
@@ -7,9 +7,11 @@ encoder version that wrote them): when the field has changed since, the record
 is stale and using it is refused until it is computed again.
 """
 
+import math
 import time
+from dataclasses import dataclass, field, fields
 
-from lookalike.curation.errors import MissingRecordError, StaleRecordError
+from lookalike.errors import CurationError, MissingRecordError, StaleRecordError
 from lookalike.similarity import artefacts
 
 
@@ -67,9 +69,58 @@ def load(index, name, check_fresh=True):
     return record
 
 
+@dataclass(kw_only=True)
+class SavedResult:
+    """Base of the results saved as a record with the run (calibration, evaluation).
+
+    It holds what :func:`save` stamps on the record. ``to_record()`` gives the
+    record as saved (fields without a value left out, except the ``NULLABLE``
+    ones, which the record holds as null); ``from_record`` reads one back,
+    keeping the keys it has no field for (other jobs' bookkeeping, other
+    versions' additions) in ``extra``, so that the round trip loses nothing.
+    """
+
+    NULLABLE = ("encoder", "encoder_version")
+    saved_at: float = None
+    field_state: dict = None  # of the embeddings the result was computed from
+    encoder: str = None
+    encoder_version: str = None
+    extra: dict = field(default_factory=dict)
+
+    def to_record(self):
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return dict({k: v for k, v in values.items() if v is not None or k in self.NULLABLE},
+                    **self.extra)
+
+    @classmethod
+    def from_record(cls, record):
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in record.items() if k in names},
+                   extra={k: v for k, v in record.items() if k not in names})
+
+
 def is_fresh(index, name):
     record = (index.curation or {}).get(name)
     return record is not None and record.get("field_state") == field_state(index)
+
+
+def threshold(index, which, given=None):
+    """The distance threshold to use: ``given``, or (None) the run's calibrated ``which``.
+
+    ``which``: "threshold" (the match threshold) or "duplicate_threshold".
+    Either way checked by :func:`check_threshold`.
+    """
+    if given is None:
+        given = load(index, "calibration")[which]
+    return check_threshold(given)
+
+
+def check_threshold(threshold):
+    """``threshold`` as a float if it is a cosine distance (in [0, 2]), else CurationError."""
+    t = float(threshold)
+    if not 0.0 <= t <= 2.0 or not math.isfinite(t):
+        raise CurationError(f"a cosine distance threshold must be in [0, 2], got {threshold}")
+    return t
 
 
 def _describe_change(old, new):

@@ -189,6 +189,23 @@ def published_run(dataset, kind):
     return (record(dataset, kind)["published"] or {}).get("run")
 
 
+def published_view(samples, kind, run_field, where, sort, reverse=False):
+    """The samples of ``samples`` that the published run of ``kind`` wrote and ``where`` matches.
+
+    A killed run is finished (or dropped) first, and only samples carrying the
+    published run's id count; sorted by ``sort`` (a :meth:`sort_by` argument).
+    No published run: an empty view.
+    """
+    from fiftyone import ViewField as F
+
+    dataset = fo_adapter.root_dataset(samples)
+    recover(dataset, kind)
+    run = published_run(dataset, kind)
+    if run is None:
+        return samples.limit(0)
+    return samples.match((F(run_field) == run) & where).sort_by(sort, reverse=reverse)
+
+
 def check_complete(dataset, kind, lease_held=False):
     """Settles what a killed run left (:func:`recover`); raises :class:`IncompleteCurationError`
     while a live job is still writing ``kind``.

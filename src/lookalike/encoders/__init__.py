@@ -1,4 +1,4 @@
-"""Encoders: train them on a FiftyOne view, save them to the model store, load them to embed.
+"""Encoders: train them on FiftyOne samples, save them to the model store, load them to embed.
 
 Kinds:
 
@@ -7,6 +7,13 @@ Kinds:
 * ``contrastive`` -- the same network trained self-supervised on two augmented
   views of each image (no labels; learns invariance to crops, flips, colour
   and re-encoding).
+
+Modules: ``store`` (the model store and manifests), ``training`` (a training
+run's options, checkpoints and publishing), ``preprocessing`` (image -> input
+array, as the manifest records), ``data`` (files -> input arrays, in threads),
+``base`` (what a loaded encoder offers), ``keras`` (the network, epoch loop and
+encoder shared by the metric and contrastive kinds), one module per kind, and
+``autoencoder_keras`` (the autoencoder's tf-keras twin, its CPU trainer).
 
 Nothing here imports Paddle or TensorFlow until an encoder is trained or loaded.
 """
@@ -35,44 +42,59 @@ DEFAULT_IMAGE_SIZE = {"autoencoder": 64, "metric": 32, "contrastive": 32}
 class TrainResult:
     path: str
     manifest: dict
-    failures: list = field(default_factory=list)  # data.ImageFailure: skipped images
+    failures: list = field(default_factory=list)  # lookalike.images.ImageFailure: skipped images
 
 
-def _source(view, label_field=None):
-    stages = view.view()._serialize() if hasattr(view, "_serialize") else []
-    return dict(dataset=view._dataset.name, view_stages=stages, num_samples=len(view),
+# Of train_encoder's progress: decoding the images, then the epochs (far longer).
+LOADING_SHARE = 0.05
+
+
+def _source(samples, label_field=None):
+    stages = samples.view()._serialize() if hasattr(samples, "_serialize") else []
+    return dict(dataset=samples._dataset.name, view_stages=stages, num_samples=len(samples),
                 label_field=label_field)
 
 
-def train_encoder(view, kind, name, image_size=None, epochs=10, batch_size=None,
+def train_encoder(samples, kind, name, image_size=None, epochs=10, batch_size=None,
                   label_field=None, store_dir=None, overwrite=False, resume=True,
-                  progress=None, should_stop=None, load_progress=None, **kwargs):
-    """Trains an encoder of ``kind`` on the images of a FiftyOne ``view``.
+                  progress=None, on_epoch=None, should_stop=None, **kwargs):
+    """Trains an encoder of ``kind`` on the images of ``samples`` (a FiftyOne dataset or view).
 
-    Unreadable images are skipped and returned in ``result.failures``. Progress:
-    ``load_progress(done, total)`` while images decode, ``progress(epoch,
-    epochs, metrics)`` after each epoch. Interrupted runs resume from their last
-    finished epoch when called again with the same settings.
+    Unreadable images are skipped and returned in ``result.failures``
+    (:class:`~lookalike.images.ImageFailure`). ``progress(fraction, label)`` runs
+    over decoding the images, then the epochs; ``on_epoch(epoch, epochs,
+    metrics)`` gets every finished epoch's metrics (``loss``, ``images_per_s``,
+    ``val_loss`` where there is validation); ``should_stop()`` is polled between
+    batches. ``kwargs`` are the kind's own settings (its module's ``train``).
+    Interrupted runs resume from their last finished epoch when called again
+    with the same settings. Returns a :class:`TrainResult`.
     """
-    from lookalike.encoders.data import load_view_images
+    from lookalike.encoders.data import load_samples_images
+    from lookalike.encoders.preprocessing import input_manifest
+    from lookalike.progress import scaled
 
     if kind not in KINDS:
         raise TrainingConfigError(f"unknown encoder kind {kind!r}; choose from {KINDS}")
     validate_name(name)
     image_size = int(image_size or DEFAULT_IMAGE_SIZE[kind])
-    source = _source(view, label_field)
+    job_options = dict(store_dir=store_dir, overwrite=overwrite, resume=resume,
+                       progress=scaled(progress, LOADING_SHARE, 1 - LOADING_SHARE),
+                       on_epoch=on_epoch, should_stop=should_stop,
+                       source=_source(samples, label_field))
+    loading = scaled(progress, 0.0, LOADING_SHARE)
+    spec = input_manifest(kind, image_size)
     if kind == "metric":
         from lookalike.encoders import metric
+        from lookalike.labels import labelled_view
 
-        view, labels = metric.labelled_view(view, label_field)
-        loaded = load_view_images(view, image_size, progress=load_progress)
-        by_id = dict(zip(view.values("id"), labels))
+        samples, labels = labelled_view(samples, label_field)
+        loaded = load_samples_images(samples, spec, progress=loading)
+        by_id = dict(zip(samples.values("id"), labels))
         path = metric.train(loaded.images, [by_id[i] for i in loaded.sample_ids], name,
                             image_size=image_size, epochs=epochs, batch_size=batch_size,
-                            store_dir=store_dir, overwrite=overwrite, resume=resume,
-                            progress=progress, should_stop=should_stop, source=source, **kwargs)
+                            **job_options, **kwargs)
     else:
-        loaded = load_view_images(view, image_size, progress=load_progress)
+        loaded = load_samples_images(samples, spec, progress=loading)
         if kind == "autoencoder":
             from lookalike.encoders import autoencoder as module
 
@@ -80,9 +102,8 @@ def train_encoder(view, kind, name, image_size=None, epochs=10, batch_size=None,
         else:
             from lookalike.encoders import contrastive as module
         path = module.train(loaded.images, name, image_size=image_size, epochs=epochs,
-                            store_dir=store_dir, overwrite=overwrite, resume=resume,
-                            progress=progress, should_stop=should_stop, source=source,
-                            **({"batch_size": batch_size} if batch_size else {}), **kwargs)
+                            **({"batch_size": batch_size} if batch_size else {}),
+                            **job_options, **kwargs)
     return TrainResult(path=path, manifest=read_manifest(path), failures=loaded.failures)
 
 
@@ -111,7 +132,7 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
     if kind == "autoencoder":
         from lookalike.encoders.autoencoder import AutoencoderEncoder as cls
     else:
-        from lookalike.encoders.metric import KerasEncoder as cls
+        from lookalike.encoders.keras import KerasEncoder as cls
     return cls(path, manifest, **kwargs)
 
 

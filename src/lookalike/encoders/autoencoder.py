@@ -25,8 +25,9 @@ import warnings
 import numpy as np
 
 from lookalike.encoders import store
-from lookalike.encoders.base import Encoder
-from lookalike.encoders.training import TrainingConfigError, TrainingJob, TrainingStopped
+from lookalike.encoders.base import Encoder, l2_normalize
+from lookalike.encoders.preprocessing import PREPROCESSING
+from lookalike.encoders.training import TrainingConfigError, TrainingJob
 
 KIND = "autoencoder"
 EMBEDDINGS = ("gap", "flatten")
@@ -102,7 +103,8 @@ def build_embedder(model, embedding):
 
 
 def preprocess(images):
-    """uint8 NHWC -> float32 NCHW in [-1, 1], as the seed normalises."""
+    """uint8 NHWC -> float32 NCHW in [-1, 1], as the seed normalises (the manifest's
+    ``preprocessing`` scale and layout; the resize is :mod:`~lookalike.encoders.preprocessing`'s)."""
     x = np.asarray(images, dtype=np.float32)
     return np.ascontiguousarray(((x - 127.5) / 127.5).transpose(0, 3, 1, 2))
 
@@ -172,19 +174,15 @@ def train(
     width=1.0,
     embedding="gap",
     seed=51,
-    store_dir=None,
-    overwrite=False,
-    resume=True,
-    progress=None,
-    should_stop=None,
-    source=None,
     preview_images=None,
     trainer="auto",
+    **job_options,
 ):
     """Trains the autoencoder on ``images`` ((N, S, S, 3) uint8 at ``image_size``).
 
-    ``progress(epoch, epochs, metrics)`` is called after every epoch with
-    ``loss`` and ``images_per_s``; ``should_stop()`` is polled between batches.
+    ``job_options`` (``store_dir``, ``overwrite``, ``resume``, ``progress``,
+    ``on_epoch``, ``should_stop``, ``source``): see
+    :class:`~lookalike.encoders.training.TrainingJob`.
     ``trainer``: "paddle" (dynamic graph), "tensorflow" (the same layers in
     tf-keras, weights copied into the Paddle model; 3x+ faster on CPU) or
     "auto" (Paddle on a GPU, else TensorFlow).
@@ -205,8 +203,7 @@ def train(
     settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, width=width, embedding=embedding, seed=seed,
                     num_images=int(len(images)), trainer=trainer)
-    job = TrainingJob(name, KIND, settings, store_dir=store_dir, overwrite=overwrite,
-                      resume=resume)
+    job = TrainingJob(name, KIND, settings, **job_options)
     start_epoch = job.open()
 
     paddle.seed(seed)
@@ -232,11 +229,7 @@ def train(
         model.train()
         losses, seen, t0 = [], 0, time.perf_counter()
         for start in range(0, len(order), batch_size):
-            if job.stop_requested(should_stop):
-                raise TrainingStopped(
-                    f"training '{name}' stopped during epoch {epoch + 1}; "
-                    f"{job.epochs_done} epochs are saved and a rerun resumes from there"
-                )
+            job.check_stop(epoch)
             batch = preprocess(images[order[start:start + batch_size]])
             if keras is not None:
                 loss = keras.step(batch)
@@ -252,8 +245,6 @@ def train(
         arrays = (keras.arrays() if keras is not None
                   else {**model_arrays(model), **optimizer_arrays(model, optimizer)})
         job.end_epoch(arrays, metrics)
-        if progress is not None:
-            progress(epoch + 1, epochs, metrics)
 
     if keras is not None:
         set_model_arrays(model, keras.arrays())  # the trained weights, into the seed's model
@@ -268,14 +259,12 @@ def train(
         architecture=dict(name="seed_conv_autoencoder", width=width, channels=channels(width),
                           embedding=embedding),
         image_size=image_size,
-        preprocessing=dict(resize="bilinear", color="RGB", scale="(x-127.5)/127.5",
-                           layout="NCHW"),
+        preprocessing=PREPROCESSING[KIND],
         embedding_size=embedding_size(width, image_size, embedding),
         metric="cosine",
         loss="l1",
         optimizer=dict(name="adam", learning_rate=learning_rate),
         batch_size=batch_size,
-        training_data=source or {},
         num_training_images=int(len(images)),
     )
     return job.finish(manifest, files)
@@ -401,8 +390,6 @@ class AutoencoderEncoder(Encoder):
 
     def embed_dynamic(self, images, normalize=True):
         """The same embedding computed in the dynamic graph (reference for the fast path)."""
-        from lookalike.encoders.base import l2_normalize
-
         paddle = _paddle()
         model = self.dynamic_model()
         embedder = build_embedder(model, self.manifest["architecture"]["embedding"])

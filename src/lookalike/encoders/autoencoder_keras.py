@@ -22,16 +22,13 @@ convolutions are (in, out, H, W), Keras (H, W, out, in).
 
 import numpy as np
 
-
-def _tf():
-    from lookalike import frameworks
-
-    return frameworks.tensorflow()
+from lookalike import frameworks
+from lookalike.encoders import keras
 
 
 def build(channels, image_size):
     """``(full model, conv layers in Paddle's order, transposed conv layers)``."""
-    tf = _tf()
+    tf = frameworks.tensorflow()
     layers = tf.keras.layers
     c1, c2, c3 = channels
     convs, deconvs = [], []
@@ -81,29 +78,19 @@ class Trainer:
     """Adam + L1 on the Keras twin; checkpoints hold Paddle weights and Keras' Adam state."""
 
     def __init__(self, channels, image_size, learning_rate, initial_paddle_arrays):
-        tf = _tf()
+        tf = frameworks.tensorflow()
         self.model, self.convs, self.deconvs = build(channels, image_size)
         self.like = {k: v for k, v in initial_paddle_arrays.items() if k.startswith("model/")}
         set_from_paddle(self.convs, self.deconvs, self.like)
         # Paddle's Adam epsilon (Keras' default is 1e-7).
-        self.optimizer = tf.keras.optimizers.Adam(learning_rate, epsilon=1e-8)
-        self.optimizer.build(self.model.trainable_variables)
-        model, optimizer = self.model, self.optimizer
-
-        @tf.function(reduce_retracing=True)
-        def step(x):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.abs(model(x, training=True) - x))
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-
-        self._step = step
+        self.optimizer = keras.make_optimizer(self.model, learning_rate, epsilon=1e-8)
+        self._step = keras.make_train_step(self.model, self.optimizer,
+                                           lambda x, out: tf.reduce_mean(tf.abs(out - x)))
 
     def step(self, nchw_batch):
         """One Adam step on a batch in Paddle's layout (float32 NCHW in [-1, 1]); the loss."""
         x = np.ascontiguousarray(nchw_batch.transpose(0, 2, 3, 1))
-        return float(self._step(x))
+        return float(self._step(x, x))  # the target is the input: L1 reconstruction
 
     def arrays(self):
         out = to_paddle(self.convs, self.deconvs, self.like)

@@ -3,6 +3,7 @@
 import numpy as np
 
 from lookalike.encoders.data import iter_batches
+from lookalike.progress import report
 
 
 def l2_normalize(x, eps=1e-12):
@@ -48,23 +49,36 @@ class Encoder:
         out = np.asarray(self._forward(images), dtype=np.float32)
         return l2_normalize(out) if normalize else out
 
+    def iter_embed_paths(self, paths, batch_size=64, normalize=True, sample_ids=None,
+                         num_workers=None):
+        """Yields ``(indices, embeddings, failures)`` per batch of image files.
+
+        ``indices`` index into ``paths``; ``failures`` lists an
+        :class:`~lookalike.images.ImageFailure` (with its ``sample_ids`` entry) for
+        each file that could not be read. Files go through the manifest's
+        preprocessing (:mod:`lookalike.encoders.preprocessing`), decoded in threads
+        while the model works on the previous batch.
+        """
+        for idx, images, failed in iter_batches(paths, self.manifest, batch_size,
+                                                sample_ids=sample_ids, num_workers=num_workers):
+            emb = self.embed(images, normalize=normalize) if len(idx) else None
+            yield idx, emb, failed
+
     def embed_paths(self, paths, batch_size=64, normalize=True, progress=None, num_workers=None):
         """Embeds image files; returns ``(embeddings, ok_indices, failures)``.
 
-        ``failures`` lists ``(index, reason)`` for files that could not be read.
-        Decoding runs in threads while the model works on the previous batch.
+        ``failures`` lists an :class:`~lookalike.images.ImageFailure` for each file
+        that could not be read. ``progress(fraction, label)``.
         """
         chunks, ok, failures = [], [], []
-        done = 0
-        for idx, images, failed in iter_batches(paths, self.image_size, batch_size,
-                                                num_workers=num_workers):
-            if len(idx):
-                chunks.append(self.embed(images, normalize=normalize))
+        for idx, emb, failed in self.iter_embed_paths(paths, batch_size, normalize,
+                                                      num_workers=num_workers):
+            if emb is not None:
+                chunks.append(emb)
                 ok.extend(idx)
             failures.extend(failed)
-            done += len(idx) + len(failed)
-            if progress is not None:
-                progress(done, len(paths))
+            done = len(ok) + len(failures)
+            report(progress, done, len(paths), f"embedded {done}/{len(paths)}")
         emb = np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_size), np.float32)
         return emb, ok, failures
 

@@ -1,4 +1,4 @@
-"""The metric network trained without labels: two augmented views of each image.
+"""The contrastive kind: the seed's network trained without labels, on two augmented views.
 
 Near-duplicate search needs an embedding that ignores crops, flips, small
 rotations, colour changes and JPEG re-encoding. Each image of a batch is drawn
@@ -7,19 +7,20 @@ pushes them away from the other images' views:
 
 * ``simclr`` (default): tfsim's ``SimCLRLoss`` (NT-Xent, ``temperature``) on the
   L2-normalised embeddings; there is no projection head, so the trained network
-  is exactly the metric kind's and :class:`~lookalike.encoders.metric.KerasEncoder`
+  is exactly the metric kind's and :class:`~lookalike.encoders.keras.KerasEncoder`
   loads it;
 * ``multisimilarity``: tfsim's ``MultiSimilarityLoss`` with pseudo-labels (each
   image is its own class).
 
 The random edits are drawn with NumPy from ``(seed, epoch, step)`` and applied
 with TensorFlow ops, so a resumed run sees the same views as an uninterrupted
-one. Checkpoints, stopping and publishing are the metric kind's.
+one. The network, epoch loop and checkpoints are :mod:`~lookalike.encoders.keras`'s.
 """
 
 import numpy as np
 
-from lookalike.encoders import metric
+from lookalike import frameworks
+from lookalike.encoders import keras
 from lookalike.encoders.training import TrainingConfigError, TrainingJob
 
 KIND = "contrastive"
@@ -35,10 +36,6 @@ AUGMENTATIONS = dict(
     grayscale=dict(p=0.2),
     jpeg=dict(p=0.5, quality=(20, 90)),
 )
-
-
-def _tf():
-    return metric._tf()
 
 
 # -- augmentation ---------------------------------------------------------------------
@@ -67,7 +64,7 @@ def draw_params(rng, n):
 
 def make_augment(image_size):
     """``augment(uint8 images, params) -> uint8 views`` as one compiled function."""
-    tf = _tf()
+    tf = frameworks.tensorflow()
     size = image_size
 
     def rotation_transforms(angle):
@@ -103,7 +100,7 @@ def make_augment(image_size):
 # -- training ---------------------------------------------------------------------------
 
 def make_loss_of(loss, temperature):
-    tf, tfsim = _tf(), metric._tfsim()
+    tf, tfsim = frameworks.tensorflow(), frameworks.tensorflow_similarity()
     if loss == "simclr":
         fn = tfsim.losses.SimCLRLoss(temperature=temperature)
 
@@ -131,24 +128,21 @@ def train(
     learning_rate=1e-3,
     width=1.0,
     seed=51,
-    store_dir=None,
-    overwrite=False,
-    resume=True,
-    progress=None,
-    should_stop=None,
-    source=None,
+    **job_options,
 ):
-    """Trains the metric network on two augmented views of ``images`` ((N, S, S, 3) uint8).
+    """Trains the seed's network on two augmented views of ``images`` ((N, S, S, 3) uint8).
 
     ``batch_size`` images (so twice as many views) per step; an epoch is
     ``N // batch_size`` steps over a fresh shuffle (at least one step).
-    ``progress(epoch, epochs, metrics)`` gets ``loss`` and ``images_per_s``
-    (source images, each seen as two views); ``should_stop()`` is polled between
-    batches. Returns the path of the published encoder directory.
+    ``job_options`` (``store_dir``, ``overwrite``, ``resume``, ``progress``,
+    ``on_epoch``, ``should_stop``, ``source``): see
+    :class:`~lookalike.encoders.training.TrainingJob`; ``images_per_s`` counts
+    source images, each seen as two views. Returns the path of the published
+    encoder directory.
     """
     images = np.asarray(images)
-    metric.check_image_size(image_size)
-    metric.check_images(images, image_size, minimum=2)  # negatives come from other images
+    keras.check_image_size(image_size)
+    keras.check_images(images, image_size, minimum=2)  # negatives come from other images
     if loss not in LOSSES:
         raise TrainingConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
     if epochs < 1 or batch_size < 2 or learning_rate <= 0 or embedding_size < 1 or width <= 0:
@@ -163,15 +157,11 @@ def train(
                     embedding_size=embedding_size, loss=loss, temperature=temperature,
                     learning_rate=learning_rate, width=width, seed=seed,
                     num_images=int(len(images)), augmentations=AUGMENTATIONS)
-    job = TrainingJob(name, KIND, settings, store_dir=store_dir, overwrite=overwrite,
-                      resume=resume)
+    job = TrainingJob(name, KIND, settings, **job_options)
     start_epoch = job.open()
 
-    model = metric.build(image_size, embedding_size, width, seed=seed)
-    optimizer = metric.make_optimizer(model, learning_rate)
-    checkpoint = job.load_checkpoint()
-    if checkpoint is not None:
-        metric.set_model_arrays(model, optimizer, checkpoint)
+    model, optimizer = keras.model_for_job(job, image_size, embedding_size, width, learning_rate,
+                                           seed)
     augment = make_augment(image_size)
     pseudo_labels = np.tile(np.arange(batch, dtype=np.int32), 2)
 
@@ -183,26 +173,19 @@ def train(
             views = augment(np.concatenate([x, x]), draw_params(rng, 2 * batch))
             yield views, pseudo_labels, batch
 
-    metric.run_epochs(
-        job, model, optimizer, metric.make_train_step(model, optimizer, make_loss_of(loss, temperature)),
-        batches_for_epoch, epochs, start_epoch, metric.make_bn_recalibration(model, images, seed=seed),
-        progress=progress, should_stop=should_stop)
+    keras.run_epochs(
+        job, model, optimizer, keras.make_train_step(model, optimizer, make_loss_of(loss, temperature)),
+        batches_for_epoch, start_epoch, keras.make_bn_recalibration(model, images, seed=seed))
 
-    files = metric.save_weights(job.dir, model)
+    files = keras.save_weights(job.dir, model)
     manifest = dict(
-        **metric.framework_info(),
-        architecture=metric.architecture(embedding_size, width),
-        image_size=image_size,
-        preprocessing=metric.PREPROCESSING,
-        embedding_size=int(embedding_size),
-        metric="cosine",
+        **keras.network_manifest(KIND, image_size, embedding_size, width),
         loss=loss,
         temperature=temperature if loss == "simclr" else None,
         augmentations=AUGMENTATIONS,
         batch_size=batch,
         steps_per_epoch=steps,
         optimizer=dict(name="adam", learning_rate=learning_rate),
-        training_data=source or {},
         num_training_images=int(len(images)),
     )
     return job.finish(manifest, files)

@@ -1,4 +1,8 @@
-"""What every training job shares: checkpoints, resume, stop, progress, publishing.
+"""What every training job shares: its options, checkpoints, resume, stop, progress, publishing.
+
+Every kind's ``train(images, name, <its settings>, **job_options)`` hands
+``job_options`` to :class:`TrainingJob` (see its docstring): where the encoder
+goes, whether to resume, who hears of each epoch, who may stop it.
 
 A job writes into ``<store>/.<name>.partial/``: ``state.json`` (the settings and
 the per-epoch history) and ``checkpoint-<epoch>.npz`` (every array needed to
@@ -26,6 +30,7 @@ import numpy as np
 
 from lookalike import faults
 from lookalike.encoders import store
+from lookalike.progress import report
 
 STOP_FILE = "STOP"
 STATE_FILE = "state.json"
@@ -36,7 +41,22 @@ from lookalike.errors import TrainingConfigError, TrainingStopped  # noqa: F401 
 
 
 class TrainingJob:
-    def __init__(self, name, kind, settings, store_dir=None, overwrite=False, resume=True):
+    """One training run of encoder ``name``.
+
+    Options (every kind's ``train`` takes them as keywords):
+
+    * ``store_dir``: the model store (default :func:`store.default_store_dir`);
+    * ``overwrite``: replace an encoder of that name;
+    * ``resume``: continue an unfinished run with the same settings (else start over);
+    * ``progress(fraction, label)``: after every epoch (fraction of ``settings["epochs"]``);
+    * ``on_epoch(epoch, epochs, metrics)``: after every epoch, with its metrics
+      (``loss``, ``images_per_s``, ``val_loss`` where there is validation);
+    * ``should_stop()``: polled between batches, True stops after the last checkpoint;
+    * ``source``: what the images were (recorded as the manifest's ``training_data``).
+    """
+
+    def __init__(self, name, kind, settings, store_dir=None, overwrite=False, resume=True,
+                 progress=None, on_epoch=None, should_stop=None, source=None):
         self.name = store.validate_name(name)
         self.kind = kind
         self.settings = json.loads(json.dumps(settings))  # plain JSON, comparable
@@ -45,6 +65,11 @@ class TrainingJob:
         self.dir = store.partial_dir(name, self.store_dir)
         self.overwrite = overwrite
         self.resume = resume
+        self.progress = progress
+        self.on_epoch = on_epoch
+        self.should_stop = should_stop
+        self.source = source or {}
+        self.epochs = int(self.settings["epochs"])
         self.history = []  # one dict per finished epoch
         self.checkpoint = None  # the file in self.dir holding the last epoch's arrays
         self.started = time.time()
@@ -89,7 +114,8 @@ class TrainingJob:
             return {k: data[k] for k in data.files}
 
     def end_epoch(self, arrays, metrics):
-        """Saves the checkpoint for the epoch just finished, then the history naming it."""
+        """Saves the checkpoint for the epoch just finished, then the history naming it;
+        then tells ``on_epoch`` and ``progress``."""
         epoch = len(self.history) + 1
         name = f"checkpoint-{epoch}.npz"
         tmp = os.path.join(self.dir, "checkpoint.tmp.npz")
@@ -105,13 +131,24 @@ class TrainingJob:
         for entry in os.listdir(self.dir):
             if entry.startswith("checkpoint") and entry.endswith(".npz") and entry != name:
                 os.remove(os.path.join(self.dir, entry))
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, self.epochs, metrics)
+        speed = f", {metrics['images_per_s']:.0f} images/s" if "images_per_s" in metrics else ""
+        report(self.progress, epoch, self.epochs,
+               f"epoch {epoch}/{self.epochs}: loss {metrics['loss']:.4f}{speed}")
 
-    def stop_requested(self, should_stop=None):
-        # Every trainer asks between two batches: the place to kill a job mid-epoch.
+    def check_stop(self, epoch):
+        """Raises :class:`TrainingStopped` when a stop was asked for (``epoch`` counts from 0).
+
+        Every trainer calls it between two batches: also the place where tests kill a
+        job mid-epoch.
+        """
         faults.point("train.batch")
-        return os.path.exists(os.path.join(self.dir, STOP_FILE)) or bool(
-            should_stop and should_stop()
-        )
+        if os.path.exists(os.path.join(self.dir, STOP_FILE)) or (
+                self.should_stop is not None and self.should_stop()):
+            raise TrainingStopped(
+                f"training '{self.name}' stopped during epoch {epoch + 1}; "
+                f"{self.epochs_done} epochs are saved and a rerun resumes from there")
 
     def _clear_stop(self):
         try:
@@ -136,6 +173,7 @@ class TrainingJob:
             os.makedirs(os.path.dirname(os.path.join(ready, rel)), exist_ok=True)
             os.replace(os.path.join(self.dir, rel), os.path.join(ready, rel))
         manifest = dict(manifest, name=self.name, kind=self.kind, history=self.history,
+                        training_data=self.source,
                         epochs=len(self.history), training_seconds=round(time.time() - self.started, 1))
         if self.history:
             manifest["final_metrics"] = {k: v for k, v in self.history[-1].items() if k != "epoch"}

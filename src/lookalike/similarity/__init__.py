@@ -28,6 +28,11 @@ def building_key(brain_key):
     return f"{brain_key}{BUILDING_SUFFIX}"
 
 
+def default_brain_key(embeddings_field):
+    """The brain key of an index over ``embeddings_field`` unless told: ``<field>_sim``."""
+    return f"{embeddings_field}_sim"
+
+
 def is_ours(dataset, brain_key):
     if brain_key not in dataset.list_brain_runs():
         return False
@@ -61,7 +66,7 @@ def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwr
     from lookalike.similarity.backend import LookalikeSimilarityConfig
 
     dataset = fo_adapter.root_dataset(samples)
-    brain_key = brain_key or f"{embeddings_field}_sim"
+    brain_key = brain_key or default_brain_key(embeddings_field)
     if (not isinstance(brain_key, str) or not brain_key.isidentifier()
             or brain_key.endswith(BUILDING_SUFFIX)):
         raise UsageError(f"brain key {brain_key!r} is not usable: use letters, digits and "
@@ -136,9 +141,10 @@ def _swap_in(dataset, tmp, brain_key):
     faults.point("index.swap.renamed")
 
 
-def load_index(dataset, brain_key):
-    """The lookalike index ``brain_key`` as it is in the database now, or a one-line error."""
-    dataset = fo_adapter.root_dataset(dataset)
+def load_index(samples, brain_key):
+    """The lookalike index ``brain_key`` of the dataset of ``samples`` (a dataset or a view)
+    as it is in the database now, or a one-line error."""
+    dataset = fo_adapter.root_dataset(samples)
     fo_adapter.refresh_runs(dataset)
     if brain_key not in dataset.list_brain_runs():
         index = _finish_interrupted_swap(dataset, brain_key)
@@ -211,10 +217,10 @@ def encoder_of(index):
 
 def embed_query_image(index, path):
     """Embeds an image file (not necessarily in the dataset) with the index's encoder."""
-    from lookalike.encoders.data import decode_resized
+    from lookalike.encoders.preprocessing import load_input
 
     encoder = encoder_of(index)
-    return encoder.embed(decode_resized(path, encoder.image_size)[np.newaxis])[0]
+    return encoder.embed(load_input(path, encoder.manifest)[np.newaxis])[0]
 
 
 def _query(index, query_ids, query_path):
@@ -232,21 +238,18 @@ def _query(index, query_ids, query_path):
     raise UsageError("select at least one sample or give a query image path")
 
 
-def nearest(dataset, brain_key, query_ids=None, query_path=None, k=10):
+def nearest(samples, brain_key, query_ids=None, query_path=None, k=10):
     """``(sample_ids, distances)`` of the ``k`` nearest neighbours; writes nothing."""
-    index = load_index(dataset, brain_key)
+    index = load_index(samples, brain_key)
     if k < 1:
         raise IndexSettingsError(f"k must be at least 1, got {k}")
-    query = _query(index, query_ids, query_path)
-    ids, _, dists = index._kneighbors(query, k=min(k, index.total_index_size),
-                                      aggregation="mean", return_dists=True)
-    return list(ids), list(dists)
+    return index.nearest(_query(index, query_ids, query_path), k)
 
 
 def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25,
                        dist_field=None, reverse=False):
     """The ``k`` samples most similar to ``query_ids`` (mean of their vectors) or an image file."""
-    index = load_index(fo_adapter.root_dataset(samples), brain_key)
+    index = load_index(samples, brain_key)
     if k is not None and k < 1:
         raise IndexSettingsError(f"k must be at least 1, got {k}")
     query = _query(index, query_ids, query_path)

@@ -11,10 +11,10 @@ Use it through :func:`lookalike.similarity.build_index`, or directly::
                            backend=LookalikeSimilarityConfig)
 
 The vectors are read from the embeddings field once and cached as ``.npy``
-artefacts next to the run (see :mod:`lookalike.similarity.artefacts`); a new
-process maps them instead of reading every embedding from MongoDB, and a cache
-whose sample count or newest modification time no longer matches the field is
-detected as stale and rebuilt from the field.
+artefacts next to the run; a new process maps them instead of reading every
+embedding from MongoDB, and rebuilds them from the field when they are stale
+(by the rule in :mod:`lookalike.similarity.artefacts`). Near-duplicate groups
+come from the one pair search, :mod:`lookalike.similarity.pairs`.
 """
 
 import logging
@@ -33,16 +33,17 @@ from fiftyone.brain.similarity import (
 from lookalike import faults, fo_adapter
 from lookalike.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
 from lookalike.similarity import artefacts
+from lookalike.similarity.distance import cosine_distance
 from lookalike.similarity.engine import (
     InvalidEmbeddingsError,
     as_unit_matrix,
+    check_engine,
     make_engine,
     resolve_engine,
 )
+from lookalike.similarity.pairs import groups_within
 
 logger = logging.getLogger(__name__)
-
-ENGINES = ("exact", "approximate", "ivf", "auto")
 
 
 class LookalikeSimilarityConfig(SimilarityConfig):
@@ -66,8 +67,7 @@ class LookalikeSimilarityConfig(SimilarityConfig):
                  nprobe=None, recall_target=0.98, build_id=None, **kwargs):
         if metric != "cosine":
             raise IndexSettingsError(f"lookalike indexes use cosine distance, not {metric!r}")
-        if engine not in ENGINES:
-            raise IndexSettingsError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+        check_engine(engine)
         if kwargs.get("patches_field") is not None:
             raise IndexSettingsError("lookalike indexes do not support patches yet")
         if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, numbers.Integral)
@@ -358,7 +358,24 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def embeddings(self):
         return self._engine.matrix
 
+    @property
+    def dataset(self):
+        """The dataset the run belongs to (also when it was built on a view)."""
+        return self._dataset
+
     # -- queries ----------------------------------------------------------------
+    def nearest(self, query, k):
+        """``(sample ids, distances)`` of the ``k`` nearest samples to ``query``.
+
+        ``query``: a sample id, several (their mean vector) or a vector. The public
+        name for what fiftyone-brain reaches through its private ``_kneighbors``.
+        """
+        if k < 1:
+            raise IndexSettingsError(f"k must be at least 1, got {k}")
+        ids, _, dists = self._kneighbors(query, k=min(k, self.total_index_size),
+                                         aggregation="mean", return_dists=True)
+        return list(ids), list(dists)
+
     def _kneighbors(self, query=None, k=None, reverse=False, aggregation=None,
                     return_dists=False):
         if aggregation not in (None, "mean"):
@@ -420,22 +437,20 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         no tags) and does not pair byte-identical files without vectors.
         """
         from lookalike.curation import records
-        from lookalike.curation.duplicates import check_threshold
 
         ids = np.asarray(self.current_sample_ids, dtype=str)
         keep = self._current_inds
         vectors = self._engine.matrix if keep is None else self._engine.matrix[keep]
-        engine = self._engine if keep is None else None
+        reuse = self._engine if keep is None else None
         if fraction is not None:
-            thresh = self._threshold_for_fraction(vectors, fraction, engine)
-        elif thresh is None:
-            thresh = records.load(self, "calibration")["duplicate_threshold"]
-        thresh = check_threshold(thresh)
-        groups = self._duplicate_groups(vectors, thresh, engine)
+            thresh = self._threshold_for_fraction(vectors, fraction, reuse)
+        thresh = records.threshold(self, "duplicate_threshold", thresh)
+        # Groups ascending in the current view's order: the first is the kept one.
+        groups = groups_within(vectors, thresh, reuse=reuse)
         neighbors_map, duplicates = {}, set()
         for group in groups:
             kept, rest = group[0], group[1:]
-            dists = np.clip(1.0 - vectors[rest] @ vectors[kept], 0.0, 2.0)
+            dists = cosine_distance(vectors[rest] @ vectors[kept])
             neighbors_map[ids[kept]] = sorted(
                 zip(ids[rest].tolist(), map(float, dists)), key=lambda t: t[1])
             duplicates.update(rest)
@@ -445,21 +460,14 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._neighbors_map = neighbors_map
 
     @staticmethod
-    def _duplicate_groups(vectors, thresh, engine=None):
-        """Groups of rows (lists, the kept = smallest row first), as curation forms them."""
-        from lookalike.curation.duplicates import groups_from_pairs, vector_pairs
-
-        _, i, j, _ = vector_pairs(vectors, thresh, engine=engine)
-        return [sorted(g) for g in groups_from_pairs(len(vectors), i, j)]
-
-    def _threshold_for_fraction(self, vectors, fraction, engine=None):
+    def _threshold_for_fraction(vectors, fraction, reuse=None):
         if not 0.0 <= float(fraction) <= 1.0:
             raise IndexSettingsError(f"fraction must be in [0, 1], got {fraction!r}")
         wanted = len(vectors) - int(round((1.0 - float(fraction)) * len(vectors)))
         low, high = 0.0, 2.0
         for _ in range(30):  # duplicates only grow with the threshold
             mid = 0.5 * (low + high)
-            found = sum(len(g) - 1 for g in self._duplicate_groups(vectors, mid, engine))
+            found = sum(len(g) - 1 for g in groups_within(vectors, mid, reuse=reuse))
             if found == wanted:
                 return mid
             low, high = (mid, high) if found < wanted else (low, mid)

@@ -5,13 +5,25 @@ touched again: a query's distance to a stored copy of itself is 0 however many
 queries came before (fiftyone-brain's sklearn backend mean-centres its array in
 place on the first query, so its distances drift).
 
-Distances are cosine distances, ``1 - cos``, in [0, 2].
+Distances are cosine distances, ``1 - cos``, in [0, 2]
+(:mod:`lookalike.similarity.distance`). The choice of engine is one of
+:data:`ENGINES`, the same choice everywhere: ``build_index(engine=)``,
+``find_duplicates(engine=)``, the CLI's ``--engine`` and the App's forms.
 """
 
 import numpy as np
 
-
 from lookalike.errors import IndexSettingsError, InvalidEmbeddingsError  # noqa: F401 (re-exported)
+from lookalike.similarity.distance import cosine_distance
+
+# The one choice of search: "exact" (BLAS), "approximate" (faiss IVF) or
+# "auto" (approximate from a size that depends on the search; see resolve_engine).
+ENGINES = ("auto", "exact", "approximate")
+# Above this many vectors "auto" picks the approximate engine (see benchmarks/index.py).
+AUTO_APPROXIMATE_FROM = 200_000
+# Runs saved before the choice had one spelling may say "ivf" (the engine's
+# name): their configs must still load.
+_SAVED_SPELLINGS = {"ivf": "approximate"}
 
 
 def as_unit_matrix(vectors, what="embeddings"):
@@ -68,7 +80,7 @@ class ExactEngine:
             sims = (rows @ queries[0])[np.newaxis, :]
         else:
             sims = queries @ rows.T
-        return np.clip(1.0 - sims, 0.0, 2.0, out=sims)
+        return cosine_distance(sims, out=sims)
 
     def knn(self, queries, k, keep=None, reverse=False):
         """Indices (into ``keep`` if given) and distances of the k nearest, nearest first."""
@@ -174,7 +186,7 @@ class IVFEngine(ExactEngine):
         sims, inds = self.index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
         if keep is not None:
             inds = _to_positions(inds, keep)
-        dists = np.clip(1.0 - sims, 0.0, 2.0)
+        dists = cosine_distance(sims)
         dists[inds < 0] = np.inf  # fewer than k found in the probed lists
         return inds, dists
 
@@ -188,7 +200,7 @@ class IVFEngine(ExactEngine):
         out_i, out_d = [], []
         for q in range(len(queries)):
             idx = inds[lims[q]:lims[q + 1]]
-            d = np.clip(1.0 - sims[lims[q]:lims[q + 1]], 0.0, 2.0)
+            d = cosine_distance(sims[lims[q]:lims[q + 1]])
             order = np.argsort(d, kind="stable")
             idx, d = idx[order], d[order]
             out_i.append(_to_positions(idx[np.newaxis], keep)[0] if keep is not None else idx)
@@ -230,26 +242,27 @@ def _faiss():
     return faiss
 
 
-ENGINES = {"exact": ExactEngine, "ivf": IVFEngine}
-# Above this many vectors "auto" picks the approximate engine (see benchmarks/index.py).
-AUTO_APPROXIMATE_FROM = 200_000
+def check_engine(name):
+    """``name`` if it is one of :data:`ENGINES`; otherwise :class:`IndexSettingsError`."""
+    if name not in ENGINES and name not in _SAVED_SPELLINGS:
+        raise IndexSettingsError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+    return name
 
 
-def resolve_engine(name, size):
-    """The engine class name that ``name`` means for ``size`` vectors."""
-    if name == "approximate":
-        name = "ivf"
+def resolve_engine(name, size, approximate_from=AUTO_APPROXIMATE_FROM):
+    """"exact" or "approximate": what the choice ``name`` means for ``size`` vectors.
+
+    ``approximate_from``: where "auto" turns approximate (the k-NN index's by
+    default; the pair search has its own).
+    """
+    name = _SAVED_SPELLINGS.get(check_engine(name), name)
     if name == "auto":
-        name = "ivf" if size >= AUTO_APPROXIMATE_FROM else "exact"
-    if name not in ENGINES:
-        raise IndexSettingsError(
-            f"unknown engine {name!r}; choose exact, approximate (ivf) or auto")
+        name = "approximate" if size >= approximate_from else "exact"
     return "exact" if size == 0 else name
 
 
 def make_engine(name, matrix, **params):
-    """``name``: "exact", "ivf" (alias "approximate") or "auto"."""
-    name = resolve_engine(name, len(matrix))
-    if name == "exact":
+    """The engine that the choice ``name`` (one of :data:`ENGINES`) means for ``matrix``."""
+    if resolve_engine(name, len(matrix)) == "exact":
         return ExactEngine(matrix)
     return IVFEngine(matrix, **params)

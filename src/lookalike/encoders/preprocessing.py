@@ -1,0 +1,66 @@
+"""The one way a decoded image becomes an encoder's input: the rule its manifest records.
+
+Every encoder's manifest records ``image_size`` and ``preprocessing``: the resize
+and colour applied here, outside the network, and the scaling and layout its
+network applies itself (recorded for readers; :mod:`~lookalike.encoders.autoencoder`
+and :mod:`~lookalike.encoders.keras` apply them on the arrays made here).
+Embedding files, training and the synthetic copies that set the duplicate
+threshold all call :func:`to_input` with the encoder's manifest, so an encoder
+is never measured under another preprocessing than its own. A training run,
+whose manifest is not written yet, passes :func:`input_manifest`: the part of
+the manifest it will write.
+"""
+
+import numpy as np
+
+from lookalike.errors import EncoderStoreError
+from lookalike.images import load_image
+
+# What each kind records; the resize and colour are applied by to_input.
+PREPROCESSING = {
+    "autoencoder": dict(resize="bilinear", color="RGB", scale="(x-127.5)/127.5", layout="NCHW"),
+    "metric": dict(resize="bilinear", color="RGB", scale="x/255 (inside the model)",
+                   layout="NHWC"),
+}
+PREPROCESSING["contrastive"] = PREPROCESSING["metric"]  # the metric kind's network
+
+
+def _resampling(name):
+    from PIL import Image
+
+    methods = {"bilinear": Image.Resampling.BILINEAR}
+    if name not in methods:
+        raise EncoderStoreError(f"unknown resize {name!r} in the encoder's preprocessing "
+                                f"(this lookalike knows {', '.join(methods)})")
+    return methods[name]
+
+
+def input_manifest(kind, image_size):
+    """The part of the manifest of a ``kind`` encoder at ``image_size`` that :func:`to_input` reads."""
+    return dict(kind=kind, image_size=int(image_size), preprocessing=PREPROCESSING[kind])
+
+
+def to_input(image, manifest):
+    """A decoded RGB PIL image -> the ``(S, S, 3)`` uint8 array the encoder of ``manifest`` embeds.
+
+    ``S`` is the manifest's ``image_size``; the image is resized to a square with
+    the manifest's ``preprocessing["resize"]`` (its aspect ratio is not kept).
+    """
+    size = int(manifest["image_size"])
+    recipe = manifest["preprocessing"]
+    if recipe.get("color", "RGB") != "RGB":
+        raise EncoderStoreError(f"unknown colour {recipe['color']!r} in the encoder's preprocessing")
+    resample = _resampling(recipe.get("resize"))
+    if image.size != (size, size):
+        image = image.resize((size, size), resample)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_input(path, manifest):
+    """:func:`to_input` of the image file ``path``.
+
+    Raises :class:`~lookalike.errors.UnreadableImageError` (path and reason) for
+    every file that is missing, not an image, over the pixel limit, truncated or
+    corrupt.
+    """
+    return to_input(load_image(path), manifest)
