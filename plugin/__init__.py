@@ -256,9 +256,7 @@ class ComputeEmbeddings(forms.BackgroundOperator):
             batch_size=ctx.params.get("batch_size", 64),
             overwrite=ctx.params.get("overwrite", False), progress=forms.progress(ctx))
         ctx.ops.reload_dataset()
-        msg = (f"Embedded {report.embedded} images into '{report.field}'"
-               f" ({report.skipped_existing} already done, {len(report.failures)} unreadable)")
-        ctx.ops.notify(msg, variant="warning" if report.failures else "success")
+        ctx.ops.notify(report.summary(), variant="warning" if report.failures else "success")
         return {"field": report.field, "embedded": report.embedded,
                 "skipped_existing": report.skipped_existing,
                 "failures": forms.file_rows(report.failures)}
@@ -345,6 +343,13 @@ class SortBySimilarity(forms.Operator):
         return {"count": len(view), "results": rows}
 
 
+CALIBRATION_LABELS = {
+    "f1": "f1: the best F1 (largest such distance)",
+    "precision": "precision: reach a precision target",
+    "percentile": "percentile of nearest-neighbour distances (no labels)",
+}
+
+
 class CalibrateThreshold(forms.BackgroundOperator):
     options = dict(name="calibrate_threshold", label="Lookalike: calibrate distance thresholds",
                    description="Match and duplicate thresholds from labels (TF Similarity's "
@@ -359,11 +364,12 @@ class CalibrateThreshold(forms.BackgroundOperator):
                ("float", "at_f1", "F1 at the threshold"))
 
     def form(self, inputs, ctx):
+        from lookalike.curation.calibrate import LABEL_FREE_METHODS, LABEL_METHODS
+
         forms.brain_key_input(inputs, ctx)
         labelled = bool(forms.label_field_input(inputs, ctx, none_choice="(none: label-free)"))
-        methods = [("f1", "f1: the best F1 (largest such distance)"),
-                   ("precision", "precision: reach a precision target")] if labelled else \
-            [("percentile", "percentile of nearest-neighbour distances (no labels)")]
+        methods = forms.labelled_choices(LABEL_METHODS if labelled else LABEL_FREE_METHODS,
+                                         CALIBRATION_LABELS)
         method = forms.choice_input(inputs, ctx, "method", methods, "Method")
         if method == "precision":
             inputs.float("target", label="Precision target", min=0.0, max=1.0, default=0.95)

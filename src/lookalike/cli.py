@@ -209,9 +209,7 @@ def cmd_train(args):
                                progress=bar, **extra)
     finally:
         bar.close()  # early stopping ends the run before the bar is full
-    from lookalike.encoders import describe
-
-    print(f"saved {describe(result.manifest)}\n  {result.path}")
+    print(f"saved {result.summary()}\n  {result.path}")
     _print_failures(result.failures)
     return 0
 
@@ -290,8 +288,7 @@ def cmd_embed(args):
         view = view.match_tags(args.tag)
     report = compute_embeddings(view, args.encoder, args.field, batch_size=args.batch_size,
                                 overwrite=args.overwrite, progress=_Progress("embedding"))
-    print(f"embedded {report.embedded} images into '{report.field}' "
-          f"({report.skipped_existing} already done) with {report.encoder}")
+    print(report.summary())
     _print_failures(report.failures)
     return 0
 

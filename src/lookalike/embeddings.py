@@ -33,6 +33,12 @@ class EmbeddingReport:
     skipped_existing: int
     failures: list = field(default_factory=list)  # lookalike.images.ImageFailure, with sample_id
 
+    def summary(self):
+        """One line, for the CLI and the App."""
+        unreadable = f", {len(self.failures)} unreadable" if self.failures else ""
+        return (f"embedded {self.embedded} images into '{self.field}' "
+                f"({self.skipped_existing} already done) with {self.encoder}{unreadable}")
+
 
 def field_records(dataset):
     """``{field: record}`` of every field lookalike embedded, as the database holds it now."""

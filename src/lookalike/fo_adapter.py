@@ -23,6 +23,16 @@ def dataset_id(samples):
     return str(root_dataset(samples)._doc.id)
 
 
+def view_stages(samples):
+    """The view's stages as JSON-ready dicts ([] for a whole dataset).
+
+    A trained encoder's manifest records the view it was trained on, so that
+    the run can be told and repeated. (``view._serialize``: private; FiftyOne
+    saves views the same way.)
+    """
+    return samples.view()._serialize() if hasattr(samples, "_serialize") else []
+
+
 def sample_collection(dataset):
     """The pymongo collection holding ``dataset``'s sample documents.
 

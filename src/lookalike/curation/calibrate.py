@@ -34,7 +34,9 @@ from lookalike.errors import CalibrationError, EmptyViewError
 from lookalike.labels import indexed_labels, pick_unknown_classes
 from lookalike.progress import stage
 
-METHODS = ("f1", "precision", "percentile")
+LABEL_METHODS = ("f1", "precision")  # need a label field; the first is the default
+LABEL_FREE_METHODS = ("percentile",)
+METHODS = LABEL_METHODS + LABEL_FREE_METHODS
 # Neighbours per sample whose distances set the label-free duplicate threshold.
 DUPLICATE_NEIGHBOURS = 10
 _CURVE_POINTS = 2000
@@ -185,7 +187,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     method = method or ("f1" if label_field else "percentile")
     if method not in METHODS:
         raise CalibrationError(f"unknown method {method!r}; choose from {METHODS}")
-    if method != "percentile" and not label_field:
+    if method in LABEL_METHODS and not label_field:
         raise CalibrationError(f"method {method!r} needs a label field")
     if index.total_index_size < 2:
         raise CalibrationError(f"run '{brain_key}' holds {index.total_index_size} embeddings: "

@@ -21,6 +21,7 @@ Nothing here imports Paddle or TensorFlow until an encoder is trained or loaded.
 import os
 from dataclasses import dataclass, field
 
+from lookalike import fo_adapter
 from lookalike.encoders.store import (  # noqa: F401  (public API)
     KINDS,
     EncoderStoreError,
@@ -44,14 +45,19 @@ class TrainResult:
     manifest: dict
     failures: list = field(default_factory=list)  # lookalike.images.ImageFailure: skipped images
 
+    def summary(self):
+        """One line, for the CLI and the App."""
+        skipped = f"; {len(self.failures)} unreadable images skipped" if self.failures else ""
+        return describe(self.manifest) + skipped
+
 
 # Of train_encoder's progress: decoding the images, then the epochs (far longer).
 LOADING_SHARE = 0.05
 
 
 def _source(samples, label_field=None):
-    stages = samples.view()._serialize() if hasattr(samples, "_serialize") else []
-    return dict(dataset=samples._dataset.name, view_stages=stages, num_samples=len(samples),
+    return dict(dataset=fo_adapter.root_dataset(samples).name,
+                view_stages=fo_adapter.view_stages(samples), num_samples=len(samples),
                 label_field=label_field)
 
 
