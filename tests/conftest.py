@@ -29,6 +29,14 @@ import processes
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STATE = {}
 
+# The same TensorFlow numbers on every CI machine: oneDNN picks its kernels by the
+# CPU's instruction set (AVX-512 here, AVX2 there), and the small models the tests
+# train end up measurably different (an unseen-class rejection rate of 0.58 on one
+# machine, 0.68 on another, from the same seeds). TensorFlow's own Eigen kernels are
+# compiled for one instruction set, so with oneDNN off every x86 machine computes
+# the same. Set before TensorFlow is first imported; subprocesses inherit it.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 
 def _wait_for_port(port, proc, timeout=60):
     deadline = time.monotonic() + timeout
