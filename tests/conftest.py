@@ -32,9 +32,10 @@ _STATE = {}
 # The same TensorFlow numbers on every CI machine: oneDNN picks its kernels by the
 # CPU's instruction set (AVX-512 here, AVX2 there), and the small models the tests
 # train end up measurably different (an unseen-class rejection rate of 0.58 on one
-# machine, 0.68 on another, from the same seeds). TensorFlow's own Eigen kernels are
-# compiled for one instruction set, so with oneDNN off every x86 machine computes
-# the same. Set before TensorFlow is first imported; subprocesses inherit it.
+# machine, 0.68 with oneDNN off, from the same seeds). TensorFlow's own Eigen kernels
+# are compiled for the wheel's one baseline instruction set, so with oneDNN off x86
+# machines with the same number of cores should compute the same. Set before
+# TensorFlow is first imported; subprocesses inherit it.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
