@@ -9,6 +9,7 @@ need them.
 """
 
 import fiftyone.operators.types as types
+from fiftyone.operators.types import RiskLevel
 
 from lookalike.errors import LookalikeError, UsageError, one_line
 
@@ -21,10 +22,15 @@ def _one_line_errors(operator_cls):
 
     FiftyOne sends ``str(exception)`` as the run's ``error_message`` (the App's error
     notification) and the traceback beside it; our reason is folded to one line and
-    raised without the chain of exceptions under it.
+    raised without the chain of exceptions under it. A run that an operator's
+    ``check_run`` refuses (one estimated past the limit of immediate runs) never starts.
     """
+    check_run = getattr(operator_cls, "check_run", None)  # not on the panel
+
     def execute(self, ctx):
         try:
+            if check_run is not None:
+                check_run(self, ctx)
             return operator_cls.execute(self, ctx)
         except LookalikeError as e:
             raise Exception(one_line(e)) from None
@@ -54,11 +60,11 @@ def _unreadable_image_reason(path):
     return None
 
 
-class ImportImages(forms.Operator):
+class ImportImages(forms.BackgroundOperator):
+    # High: "Replace a dataset of that name" deletes one, with no undo.
     options = dict(name="import_images", label="Lookalike: import a folder of images",
                    description="Create a dataset from every readable image under a folder",
-                   view_target=False)
-    background = True
+                   view_target=False, risk_level=RiskLevel.HIGH)
     title = "Import images"
     outputs = (("str", "dataset_name", "Dataset"), ("int", "imported", "Imported images"),
                ("table", "skipped", "Skipped files", forms.file_columns("Skipped file")))
@@ -70,6 +76,7 @@ class ImportImages(forms.Operator):
         inputs.bool("recursive", label="Include sub-folders", default=True)
         inputs.bool("labels_from_folders", label="Use sub-folder names as labels", default=False)
         inputs.bool("overwrite", label="Replace a dataset of that name", default=False)
+        forms.execution_notice(inputs, self, ctx)
 
     def execute(self, ctx):
         from lookalike.importer import import_images
@@ -113,12 +120,11 @@ EMBEDDING_LABELS = {
 
 
 class TrainEncoder(forms.BackgroundOperator):
-    # Immediate operators time out after 600 s; training usually takes longer.
-    delegate_by_default = True
+    # Immediate runs time out after 600 s and training often takes longer: Schedule first.
     options = dict(name="train_encoder", label="Lookalike: train an encoder",
-                   description="Train an image encoder on this view (runs delegated by default: "
-                   "start a worker with `fiftyone delegated launch`)",
-                   dynamic=True, default_choice_to_delegated=True)
+                   description="Train an image encoder on this view (Schedule runs it in a "
+                   "worker: `fiftyone delegated launch`)",
+                   dynamic=True, default_choice_to_delegated=True, risk_level=RiskLevel.MEDIUM)
     title = "Train an encoder"
     outputs = (("str", "summary", "Encoder"), ("str", "path", "Saved to"),
                ("table", "skipped", "Skipped images", forms.file_columns("Skipped image")))
@@ -158,8 +164,20 @@ class TrainEncoder(forms.BackgroundOperator):
         inputs.int("epochs", label="Epochs", min=1, default=10)
         inputs.int("batch_size", label="Batch size", min=1, required=False)
         inputs.bool("overwrite", label="Replace an encoder of that name", default=False)
-        forms.delegate_input(inputs, "Run delegated (recommended)", recommended=True)
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
+
+    def estimated_seconds(self, ctx):
+        from lookalike.encoders import estimate_seconds
+
+        params = ctx.params
+        kind = params.get("kind", "autoencoder")
+        view = ctx.target_view()
+        if kind == "metric":  # it trains on the labelled samples only
+            view = view.exists(params["label_field"]) if params.get("label_field") else view
+        width = params.get("width") if "width" in KIND_OPTIONS[kind] else None
+        return estimate_seconds(kind, "train", view.count(), image_size=params.get("image_size"),
+                                epochs=params.get("epochs") or 10, width=width or 1.0)
 
     def execute(self, ctx):
         from lookalike.encoders import describe, train_encoder
@@ -187,7 +205,7 @@ class TrainEncoder(forms.BackgroundOperator):
 class LoadEncoder(forms.Operator):
     options = dict(name="load_encoder", label="Lookalike: load an encoder",
                    description="Check a saved encoder, or add an encoder directory to the model "
-                   "store", dynamic=True, view_target=False)
+                   "store", dynamic=True, view_target=False, risk_level=RiskLevel.MEDIUM)
     title = "Load an encoder"
     outputs = (("str", "summary", "Encoder"), ("str", "path", "Directory"),
                ("str", "version", "Version"), ("str", "left_behind", "Not copied"))
@@ -231,7 +249,7 @@ class LoadEncoder(forms.Operator):
 class ComputeEmbeddings(forms.BackgroundOperator):
     options = dict(name="compute_embeddings", label="Lookalike: compute embeddings",
                    description="Embed this view's images with a saved encoder into a vector "
-                   "field", dynamic=True)
+                   "field", dynamic=True, risk_level=RiskLevel.MEDIUM)
     title = "Compute embeddings"
     outputs = (("str", "field", "Field"), ("int", "embedded", "Embedded"),
                ("int", "skipped_existing", "Already embedded"),
@@ -245,8 +263,24 @@ class ComputeEmbeddings(forms.BackgroundOperator):
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
         inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
-        forms.delegate_input(inputs, "Run delegated (for large views)")
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
+
+    def estimated_seconds(self, ctx):
+        from lookalike.embeddings import default_field_name
+        from lookalike.encoders import estimate_seconds, read_manifest, resolve_path
+
+        name = ctx.params.get("encoder")
+        if not name:
+            return None
+        manifest = read_manifest(resolve_path(name), verify_files=False)
+        view = ctx.target_view()
+        field = ctx.params.get("embeddings_field") or default_field_name(name)
+        if not ctx.params.get("overwrite"):
+            view = view.exists(field, False)  # the rest are skipped
+        return estimate_seconds(manifest["kind"], "embed", view.count(),
+                                image_size=manifest["image_size"],
+                                width=(manifest.get("architecture") or {}).get("width", 1.0))
 
     def execute(self, ctx):
         from lookalike.embeddings import compute_embeddings
@@ -269,10 +303,10 @@ ENGINE_LABELS = {
 }
 
 
-class BuildIndex(forms.Operator):
+class BuildIndex(forms.BackgroundOperator):
     options = dict(name="build_index", label="Lookalike: build similarity index",
                    description="Index an embeddings field for the App's 'sort by similarity'",
-                   dynamic=True, view_target=False)
+                   dynamic=True, view_target=False, risk_level=RiskLevel.MEDIUM)
     title = "Build similarity index"
 
     def form(self, inputs, ctx):
@@ -288,6 +322,7 @@ class BuildIndex(forms.Operator):
         if engine == "approximate":
             inputs.int("nprobe", label="Lists searched per query (empty: tuned to 98% recall)",
                        min=1, required=False)
+        forms.execution_notice(inputs, self, ctx)
 
     def execute(self, ctx):
         import lookalike.similarity as ls
@@ -307,7 +342,7 @@ class BuildIndex(forms.Operator):
 class SortBySimilarity(forms.Operator):
     options = dict(name="sort_by_similarity", label="Lookalike: find similar images",
                    description="Show the samples most similar to the selected ones or to an "
-                   "image file", dynamic=True, view_target=False)
+                   "image file", dynamic=True, view_target=False, risk_level=RiskLevel.LOW)
     title = "Find similar images"
 
     def resolve_placement(self, ctx):
@@ -354,7 +389,7 @@ class CalibrateThreshold(forms.BackgroundOperator):
     options = dict(name="calibrate_threshold", label="Lookalike: calibrate distance thresholds",
                    description="Match and duplicate thresholds from labels (TF Similarity's "
                    "procedure) or from the nearest-neighbour distances; saved with the index",
-                   dynamic=True)
+                   dynamic=True, risk_level=RiskLevel.MEDIUM)
     title = "Calibrate thresholds"
     outputs = (("float", "threshold", "Match threshold"),
                ("float", "duplicate_threshold", "Duplicate threshold"), ("str", "note", "Method"),
@@ -381,7 +416,7 @@ class CalibrateThreshold(forms.BackgroundOperator):
             inputs.float("unknown_fraction", label="Share of classes held out as unknown",
                          min=0.0, max=0.9, default=0.2,
                          description="Open set: rejecting unknown classes counts (0: closed set)")
-        forms.delegate_input(inputs, "Run delegated (for large datasets)")
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
@@ -404,10 +439,11 @@ class CalibrateThreshold(forms.BackgroundOperator):
         return out
 
 
-class FlagOutliers(forms.Operator):
+class FlagOutliers(forms.BackgroundOperator):
     options = dict(name="flag_outliers", label="Lookalike: flag no-match outliers",
                    description="Tag the samples farther than the threshold from every other "
-                   "sample and show them, most isolated first", dynamic=True)
+                   "sample and show them, most isolated first", dynamic=True,
+                   risk_level=RiskLevel.MEDIUM)
     title = "Flag no-match outliers"
     outputs = (("int", "num_outliers", "Outliers"), ("int", "num_searched", "Samples checked"),
                ("float", "threshold", "Threshold"))
@@ -418,6 +454,7 @@ class FlagOutliers(forms.Operator):
         key = forms.brain_key_input(inputs, ctx)
         forms.threshold_input(inputs, ctx, key, "threshold")
         inputs.str("tag", label="Tag", default=DEFAULT_TAG)
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
@@ -430,7 +467,8 @@ class FlagOutliers(forms.Operator):
         report = lc.flag_outliers(view, ctx.params["brain_key"],
                                   threshold=ctx.params.get("threshold"), tag=tag,
                                   progress=forms.progress(ctx))
-        ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+        if not ctx.delegated:
+            ctx.ops.set_view(lc.outliers_view(ctx.dataset))
         ctx.ops.notify(f"{report.summary()} (tagged '{tag}')", variant="success")
         return report.to_record()
 
@@ -445,7 +483,7 @@ KEEP_LABELS = {
 class FindDuplicates(forms.BackgroundOperator):
     options = dict(name="find_duplicates", label="Lookalike: find near-duplicates",
                    description="Group near-duplicate and byte-identical images, tag all but one "
-                   "per group", dynamic=True)
+                   "per group", dynamic=True, risk_level=RiskLevel.MEDIUM)
     title = "Find near-duplicates"
     outputs = (("int", "num_groups", "Groups"), ("int", "num_duplicates", "Tagged 'duplicate'"),
                ("int", "num_exact_pairs", "Byte-identical pairs"),
@@ -461,7 +499,7 @@ class FindDuplicates(forms.BackgroundOperator):
             forms.threshold_input(inputs, ctx, key, "duplicate_threshold")
         forms.choice_input(inputs, ctx, "keep", forms.labelled_choices(KEEP_POLICIES, KEEP_LABELS),
                            "Keep in each group", default="first")
-        forms.delegate_input(inputs, "Run delegated (for large datasets)")
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
@@ -485,7 +523,7 @@ class DeleteDuplicates(forms.Operator):
     options = dict(name="delete_duplicates", label="Lookalike: delete tagged duplicates",
                    description="Delete the tagged members of the published duplicate groups "
                    "whose kept sample still exists (not the files; undo with 'undelete')",
-                   dynamic=True)
+                   dynamic=True, risk_level=RiskLevel.HIGH)
     title = "Delete duplicates"
 
     def form(self, inputs, ctx):
@@ -535,7 +573,7 @@ class DeleteDuplicates(forms.Operator):
 class Undelete(forms.Operator):
     options = dict(name="undelete", label="Lookalike: undelete samples",
                    description="Restore the samples of a deletion journal, with their ids, "
-                   "fields and tags", dynamic=True)
+                   "fields and tags", dynamic=True, risk_level=RiskLevel.MEDIUM)
     title = "Undelete samples"
     outputs = (("int", "restored", "Restored"), ("int", "already_there", "Still there"),
                ("str", "journal", "Journal"))
@@ -564,10 +602,12 @@ class Undelete(forms.Operator):
                 "journal": result.path}
 
 
-class EvaluateRetrieval(forms.Operator):
+class EvaluateRetrieval(forms.BackgroundOperator):
+    # Medium: the figures are saved with the index (the panel shows them).
     options = dict(name="evaluate_retrieval", label="Lookalike: evaluate retrieval",
                    description="recall@1, precision@k, mAP@k (leave-one-out) and the match / "
-                   "no-match confusion matrix against a label field", dynamic=True)
+                   "no-match confusion matrix against a label field", dynamic=True,
+                   risk_level=RiskLevel.MEDIUM)
     title = "Evaluate retrieval"
     outputs = (("float", "recall_at_1", "recall@1"), ("float", "precision_at_k", "precision@k"),
                ("float", "map_at_k", "mAP@k"),
@@ -577,6 +617,7 @@ class EvaluateRetrieval(forms.Operator):
         forms.brain_key_input(inputs, ctx)
         forms.label_field_input(inputs, ctx, missing="No Classification field to evaluate against")
         inputs.int("k", label="k", min=1, default=10)
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
@@ -596,7 +637,8 @@ PROJECTION_LABELS = {"umap": "UMAP (first use compiles: ~20 s)", "tsne": "t-SNE"
 
 class VisualizeEmbeddings(forms.BackgroundOperator):
     options = dict(name="visualize_embeddings", label="Lookalike: 2-D projection of embeddings",
-                   description="A UMAP projection for the App's Embeddings panel", dynamic=True)
+                   description="A UMAP projection for the App's Embeddings panel", dynamic=True,
+                   risk_level=RiskLevel.MEDIUM)
     title = "Visualize embeddings"
 
     def form(self, inputs, ctx):
@@ -608,7 +650,7 @@ class VisualizeEmbeddings(forms.BackgroundOperator):
                                     default="umap")
         inputs.str("brain_key", label="Brain key", default=default_projection_key(field, method),
                    required=True)
-        forms.delegate_input(inputs, "Run delegated")
+        forms.execution_notice(inputs, self, ctx)
 
     def execute(self, ctx):
         import lookalike.curation as lc

@@ -1,4 +1,5 @@
-"""What the plugin's operators share, each written once: config, delegation, form inputs, progress.
+"""What the plugin's operators share, each written once: config, execution options, form inputs,
+progress.
 
 An operator is an :class:`Operator` (or :class:`BackgroundOperator`) that
 declares its config, form title and outputs as data, adds its inputs in
@@ -11,6 +12,9 @@ what a library call would refuse. Like the rest of the plugin this module
 imports only FiftyOne's operator types at load time: FiftyOne re-executes the
 plugin on every App request, so the package's modules load inside the helpers.
 """
+
+import math
+import time
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -27,6 +31,13 @@ def background_jobs_enabled():
     return bool(fo.config.allow_legacy_orchestrators)
 
 
+def immediate_limit():
+    """FiftyOne's limit on an immediate run, in seconds (``FIFTYONE_OPERATOR_TIMEOUT``, 600)."""
+    import fiftyone as fo
+
+    return fo.config.operator_timeout
+
+
 class FormEnds(Exception):
     """Raised where a form can go no further (it has said why in the form): it ends there."""
 
@@ -41,9 +52,8 @@ class Operator(foo.Operator):
     """One of our operators: its config, form title and outputs declared as data.
 
     A subclass sets ``options`` (the ``OperatorConfig`` arguments: name, label,
-    description...), ``title`` (its form's), ``outputs`` (see :func:`add_outputs`),
-    and writes ``form(inputs, ctx)`` and ``execute(ctx)``. ``background``: it may
-    also run delegated (the App offers the choice).
+    description, ``risk_level``...), ``title`` (its form's), ``outputs`` (see
+    :func:`add_outputs`), and writes ``form(inputs, ctx)`` and ``execute(ctx)``.
     """
 
     options = {}
@@ -70,6 +80,9 @@ class Operator(foo.Operator):
     def form(self, inputs, ctx):
         """Adds the form's inputs to ``inputs`` (``ctx.params``: what is filled in so far)."""
 
+    def check_run(self, ctx):
+        """Raises (one line) where this run must not start; called before ``execute``."""
+
     def resolve_output(self, ctx):
         if not self.outputs:
             return None
@@ -79,30 +92,86 @@ class Operator(foo.Operator):
 
 
 class BackgroundOperator(Operator):
-    """A long job: delegated to a worker when the user asks for it and one can take it."""
+    """A job that can run long: the App offers its own Execute / Schedule choice.
+
+    ``options`` may set ``default_choice_to_delegated`` (Schedule preselected).
+    Who calls from Python or HTTP asks for a delegated run with
+    ``request_delegation=True``, as the App's Schedule does. Where the
+    subclass's ``estimated_seconds(ctx)`` says an immediate run would outlast
+    FiftyOne's limit, the run is refused before it starts.
+    """
 
     background = True
-    delegate_by_default = False
 
-    def resolve_delegation(self, ctx):
-        return background_jobs_enabled() and bool(
-            ctx.params.get("delegate", self.delegate_by_default))
+    def estimated_seconds(self, ctx):
+        """A short estimate of the run's duration (:func:`lookalike.encoders.estimate_seconds`),
+        or None where there is none."""
+        return None
+
+    def too_long_reason(self, ctx):
+        """Why an immediate run would outlast FiftyOne's limit (one line), else None."""
+        seconds = self.estimated_seconds(ctx)
+        limit = immediate_limit()
+        if seconds is None or seconds <= limit:
+            return None
+        reason = (f"{self.title}: this run would take about {math.ceil(seconds / 60)} min, more "
+                  f"than the App's {limit:g} s for immediate runs: schedule it (delegated)")
+        return reason if background_jobs_enabled() else f"{reason}. {NO_WORKER}"
+
+    def check_run(self, ctx):
+        from lookalike.errors import UsageError
+
+        reason = None if ctx.delegated else self.too_long_reason(ctx)
+        if reason:
+            raise UsageError(reason)
 
 
-def delegate_input(inputs, label, recommended=False):
-    """The "run delegated" checkbox of a :class:`BackgroundOperator`, or why there is none."""
-    if background_jobs_enabled():
-        inputs.bool("delegate", label=label, default=recommended)
-    else:
-        inputs.view("no_worker", types.Notice(
-            label="Runs in the App server. To queue long jobs for a worker instead, start the "
-            "App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true and run `fiftyone delegated "
-            "launch` (`make app` and `make worker` do both)"))
+NO_WORKER = ("Schedule needs a worker: start the App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true "
+             "and run `fiftyone delegated launch` (`make app` and `make worker` do both)")
 
 
-def progress(ctx):
-    """The ``progress(fraction, label)`` callback every package call gets: the App's bar."""
-    return lambda fraction, label: ctx.set_progress(progress=fraction, label=label)
+def execution_notice(inputs, operator, ctx):
+    """What a :class:`BackgroundOperator`'s form says of how it can run, where it needs saying.
+
+    A run estimated past FiftyOne's limit for immediate runs: a warning to
+    schedule it (and, without a worker set up, how to set one up). Without a
+    worker: that Execute runs it in the App server and how to get Schedule.
+    Otherwise nothing: the App's own Execute / Schedule choice says it.
+    """
+    from lookalike.errors import LookalikeError
+
+    try:
+        too_long = operator.too_long_reason(ctx) if ctx.dataset else None
+    except LookalikeError:  # what the estimate needs is refused: the run will say so
+        too_long = None
+    if too_long:
+        inputs.view("too_long", types.Warning(label=too_long))
+    elif not background_jobs_enabled():
+        inputs.view("no_worker",
+                    types.Notice(label=f"Execute runs it in the App server. {NO_WORKER}"))
+
+
+# In a delegated run every ctx.set_progress is a database write.
+PROGRESS_INTERVAL = 1.0
+
+
+def progress(ctx, interval=PROGRESS_INTERVAL, clock=time.monotonic):
+    """The ``progress(fraction, label)`` callback every package call gets: the App's bar.
+
+    At most one ``ctx.set_progress`` per ``interval`` seconds, delegated or not:
+    the first call, then the first one after ``interval`` has passed since the last
+    write; a call with ``fraction`` 1 (the end, to float error) always goes through.
+    """
+    last = []
+
+    def report(fraction, label):
+        now = clock()
+        if fraction < 1 - 1e-9 and last and now - last[0] < interval:
+            return
+        last[:] = [now]
+        ctx.set_progress(progress=fraction, label=label)
+
+    return report
 
 
 # -- inputs -------------------------------------------------------------------------

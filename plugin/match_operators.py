@@ -3,6 +3,8 @@
 Forms and view changes only; the work is :mod:`lookalike.curation.match`.
 """
 
+from fiftyone.operators.types import RiskLevel
+
 from . import forms
 
 STRATEGY_LABELS = {"nearest": "nearest labelled sample",
@@ -15,7 +17,8 @@ ADD_LABELS = {"none": "nothing: only report",
 class MatchLabels(forms.BackgroundOperator):
     options = dict(name="match_labels", label="Lookalike: match labels (with 'no match')",
                    description="Give unlabelled samples the label of their nearest labelled ones, "
-                   "or 'no match' beyond the calibrated threshold", dynamic=True)
+                   "or 'no match' beyond the calibrated threshold", dynamic=True,
+                   risk_level=RiskLevel.MEDIUM)
     title = "Match labels"
     outputs = (("str", "pred_field", "Predictions in"), ("int", "num_matched", "Labelled"),
                ("int", "num_no_match", "No match"), ("float", "threshold", "Match threshold"))
@@ -33,7 +36,7 @@ class MatchLabels(forms.BackgroundOperator):
         if strategy == "vote":
             inputs.int("k", label="k", min=1, default=5)
         inputs.bool("unlabelled_only", label="Only samples without a label", default=True)
-        forms.delegate_input(inputs, "Run delegated (for large datasets)")
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
@@ -54,7 +57,8 @@ class MatchLabels(forms.BackgroundOperator):
 class MatchImages(forms.BackgroundOperator):
     options = dict(name="match_images", label="Lookalike: match new images against this dataset",
                    description="Which images of a folder are already there (duplicates), match a "
-                   "known sample, or are new; optionally import only the new ones", dynamic=True)
+                   "known sample, or are new; optionally import only the new ones", dynamic=True,
+                   risk_level=RiskLevel.MEDIUM)
     title = "Match new images"
     outputs = (("str", "summary", "Result"), ("table", "rows", "Images", forms.MATCH_COLUMNS))
 
@@ -68,7 +72,7 @@ class MatchImages(forms.BackgroundOperator):
                            "Import", default="none")
         inputs.str("out", label="Also write the table to (.csv or .json, optional)",
                    required=False)
-        forms.delegate_input(inputs, "Run delegated (for large folders)")
+        forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):

@@ -1,8 +1,8 @@
 """The lookalike panel: encoders, similarity runs, curves, duplicate groups and outliers.
 
 Rendering only: the rows and figures come from :mod:`lookalike.overview`; the
-buttons open our operators (with their forms, so the user chooses immediate
-or delegated execution for long jobs).
+buttons open our operators' forms, where the App's own Execute / Schedule
+choice runs a long job in the App server or in a worker.
 """
 
 import json

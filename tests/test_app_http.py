@@ -84,6 +84,10 @@ OPERATORS = ("import_images", "train_encoder", "load_encoder", "compute_embeddin
              "visualize_embeddings", "match_labels", "match_images")
 
 
+# Immediate only: they answer in moments.
+QUICK = ("load_encoder", "sort_by_similarity", "delete_duplicates", "undelete")
+
+
 def _execute(url, dataset, operator, params, selected=(), **extra):
     body = requests.post(f"{url}/operators/execute", timeout=600, json={
         "operator_uri": f"{PLUGIN}/{operator}", "dataset_name": dataset.name, "view": [],
@@ -117,6 +121,15 @@ def test_the_panel_and_every_operator_are_listed_with_forms(app_server, photos):
             "operator_uri": f"{PLUGIN}/{name}", "dataset_name": photos.name, "view": [],
             "selected": [], "params": {}, "target": "inputs"}).json()
         assert form["type"]["name"] == "Object", (name, form)
+        # What the App asks before it offers Execute and Schedule.
+        options = requests.post(f"{app_server}/operators/resolve-execution-options", timeout=60,
+                                json={"operator_uri": f"{PLUGIN}/{name}",
+                                      "dataset_name": photos.name, "view": [], "selected": [],
+                                      "params": {}}).json()
+        assert options["allow_immediate_execution"], name
+        assert options["allow_delegated_execution"] == (name not in QUICK), name
+        assert options["default_choice_to_delegated"] == (name == "train_encoder"), name
+        assert config["risk_level"] in ("low", "medium", "high"), name  # each declared
 
 
 def test_every_curation_operator_runs_over_http_and_the_panel_shows_it(app_server, photos):
@@ -211,7 +224,7 @@ def test_a_job_queued_from_the_app_runs_in_a_worker_after_the_app_closes(
     try:
         queued = _execute(url, photos, "train_encoder", {
             "kind": "autoencoder", "name": "ae-from-app", "image_size": 32, "width": 0.25,
-            "epochs": 2, "batch_size": 8})
+            "epochs": 2, "batch_size": 8}, request_delegation=True)  # the App's Schedule
     finally:
         processes.stop(proc)  # the App is closed: the job waits in the database
     assert queued["delegated"] is True

@@ -38,6 +38,53 @@ from lookalike.encoders.training import (  # noqa: F401
 
 DEFAULT_IMAGE_SIZE = {"autoencoder": 64, "metric": 32, "contrastive": 32}
 
+# Images per second on 2 quiet CPU cores, width 1.0, at the sizes measured: where the
+# README's two benchmarks (benchmarks/encoders.py, benchmarks/autoencoder_training.py)
+# differ, the faster figure, so that an estimate from them errs short. Keys: (kind, step,
+# trainer); the contrastive kind trains on two views of every image (half the rate).
+CPU_RATES = {
+    ("autoencoder", "train", "tensorflow"): {32: 94.8, 64: 15.7, 128: 4.9},
+    ("autoencoder", "train", "paddle"): {32: 28.5, 64: 2.3, 128: 1.2},
+    ("metric", "train", "tensorflow"): {32: 211.4, 128: 9.0},
+    ("contrastive", "train", "tensorflow"): {32: 105.7, 128: 4.5},
+    ("autoencoder", "embed", "paddle"): {32: 474.4, 128: 26.0},
+    ("metric", "embed", "tensorflow"): {32: 952.0, 128: 26.4},
+    ("contrastive", "embed", "tensorflow"): {32: 952.0, 128: 26.4},
+}
+RATES_CORES = 2
+
+
+def _cuda_device_visible():
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1")
+    return not hidden and (os.path.exists("/dev/nvidia0") or bool(
+        os.path.isdir("/proc/driver/nvidia/gpus") and os.listdir("/proc/driver/nvidia/gpus")))
+
+
+def estimate_seconds(kind, step, num_images, image_size=None, epochs=1, trainer="auto",
+                     width=1.0):
+    """A short estimate of how long ``step`` ("train" or "embed") takes on this CPU, in seconds.
+
+    From :data:`CPU_RATES`, scaled from the nearest measured size at or below
+    ``image_size`` by the pixel count (cost grows at least that fast), by ``width``
+    (squared below 1, linearly above) and by the cores beyond the 2 measured
+    (linearly): every step errs towards the faster, so a run estimated over a limit
+    is over it. Loading the images is not counted. None where the figures do not
+    apply: a CUDA device is visible (training may run there), or no figure exists.
+    """
+    if _cuda_device_visible():
+        return None
+    if trainer == "auto":  # what "auto" resolves to without a GPU
+        trainer = "paddle" if kind == "autoencoder" and step == "embed" else "tensorflow"
+    rates = CPU_RATES.get((kind, step, trainer))
+    if not rates or num_images <= 0:
+        return None if not rates else 0.0
+    size = int(image_size or DEFAULT_IMAGE_SIZE[kind])
+    measured = max([s for s in rates if s <= size] or [min(rates)])
+    rate = rates[measured] * (measured / size) ** 2
+    rate /= width ** 2 if width < 1 else width
+    rate *= max(1.0, len(os.sched_getaffinity(0)) / RATES_CORES)
+    return num_images * max(1, int(epochs)) / rate
+
 
 @dataclass
 class TrainResult:
