@@ -82,7 +82,8 @@ def estimate_seconds(kind, step, num_images, image_size=None, epochs=1, trainer=
     measured = max([s for s in rates if s <= size] or [min(rates)])
     rate = rates[measured] * (measured / size) ** 2
     rate /= width ** 2 if width < 1 else width
-    rate *= max(1.0, len(os.sched_getaffinity(0)) / RATES_CORES)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rate *= max(1.0, (cores or 1) / RATES_CORES)  # (no sched_getaffinity on macOS)
     return num_images * max(1, int(epochs)) / rate
 
 
