@@ -51,8 +51,10 @@ def test_resize_to_array(tmp_path):
     path = files.write_jpeg(str(tmp_path / "a.jpg"))
     arr = load_input(path, input_manifest("autoencoder", 32))
     assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
-    # bilinear, aspect not kept: the arrays every saved encoder and threshold were made with
-    img = load_image(path)
+    # bilinear, aspect not kept, from the JPEG decoded at 1/8 (451 x 300 -> 57 x 38, both
+    # sides still >= 32; tests/test_fast_decode.py checks it against the full decode)
+    img = load_image(path, min_side=32)
+    assert img.size == (57, 38)
     assert np.array_equal(arr, np.asarray(img.resize((32, 32), Image.Resampling.BILINEAR)))
     assert np.array_equal(to_input(img, input_manifest("metric", 32)), arr)
 

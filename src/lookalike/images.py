@@ -168,7 +168,7 @@ def image_header_size(path):
         return img.size
 
 
-def open_image(path):
+def open_image(path, min_side=None):
     """Opens and fully decodes ``path``; returns the PIL image in its own mode.
 
     Refused with the reason: a missing, empty or odd file, an image over
@@ -176,6 +176,13 @@ def open_image(path):
     does not know, truncated or corrupt data. Truncated files fail here even when
     some other library has switched on ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``: a
     half-grey image must not become an embedding.
+
+    ``min_side``: the caller only needs both sides at least this long (it resizes
+    down to a square of that side). A JPEG is then decoded in the DCT domain at
+    the strongest reduction of 1/2, 1/4 or 1/8 whose sides stay at least
+    ``min_side``, else in full (Pillow's ``draft``; never smaller, so nothing is
+    upsampled from a draft that went too far); every other format in full.
+    The checks above are the same: the pixel limit is the header's full size.
     """
     limit = max_pixels()
     _check_file(path)
@@ -186,8 +193,9 @@ def open_image(path):
             if getattr(img, "is_animated", False):
                 img.seek(0)  # first frame of an animation
                 _check_pixels(path, img, limit)
+            _reduce(img, min_side)
             if ImageFile.LOAD_TRUNCATED_IMAGES:
-                _check_not_truncated(path, img)
+                _check_not_truncated(path, img, min_side)
             img.load()
         except BaseException:
             img.close()
@@ -195,12 +203,24 @@ def open_image(path):
     return img
 
 
-def _check_not_truncated(path, img):
+# JPEG, and MPO: a JPEG with more pictures after the first (phones write them), whose first
+# frame is decoded as one.
+_DRAFT_FORMATS = ("JPEG", "MPO")
+
+
+def _reduce(img, min_side):
+    """Asks the JPEG decoder for a reduced scale (not yet decoded); a no-op for other formats."""
+    if min_side and img.format in _DRAFT_FORMATS:
+        img.draft(None, (int(min_side), int(min_side)))
+
+
+def _check_not_truncated(path, img, min_side):
     # ImageFile.LOAD_TRUNCATED_IMAGES pads missing data silently; decode once
-    # more with it off to detect truncation.
+    # more with it off (at the same scale) to detect truncation.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(path) as probe:
+            _reduce(probe, min_side)
             probe.load()
     except OSError as e:
         raise UnreadableImageError(path, f"truncated or corrupt image data ({e})") from None
@@ -253,6 +273,10 @@ def _scale_to_uint8(arr):
     return np.round((arr - lo) * (255.0 / span)).astype(np.uint8)
 
 
-def load_image(path):
-    """Decodes ``path`` into an RGB PIL image or raises :class:`UnreadableImageError`."""
-    return to_rgb(open_image(path))
+def load_image(path, min_side=None):
+    """Decodes ``path`` into an RGB PIL image or raises :class:`UnreadableImageError`.
+
+    ``min_side``: a JPEG may be decoded at a reduced scale, both sides at least
+    this long (see :func:`open_image`).
+    """
+    return to_rgb(open_image(path, min_side))

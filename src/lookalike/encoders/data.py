@@ -2,7 +2,8 @@
 
 Each file goes through :func:`~lookalike.encoders.preprocessing.load_input`
 with the encoder's manifest (or, for a training run,
-:func:`~lookalike.encoders.preprocessing.input_manifest`).
+:func:`~lookalike.encoders.preprocessing.input_manifest`), which decodes a JPEG
+only to the scale the encoder needs when the manifest says so.
 Pillow releases the GIL while decoding and resizing, so a thread pool keeps the
 model busy. Unreadable or missing files are skipped and returned as
 :class:`~lookalike.images.ImageFailure`; they never stop a job.
