@@ -5,6 +5,7 @@ named ``emb_ae.v2``, which FiftyOne reads as the path ``emb_ae`` -> ``v2``.
 """
 
 import fiftyone as fo
+import pytest
 import numpy as np
 
 from lookalike.curation import curate
@@ -38,3 +39,20 @@ def test_curate_with_a_dotted_encoder_name_writes_a_top_level_field(
     assert "emb_ae_v2" in schema and "emb_ae" not in schema
     vectors = [v for v in ds.values("emb_ae_v2") if v is not None]
     assert len(vectors) == len(photos) and np.asarray(vectors).shape[1] > 0
+
+
+def test_one_engine_choice_refused_in_one_line_by_index_and_duplicates(dataset_name):
+    import lookalike.curation as lc
+    import lookalike.similarity as ls
+    from lookalike.errors import IndexSettingsError
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=f"/nowhere/{i}.png") for i in range(4)])
+    ds.add_sample_field("emb", fo.VectorField)
+    rng = np.random.default_rng(0)
+    ds.set_values("emb", [v / np.linalg.norm(v) for v in rng.normal(size=(4, 8))])
+    for call in (lambda: ls.build_index(ds, "emb", "k", engine="bogus"),
+                 lambda: lc.find_duplicates(ds, None, engine="bogus")):
+        with pytest.raises(IndexSettingsError, match="unknown engine 'bogus'; choose from auto"):
+            call()
+    assert "k" not in ds.list_brain_runs()
