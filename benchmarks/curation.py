@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/curation.py                 # both parts
     .venv/bin/python benchmarks/curation.py --quality       # (a) only; needs `make demo` first
     .venv/bin/python benchmarks/curation.py --speed --sizes 100000 1000000
+    .venv/bin/python benchmarks/curation.py --verification  # (c); needs `make demo` first
 
 (a) Quality on the demo images, per method: the three demo encoders, an
 untrained copy of the TF network, raw pixels and a perceptual hash
 (``imagehash.phash``, the floor to beat; Hamming distance as the cosine
 distance of +-1 bit vectors). For each of 3 seeds:
 
-* near-duplicates on the 185 photos: the label-free threshold the product uses
+* near-duplicates on the 205 photos: the label-free threshold the product uses
   (95% of synthetic edited copies of 64 sampled photos, the seed choosing the
   photos and edit parameters), pairs within it joined into connected groups,
   scored as pairs against the planted groups (precision / recall / F1);
@@ -20,6 +21,15 @@ distance of +-1 bit vectors). For each of 3 seeds:
   choosing them) of the gallery; the threshold accepts 95% of the known-class
   queries; the share of unknown-class queries rejected. The metric encoder is
   retrained per seed on the known classes only, so its unknowns are unseen.
+
+(c) Geometric verification (``--verification``; needs `make demo`'s encoders):
+``find_duplicates`` itself, with and without verification, on the demo photos
+(each original with its edited copies, a synthetic viewpoint copy and the real
+stereo pair) in a FiftyOne dataset of its own: pair precision, recall and F1,
+and the recall of each relation kind (each edit, ``perspective``,
+``other_view``), for the two photo encoders and a perceptual hash; then the
+cost: local features per 1,000 images, verification per pair, and at 100k
+images with k = 10 candidates the cost extrapolated from those measurements.
 
 (b) Speed of ``find_duplicates``' pair search on clustered synthetic unit
 vectors with planted near-duplicate pairs (d = 256): ours exact (tiled matrix
@@ -53,7 +63,7 @@ def _pairs_scores(groups, truth):
 
 
 def _copy_threshold(embed, images, seed, num=64, recall=0.95):
-    from lookalike.edits import EDITS, edited_copy
+    from lookalike.edits import COPY_EDITS, edited_copy
     from lookalike.similarity.distance import cosine_distance
 
     rng = np.random.default_rng(seed)
@@ -61,7 +71,7 @@ def _copy_threshold(embed, images, seed, num=64, recall=0.95):
     chosen = rng.choice(len(images), min(num, len(images)), replace=False)
     dists = []
     for i in chosen:
-        batch = [images[i]] + [edited_copy(images[i], e, erng) for e in EDITS]
+        batch = [images[i]] + [edited_copy(images[i], e, erng) for e in COPY_EDITS]
         v = embed(batch)
         dists.extend(cosine_distance(v[1:] @ v[0]).tolist())
     return float(np.percentile(dists, 100 * recall))
@@ -334,26 +344,104 @@ def fob_near_duplicates(x, threshold, exact=None):
         ds.delete()
 
 
+def verification(args):
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    import lookalike.curation as lc
+    import lookalike.similarity as ls
+    from lookalike import verification as V
+    from lookalike.demo import build_demo_dataset
+    from lookalike.embeddings import compute_embeddings
+    from lookalike.encoders import load_encoder
+    from lookalike.images import load_image
+    from lookalike.workflow import group_of, pair_scores, relation_recall
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-bench-verify-")
+    ds = build_demo_dataset("bench-verification", data_dir=tmp, max_digits=1)
+    photos = ds.match(F("source") == "photo")
+    ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
+    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    for name in ("demo-contrastive", "demo-autoencoder"):
+        compute_embeddings(photos, load_encoder(name, store_dir=args.store_dir), f"emb_{name}")
+    phash = embedders(args.store_dir).get("perceptual hash (phash)")
+    fields = [f"emb_{n}" for n in ("demo-contrastive", "demo-autoencoder")]
+    if phash is not None:
+        photos.set_values("emb_phash", list(phash([load_image(p) for p in
+                                                   photos.values("filepath")])))
+        fields.append("emb_phash")
+    rows = []
+    for field in fields:
+        key = field.replace("-", "_") + "_sim"
+        ls.build_index(ds, field, key)
+        cal = lc.calibrate_threshold(photos, key)
+        for verify in (False, True):
+            t = time.perf_counter()
+            report = lc.find_duplicates(photos, key, verify=verify)
+            seconds = time.perf_counter() - t
+            predicted = group_of(ids, report.groups)
+            scores = pair_scores(predicted, truth)
+            rows.append((field, verify, scores, relation_recall(photos, predicted), seconds,
+                         report.num_verified_pairs))
+            print(f"  {field} verify={verify}: P {scores['precision']:.3f} "
+                  f"R {scores['recall']:.3f} F1 {scores['f1']:.3f} ({seconds:.1f} s; "
+                  f"{report.num_verified_pairs} pairs verified; min_inliers "
+                  f"{cal.min_inliers})", flush=True)
+    kinds = sorted({k for row in rows for k in row[3]})
+    print("\n| method | verification | pair precision | pair recall | pair F1 | "
+          + " | ".join(kinds) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(kinds))
+    for field, verify, scores, relations, _, _ in rows:
+        print(f"| {field[4:]} | {'on' if verify else 'off'} | {scores['precision']:.3f} | "
+              f"{scores['recall']:.3f} | {scores['f1']:.3f} | "
+              + " | ".join("{}/{}".format(*relations.get(k, (0, 0))) for k in kinds) + " |")
+
+    # The cost, measured here, then extrapolated.
+    paths = photos.values("filepath")
+    t = time.perf_counter()
+    features, _ = V.compute_features(paths)  # no cache: every image decoded and described
+    per_image = (time.perf_counter() - t) / len(paths)
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, len(paths), 600), rng.integers(0, len(paths), 600)
+    t = time.perf_counter()
+    V.verify_pairs(features, i, j)
+    per_pair = (time.perf_counter() - t) / len(i)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n, k = 100_000, 10
+    print(f"\nfeatures: {1000 * per_image:.1f} s per 1,000 images; verification: "
+          f"{1000 * per_pair:.2f} ms per pair ({cores} cores, wall clock, both in parallel)")
+    print(f"at {n:,} images with k = {k} candidates (at most {n * k // 2:,} pairs): features "
+          f"{n * per_image / 60:.0f} min, verification {n * k / 2 * per_pair / 60:.0f} min "
+          "(the features are cached: a rerun pays only the pairs)")
+    fo.delete_dataset("bench-verification")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quality", action="store_true", help="only part (a)")
     parser.add_argument("--speed", action="store_true", help="only part (b)")
+    parser.add_argument("--verification", action="store_true", help="only part (c)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-exact", type=int, default=100_000)
     parser.add_argument("--max-fob", type=int, default=100_000)
     args = parser.parse_args()
-    both = not (args.quality or args.speed)
-    if args.quality or both:
+    every = not (args.quality or args.speed or args.verification)
+    from lookalike.encoders import default_store_dir
+
+    args.store_dir = default_store_dir()  # make demo's encoders, before the tests' set-up
+    if args.quality or every:
         quality(args)
-    if args.speed or both:
-        if args.max_fob:
-            import conftest  # the tests' isolated mongod, same set-up
+    if (args.speed and args.max_fob) or args.verification or every:
+        import conftest  # the tests' isolated mongod, same set-up
 
-            conftest._start_isolated_database()
-            from lookalike.database import quiet_mongodb_version_warning
+        conftest._start_isolated_database()
+        from lookalike.database import quiet_mongodb_version_warning
 
-            quiet_mongodb_version_warning()
+        quiet_mongodb_version_warning()
+    if args.verification or every:
+        verification(args)
+    if args.speed or every:
         speed(args)
 
 

@@ -362,25 +362,33 @@ class SortBySimilarity(forms.Operator):
                                 "No sample selected: give the path of an image file"),
                    invalid=reason is not None, error_message=reason)
         inputs.str("dist_field", label="Distance field", default="similarity_dist")
+        if n <= 1:
+            inputs.bool("verify", label="Re-rank by local features", default=False,
+                        description="The same object or scene seen again first: results "
+                        "with enough geometric inliers (field 'similarity_inliers') lead")
 
     def execute(self, ctx):
         import lookalike.similarity as ls
 
+        verify = bool(ctx.params.get("verify"))
         view = ls.sort_by_similarity(
             ctx.dataset, ctx.params["brain_key"], query_ids=ctx.selected,
             query_path=ctx.params.get("query_path"), k=ctx.params.get("k", 25),
-            dist_field=ctx.params.get("dist_field") or None)
+            dist_field=ctx.params.get("dist_field") or None, verify=verify)
         ctx.ops.set_view(view)
-        dist_field = ctx.params.get("dist_field")
-        top = view.values(["filepath", dist_field]) if dist_field else [view.values("filepath")]
-        rows = [{"path": p, "distance": (d if dist_field else None)}
-                for p, d in zip(top[0], top[1] if dist_field else [None] * len(top[0]))]
+        dist_field = ctx.params.get("dist_field") or None
+        paths = view.values("filepath")
+        dists = view.values(dist_field) if dist_field else [None] * len(paths)
+        inliers = view.values("similarity_inliers") if verify else [None] * len(paths)
+        rows = [{"path": p, "distance": d, "inliers": i}
+                for p, d, i in zip(paths, dists, inliers)]
         return {"count": len(view), "results": rows}
 
 
 CALIBRATION_LABELS = {
     "f1": "f1: the best F1 (largest such distance)",
     "precision": "precision: reach a precision target",
+    "isolated": "isolated: only samples whose nearest neighbour is unusually far (no labels)",
     "percentile": "percentile of nearest-neighbour distances (no labels)",
 }
 
@@ -394,12 +402,15 @@ class CalibrateThreshold(forms.BackgroundOperator):
     outputs = (("float", "threshold", "Match threshold"),
                ("float", "duplicate_threshold", "Duplicate threshold"), ("str", "note", "Method"),
                ("str", "duplicate_rule", "Duplicate threshold from"),
+               ("int", "min_inliers", "Inliers that verify a pair"),
+               ("str", "inlier_rule", "Inlier threshold from"),
                ("float", "at_precision", "Precision at the threshold"),
                ("float", "at_recall", "Recall at the threshold"),
                ("float", "at_f1", "F1 at the threshold"))
 
     def form(self, inputs, ctx):
         from lookalike.curation.calibrate import LABEL_FREE_METHODS, LABEL_METHODS
+        from lookalike.curation.isolation import DEFAULT_K
 
         forms.brain_key_input(inputs, ctx)
         labelled = bool(forms.label_field_input(inputs, ctx, none_choice="(none: label-free)"))
@@ -408,6 +419,12 @@ class CalibrateThreshold(forms.BackgroundOperator):
         method = forms.choice_input(inputs, ctx, "method", methods, "Method")
         if method == "precision":
             inputs.float("target", label="Precision target", min=0.0, max=1.0, default=0.95)
+        elif method == "isolated":
+            inputs.float("target", label="Robust standard deviations (k)", min=0.5, max=10.0,
+                         default=DEFAULT_K,
+                         description="Samples whose nearest neighbour is farther than k robust "
+                         "standard deviations above the typical distance are no-match outliers "
+                         "(none where nothing stands out)")
         elif method == "percentile":
             inputs.float("target", label="Outlier percentile", min=1.0, max=99.9, default=95.0,
                          description="Samples farther from their nearest neighbour than this "
@@ -433,7 +450,8 @@ class CalibrateThreshold(forms.BackgroundOperator):
                        variant="success")
         out = {k: getattr(calibration, k) for k in (
             "brain_key", "method", "threshold", "duplicate_threshold", "duplicate_rule", "note",
-            "num_queries", "num_missing_labels", "unknown_classes")}
+            "candidate_threshold", "min_inliers", "inlier_rule", "num_queries",
+            "num_missing_labels", "unknown_classes")}
         out.update({f"at_{k}": v for k, v in (calibration.metric_values or {}).items()
                     if k != "thresholds"})
         return out
@@ -480,6 +498,13 @@ KEEP_LABELS = {
 }
 
 
+def _verify_choices():
+    from lookalike.verification import VERIFY_UP_TO
+
+    return [("auto", f"auto (on up to {VERIFY_UP_TO:,} samples)"), ("on", "on"),
+            ("off", "off (embedding distance only)")]
+
+
 class FindDuplicates(forms.BackgroundOperator):
     options = dict(name="find_duplicates", label="Lookalike: find near-duplicates",
                    description="Group near-duplicate and byte-identical images, tag all but one "
@@ -487,6 +512,7 @@ class FindDuplicates(forms.BackgroundOperator):
     title = "Find near-duplicates"
     outputs = (("int", "num_groups", "Groups"), ("int", "num_duplicates", "Tagged 'duplicate'"),
                ("int", "num_exact_pairs", "Byte-identical pairs"),
+               ("int", "num_verified_pairs", "Pairs added by verification"),
                ("float", "threshold", "Threshold"),
                ("table", "groups", "Groups", (("group", "Group"), ("size", "Images"),
                                               ("kept", "Kept"))))
@@ -499,20 +525,28 @@ class FindDuplicates(forms.BackgroundOperator):
             forms.threshold_input(inputs, ctx, key, "duplicate_threshold")
         forms.choice_input(inputs, ctx, "keep", forms.labelled_choices(KEEP_POLICIES, KEEP_LABELS),
                            "Keep in each group", default="first")
+        if key:
+            forms.choice_input(inputs, ctx, "verify", _verify_choices(), "Geometric verification",
+                               default="auto", description=(
+                                   "Local features (SIFT) confirm the same object or scene "
+                                   "seen again, from another viewpoint too; the inliers go to "
+                                   "'dup_inliers' and each member's reason to 'dup_reason'"))
         forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
     def execute(self, ctx):
         import lookalike.curation as lc
 
+        verify = {"on": True, "off": False}.get(ctx.params.get("verify"), "auto")
         report = lc.find_duplicates(ctx.target_view(), ctx.params.get("brain_key") or None,
                                     threshold=ctx.params.get("threshold"),
-                                    keep=ctx.params.get("keep", "first"),
+                                    keep=ctx.params.get("keep", "first"), verify=verify,
                                     progress=forms.progress(ctx))
         if not ctx.delegated:
             ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
         ctx.ops.notify(f"{report.num_groups} duplicate groups; {report.num_duplicates} samples "
-                       "tagged 'duplicate'", variant="success")
+                       f"tagged 'duplicate'; {report.num_verified_pairs} pairs verified by local "
+                       "features", variant="success")
         out = report.to_record()
         out["groups"] = [{"group": n, "size": len(g), "kept": report.files[g[0]]}
                          for n, g in enumerate(report.groups[:200], 1)]

@@ -183,7 +183,8 @@ class LookalikePanel(foo.Panel):
         if state.neighbours_title:
             panel.md(f"**{state.neighbours_title}**", name="neighbours_title")
             panel.list("neighbours", types.Object(),
-                       view=table_view([("file", "File"), ("distance", "Distance")]))
+                       view=table_view([("file", "File"), ("distance", "Distance"),
+                                        ("inliers", "Inliers")]))
 
         panel.md("**Similarity indexes**", name="runs_title")
         if state.runs:
@@ -203,7 +204,8 @@ class LookalikePanel(foo.Panel):
         panel.md("**Near-duplicate groups**", name="groups_title")
         if state.groups:
             groups = table_view([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
-                             ("max_distance", "Widest distance")])
+                             ("max_distance", "Widest distance"),
+                             ("verified", "Verified by inliers")])
             groups.add_row_action("show_group", self.show_group, label="Show", icon="grid_view")
             panel.list("groups", types.Object(), view=groups)
             panel.btn("all_duplicates", label="Show all groups", on_click=self.show_all_duplicates)

@@ -111,8 +111,8 @@ def test_calibration_survives_a_restart_and_refuses_when_stale(dataset_name, ima
     rng = np.random.default_rng(2)
     ds = _dataset(dataset_name, image_paths[:60], rng.normal(size=(60, 8)))
     ls.build_index(ds, "emb", "sim")
-    saved = lc.calibrate_threshold(ds, "sim", target=90)
-    assert saved.method == "percentile" and "no labels" in saved.note
+    saved = lc.calibrate_threshold(ds, "sim", target=3)
+    assert saved.method == "isolated" and saved.target == 3 and "no labels" in saved.note
     # A fresh load of the dataset reads it back from the run.
     ds.clear_cache() if hasattr(ds, "clear_cache") else None
     reloaded = fo.load_dataset(dataset_name)
@@ -162,7 +162,9 @@ def test_bad_input_is_refused_clearly(dataset_name, image_paths):
     with pytest.raises(lc.CalibrationError, match="needs a label field"):
         lc.calibrate_threshold(ds, "sim", method="f1")
     with pytest.raises(lc.CalibrationError, match="percentile"):
-        lc.calibrate_threshold(ds, "sim", target=100)
+        lc.calibrate_threshold(ds, "sim", method="percentile", target=100)
+    with pytest.raises(lc.CalibrationError, match=r"target \(method 'isolated'.*> 0, got -1"):
+        lc.calibrate_threshold(ds, "sim", target=-1)
     with pytest.raises(lc.CurationError, match=r"\[0, 2\]"):
         lc.flag_outliers(ds, "sim", threshold=2.5)
     with pytest.raises(lc.CurationError, match=r"\[0, 2\]"):
@@ -259,6 +261,26 @@ def test_approximate_pairs_recover_exact_pairs():
     brute = 1 - matrix @ matrix.T
     iu = np.triu_indices(len(matrix), 1)
     assert len(exact) == int((brute[iu] <= 0.01).sum())
+
+
+def test_a_single_pair_never_merges_two_groups():
+    from lookalike.similarity.pairs import groups_from_pairs
+
+    # Two groups of copies (stars around 0 and 4), joined by one chance pair 3-4;
+    # a copy hanging on one pair (9-10 of the triangle 8, 9, 10) and a chain of 3.
+    i = [0, 0, 0, 4, 4, 4, 3, 8, 9, 9, 12, 13]
+    j = [1, 2, 3, 5, 6, 7, 4, 9, 10, 8, 13, 14]
+    assert groups_from_pairs(15, i, j) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10],
+                                           [12, 13, 14]]
+    assert groups_from_pairs(15, i, j, split_bridges=False)[0] == list(range(8))
+    # Two pairs between the groups are no chance: one group.
+    assert groups_from_pairs(15, i + [2], j + [5])[0] == list(range(8))
+    # An unbreakable pair (identical files) stays; the next most even bridge goes.
+    fixed = np.array([k == 6 for k in range(len(i))])
+    assert groups_from_pairs(15, i, j, unbreakable=fixed)[:2] == [[0, 1, 2], [3, 4, 5, 6, 7]]
+    # Three groups in a row: both bridges cut.
+    i2, j2 = [0, 0, 1, 3, 3, 4, 6, 6, 7, 2, 5], [1, 2, 2, 4, 5, 5, 7, 8, 8, 3, 6]
+    assert groups_from_pairs(9, i2, j2) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
 def test_byte_identical_files_and_keep_policies(dataset_name, demo_records, tmp_path):

@@ -100,12 +100,16 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
                            ("demo-metric-quick", "metric")):
             assert f"trained {name}: {kind}, 32 px" in out.stdout
             assert os.path.isfile(tmp_path / "models" / name / "manifest.json")
-        assert "emb_contrastive: 185 embedded" in out.stdout
-        assert "index 'emb_autoencoder_sim' of 185 photos" in out.stdout
+        assert "emb_contrastive: 205 embedded" in out.stdout
+        assert "index 'emb_autoencoder_sim' of 205 photos" in out.stdout
         assert "emb_contrastive_sim: " in out.stdout.split("near-duplicate retrieval")[1]
         curation = out.stdout.split("curation of the photos")[1]
         assert "duplicate threshold" in curation and "pairs precision" in curation
         assert "of the 4 unique photos" in curation
+        # Recall per relation kind, the viewpoint copies and the real stereo pair among them.
+        assert "copies found with their original: " in curation
+        assert " perspective " in curation and " other_view " in curation
+        assert "geometric verification: " in curation
         assert "unknown digits rejected" in curation and "mAP@10" in curation
         query = out.stdout.split("the query set held back")[1]
         assert "new edited copies recognised as duplicates" in query

@@ -320,8 +320,17 @@ def cmd_search(args):
                                 brain_key=args.brain_key, query_ids=args.sample_id,
                                 query_path=args.image, k=args.k)
     paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
-    for sample_id, dist in zip(ids, dists):
-        print(f"{dist:.4f}  {paths[sample_id]}")
+    if not args.verify:
+        for sample_id, dist in zip(ids, dists):
+            print(f"{dist:.4f}  {paths[sample_id]}")
+        return 0
+    if not args.image and len(args.sample_id) != 1:
+        raise UsageError("--verify compares images: give --image or one --sample-id")
+    query = args.image or dataset[args.sample_id[0]].filepath
+    order, inliers = ls.verify_results(ls.load_index(dataset, args.brain_key), query,
+                                       [paths[i] for i in ids])
+    for n in order:
+        print(f"{dists[n]:.4f}  {inliers[n]:4d} inliers  {paths[ids[n]]}")
     return 0
 
 
@@ -329,7 +338,8 @@ def _print_groups(report, limit):
     for number, group in enumerate(report.groups[:limit], 1):
         print(f"  group {number} ({len(group)} images, kept first):")
         for sample_id in group:
-            print(f"    {report.files[sample_id]}")
+            why = report.reasons.get(sample_id)
+            print(f"    {report.files[sample_id]}" + (f"  ({why})" if why else ""))
     if report.num_groups > limit:
         print(f"  ... {report.num_groups - limit} more groups (--show-groups N)")
 
@@ -398,6 +408,10 @@ def cmd_calibrate(args):
     return 0
 
 
+# --verify of `duplicates`: find_duplicates' verify (see VERIFY_CHOICES there).
+VERIFY_FLAGS = {"auto": "auto", "on": True, "off": False}
+
+
 def cmd_duplicates(args):
     from lookalike.curation import find_duplicates
 
@@ -405,10 +419,10 @@ def cmd_duplicates(args):
     if args.delete:
         return _delete_duplicates(view, args)
     report = find_duplicates(view, args.brain_key, threshold=args.threshold, keep=args.keep,
-                             engine=args.engine, progress=_Progress("finding duplicates"))
-    print(f"{report.num_groups} groups, {report.num_duplicates} samples tagged 'duplicate' "
-          f"(threshold {report.threshold:.4f}, {report.engine}; "
-          f"{report.num_exact_pairs} byte-identical pairs)")
+                             engine=args.engine, verify=VERIFY_FLAGS[args.verify],
+                             min_inliers=args.min_inliers,
+                             progress=_Progress("finding duplicates"))
+    print(report.summary())
     _print_groups(report, args.show_groups)
     return 0
 
@@ -591,6 +605,7 @@ def build_parser():
     from lookalike.encoders import KINDS, autoencoder, contrastive, metric
     from lookalike.similarity.engine import ENGINES
     from lookalike.similarity.pairs import APPROXIMATE_FROM
+    from lookalike.verification import VERIFY_UP_TO
 
     parser = _CommandParser(
         prog="lookalike",
@@ -676,6 +691,8 @@ def build_parser():
     search.add_argument("--sample-id", action="append", default=None,
                         help="a query sample (repeat for the mean of several)")
     search.add_argument("-k", type=_at_least(1), default=10)
+    search.add_argument("--verify", action="store_true",
+                        help="re-rank by local features: the same object seen again first")
     search.set_defaults(func=cmd_search)
 
     def brain_args(p, key_required=True, tag=True):
@@ -692,7 +709,7 @@ def build_parser():
     cur.add_argument("--label-field", default=None, help="calibrate and evaluate with labels")
     cur.add_argument("--method", default=None, choices=calibrate.METHODS)
     cur.add_argument("--target", type=float, default=None,
-                     help="precision target, or the outlier percentile (default 95)")
+                     help="precision target, isolated's k (default 2.5) or the outlier percentile")
     cur.add_argument("--keep", default="first", choices=KEEP_POLICIES)
     cur.add_argument("--duplicate-threshold", type=float, default=None)
     cur.add_argument("--outlier-threshold", type=float, default=None)
@@ -717,6 +734,11 @@ def build_parser():
     dup.add_argument("--keep", default="first", choices=KEEP_POLICIES)
     dup.add_argument("--engine", default="auto", choices=ENGINES,
                      help=f"the pair search (auto: approximate from {APPROXIMATE_FROM:,} samples)")
+    dup.add_argument("--verify", default="auto", choices=VERIFY_FLAGS,
+                     help="geometric verification with local features (auto: on up to "
+                          f"{VERIFY_UP_TO:,} samples)")
+    dup.add_argument("--min-inliers", type=_at_least(4), default=None,
+                     help="inliers that verify a pair (default: the run's calibrated value)")
     dup.add_argument("--show-groups", type=_at_least(0), default=10)
     dup.add_argument("--delete", action="store_true",
                      help="delete the samples tagged 'duplicate' (a dry run without --yes)")

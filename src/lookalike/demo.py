@@ -5,14 +5,18 @@ network:
 
 * the photos of ``skimage/data``: most get realistic edited copies (crop,
   resize, small rotation, horizontal flip, JPEG re-encode, brightness/contrast,
-  grayscale, text overlay) that are known near-duplicates of their original;
-  a few are kept without copies, so they match nothing;
+  grayscale, text overlay) and a copy from another viewpoint (``perspective``:
+  another camera position, cropped, scaled and relit) that are known
+  near-duplicates of their original; the stereo pair ``motorcycle_left`` /
+  ``motorcycle_right`` is a real other view; a few photos are kept without
+  copies, so they match nothing;
 * scikit-learn's 1,797 labelled 8x8 digits, saved as small images for
   label-based (metric learning) work.
 
 Ground-truth fields: ``source`` ("photo" | "digit"), ``ground_truth`` (the photo
 group or the digit, as a Classification), ``gt_group`` (photos: the original's
-name), ``gt_edit`` (photos: "original", an edit kind or "other_view") and
+name), ``gt_edit`` (photos: "original", an edit kind of :data:`lookalike.edits.EDITS`
+or "other_view") and
 ``gt_unique`` (photos: True when the photo has no copy).
 """
 

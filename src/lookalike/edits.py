@@ -2,8 +2,11 @@
 synthetic copies that calibrate a duplicate threshold without labels.
 
 Crop, resize, small rotation, horizontal flip, JPEG re-encode, brightness and
-contrast, grayscale and a text overlay: what happens to a picture between
-being posted, screenshotted, thumbnailed and watermarked.
+contrast, grayscale and a text overlay (:data:`COPY_EDITS`): what happens to a
+picture between being posted, screenshotted, thumbnailed and watermarked. And
+``perspective`` (:data:`VIEWPOINT_EDITS`): the same scene from another camera
+position, which an embedding often puts farther away; it calibrates geometric
+verification, not the embedding's duplicate threshold.
 """
 
 import io
@@ -13,7 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from lookalike.errors import UsageError
 
-EDITS = (
+COPY_EDITS = (
     "crop",
     "resize",
     "rotate",
@@ -23,6 +26,8 @@ EDITS = (
     "grayscale",
     "text_overlay",
 )
+VIEWPOINT_EDITS = ("perspective",)
+EDITS = COPY_EDITS + VIEWPOINT_EDITS
 
 
 def _rgb(img):
@@ -74,6 +79,7 @@ def apply_edit(img, edit, rng):
         )
         return img, ".png"
     raise UsageError(f"unknown edit {edit!r}; choose from {EDITS}")
+
 
 def perspective(img, rng, strength=(0.08, 0.18)):
     """The same scene from another camera position: a random homography, then a crop,

@@ -91,18 +91,28 @@ def run_summary(dataset, brain_key):
 
 
 def duplicate_group_rows(samples, limit=100):
-    """One row per duplicate group (largest first): size, kept file, widest distance."""
-    from lookalike.curation.duplicates import DISTANCE_FIELD, GROUP_FIELD, duplicates_view
+    """One row per duplicate group (largest first): size, kept file, widest distance, and
+    how many members local features verified (inliers with the kept sample)."""
+    from lookalike.curation.duplicates import (
+        DISTANCE_FIELD,
+        GROUP_FIELD,
+        REASON_FIELD,
+        duplicates_view,
+    )
 
-    if GROUP_FIELD not in samples.get_field_schema():
+    schema = samples.get_field_schema()
+    if GROUP_FIELD not in schema:
         return []
     view = duplicates_view(samples)  # only the published run's groups
     groups, dists, paths, tags = view.values([GROUP_FIELD, DISTANCE_FIELD, "filepath", "tags"])
+    reasons = view.values(REASON_FIELD) if REASON_FIELD in schema else [None] * len(groups)
     rows = {}
-    for g, d, p, t in zip(groups, dists, paths, tags):
-        row = rows.setdefault(g, {"group": int(g), "size": 0, "kept": None, "max_distance": 0.0})
+    for g, d, p, t, why in zip(groups, dists, paths, tags, reasons):
+        row = rows.setdefault(g, {"group": int(g), "size": 0, "kept": None, "max_distance": 0.0,
+                                  "verified": 0})
         row["size"] += 1
         row["max_distance"] = round(max(row["max_distance"], float(d or 0.0)), 4)
+        row["verified"] += int(bool(why) and "inliers" in why)
         if "duplicate" not in (t or []):
             row["kept"] = os.path.basename(p)
     return sorted(rows.values(), key=lambda r: r["group"])[:limit]
@@ -140,11 +150,20 @@ def match_rows(dataset, limit=100):
 
 
 def neighbour_rows(dataset, brain_key, sample_id, k=10):
-    """The ``k`` nearest other samples of ``sample_id`` with their distances."""
+    """The ``k`` nearest other samples of ``sample_id``: distances and geometric inliers.
+
+    Verified neighbours (the same object or scene seen again) come first, as
+    :func:`lookalike.verification.rerank` orders them.
+    """
     import lookalike.similarity as ls
 
     ids, dists = ls.nearest(dataset, brain_key, query_ids=[sample_id], k=k + 1)
-    paths = dict(zip(*dataset.select(ids).values(["id", "filepath"])))
-    return [{"id": i, "file": os.path.basename(paths[i]), "distance": round(float(d), 4)}
-            for i, d in zip(ids, dists) if i != sample_id][:k]
+    pairs = [(i, d) for i, d in zip(ids, dists) if i != sample_id][:k]
+    paths = dict(zip(*dataset.select([sample_id] + [i for i, _ in pairs])
+                     .values(["id", "filepath"])))
+    order, counts = ls.verify_results(ls.load_index(dataset, brain_key), paths[sample_id],
+                                      [paths[i] for i, _ in pairs])
+    return [{"id": pairs[n][0], "file": os.path.basename(paths[pairs[n][0]]),
+             "distance": round(float(pairs[n][1]), 4), "inliers": int(counts[n])}
+            for n in order]
 

@@ -147,6 +147,32 @@ def pair_scores(predicted_groups, true_groups):
             "true_pairs": actual}
 
 
+def group_of(ids, groups):
+    """``{sample id: group number or None}`` of ``ids``, from lists of ids (a report's groups)."""
+    out = dict.fromkeys(ids)
+    out.update((s, n) for n, group in enumerate(groups) for s in group)
+    return out
+
+
+def relation_recall(photos, predicted_groups):
+    """``{relation: (found, total)}``: copies in the same predicted group as their original.
+
+    The relation is the copy's ``gt_edit`` (an edit kind, ``perspective`` for a
+    synthetic viewpoint, ``other_view`` for the real stereo pair).
+    ``predicted_groups`` maps sample ids to a group (None = in no group).
+    """
+    ids, groups, edits = photos.values(["id", "gt_group", "gt_edit"])
+    original = {g: s for s, g, e in zip(ids, groups, edits) if e == "original"}
+    out = {}
+    for sid, group, edit in zip(ids, groups, edits):
+        if edit in (None, "original") or group not in original:
+            continue
+        mine, theirs = predicted_groups.get(sid), predicted_groups.get(original[group])
+        found, total = out.get(edit, (0, 0))
+        out[edit] = (found + int(mine is not None and mine == theirs), total + 1)
+    return out
+
+
 def flag_scores(flagged, truth):
     """Precision and recall of a set of flagged ids against the true ones."""
     flagged, truth = set(flagged), set(truth)
@@ -166,19 +192,25 @@ def curate_photos(dataset, brain_key, log=print):
     outliers = lc.flag_outliers(photos, brain_key)
     ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
     truth_groups = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
-    predicted = {s: None for s in ids}
-    for number, group in enumerate(dups.groups):
-        for s in group:
-            predicted[s] = number
+    predicted = group_of(ids, dups.groups)
     dup = pair_scores(predicted, truth_groups)
+    relations = relation_recall(photos, predicted)
     out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
     log(f"  {brain_key}: duplicate threshold {cal.duplicate_threshold:.4f} "
         f"(synthetic copies), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
         f"recall {dup['recall']:.3f} F1 {dup['f1']:.3f}")
+    v = dups.verification or {}
+    log(f"  {brain_key}: " + (f"geometric verification: {dups.num_verified_pairs} pairs added "
+                              f"of {v['num_candidates']} checked (>= {v['min_inliers']} inliers)"
+                              if v.get("ran") else f"no geometric verification "
+                              f"({v.get('why_not', 'no run')})"))
+    log(f"  {brain_key}: copies found with their original: " + ", ".join(
+        f"{edit} {found}/{total}" for edit, (found, total) in sorted(relations.items())))
     log(f"  {brain_key}: outlier threshold {cal.threshold:.4f} ({cal.note}), "
         f"{out['flagged']} flagged -> precision {out['precision']:.3f} "
         f"recall {out['recall']:.3f} of the {out['true']} unique photos")
-    return {"duplicates": dup, "outliers": out, "calibration": cal}
+    return {"duplicates": dup, "outliers": out, "calibration": cal, "relations": relations,
+            "report": dups}
 
 
 def curate_digits(dataset, quick=False, log=print, store_dir=None):

@@ -30,12 +30,13 @@ from lookalike import fo_adapter
 from lookalike.curation import records
 from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
+from lookalike.edits import COPY_EDITS, VIEWPOINT_EDITS
 from lookalike.errors import CalibrationError, EmptyViewError
 from lookalike.labels import indexed_labels, pick_unknown_classes
 from lookalike.progress import stage
 
 LABEL_METHODS = ("f1", "precision")  # need a label field; the first is the default
-LABEL_FREE_METHODS = ("percentile",)
+LABEL_FREE_METHODS = ("isolated", "percentile")  # the first is the default without labels
 METHODS = LABEL_METHODS + LABEL_FREE_METHODS
 # Neighbours per sample whose distances set the label-free duplicate threshold.
 DUPLICATE_NEIGHBOURS = 10
@@ -54,7 +55,7 @@ def _view_rows(samples, index):
 class Calibration(records.SavedResult):
     """The thresholds of a run, as :func:`calibrate_threshold` saved them with it."""
 
-    NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field")
+    NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field", "min_inliers")
     brain_key: str
     method: str  # "f1", "precision" or "percentile"
     threshold: float  # the match threshold: farther from every other sample = no match
@@ -70,6 +71,13 @@ class Calibration(records.SavedResult):
     nn_percentiles: dict = None  # of nearest-neighbour distances, by percentile ("5", "95")
     duplicate_recall: float = None
     copy_distance_median: dict = None  # per synthetic edit, when copies set the threshold
+    # Geometric verification (see find_duplicates): which pairs it checks, and
+    # the inliers that verify one (None: the images have no local features).
+    candidate_threshold: float = None
+    candidate_rule: str = ""
+    min_inliers: int = None
+    inlier_rule: str = ""
+    viewpoint_inliers_median: float = None
     exclude_exact_duplicates: bool = False
     # With labels:
     curve: dict = None  # the sweep (thinned), for the pictures
@@ -88,7 +96,13 @@ class Calibration(records.SavedResult):
                 f"{k} {v:.3f}" for k, v in values.items())
         if self.num_missing_labels:
             text += f"; {self.num_missing_labels} samples without a label were left out"
-        return text + f". Duplicate threshold: {self.duplicate_rule}."
+        text += f". Duplicate threshold: {self.duplicate_rule}."
+        if self.min_inliers is not None:
+            text += (f" Geometric verification: pairs within {self.candidate_threshold:.4f} "
+                     f"with at least {self.min_inliers} inliers ({self.inlier_rule}).")
+        elif self.inlier_rule:
+            text += f" {self.inlier_rule[0].upper()}{self.inlier_rule[1:]}."
+        return text
 
 
 def otsu_threshold(values, bins=256):
@@ -141,18 +155,64 @@ def duplicate_threshold(index, nn_dists, duplicate_recall=0.95, num_copies=64, s
     except (ValueError, EncoderStoreError) as e:
         reason = str(e)
     else:
-        flat = np.concatenate([np.asarray(v, float) for v in dists.values()])
+        # Viewpoint copies are for verification's candidates, not for this threshold.
+        copies = {e: v for e, v in dists.items() if e in COPY_EDITS}
+        flat = np.concatenate([np.asarray(v, float) for v in copies.values()])
         if len(flat):
             threshold = float(np.percentile(flat, 100 * duplicate_recall))
             rule = (f"keeps {100 * duplicate_recall:g}% of {len(flat)} synthetic copies "
-                    f"({', '.join(dists)}) of {len(flat) // len(dists)} sampled images")
+                    f"({', '.join(copies)}) of {len(flat) // len(copies)} sampled images")
             per_edit = {e: float(np.median(v)) for e, v in dists.items() if v}
-            return threshold, rule, {"copy_distance_median": per_edit}
+            views = [d for e in VIEWPOINT_EDITS for d in dists.get(e, ())]
+            return threshold, rule, {"copy_distance_median": per_edit,
+                                     "viewpoint_distances": views}
         reason = "none of the sampled images could be read"
     finite = nn_dists[np.isfinite(nn_dists)]
     return (otsu_threshold(finite),
             f"Otsu split of the distances to each sample's {nn_dists.shape[1]} nearest "
             f"neighbours (no synthetic copies: {reason})", {})
+
+
+def verification_thresholds(index, duplicate_threshold, viewpoint_distances, nn_dists,
+                            num_images=32, seed=51):
+    """The label-free thresholds of geometric verification, as record entries.
+
+    ``candidate_threshold``: pairs this close are verified (see
+    ``find_duplicates``); ``min_inliers``: the inliers that make a verified pair a
+    duplicate (:func:`lookalike.verification.calibrate_inliers`), None when the
+    sampled images have no local features (flat, tiny: digits at 32 px).
+    """
+    from lookalike.verification import calibrate_inliers
+
+    candidate, candidate_rule = candidate_threshold(duplicate_threshold, viewpoint_distances,
+                                                    nn_dists)
+    ids = list(index.sample_ids)
+    rng = np.random.default_rng(seed + 1)
+    rows = rng.choice(len(ids), min(num_images, len(ids)), replace=False)
+    path_of = dict(zip(*index.dataset.select([ids[r] for r in rows]).values(["id", "filepath"])))
+    rows = [r for r in rows if ids[r] in path_of]
+    paths = [path_of[ids[r]] for r in rows]
+    inliers = calibrate_inliers(paths, vectors=index.engine.matrix[rows], seed=seed)
+    if inliers is None:
+        return {"candidate_threshold": candidate, "candidate_rule": candidate_rule,
+                "min_inliers": None,
+                "inlier_rule": f"no verification: fewer than 2 of {len(paths)} sampled images "
+                               "have local features (flat or tiny images)"}
+    return {"candidate_threshold": candidate, "candidate_rule": candidate_rule,
+            "min_inliers": int(inliers.min_inliers), "inlier_rule": inliers.rule,
+            "viewpoint_inliers_median": float(np.median(inliers.copy_inliers))}
+
+
+def candidate_threshold(duplicate_threshold, viewpoint_distances, nn_dists):
+    """``(distance, rule)``: how far apart two samples may be for verification to check them."""
+    views = np.asarray(viewpoint_distances, float)
+    if len(views):
+        d = max(duplicate_threshold, 1.5 * float(views.max()))
+        return d, (f"1.5 x the farthest of {len(views)} synthetic viewpoint copies, at least the "
+                   "duplicate threshold")
+    finite = nn_dists[np.isfinite(nn_dists)]
+    return (max(duplicate_threshold, float(np.median(finite))),
+            f"the median distance to each sample's {nn_dists.shape[1]} nearest neighbours")
 
 
 def calibrate_threshold(samples, brain_key, label_field=None, method=None, target=None,
@@ -164,11 +224,15 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         samples: the dataset or a view (with labels: the labelled queries)
         brain_key: a lookalike similarity run
         label_field (None): a Classification (or string) field; None = label-free
-        method (None): "f1" (default with labels), "precision" (needs ``target``)
-            or "percentile" (default without labels)
-        target (None): the precision to reach, or for "percentile" the
-            percentile of nearest-neighbour distances beyond which samples are
-            outliers (default 95: the most isolated 5%)
+        method (None): "f1" (default with labels), "precision" (needs ``target``),
+            "isolated" (default without labels: only samples whose nearest
+            neighbour is unusually far, see :mod:`lookalike.curation.isolation`)
+            or "percentile"
+        target (None): the precision to reach; for "isolated" k, the robust
+            standard deviations above the typical neighbour distance (default
+            2.5); for "percentile" the percentile of nearest-neighbour
+            distances beyond which samples are outliers (default 95: always
+            the most isolated 5%)
         unknown_classes (None): label classes held out as unknowns (open set)
         unknown_fraction (0.2): share of classes held out at random when
             ``unknown_classes`` is not given; 0 for closed-set calibration
@@ -184,7 +248,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     import lookalike.similarity as ls
 
     index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
-    method = method or ("f1" if label_field else "percentile")
+    method = method or (LABEL_METHODS[0] if label_field else LABEL_FREE_METHODS[0])
     if method not in METHODS:
         raise CalibrationError(f"unknown method {method!r}; choose from {METHODS}")
     if method in LABEL_METHODS and not label_field:
@@ -210,6 +274,9 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     nn1 = nn_dists[:, 0]
     dup_threshold, dup_rule, dup_extra = duplicate_threshold(
         index, nn_dists, duplicate_recall=duplicate_recall, seed=seed)
+    verify_extra = verification_thresholds(index, dup_threshold,
+                                           dup_extra.pop("viewpoint_distances", []), nn_dists,
+                                           seed=seed)
     record = {
         "brain_key": brain_key,
         "method": method,
@@ -223,6 +290,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         "duplicate_rule": dup_rule,
         "duplicate_recall": duplicate_recall,
         **dup_extra,
+        **verify_extra,
         "exclude_exact_duplicates": bool(exclude_exact_duplicates),
     }
 
@@ -235,6 +303,19 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
             num_queries=int(np.isfinite(nn1).sum()), metric_values={},
             note=(f"no labels: {100 - q:g}% of the samples lie farther than this from "
                   "their nearest neighbour"))
+        return Calibration.from_record(records.save(index, "calibration", record))
+    if method == "isolated":
+        from lookalike.curation.isolation import DEFAULT_K, isolation_threshold
+
+        k = DEFAULT_K if target is None else float(target)
+        finite = nn1[np.isfinite(nn1)]
+        threshold, centre = isolation_threshold(finite, k, floor=dup_threshold)
+        record.update(
+            target=k, threshold=threshold, num_queries=int(len(finite)), metric_values={},
+            note=(f"no labels: {int((finite > threshold).sum())} of {len(finite)} samples are "
+                  f"isolated: their nearest neighbour is farther than {k:g} robust standard "
+                  f"deviations (log scale) above {centre:.4f}, the median of the farther half "
+                  "of nearest-neighbour distances, and than the duplicate threshold"))
         return Calibration.from_record(records.save(index, "calibration", record))
 
     rows, labels, missing = indexed_labels(samples, index, label_field, CalibrationError)

@@ -3,9 +3,18 @@
 The FiftyOne side of near-duplicates. Pairs come from the run's vectors, by the
 one pair search (:mod:`lookalike.similarity.pairs`, exact or faiss IVF), and
 from byte-identical files (same SHA-256, no encoder needed); pairs are joined
-into connected groups and each group keeps one sample (``keep``: first, largest
-or sharpest, :mod:`lookalike.curation.keep`); the others get a tag, and
-deleting them is a separate, explicit step with a dry run first.
+and, unless turned off, from geometric verification (:mod:`lookalike.verification`):
+each sample's nearest neighbours within the looser candidate distance are
+checked with local features, and a pair with enough RANSAC inliers is a
+duplicate even when the embedding put it beyond the threshold -- the same
+object photographed again from another viewpoint. Pairs are joined into groups
+(a single bridging pair never merges two groups, see
+:func:`~lookalike.similarity.pairs.groups_from_pairs`) and each group keeps one
+sample (``keep``: first, largest or sharpest, :mod:`lookalike.curation.keep`);
+every other member says why it is in the group (``dup_reason``: its embedding
+distance, its inliers or identical bytes, to the kept sample or to the member
+that links it), the others get a tag, and deleting them is a separate, explicit
+step with a dry run first.
 
 Writes never mix two runs: each run holds the lease ``curation:duplicates`` of
 the dataset, writes its groups under a run id (field ``dup_run``) and publishes
@@ -27,6 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+import os
+
 from lookalike import faults, fo_adapter, leases
 from lookalike.curation import records, runs
 from lookalike.curation.keep import check_keep_policy, choose_kept, hash_pairs
@@ -34,12 +45,19 @@ from lookalike.errors import CurationError, DeletionRefusedError
 from lookalike.progress import scaled
 from lookalike.similarity.distance import cosine_distance
 from lookalike.similarity.engine import check_engine
-from lookalike.similarity.pairs import groups_from_pairs, vector_pairs
+from lookalike.similarity.pairs import groups_from_pairs, split_at_weak_pairs, vector_pairs
 
 DEFAULT_TAG = "duplicate"
 GROUP_FIELD = "dup_group"
 DISTANCE_FIELD = "dup_distance"
+INLIERS_FIELD = "dup_inliers"  # RANSAC inliers with the kept sample (verification on)
+REASON_FIELD = "dup_reason"  # why the sample is in its group, in words
 RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
+VERIFY_CHOICES = ("auto", True, False)
+DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification checks
+# How a pair joined: the reason kinds, in the order a group's reasons prefer them.
+IDENTICAL, EMBEDDING, VERIFIED = 0, 1, 2
+CHECK_NEAREST = 4  # embedding pairs per group member that verification checks
 KIND = "duplicates"
 DELETE_BATCH = 10_000  # samples per delete; a kill between batches is undone from the journal
 
@@ -53,7 +71,10 @@ class DuplicateReport:
     num_pairs: int = 0
     num_exact_pairs: int = 0
     num_searched: int = 0
+    num_verified_pairs: int = 0  # pairs beyond the threshold that verification added
+    verification: dict = None  # its settings and counts; None when it did not run
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
+    reasons: dict = field(default_factory=dict)  # sample id -> why it is in its group
 
     @property
     def num_groups(self):
@@ -69,19 +90,29 @@ class DuplicateReport:
         return dict(threshold=self.threshold, engine=self.engine, keep=self.keep,
                     num_groups=self.num_groups, num_duplicates=self.num_duplicates,
                     num_pairs=self.num_pairs, num_exact_pairs=self.num_exact_pairs,
-                    num_searched=self.num_searched)
+                    num_searched=self.num_searched, num_verified_pairs=self.num_verified_pairs,
+                    verification=self.verification)
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
-        return (f"{self.num_groups} near-duplicate groups among {self.num_searched} samples "
+        text = (f"{self.num_groups} near-duplicate groups among {self.num_searched} samples "
                 f"(threshold {self.threshold:.4f}, {self.engine} search, keep {self.keep}): "
                 f"{self.num_duplicates} duplicates tagged, {self.num_exact_pairs} "
                 "byte-identical pairs")
+        v = self.verification
+        if v and v.get("ran"):
+            text += (f"; geometric verification of {v['num_candidates']} candidate pairs "
+                     f"(within {v['candidate_threshold']:.4f}, >= {v['min_inliers']} inliers) "
+                     f"added {self.num_verified_pairs} pairs")
+        elif v:
+            text += f"; no geometric verification ({v['why_not']})"
+        return text
 
 
 def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engine="auto",
-                    tag=DEFAULT_TAG, exact_files=True, progress=None):
-    """Finds near-duplicate groups in ``samples``; writes ``dup_group``, ``dup_distance`` and a tag.
+                    tag=DEFAULT_TAG, exact_files=True, verify="auto", min_inliers=None,
+                    candidates=DEFAULT_CANDIDATES, progress=None):
+    """Finds near-duplicate groups in ``samples``; writes ``dup_*`` fields and a tag.
 
     Args:
         samples: the dataset or view to search (only samples in it are grouped)
@@ -97,11 +128,21 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
             (faiss IVF) or "auto" (approximate from 50,000 samples)
         tag ("duplicate"): tag put on every grouped sample but the kept one
         exact_files (True): also pair byte-identical files (SHA-256)
+        verify ("auto"): geometric verification of each sample's ``candidates``
+            nearest neighbours within the run's calibrated
+            ``candidate_threshold``: True, False, or "auto" = on for views of
+            up to :data:`lookalike.verification.VERIFY_UP_TO` samples when the
+            run's calibration found images with local features
+        min_inliers (None): inliers that verify a pair; None = the run's
+            calibrated ``min_inliers``
+        candidates (10): nearest neighbours per sample that verification checks
         progress (None): ``progress(fraction, label)``
 
     Returns:
         a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
-        1 = largest group) and ``dup_distance`` (distance to the kept sample)
+        1 = largest group), ``dup_distance`` (distance to the kept sample),
+        ``dup_inliers`` (inliers with the kept sample, when verification ran)
+        and ``dup_reason`` (why the sample is in its group)
 
     Raises :class:`LeaseHeldError` while another job writes this dataset's duplicates.
     """
@@ -109,10 +150,71 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
     with leases.hold(dataset, runs.lease_name(KIND), job="find_duplicates",
                      label=runs.lease_label(dataset, KIND)):
         return _find_duplicates(samples, brain_key, threshold, keep, engine, tag,
-                                exact_files, progress)
+                                exact_files, verify, min_inliers, candidates, progress)
 
 
-def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, progress):
+def _verification_settings(index, verify, min_inliers, candidates, num_samples):
+    """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
+    from lookalike.verification import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
+
+    if verify not in VERIFY_CHOICES:
+        raise CurationError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
+    if int(candidates) < 1:
+        raise CurationError(f"candidates must be at least 1, got {candidates}")
+    if verify is False:
+        return False, {"ran": False, "why_not": "turned off"}
+    if index is None:
+        if verify is True:
+            raise CurationError("geometric verification needs a similarity run: its nearest "
+                                "neighbours are the candidate pairs (give brain_key)")
+        return False, None
+    calibration = (index.curation or {}).get("calibration") or {}
+    if verify == "auto" and num_samples > VERIFY_UP_TO:
+        return False, {"ran": False, "why_not": f"{num_samples} samples, more than "
+                       f"{VERIFY_UP_TO} (pass verify=True to verify anyway)"}
+    if calibration.get("candidate_threshold") is None:
+        why = (f"run '{index.key}' has no verification thresholds: run calibrate_threshold"
+               f"{' again' if calibration else ''}")
+        if verify is True:
+            raise CurationError(f"cannot verify: {why}")
+        return False, {"ran": False, "why_not": why}
+    if verify == "auto" and calibration.get("min_inliers") is None:
+        return False, {"ran": False, "why_not": calibration.get("inlier_rule")}
+    if min_inliers is None:
+        min_inliers = calibration.get("min_inliers") or DEFAULT_MIN_INLIERS
+    if int(min_inliers) < 4:
+        raise CurationError(f"min_inliers must be at least 4 (a homography needs 4 points), "
+                            f"got {min_inliers}")
+    return True, {"ran": True, "min_inliers": int(min_inliers), "candidates": int(candidates),
+                  "candidate_threshold": records.check_threshold(
+                      calibration["candidate_threshold"])}
+
+
+def _candidate_pairs(index, rows, k, within, known):
+    """Positions ``(i, j)`` in ``rows`` of each row's ``k`` nearest neighbours within ``within``.
+
+    Pairs in ``known`` (``i * n + j`` codes, already duplicates) are left out.
+    """
+    from lookalike.curation.neighbours import leave_one_out
+
+    whole = len(rows) == index.total_index_size
+    inds, dists = leave_one_out(index.engine, rows=rows, k=min(k, len(rows) - 1),
+                                gallery=None if whole else rows)
+    position = np.full(index.total_index_size, -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    a = np.repeat(np.arange(len(rows)), inds.shape[1])
+    b = np.where(inds >= 0, position[np.clip(inds, 0, None)], -1).ravel()
+    ok = (b >= 0) & (dists.ravel() <= within)
+    i, j = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+    codes = np.unique(i * np.int64(len(rows)) + j)
+    codes = codes[~np.isin(codes, known)]
+    return codes // len(rows), codes % len(rows)
+
+
+def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
+                     min_inliers, candidates, progress):
+    from lookalike import verification
+
     check_keep_policy(keep)
     check_engine(engine)
     if len(samples) == 0:
@@ -120,14 +222,18 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
     report_progress = progress or (lambda fraction, label: None)
     ids, paths = samples.values(["id", "filepath"])
     position = {sid: n for n, sid in enumerate(ids)}
-    edges_i, edges_j = [], []
+    edges = []  # (i, j, kind) arrays, positions in ids
     vectors, used, index, row_in_vectors = None, "files", None, {}
-    num_pairs, num_exact = 0, 0
+    num_pairs, num_exact, num_verified = 0, 0, 0
+    features, inliers_of = None, {}
 
+    index = None
     if brain_key is not None:
         import lookalike.similarity as ls
 
         index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
+    on, settings = _verification_settings(index, verify, min_inliers, candidates, len(ids))
+    if index is not None:
         threshold = records.threshold(index, "duplicate_threshold", threshold)
         rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
         in_index = [position[sid] for sid in ids if sid in rows_of]
@@ -138,55 +244,235 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
         vectors = index.engine.matrix[rows]
         reuse = index.engine if len(rows) == index.total_index_size else None
         used, i, j, _ = vector_pairs(vectors, threshold, engine, reuse=reuse,
-                                     progress=scaled(progress, 0.0, 0.8))
+                                     progress=scaled(progress, 0.0, 0.5 if on else 0.8))
         in_index = np.asarray(in_index)
-        edges_i.append(in_index[i])
-        edges_j.append(in_index[j])
+        edges.append((in_index[i], in_index[j], np.full(len(i), EMBEDDING)))
         num_pairs = len(i)
         row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
+        if on:
+            report_progress(0.5, "choosing candidate pairs for geometric verification")
+            ci, cj = _candidate_pairs(index, rows, settings["candidates"],
+                                      settings["candidate_threshold"],
+                                      i * np.int64(len(rows)) + j)
+            needed = np.unique(np.concatenate([ci, cj]))
+            features = {}  # position -> Features or None; absent: not computed
+            found, missing = verification.compute_features(
+                [paths[in_index[r]] for r in needed],
+                verification.cache_dir(fo_adapter.root_dataset(samples)),
+                progress=scaled(progress, 0.5, 0.25))
+            for r, f in zip(needed, found):
+                features[int(in_index[r])] = f
+            ci, cj = in_index[ci], in_index[cj]
+            counts = verification.verify_pairs(features, ci, cj,
+                                               progress=scaled(progress, 0.75, 0.08))
+            ok = counts >= settings["min_inliers"]
+            edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
+            inliers_of = {_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
+            num_verified = int(ok.sum())
+            settings.update(num_candidates=int(len(ci)), num_featureless=len(missing))
     else:
         threshold = 0.0
 
     if exact_files:
-        report_progress(0.8, "hashing files")
+        report_progress(0.85, "hashing files")
         hi, hj, _ = hash_pairs(paths)
-        edges_i.append(hi)
-        edges_j.append(hj)
+        edges.append((np.asarray(hi, np.int64), np.asarray(hj, np.int64),
+                      np.full(len(hi), IDENTICAL)))
         num_exact = len(hi)
 
-    i = np.concatenate(edges_i) if edges_i else np.zeros(0, np.int64)
-    j = np.concatenate(edges_j) if edges_j else np.zeros(0, np.int64)
-    groups = groups_from_pairs(len(ids), i, j)
+    if edges:
+        i, j, kinds = (np.concatenate(parts).astype(np.int64) for parts in zip(*edges))
+    else:
+        i = j = kinds = np.zeros(0, np.int64)
+    groups = groups_from_pairs(len(ids), i, j, unbreakable=kinds == IDENTICAL)
+
+    def distance(a, b):
+        if a in row_in_vectors and b in row_in_vectors:
+            return float(cosine_distance(vectors[row_in_vectors[a]] @ vectors[row_in_vectors[b]]))
+        return None
+
+    def inliers(a, b):
+        if features is None:
+            return None
+        _verify_all(features, [(a, b)], inliers_of, verification)
+        return inliers_of[_key(a, b)]
+
+    if features is not None:
+        report_progress(0.88, f"checking the pairs inside {len(groups)} groups")
+        _fill_features(features, [p for g in groups for p in g], paths, verification,
+                       verification.cache_dir(fo_adapter.root_dataset(samples)))
+        cache = verification.cache_dir(fo_adapter.root_dataset(samples))
+
+        def mirrored_features(positions):
+            got, _ = verification.compute_features([paths[p] for p in positions], cache,
+                                                   mirrored=True)
+            return dict(zip(positions, got))
+
+        groups = _split_unverified(groups, i, j, kinds, features, inliers_of, distance,
+                                   settings["min_inliers"], verification, mirrored_features)
     report_progress(0.9, f"choosing the kept sample of {len(groups)} groups")
-    ordered = []
-    distances = {}
-    for group in groups:
-        kept = choose_kept(group, keep, paths)
+
+    link = _links(i, j, kinds)
+    ordered, distances, inlier_counts, reasons = [], {}, {}, {}
+    kept_of = [choose_kept(group, keep, paths) for group in groups]
+    if features is not None:  # each member's inliers with its kept sample, in parallel
+        _verify_all(features, [(p, kept) for g, kept in zip(groups, kept_of) for p in g
+                               if p != kept], inliers_of, verification)
+    for group, kept in zip(groups, kept_of):
         rest = sorted(p for p in group if p != kept)
-        distances[kept] = 0.0
-        for p in rest:
-            if p in row_in_vectors and kept in row_in_vectors:
-                distances[p] = float(cosine_distance(
-                    vectors[row_in_vectors[p]] @ vectors[row_in_vectors[kept]]))
-            else:
-                distances[p] = 0.0  # byte-identical files
+        if features is not None:
+            _fill_features(features, group, paths, verification,
+                           verification.cache_dir(fo_adapter.root_dataset(samples)))
+        for p, via, kind in _reached_from(kept, set(group), link):
+            # Files without a vector join only as identical bytes: distance 0.
+            distances[p] = (distance(p, kept) if p != kept else None) or 0.0
+            inlier_counts[p] = inliers(p, kept) if p != kept else None
+            reasons[p] = "kept" if p == kept else _reason(
+                kind, distance(p, via), inliers(p, via),
+                None if via == kept else os.path.basename(paths[via]))
         ordered.append([kept] + rest)
     ordered.sort(key=lambda g: (-len(g), g[0]))
 
-    write_groups(samples, ids, ordered, distances, tag)
+    write_groups(samples, ids, ordered, distances, tag, inlier_counts, reasons)
     report = DuplicateReport(
         threshold=float(threshold), engine=used, keep=keep,
         groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(num_pairs),
         num_exact_pairs=int(num_exact), num_searched=len(ids),
-        files={ids[p]: paths[p] for g in ordered for p in g})
+        num_verified_pairs=num_verified, verification=settings,
+        files={ids[p]: paths[p] for g in ordered for p in g},
+        reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons})
     if index is not None:
         records.save(index, "duplicates", report.to_record())
     report_progress(1.0, f"{report.num_groups} groups, {report.num_duplicates} duplicates")
     return report
 
 
-def write_groups(samples, ids, groups, distances, tag):
+def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_inliers,
+                      verification, mirrored_features):
+    """Groups split where only pairs that local features do not confirm join their parts.
+
+    A pair is *strong* when its files are identical, it was verified, or it is
+    one of a member's :data:`CHECK_NEAREST` nearest embedding pairs in its
+    group and has at least ``min_inliers`` inliers. Parts are what strong pairs
+    join. A member none of whose pairs held is checked once more mirrored
+    (``mirrored_features(positions)``: SIFT does not match a flipped copy with
+    its original). The other members (images without local features, ...) go
+    with their nearest partner's part
+    (:func:`~lookalike.similarity.pairs.split_at_weak_pairs`). Textures the
+    encoder confuses (the demo's grass and gravel) are joined by weak pairs only.
+    ``inliers_of`` ({(i, j): inliers}) gets the counts of the pairs checked.
+    """
+    d = np.array([distance(int(a), int(b)) or 0.0 for a, b in zip(i, j)])
+    strong = kinds != EMBEDDING
+    grouped = {p for g in groups for p in g}
+    by_member = {}
+    for e in np.flatnonzero(kinds == EMBEDDING):
+        a, b = int(i[e]), int(j[e])
+        if a in grouped and b in grouped:
+            by_member.setdefault(a, []).append(e)
+            by_member.setdefault(b, []).append(e)
+    by_member = {m: sorted(edges, key=lambda e: d[e]) for m, edges in by_member.items()}
+
+    def check(edges):
+        _verify_all(features, [(int(i[e]), int(j[e])) for e in edges], inliers_of,
+                    verification)
+
+    def holds(e):
+        return inliers_of[_key(i[e], j[e])] >= min_inliers
+
+    check([e for edges in by_member.values() for e in edges[:CHECK_NEAREST]])
+    for edges in by_member.values():
+        for e in edges[:CHECK_NEAREST]:
+            strong[e] = holds(e)
+    # A member none of whose nearest pairs held looks further (its original may
+    # lie beyond images the encoder confuses it with).
+    lonely = [edges for edges in by_member.values() if not strong[edges].any()]
+    check([e for edges in lonely for e in edges[CHECK_NEAREST:4 * CHECK_NEAREST]])
+    for edges in lonely:
+        for e in edges[CHECK_NEAREST:4 * CHECK_NEAREST]:
+            strong[e] = holds(e)
+    lonely = {m: edges[:4 * CHECK_NEAREST] for m, edges in by_member.items()
+              if not strong[edges].any() and features.get(m) is not None}
+    if lonely:
+        mirrored = mirrored_features(sorted(lonely))
+        pairs = [(m, e, int(j[e]) if int(i[e]) == m else int(i[e]))
+                 for m, edges in lonely.items() for e in edges]
+        both = {**features, **{("mirrored", m): f for m, f in mirrored.items()}}
+        counts = verification.verify_pairs(both, [("mirrored", m) for m, _, _ in pairs],
+                                           [o for _, _, o in pairs])
+        for (_, e, _), c in zip(pairs, counts):
+            strong[e] |= bool(c >= min_inliers)
+    return split_at_weak_pairs(groups, i, j, strong, d)
+
+
+def _key(a, b):
+    return (int(min(a, b)), int(max(a, b)))
+
+
+def _verify_all(features, pairs, inliers_of, verification):
+    """Adds the inliers of every pair of positions not yet in ``inliers_of``, in parallel."""
+    todo = sorted({_key(a, b) for a, b in pairs} - set(inliers_of))
+    if todo:
+        counts = verification.verify_pairs(features, [a for a, _ in todo], [b for _, b in todo])
+        inliers_of.update(zip(todo, counts.tolist()))
+
+
+def _links(i, j, kinds):
+    """``{position: [(other, kind), ...]}``, the strongest reason first (identical, embedding, verified)."""
+    link = {}
+    for a, b, k in zip(i.tolist(), j.tolist(), kinds.tolist()):
+        link.setdefault(a, []).append((b, k))
+        link.setdefault(b, []).append((a, k))
+    for neighbours in link.values():
+        neighbours.sort(key=lambda t: t[1])
+    return link
+
+
+def _reached_from(kept, members, link):
+    """``(member, the member it was reached from, how)`` breadth-first from ``kept``.
+
+    A member joined to the kept sample directly gets that pair's reason; one
+    reached through another member gets the reason of the pair to that member.
+    Breadth-first, so each member is as few pairs from the kept one as it can be,
+    and among pairs of one step the strongest reason wins.
+    """
+    seen, frontier = {kept}, [kept]
+    yield kept, kept, None
+    while frontier:
+        found = {}
+        for a in frontier:
+            for b, kind in link.get(a, ()):
+                if b in members and b not in seen and (b not in found or kind < found[b][1]):
+                    found[b] = (a, kind)
+        for b in sorted(found):
+            seen.add(b)
+            yield b, found[b][0], found[b][1]
+        frontier = sorted(found)
+
+
+def _fill_features(features, group, paths, verification, cache):
+    """Features for members that verification did not need (for their inliers with the kept one)."""
+    todo = [p for p in group if p not in features]
+    if todo:
+        got, _ = verification.compute_features([paths[p] for p in todo], cache)
+        for p, f in zip(todo, got):
+            features[p] = f
+
+
+def _reason(kind, distance, inliers, via):
+    if kind == IDENTICAL:
+        text = "identical file"
+    elif kind == EMBEDDING:
+        text = f"distance {distance:.4f}"
+    else:
+        text = f"{inliers} inliers, distance {distance:.4f}"
+    return text if via is None else f"{text} to {via}"
+
+
+def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=None):
     """Replaces earlier results on ``ids`` (the view's samples) with these groups; publishes.
+
+    ``distances``, ``inliers`` and ``reasons`` are keyed by position in ``ids``.
 
     The caller holds the lease. :func:`runs.write` stages the values, then
     applies and publishes them: a kill anywhere leaves the old results or,
@@ -195,19 +481,26 @@ def write_groups(samples, ids, groups, distances, tag):
     import fiftyone as fo
 
     dataset = fo_adapter.root_dataset(samples)
+    inliers, reasons = inliers or {}, reasons or {}
     for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
+                        (INLIERS_FIELD, fo.IntField), (REASON_FIELD, fo.StringField),
                         (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
-    group_of, dist_of, tagged = {}, {}, []
+    group_of, dist_of, inliers_of, reason_of, tagged = {}, {}, {}, {}, []
     for number, group in enumerate(groups, 1):
         for n, p in enumerate(group):
             group_of[ids[p]] = number
-            dist_of[ids[p]] = float(distances[p])
+            dist_of[ids[p]] = None if distances.get(p) is None else float(distances[p])
+            if inliers.get(p) is not None:
+                inliers_of[ids[p]] = int(inliers[p])
+            if p in reasons:
+                reason_of[ids[p]] = reasons[p]
             if n > 0:
                 tagged.append(ids[p])
     return runs.write(samples, KIND, RUN_FIELD, list(ids),
-                      {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of}, tag, tagged,
+                      {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of, INLIERS_FIELD: inliers_of,
+                       REASON_FIELD: reason_of}, tag, tagged,
                       num_groups=len(groups), num_duplicates=len(tagged))
 
 

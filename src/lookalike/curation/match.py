@@ -48,6 +48,7 @@ import numpy as np
 
 from lookalike import faults, fo_adapter, leases
 from lookalike.errors import CurationError, StaleRecordError
+from lookalike.curation.calibrate import LABEL_FREE_METHODS
 from lookalike.curation.evaluation import NO_MATCH
 from lookalike.similarity.distance import cosine_distance
 from lookalike.errors import EmptyViewError, UsageError
@@ -97,7 +98,7 @@ class LabelMatchReport:
 def label_calibration(index, label_field=None):
     """The run's fresh calibration *with labels*, or the reason it cannot be used."""
     record = _calibration(index)
-    if not record.get("label_field") or record.get("method") == "percentile":
+    if not record.get("label_field") or record.get("method") in LABEL_FREE_METHODS:
         raise CurationError(
             f"run '{index.key}' has a label-free calibration ({record.get('note', '')}): "
             "matching labels needs a threshold calibrated on labels: run calibrate_threshold "

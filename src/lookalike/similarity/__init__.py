@@ -247,13 +247,61 @@ def nearest(samples, brain_key, query_ids=None, query_path=None, k=10):
 
 
 def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25,
-                       dist_field=None, reverse=False):
-    """The ``k`` samples most similar to ``query_ids`` (mean of their vectors) or an image file."""
+                       dist_field=None, reverse=False, verify=False,
+                       inliers_field="similarity_inliers"):
+    """The ``k`` samples most similar to ``query_ids`` (mean of their vectors) or an image file.
+
+    ``verify``: re-rank the ``k`` by geometric verification against the query
+    image (one selected sample or ``query_path``): verified results first, most
+    inliers first, then the others in distance order; each result's inliers go
+    to ``inliers_field`` (see :func:`lookalike.verification.rerank`).
+    """
     index = load_index(samples, brain_key)
     if k is not None and k < 1:
         raise IndexSettingsError(f"k must be at least 1, got {k}")
     query = _query(index, query_ids, query_path)
     if k is not None:
         k = min(k, index.total_index_size)
-    return samples.sort_by_similarity(query, k=k, reverse=reverse, brain_key=brain_key,
+    view = samples.sort_by_similarity(query, k=k, reverse=reverse, brain_key=brain_key,
                                       dist_field=dist_field)
+    if not verify:
+        return view
+    if not query_path and len(query_ids) != 1:
+        raise UsageError("verified re-ranking compares images: select one sample or give a "
+                         "query image file")
+    return _verified(samples, index, view, query_path or index.dataset[query_ids[0]].filepath,
+                     inliers_field)
+
+
+def verify_results(index, query_path, paths):
+    """``(order, inliers)``: search results (image ``paths``) checked against the query image.
+
+    ``inliers`` of each result with the image at ``query_path`` (features of
+    the results are cached per dataset); ``order``: positions, verified first
+    (at least the run's calibrated ``min_inliers``), see
+    :func:`lookalike.verification.rerank`.
+    """
+    from lookalike import verification
+
+    query, reason = verification.extract_file(query_path)
+    if query is None and reason != verification.FEATURELESS:
+        raise UsageError(f"{query_path}: {reason}")
+    features, _ = verification.compute_features(paths, verification.cache_dir(index.dataset))
+    counts = verification.verify_pairs({"query": query, **dict(enumerate(features))},
+                                       ["query"] * len(paths), list(range(len(paths))))
+    calibration = (index.curation or {}).get("calibration") or {}
+    return verification.rerank(counts, calibration.get("min_inliers")
+                               or verification.DEFAULT_MIN_INLIERS), counts
+
+
+def _verified(samples, index, view, query_path, inliers_field):
+    """``view`` re-ranked by inliers with the image at ``query_path``; counts in ``inliers_field``."""
+    import fiftyone as fo
+
+    dataset = fo_adapter.root_dataset(samples)
+    ids, paths = view.values(["id", "filepath"])
+    order, counts = verify_results(index, query_path, paths)
+    if inliers_field not in dataset.get_field_schema():
+        dataset.add_sample_field(inliers_field, fo.IntField)
+    view.set_values(inliers_field, dict(zip(ids, counts.tolist())), key_field="id")
+    return samples.select([ids[n] for n in order], ordered=True)

@@ -434,7 +434,9 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         ``thresh=None`` uses the run's calibrated ``duplicate_threshold``;
         ``fraction`` bisects the threshold until that share of the samples are
         duplicates. Unlike lookalike's curation this writes nothing (no fields,
-        no tags) and does not pair byte-identical files without vectors.
+        no tags), does not pair byte-identical files without vectors and does
+        not verify pairs geometrically: its groups are curation's with
+        ``verify=False, exact_files=False`` (both cut single bridging pairs).
         """
         from lookalike.curation import records
 

@@ -1,0 +1,142 @@
+"""Near-duplicates with geometric verification, on the demo photos and a real (small) encoder.
+
+The demo holds each original with its edited copies, a synthetic viewpoint copy
+(``perspective``) and the real stereo pair motorcycle_left / motorcycle_right;
+two textures (grass, gravel) that a small encoder confuses. Verification must
+find the viewpoint copies, keep the textures apart and say why each member is
+in its group.
+"""
+
+import fiftyone as fo
+import pytest
+from fiftyone import ViewField as F
+
+import lookalike.curation as lc
+import lookalike.similarity as ls
+from lookalike.embeddings import compute_embeddings
+from lookalike.errors import CurationError
+from lookalike.workflow import group_of, pair_scores, relation_recall
+
+
+@pytest.fixture(scope="module")
+def photos(demo_records, copies_encoder):
+    name = "test-duplicates-verified"
+    ds = fo.Dataset(name, overwrite=True)
+    photos = [r for r in demo_records if r["source"] == "photo"]
+    ds.add_samples([fo.Sample(filepath=r["filepath"], gt_group=r["gt_group"],
+                              gt_edit=r["gt_edit"], gt_unique=r["gt_unique"]) for r in photos])
+    compute_embeddings(ds, copies_encoder, "emb")
+    ls.build_index(ds, "emb", "sim")
+    yield ds
+    fo.delete_dataset(name)
+
+
+def _scores(ds, report):
+    ids, groups, unique = ds.values(["id", "gt_group", "gt_unique"])
+    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    predicted = group_of(ids, report.groups)
+    return pair_scores(predicted, truth), relation_recall(ds, predicted)
+
+
+def test_verification_finds_viewpoint_copies_and_splits_what_features_contradict(photos):
+    cal = lc.calibrate_threshold(photos, "sim")
+    # Label-free: twice the chance inliers of unrelated pairs, never below the floor.
+    assert cal.min_inliers >= 12 and "unrelated pairs" in cal.inlier_rule
+    assert cal.candidate_threshold >= cal.duplicate_threshold
+    assert cal.viewpoint_inliers_median > 3 * cal.min_inliers
+
+    plain = lc.find_duplicates(photos, "sim", verify=False)
+    assert plain.verification == {"ran": False, "why_not": "turned off"}
+    assert "dup_inliers" not in photos.first() or photos.first().dup_inliers is None
+    plain_scores, _ = _scores(photos, plain)
+
+    verified = lc.find_duplicates(photos, "sim")  # verify="auto": on for this size
+    assert verified.verification["ran"] and verified.verification["num_candidates"] > 0
+    scores, relations = _scores(photos, verified)
+    # Measured with this encoder: see the closing numbers in the README's curation table.
+    assert scores["precision"] >= 0.95 and scores["precision"] >= plain_scores["precision"]
+    assert scores["recall"] >= 0.9, scores
+    found, total = relations["perspective"]
+    assert found >= 0.9 * total, relations
+    assert relations["other_view"] == (1, 1), relations
+    # The textures the encoder confuses stay apart.
+    for group in verified.groups:
+        truths = set(photos.select(group).values("gt_group"))
+        assert len(truths) == 1 or not truths >= {"grass", "gravel"}, truths
+
+    # Every member says why it is in its group; the stereo pair by its inliers.
+    view = lc.duplicates_view(photos)
+    reasons = dict(zip(view.values("id"), view.values("dup_reason")))
+    assert set(reasons.values()) and all(reasons.values())
+    right = photos.match(F("gt_edit") == "other_view").first()
+    assert right.dup_group is not None
+    assert right.dup_inliers >= cal.min_inliers
+    kept = view.match(~F("tags").contains("duplicate"))
+    assert set(kept.values("dup_reason")) == {"kept"} and set(kept.values("dup_inliers")) == {None}
+    assert any("inliers" in r for r in reasons.values())
+    assert verified.reasons == {s: r for s, r in reasons.items()}
+    # The counts travel with the run.
+    saved = ls.load_index(photos, "sim").curation["duplicates"]
+    assert saved["num_verified_pairs"] == verified.num_verified_pairs
+    assert saved["verification"]["min_inliers"] == cal.min_inliers
+    assert "geometric verification of" in verified.summary()
+
+
+def test_verification_settings_are_checked_in_one_line(photos, dataset_name):
+    with pytest.raises(CurationError, match="needs a similarity run"):
+        lc.find_duplicates(photos, None, verify=True)
+    with pytest.raises(CurationError, match="verify must be one of"):
+        lc.find_duplicates(photos, "sim", verify="yes")
+    with pytest.raises(CurationError, match="min_inliers must be at least 4"):
+        lc.find_duplicates(photos, "sim", verify=True, min_inliers=2)
+    # A run never calibrated: "auto" says why it did not verify; True refuses.
+    ds = photos.clone(dataset_name)
+    ls.build_index(ds, "emb", "fresh")
+    report = lc.find_duplicates(ds, "fresh", threshold=0.05)
+    assert not report.verification["ran"]
+    assert "run calibrate_threshold" in report.verification["why_not"]
+    with pytest.raises(CurationError, match="cannot verify: run 'fresh' has no verification"):
+        lc.find_duplicates(ds, "fresh", threshold=0.05, verify=True)
+
+
+def test_find_similar_re_ranked_by_local_features(photos, tmp_path):
+    import random
+
+    from lookalike import overview
+    from lookalike.edits import perspective
+    from lookalike.images import load_image
+
+    if lc.get_calibration(photos, "sim", check_fresh=False).min_inliers is None:
+        lc.calibrate_threshold(photos, "sim")
+    min_inliers = lc.get_calibration(photos, "sim").min_inliers
+    left = photos.match(F("filepath").ends_with("motorcycle_left.png")).first()
+    view = ls.sort_by_similarity(photos, "sim", query_ids=[left.id], k=25,
+                                 dist_field="dist", verify=True)
+    inliers = view.values("similarity_inliers")
+    assert len(view) == 25 and None not in inliers
+    verified = [n >= min_inliers for n in inliers]
+    # Verified first, most inliers first; then the rest, nearest first.
+    assert verified == sorted(verified, reverse=True)
+    top = inliers[:sum(verified)]
+    assert top == sorted(top, reverse=True)
+    rest = view.values("dist")[sum(verified):]
+    assert rest == sorted(rest)
+    edits = dict(zip(view.values("id"), view.values("gt_edit")))
+    right = photos.match(F("gt_edit") == "other_view").first()
+    assert right.id in edits and verified[list(edits).index(right.id)]
+
+    # An image file that is not in the dataset: a new shot of the astronaut.
+    original = photos.match(F("filepath").ends_with("astronaut.png")).first()
+    query = str(tmp_path / "astronaut-again.png")
+    perspective(load_image(original.filepath), random.Random(3)).save(query)
+    view = ls.sort_by_similarity(photos, "sim", query_path=query, k=10, verify=True)
+    assert set(view.values("gt_group")[:3]) == {"astronaut"}
+    assert view.first().similarity_inliers >= min_inliers
+    with pytest.raises(ls.UsageError, match="select one sample"):
+        ls.sort_by_similarity(photos, "sim", query_ids=[left.id, right.id], verify=True)
+
+    # The panel's neighbours of a selected sample carry their inliers, verified first.
+    rows = overview.neighbour_rows(photos, "sim", left.id, k=5)
+    assert [r["inliers"] >= min_inliers for r in rows] == sorted(
+        [r["inliers"] >= min_inliers for r in rows], reverse=True)
+    assert right.id in [r["id"] for r in rows] or rows[0]["inliers"] >= min_inliers

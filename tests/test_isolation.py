@@ -1,0 +1,86 @@
+"""Label-free outliers ("isolated", the default without labels) against the percentile rule."""
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from fiftyone import ViewField as F
+
+import lookalike.curation as lc
+import lookalike.similarity as ls
+from lookalike.curation.isolation import isolation_threshold
+from lookalike.embeddings import compute_embeddings
+
+
+def _groups_and_loners(rng, groups=40, size=5, loners=3, dim=64):
+    """Unit vectors: ``groups`` tight groups of copies (each its own spread), then ``loners``."""
+    centres = rng.normal(size=(groups, dim))
+    spread = np.exp(rng.uniform(np.log(0.002), np.log(0.03), size=groups))  # easy to hard copies
+    copies = (centres[:, None, :] + spread[:, None, None] * rng.normal(size=(groups, size, dim)))
+    return np.concatenate([copies.reshape(-1, dim), rng.normal(size=(loners, dim))])
+
+
+def test_isolated_flags_exactly_the_loners_and_nothing_among_copies(dataset_name, demo_records):
+    vectors = _groups_and_loners(np.random.default_rng(15))
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:len(vectors)]])
+    ds.set_values("emb", [v.astype(np.float32) for v in vectors])
+    ds.set_values("loner", [i >= 200 for i in range(len(vectors))])
+    ls.build_index(ds, "emb", "sim")
+
+    cal = lc.calibrate_threshold(ds, "sim")  # no labels: "isolated" is the default
+    assert cal.method == "isolated" and cal.target == 2.5
+    assert cal.note.startswith("no labels: 3 of 203 samples are isolated")
+    report = lc.flag_outliers(ds, "sim")
+    loners = ds.match(F("loner") == True).values("id")  # noqa: E712
+    assert sorted(report.outlier_ids) == sorted(loners)
+
+    copies = ds.match(F("loner") == False)  # noqa: E712
+    lc.calibrate_threshold(copies, "sim")
+    assert lc.flag_outliers(copies, "sim").num_outliers == 0
+    # The percentile rule, when asked, still flags its share whatever the data.
+    cal = lc.calibrate_threshold(copies, "sim", method="percentile", target=95)
+    assert cal.method == "percentile" and cal.target == 95 and "5% of the samples" in cal.note
+    assert lc.flag_outliers(copies, "sim").num_outliers == 10
+
+
+def test_the_rule_ignores_exact_copies_and_never_goes_below_its_floor():
+    rng = np.random.default_rng(4)
+    spacing = np.exp(rng.normal(np.log(0.1), 0.2, size=100))
+    # As many exact copies (distance 0) as spaced samples: the threshold is the
+    # spacing's own median + 2.5 MAD (log scale), as if the copies were not there.
+    logs = np.log(spacing)
+    mad = np.median(np.abs(logs - np.median(logs)))
+    threshold, centre = isolation_threshold(np.concatenate([spacing, np.zeros(100)]))
+    assert threshold == pytest.approx(np.exp(np.median(logs) + 2.5 * 1.4826 * mad))
+    assert centre == pytest.approx(np.exp(np.median(logs)))
+    # A loner stands out, a higher k asks more; the floor bounds it below, 2 (cosine) above.
+    alone, _ = isolation_threshold(spacing)
+    assert isolation_threshold(np.append(spacing, 0.9))[0] < 0.9
+    assert isolation_threshold(spacing, k=4)[0] > alone
+    assert isolation_threshold(spacing, floor=1.5)[0] == 1.5
+    assert isolation_threshold(spacing, k=100)[0] == 2.0
+    # No spread at all: nobody is farther than the threshold, nothing is flagged.
+    assert isolation_threshold(np.full(10, 0.5))[0] == 0.5
+    with pytest.raises(lc.CalibrationError, match="must be > 0, got 0"):
+        isolation_threshold(spacing, k=0)
+
+
+def test_demo_photos_copies_only_flag_nothing_with_a_real_encoder(dataset_name, demo_records,
+                                                                   copies_encoder):
+    ds = fo.Dataset(dataset_name)
+    photos = [r for r in demo_records if r["source"] == "photo"]
+    ds.add_samples([fo.Sample(filepath=r["filepath"], gt_unique=r["gt_unique"],
+                              gt_edit=r["gt_edit"]) for r in photos])
+    compute_embeddings(ds, copies_encoder, "emb")
+    ls.build_index(ds, "emb", "sim")
+    copies_only = ds.match((F("gt_unique") == False)  # noqa: E712
+                           & (F("gt_edit") != "other_view"))
+
+    lc.calibrate_threshold(copies_only, "sim")
+    assert lc.flag_outliers(copies_only, "sim").num_outliers == 0
+    lc.calibrate_threshold(copies_only, "sim", method="percentile")
+    assert lc.flag_outliers(copies_only, "sim").num_outliers == round(0.05 * len(copies_only))
+    # On all the photos, what it flags are photos without a copy, the most isolated first.
+    lc.calibrate_threshold(ds, "sim")
+    flagged = lc.flag_outliers(ds, "sim").outlier_ids
+    assert flagged and set(ds.select(flagged).values("gt_unique")) == {True}
