@@ -65,3 +65,23 @@ def test_auto_picks_tensorflow_on_a_cpu_and_bad_trainers_are_refused(images, sto
     assert ae.resolve_trainer("auto") == "tensorflow"  # no GPU here (nor in CI)
     with pytest.raises(TrainingConfigError, match="trainer must be one of"):
         ae.train(images[:4], "x", store_dir=store_dir, trainer="torch", **SMALL)
+
+
+def test_denoising_trains_on_edited_inputs_with_both_trainers(images, store_dir):
+    """Input: an edited copy, target: the image; the same edits in both trainers."""
+    edits = ae.edited_inputs(images[:6], 32, __import__("random").Random("51/0"))
+    assert edits.shape == images[:6].shape and edits.dtype == np.uint8
+    assert not np.array_equal(edits, images[:6])
+    paths = {t: ae.train(images, f"ae-dn-{t}", epochs=2, store_dir=store_dir, trainer=t,
+                         denoise=True, **SMALL) for t in ("tensorflow", "paddle")}
+    manifests = {t: read_manifest(p) for t, p in paths.items()}
+    for m in manifests.values():
+        assert m["denoising"]["inputs"] == "edited copies" and "hflip" in m["denoising"]["edits"]
+        assert m["loss"] == "l1"
+    for a, b in zip(manifests["tensorflow"]["history"], manifests["paddle"]["history"]):
+        assert abs(a["loss"] - b["loss"]) < 1e-3 * max(1.0, b["loss"])
+    # Not the plain autoencoder: its inputs were not the images themselves.
+    plain = read_manifest(ae.train(images, "ae-plain", epochs=2, store_dir=store_dir,
+                                   trainer="tensorflow", **SMALL))
+    assert "denoising" not in plain
+    assert plain["history"][0]["loss"] != manifests["tensorflow"]["history"][0]["loss"]

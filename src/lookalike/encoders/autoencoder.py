@@ -20,10 +20,12 @@ transposed convolutions in training). The manifest records which trained it.
 """
 
 import os
+import random
 import warnings
 
 import numpy as np
 
+from lookalike.edits import COPY_EDITS
 from lookalike.encoders import store
 from lookalike.encoders.base import Encoder, l2_normalize
 from lookalike.encoders.preprocessing import PREPROCESSING
@@ -176,9 +178,16 @@ def train(
     seed=51,
     preview_images=None,
     trainer="auto",
+    denoise=False,
     **job_options,
 ):
     """Trains the autoencoder on ``images`` ((N, S, S, 3) uint8 at ``image_size``).
+
+    ``denoise``: the input of each step is an edited copy of the image (one of
+    :data:`lookalike.edits.COPY_EDITS` at random: crop, resize, rotation, flip,
+    JPEG, lighting, grayscale, caption) and the target the image itself, still
+    with the seed's L1 loss: an encoder that has to undo the edits embeds a
+    copy near its original.
 
     ``job_options`` (``store_dir``, ``overwrite``, ``resume``, ``progress``,
     ``on_epoch``, ``should_stop``, ``source``): see
@@ -202,7 +211,7 @@ def train(
 
     settings = dict(image_size=image_size, epochs=epochs, batch_size=batch_size,
                     learning_rate=learning_rate, width=width, embedding=embedding, seed=seed,
-                    num_images=int(len(images)), trainer=trainer)
+                    num_images=int(len(images)), trainer=trainer, denoise=bool(denoise))
     job = TrainingJob(name, KIND, settings, **job_options)
     start_epoch = job.open()
 
@@ -226,16 +235,19 @@ def train(
 
     for epoch in range(start_epoch, epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(images))
+        edit_rng = random.Random(f"{seed}/{epoch}")  # the same edits on a resumed epoch
         model.train()
         losses, seen, t0 = [], 0, time.perf_counter()
         for start in range(0, len(order), batch_size):
             job.check_stop(epoch)
-            batch = preprocess(images[order[start:start + batch_size]])
+            clean = images[order[start:start + batch_size]]
+            batch = preprocess(clean)
+            inputs = preprocess(edited_inputs(clean, image_size, edit_rng)) if denoise else batch
             if keras is not None:
-                loss = keras.step(batch)
+                loss = keras.step(inputs, batch)
             else:
-                x = paddle.to_tensor(batch)
-                loss = paddle.nn.functional.l1_loss(model(x), x)
+                loss = paddle.nn.functional.l1_loss(model(paddle.to_tensor(inputs)),
+                                                    paddle.to_tensor(batch))
                 loss.backward()
                 optimizer.step()
                 optimizer.clear_grad()
@@ -267,7 +279,21 @@ def train(
         batch_size=batch_size,
         num_training_images=int(len(images)),
     )
+    if denoise:
+        manifest["denoising"] = dict(inputs="edited copies", edits=list(COPY_EDITS))
     return job.finish(manifest, files)
+
+
+def edited_inputs(images, image_size, rng):
+    """Each image (uint8 NHWC) as a random edit of itself, back at the input size (denoising)."""
+    from PIL import Image
+
+    from lookalike.edits import edited_copy
+    from lookalike.encoders.preprocessing import input_manifest, to_input
+
+    manifest = input_manifest(KIND, image_size)
+    return np.stack([to_input(edited_copy(Image.fromarray(im), rng.choice(COPY_EDITS), rng),
+                              manifest) for im in images])
 
 
 TRAINERS = ("auto", "paddle", "tensorflow")

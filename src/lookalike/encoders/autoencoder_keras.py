@@ -87,10 +87,15 @@ class Trainer:
         self._step = keras.make_train_step(self.model, self.optimizer,
                                            lambda x, out: tf.reduce_mean(tf.abs(out - x)))
 
-    def step(self, nchw_batch):
-        """One Adam step on a batch in Paddle's layout (float32 NCHW in [-1, 1]); the loss."""
+    def step(self, nchw_batch, nchw_target=None):
+        """One Adam step on a batch in Paddle's layout (float32 NCHW in [-1, 1]); the loss.
+
+        ``nchw_target``: what to reconstruct (None: the input itself; denoising:
+        the image the input was edited from).
+        """
         x = np.ascontiguousarray(nchw_batch.transpose(0, 2, 3, 1))
-        return float(self._step(x, x))  # the target is the input: L1 reconstruction
+        y = x if nchw_target is None else np.ascontiguousarray(nchw_target.transpose(0, 2, 3, 1))
+        return float(self._step(x, y))  # L1 reconstruction
 
     def arrays(self):
         out = to_paddle(self.convs, self.deconvs, self.like)
