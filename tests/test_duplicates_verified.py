@@ -140,3 +140,35 @@ def test_find_similar_re_ranked_by_local_features(photos, tmp_path):
     assert [r["inliers"] >= min_inliers for r in rows] == sorted(
         [r["inliers"] >= min_inliers for r in rows], reverse=True)
     assert right.id in [r["id"] for r in rows] or rows[0]["inliers"] >= min_inliers
+
+
+def test_leaks_across_splits_use_the_calibrated_threshold_and_verification(photos,
+                                                                           dataset_name):
+    ds = photos.clone(dataset_name)
+    ls.build_index(ds, "emb", "sim")
+    lc.calibrate_threshold(ds, "sim")
+    test = ds.match(F("gt_edit").is_in(["perspective", "crop"]))
+    test.tag_samples("test")
+    ds.match(~F("gt_edit").is_in(["perspective", "crop"])).tag_samples("train")
+    report = lc.find_leaks(ds, "sim")
+    assert report.splits == ["test", "train"] and report.num_leaks > 0
+    split = dict(zip(ds.values("id"), ["test" if "test" in t else "train"
+                                       for t in ds.values("tags")]))
+    assert all(split[a] != split[b] for a, b, _ in report.pairs)
+    leaked = set(report.leak_ids)
+    views = test.match(F("gt_edit") == "perspective").values("id")
+    assert sum(s in leaked for s in views) >= 0.9 * len(views)
+    assert not leaked & set(ds.match(F("gt_unique") == True).values("id"))  # noqa: E712
+    view = lc.leaks_view(ds)
+    assert len(view) == report.num_leaks == len(ds.match_tags("leak"))
+    one = view.match_tags("test").first()
+    assert "(train)" in one.leak_with and one.leak_reason
+    assert "test / train" in report.summary()
+    # Bad splits, in one line.
+    ds.match_tags("test").limit(1).tag_samples("train")
+    with pytest.raises(CurationError, match="more than one of the split tags"):
+        lc.find_leaks(ds, "sim")
+    with pytest.raises(CurationError, match="only the split 'train'"):
+        lc.find_leaks(ds.match_tags("test", bool=False), "sim", splits=("train", "val"))
+    with pytest.raises(CurationError, match="no field 'fold'"):
+        lc.find_leaks(ds, "sim", splits="fold")

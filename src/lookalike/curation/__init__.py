@@ -11,6 +11,7 @@
     lc.visualize_embeddings(dataset, "emb")                        # UMAP for the App
     lc.match_labels(dataset, "emb_sim", "ground_truth")           # unlabelled -> label / no match
     report = lc.match_images(dataset, "emb_sim", "/new/photos", add="new")
+    leaks = lc.find_leaks(dataset, "emb_sim", splits=("train", "test"))  # or a field's name
 
 Results are saved with the similarity run (``index.curation``) and in sample
 fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
@@ -24,6 +25,7 @@ from lookalike.curation.duplicates import (
     find_duplicates,
 )
 from lookalike.curation.evaluation import RetrievalEvaluation, evaluate_retrieval
+from lookalike.curation.leaks import LeakReport, find_leaks, leaks_view
 from lookalike.curation.match import (
     FolderMatchReport,
     LabelMatchReport,
@@ -49,6 +51,7 @@ __all__ = [
     "DuplicateReport",
     "FolderMatchReport",
     "LabelMatchReport",
+    "LeakReport",
     "MissingRecordError",
     "OutlierReport",
     "RetrievalEvaluation",
@@ -59,8 +62,10 @@ __all__ = [
     "duplicates_view",
     "evaluate_retrieval",
     "find_duplicates",
+    "find_leaks",
     "flag_outliers",
     "get_calibration",
+    "leaks_view",
     "match_images",
     "match_labels",
     "no_match_view",

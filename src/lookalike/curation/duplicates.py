@@ -211,11 +211,54 @@ def _candidate_pairs(index, rows, k, within, known):
     return codes // len(rows), codes % len(rows)
 
 
-def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
-                     min_inliers, candidates, progress):
+@dataclass
+class Pairs:
+    """The duplicate pairs of a view, before grouping (see :func:`find_pairs`)."""
+
+    ids: list  # the view's sample ids; pairs hold positions in it
+    paths: list
+    i: np.ndarray
+    j: np.ndarray
+    kinds: np.ndarray  # IDENTICAL, EMBEDDING or VERIFIED
+    threshold: float
+    engine: str  # the pair search used, or "files"
+    verification: dict = None  # settings and counts (None: not asked for)
+    num_pairs: int = 0  # within the embedding threshold
+    num_exact: int = 0  # byte-identical files
+    num_verified: int = 0  # beyond the threshold, verified by local features
+    features: dict = None  # position -> Features or None (verification ran)
+    inliers_of: dict = field(default_factory=dict)  # (a, b), a < b -> inliers
+    vectors: np.ndarray = None  # of the samples in the run
+    row_in_vectors: dict = field(default_factory=dict)  # position -> row of vectors
+    cache: str = None  # the dataset's feature cache
+
+    def distance(self, a, b):
+        """Cosine distance of two positions, None when either has no vector."""
+        if a in self.row_in_vectors and b in self.row_in_vectors:
+            return float(cosine_distance(self.vectors[self.row_in_vectors[a]]
+                                         @ self.vectors[self.row_in_vectors[b]]))
+        return None
+
+    def inliers(self, a, b):
+        """Inliers of two positions (computed once), None when verification did not run."""
+        from lookalike import verification
+
+        if self.features is None:
+            return None
+        _fill_features(self.features, [a, b], self.paths, verification, self.cache)
+        _verify_all(self.features, [(a, b)], self.inliers_of, verification)
+        return self.inliers_of[_key(a, b)]
+
+
+def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_files=True,
+               verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None):
+    """Every duplicate pair of ``samples``: within the threshold, verified, or identical files.
+
+    The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
+    writes nothing. ``progress`` runs to 0.85.
+    """
     from lookalike import verification
 
-    check_keep_policy(keep)
     check_engine(engine)
     if len(samples) == 0:
         raise CurationError("the view is empty: there are no samples to search for duplicates")
@@ -223,85 +266,85 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
     ids, paths = samples.values(["id", "filepath"])
     position = {sid: n for n, sid in enumerate(ids)}
     edges = []  # (i, j, kind) arrays, positions in ids
-    vectors, used, index, row_in_vectors = None, "files", None, {}
-    num_pairs, num_exact, num_verified = 0, 0, 0
-    features, inliers_of = None, {}
+    out = Pairs(ids, paths, None, None, None, 0.0, "files")
 
     index = None
     if brain_key is not None:
         import lookalike.similarity as ls
 
         index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
-    on, settings = _verification_settings(index, verify, min_inliers, candidates, len(ids))
+    on, out.verification = _verification_settings(index, verify, min_inliers, candidates,
+                                                  len(ids))
     if index is not None:
-        threshold = records.threshold(index, "duplicate_threshold", threshold)
+        out.threshold = records.threshold(index, "duplicate_threshold", threshold)
         rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
         in_index = [position[sid] for sid in ids if sid in rows_of]
         if len(in_index) < 2:
             raise CurationError(f"fewer than 2 samples of this view are in run '{brain_key}': "
                                 "compute their embeddings and rebuild the index")
         rows = np.array([rows_of[ids[p]] for p in in_index])
-        vectors = index.engine.matrix[rows]
+        out.vectors = index.engine.matrix[rows]
         reuse = index.engine if len(rows) == index.total_index_size else None
-        used, i, j, _ = vector_pairs(vectors, threshold, engine, reuse=reuse,
-                                     progress=scaled(progress, 0.0, 0.5 if on else 0.8))
+        out.engine, i, j, _ = vector_pairs(out.vectors, out.threshold, engine, reuse=reuse,
+                                           progress=scaled(progress, 0.0, 0.5 if on else 0.8))
         in_index = np.asarray(in_index)
         edges.append((in_index[i], in_index[j], np.full(len(i), EMBEDDING)))
-        num_pairs = len(i)
-        row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
+        out.num_pairs = len(i)
+        out.row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
         if on:
+            settings = out.verification
             report_progress(0.5, "choosing candidate pairs for geometric verification")
             ci, cj = _candidate_pairs(index, rows, settings["candidates"],
                                       settings["candidate_threshold"],
                                       i * np.int64(len(rows)) + j)
             needed = np.unique(np.concatenate([ci, cj]))
-            features = {}  # position -> Features or None; absent: not computed
+            out.features = {}  # absent: not computed
+            out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
             found, missing = verification.compute_features(
-                [paths[in_index[r]] for r in needed],
-                verification.cache_dir(fo_adapter.root_dataset(samples)),
+                [paths[in_index[r]] for r in needed], out.cache,
                 progress=scaled(progress, 0.5, 0.25))
             for r, f in zip(needed, found):
-                features[int(in_index[r])] = f
+                out.features[int(in_index[r])] = f
             ci, cj = in_index[ci], in_index[cj]
-            counts = verification.verify_pairs(features, ci, cj,
+            counts = verification.verify_pairs(out.features, ci, cj,
                                                progress=scaled(progress, 0.75, 0.08))
             ok = counts >= settings["min_inliers"]
             edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
-            inliers_of = {_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
-            num_verified = int(ok.sum())
+            out.inliers_of = {_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
+            out.num_verified = int(ok.sum())
             settings.update(num_candidates=int(len(ci)), num_featureless=len(missing))
-    else:
-        threshold = 0.0
 
     if exact_files:
         report_progress(0.85, "hashing files")
         hi, hj, _ = hash_pairs(paths)
         edges.append((np.asarray(hi, np.int64), np.asarray(hj, np.int64),
                       np.full(len(hi), IDENTICAL)))
-        num_exact = len(hi)
-
+        out.num_exact = len(hi)
     if edges:
-        i, j, kinds = (np.concatenate(parts).astype(np.int64) for parts in zip(*edges))
+        out.i, out.j, out.kinds = (np.concatenate(parts).astype(np.int64)
+                                   for parts in zip(*edges))
     else:
-        i = j = kinds = np.zeros(0, np.int64)
+        out.i = out.j = out.kinds = np.zeros(0, np.int64)
+    return out
+
+
+def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
+                     min_inliers, candidates, progress):
+    from lookalike import verification
+
+    check_keep_policy(keep)
+    report_progress = progress or (lambda fraction, label: None)
+    pairs = find_pairs(samples, brain_key, threshold, engine, exact_files, verify, min_inliers,
+                       candidates, progress)
+    ids, paths, i, j, kinds = pairs.ids, pairs.paths, pairs.i, pairs.j, pairs.kinds
+    features, inliers_of, settings = pairs.features, pairs.inliers_of, pairs.verification
+    distance, inliers = pairs.distance, pairs.inliers
     groups = groups_from_pairs(len(ids), i, j, unbreakable=kinds == IDENTICAL)
-
-    def distance(a, b):
-        if a in row_in_vectors and b in row_in_vectors:
-            return float(cosine_distance(vectors[row_in_vectors[a]] @ vectors[row_in_vectors[b]]))
-        return None
-
-    def inliers(a, b):
-        if features is None:
-            return None
-        _verify_all(features, [(a, b)], inliers_of, verification)
-        return inliers_of[_key(a, b)]
 
     if features is not None:
         report_progress(0.88, f"checking the pairs inside {len(groups)} groups")
-        _fill_features(features, [p for g in groups for p in g], paths, verification,
-                       verification.cache_dir(fo_adapter.root_dataset(samples)))
         cache = verification.cache_dir(fo_adapter.root_dataset(samples))
+        _fill_features(features, [p for g in groups for p in g], paths, verification, cache)
 
         def mirrored_features(positions):
             got, _ = verification.compute_features([paths[p] for p in positions], cache,
@@ -320,9 +363,6 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
                                if p != kept], inliers_of, verification)
     for group, kept in zip(groups, kept_of):
         rest = sorted(p for p in group if p != kept)
-        if features is not None:
-            _fill_features(features, group, paths, verification,
-                           verification.cache_dir(fo_adapter.root_dataset(samples)))
         for p, via, kind in _reached_from(kept, set(group), link):
             # Files without a vector join only as identical bytes: distance 0.
             distances[p] = (distance(p, kept) if p != kept else None) or 0.0
@@ -335,14 +375,17 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
 
     write_groups(samples, ids, ordered, distances, tag, inlier_counts, reasons)
     report = DuplicateReport(
-        threshold=float(threshold), engine=used, keep=keep,
-        groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(num_pairs),
-        num_exact_pairs=int(num_exact), num_searched=len(ids),
-        num_verified_pairs=num_verified, verification=settings,
+        threshold=float(pairs.threshold), engine=pairs.engine, keep=keep,
+        groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(pairs.num_pairs),
+        num_exact_pairs=int(pairs.num_exact), num_searched=len(ids),
+        num_verified_pairs=pairs.num_verified, verification=settings,
         files={ids[p]: paths[p] for g in ordered for p in g},
         reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons})
-    if index is not None:
-        records.save(index, "duplicates", report.to_record())
+    if brain_key is not None:
+        import lookalike.similarity as ls
+
+        records.save(ls.load_index(fo_adapter.root_dataset(samples), brain_key), "duplicates",
+                     report.to_record())
     report_progress(1.0, f"{report.num_groups} groups, {report.num_duplicates} duplicates")
     return report
 

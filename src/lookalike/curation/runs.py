@@ -36,7 +36,7 @@ from lookalike.errors import IncompleteCurationError
 COLLECTION = "lookalike_curation"
 STAGE = "lookalike_curation_stage"
 _STAGE_BATCH = 10_000
-JOBS = {"duplicates": "find_duplicates", "outliers": "flag_outliers"}
+JOBS = {"duplicates": "find_duplicates", "outliers": "flag_outliers", "leaks": "find_leaks"}
 
 
 def _collection():
