@@ -75,3 +75,34 @@ def test_verify_pairs_counts_each_pair(photo_files):
     feats, _ = V.compute_features([photo_files[n] for n in names])
     counts = V.verify_pairs(feats, [0, 0, 1], [1, 2, 2])
     assert counts[0] >= 40 and counts[1] <= 10 and counts[2] <= 10
+
+
+def test_cached_features_load_in_parallel_without_parsing_and_damage_is_recomputed(
+        photo_files, tmp_path, monkeypatch):
+    import ast
+
+    cache = str(tmp_path / "cache")
+    flat = str(tmp_path / "flat.png")
+    from PIL import Image
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(flat)
+    paths = [photo_files[n] for n in PHOTOS] + [flat]
+    first, reasons = V.compute_features(paths, cache)
+    assert reasons == {len(paths) - 1: V.FEATURELESS}
+    # Loading never parses text (np.load's header goes through ast, whose
+    # constructor CPython 3.11 does not make thread-safe: gh-106905).
+    monkeypatch.setattr(ast, "parse", lambda *a, **k: pytest.fail("ast.parse on load"))
+    again, again_reasons = V.compute_features(paths * 8, cache, num_workers=8)
+    assert again_reasons == {n: V.FEATURELESS for n in range(len(paths) * 8)
+                             if n % len(paths) == len(paths) - 1}
+    for n, features in enumerate(again):
+        if features is not None:
+            want = first[n % len(paths)]
+            assert np.array_equal(features.points, want.points)
+            assert np.array_equal(features.descriptors, want.descriptors)
+    monkeypatch.undo()
+    # A truncated entry (a disk that filled up) is recomputed, not trusted.
+    target = V._cache_path(cache, paths[0])
+    with open(target, "r+b") as f:
+        f.truncate(os.path.getsize(target) // 2)
+    features, reason = V._cached(cache, paths[0])
+    assert reason is None and np.array_equal(features.descriptors, first[0].descriptors)

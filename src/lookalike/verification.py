@@ -19,6 +19,7 @@ features: they are counted, and their pairs are left to the embedding.
 
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -154,6 +155,14 @@ def cache_dir(dataset):
     return os.path.join(default_data_dir(), "features", fo_adapter.dataset_id(dataset))
 
 
+# An entry is our own small binary: magic, count, width, then the float32 points
+# and descriptors (count -1: featureless). Not .npz: np.load parses each header
+# with ast, and CPython 3.11's AST constructor is not thread-safe (gh-106905:
+# "AST constructor recursion depth mismatch" when features load in parallel).
+_MAGIC = b"LKSIFT1\0"
+_HEADER = np.dtype([("count", "<i4"), ("width", "<i4")])
+
+
 def _cache_path(directory, path, mirrored=False):
     try:
         st = os.stat(path)
@@ -162,7 +171,30 @@ def _cache_path(directory, path, mirrored=False):
     key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|"
                        f"{MAX_SIDE}|{MAX_KEYPOINTS}|{'mirrored' if mirrored else ''}"
                        .encode()).hexdigest()
-    return os.path.join(directory, key[:2], key + ".npz")
+    return os.path.join(directory, key[:2], key + ".sift")
+
+
+def _encode(features):
+    if features is None:
+        return _MAGIC + np.array([(-1, 0)], _HEADER).tobytes()
+    points = np.ascontiguousarray(features.points, "<f4")
+    descriptors = np.ascontiguousarray(features.descriptors, "<f4")
+    return (_MAGIC + np.array([(len(points), descriptors.shape[1])], _HEADER).tobytes()
+            + points.tobytes() + descriptors.tobytes())
+
+
+def _decode(data):
+    """``(features or None, reason or None)`` of an entry; ValueError when damaged."""
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _HEADER.itemsize:
+        raise ValueError("not a feature entry")
+    count, width = np.frombuffer(data, _HEADER, 1, len(_MAGIC))[0].tolist()
+    if count == -1:
+        return None, FEATURELESS
+    body = np.frombuffer(data, "<f4", offset=len(_MAGIC) + _HEADER.itemsize)
+    if count < 0 or width < 1 or body.size != count * (2 + width):
+        raise ValueError("a truncated feature entry")
+    return Features(body[:2 * count].reshape(count, 2).copy(),
+                    body[2 * count:].reshape(count, width).copy()), None
 
 
 def _cached(directory, path, mirrored=False):
@@ -170,20 +202,16 @@ def _cached(directory, path, mirrored=False):
     target = _cache_path(directory, path, mirrored) if directory else None
     if target is not None and os.path.exists(target):
         try:
-            with np.load(target, allow_pickle=False) as data:
-                if "reason" in data.files:
-                    return None, str(data["reason"])
-                return Features(data["points"], data["descriptors"]), None
-        except (OSError, ValueError, KeyError):
+            with open(target, "rb") as f:
+                return _decode(f.read())
+        except (OSError, ValueError):
             pass  # a damaged entry: recompute it
     features, reason = extract_file(path, mirrored=mirrored)
     if target is not None and (features is not None or reason == FEATURELESS):
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.tmp.npz"
-        if features is None:
-            np.savez(tmp, reason=np.array(reason))
-        else:
-            np.savez(tmp, points=features.points, descriptors=features.descriptors)
+        tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(_encode(features))
         os.replace(tmp, target)  # atomic: a killed job leaves no half entry
     return features, reason
 
