@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/curation.py --quality       # (a) only; needs `make demo` first
     .venv/bin/python benchmarks/curation.py --speed --sizes 100000 1000000
     .venv/bin/python benchmarks/curation.py --verification  # (c); needs `make demo` first
+    .venv/bin/python benchmarks/curation.py --flip          # (d); needs `make demo` first
 
 (a) Quality on the demo images, per method: the three demo encoders, an
 untrained copy of the TF network, raw pixels and a perceptual hash
@@ -30,6 +31,13 @@ and the recall of each relation kind (each edit, ``perspective``,
 ``other_view``), for the two photo encoders and a perceptual hash; then the
 cost: local features per 1,000 images, verification per pair, and at 100k
 images with k = 10 candidates the cost extrapolated from those measurements.
+
+(d) Flip-averaged embeddings (``--flip``; needs `make demo`'s encoders): each
+photo encoder plain and ``+flip`` (the mean of an image's and its mirror image's
+embeddings) on the demo photos, through the product's own label-free path
+(``workflow.curate_photos``: calibrated thresholds, duplicates with
+verification, the default outlier rule) and the copy retrieval of ``make demo``
+(R-precision): pair F1, outlier precision / recall, R-precision, embedding time.
 
 (b) Speed of ``find_duplicates``' pair search on clustered synthetic unit
 vectors with planted near-duplicate pairs (d = 256): ours exact (tiled matrix
@@ -416,31 +424,74 @@ def verification(args):
     fo.delete_dataset("bench-verification")
 
 
+def flip(args):
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    import lookalike.similarity as ls
+    from lookalike.demo import build_demo_dataset
+    from lookalike.embeddings import compute_embeddings
+    from lookalike.encoders import load_encoder
+    from lookalike.workflow import copy_retrieval, curate_photos
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-bench-flip-")
+    ds = build_demo_dataset("bench-flip", data_dir=tmp, max_digits=1)
+    photos = ds.match(F("source") == "photo")
+    rows = []
+    for name in ("demo-contrastive", "demo-autoencoder"):
+        for flip_average in (False, True):
+            encoder = load_encoder(name, store_dir=args.store_dir, flip_average=flip_average)
+            field = "emb_" + encoder.name.replace("-", "_").replace("+", "_")
+            t = time.perf_counter()
+            compute_embeddings(photos, encoder, field)
+            seconds = time.perf_counter() - t
+            key = field + "_sim"
+            ls.build_index(ds, field, key)
+            result = curate_photos(ds, key, log=lambda line: print(line, flush=True))
+            r_precision, _ = copy_retrieval(ds, key)
+            rows.append((encoder.name, result, r_precision, seconds))
+    print("\n| encoder | pair precision | pair recall | pair F1 | outlier precision | "
+          "outlier recall | R-precision | embedding s / 205 photos |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, result, r_precision, seconds in rows:
+        d, o = result["duplicates"], result["outliers"]
+        print(f"| {name} | {d['precision']:.3f} | {d['recall']:.3f} | {d['f1']:.3f} | "
+              f"{o['precision']:.3f} ({o['flagged']} flagged) | {o['recall']:.3f} | "
+              f"{r_precision:.3f} | {seconds:.1f} |")
+    fo.delete_dataset("bench-flip")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quality", action="store_true", help="only part (a)")
     parser.add_argument("--speed", action="store_true", help="only part (b)")
     parser.add_argument("--verification", action="store_true", help="only part (c)")
+    parser.add_argument("--flip", action="store_true", help="only part (d)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-exact", type=int, default=100_000)
     parser.add_argument("--max-fob", type=int, default=100_000)
     args = parser.parse_args()
-    every = not (args.quality or args.speed or args.verification)
+    every = not (args.quality or args.speed or args.verification or args.flip)
     from lookalike.encoders import default_store_dir
 
     args.store_dir = default_store_dir()  # make demo's encoders, before the tests' set-up
     if args.quality or every:
         quality(args)
-    if (args.speed and args.max_fob) or args.verification or every:
+    if (args.speed and args.max_fob) or args.verification or args.flip or every:
         import conftest  # the tests' isolated mongod, same set-up
 
         conftest._start_isolated_database()
+        # The calibration re-embeds synthetic copies with the index's encoder, by
+        # name: from make demo's store, not the tests' empty one.
+        os.environ["LOOKALIKE_MODELS_DIR"] = args.store_dir
         from lookalike.database import quiet_mongodb_version_warning
 
         quiet_mongodb_version_warning()
     if args.verification or every:
         verification(args)
+    if args.flip or every:
+        flip(args)
     if args.speed or every:
         speed(args)
 

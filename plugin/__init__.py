@@ -258,7 +258,14 @@ class ComputeEmbeddings(forms.BackgroundOperator):
     def form(self, inputs, ctx):
         from lookalike.embeddings import default_field_name
 
+        from lookalike.encoders.base import FLIP_SUFFIX
+
         name = forms.encoder_input(inputs, ctx)
+        inputs.bool("flip_average", label="Average with the mirror image", default=False,
+                    description="A left-right flipped copy then gets the same vector "
+                                "(twice the time)")
+        if name and ctx.params.get("flip_average"):
+            name += FLIP_SUFFIX
         inputs.str("embeddings_field", label="Embeddings field", default=default_field_name(name),
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
@@ -275,12 +282,17 @@ class ComputeEmbeddings(forms.BackgroundOperator):
             return None
         manifest = read_manifest(resolve_path(name), verify_files=False)
         view = ctx.target_view()
-        field = ctx.params.get("embeddings_field") or default_field_name(name)
+        from lookalike.encoders.base import FLIP_SUFFIX
+
+        flip = bool(ctx.params.get("flip_average"))
+        field = ctx.params.get("embeddings_field") or default_field_name(
+            name + (FLIP_SUFFIX if flip else ""))
         if not ctx.params.get("overwrite"):
             view = view.exists(field, False)  # the rest are skipped
-        return estimate_seconds(manifest["kind"], "embed", view.count(),
-                                image_size=manifest["image_size"],
-                                width=(manifest.get("architecture") or {}).get("width", 1.0))
+        seconds = estimate_seconds(manifest["kind"], "embed", view.count(),
+                                   image_size=manifest["image_size"],
+                                   width=(manifest.get("architecture") or {}).get("width", 1.0))
+        return seconds and seconds * (2 if flip else 1)  # the mirror image is embedded too
 
     def execute(self, ctx):
         from lookalike.embeddings import compute_embeddings
@@ -288,7 +300,8 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         report = compute_embeddings(
             ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
             batch_size=ctx.params.get("batch_size", 64),
-            overwrite=ctx.params.get("overwrite", False), progress=forms.progress(ctx))
+            overwrite=ctx.params.get("overwrite", False), progress=forms.progress(ctx),
+            flip_average=bool(ctx.params.get("flip_average")))
         ctx.ops.reload_dataset()
         ctx.ops.notify(report.summary(), variant="warning" if report.failures else "success")
         return {"field": report.field, "embedded": report.embedded,

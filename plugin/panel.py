@@ -161,6 +161,14 @@ class LookalikePanel(foo.Panel):
         state = ctx.panel.state
         selected = [sample_id] if sample_id else list(ctx.selected or [])
         state.neighbours, state.neighbours_title = [], None
+        state.members, state.members_title = [], None
+        if len(selected) == 1 and ctx.dataset is not None:
+            members = overview.group_member_rows(ctx.dataset, selected[0])
+            if members:
+                state.members = [{k: v for k, v in r.items() if k not in ("id", "kept")}
+                                 for r in members]
+                state.members_title = (f"Duplicate group of the selected sample: "
+                                       f"{len(members)} images, the kept one first")
         if len(selected) != 1 or not state.run or ctx.dataset is None:
             return
         try:
@@ -179,6 +187,13 @@ class LookalikePanel(foo.Panel):
             buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
                         variant="outlined")
         buttons.btn("refresh", label="Refresh", on_click=self.refresh, variant="outlined")
+
+        if state.members_title:
+            panel.md(f"**{state.members_title}**", name="members_title")
+            panel.list("members", types.Object(),
+                       view=table_view([("file", "File"), ("distance", "Distance to the kept"),
+                                        ("inliers", "Inliers with the kept"),
+                                        ("reason", "Why in the group")]))
 
         if state.neighbours_title:
             panel.md(f"**{state.neighbours_title}**", name="neighbours_title")

@@ -18,6 +18,8 @@ import time
 import pytest
 from fiftyone import ViewField as F
 
+import lookalike.curation as lc
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
@@ -277,3 +279,23 @@ def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_
               shots=shots)
     time.sleep(3)
     page.screenshot(path=os.path.join(shots, "8-duplicate-groups-grid.png"))
+
+    # Select a member verified by local features: the panel lists its group, the kept
+    # image first, each with its distance and inliers to the kept one and why it is there.
+    labels = _tile_labels(page)
+    ids = lc.duplicates_view(browser_demo).values("id")
+    verified = browser_demo.select(ids).match(F("dup_inliers") >= 12)
+    assert len(verified), "no member was verified by local features"
+    verified_ids = set(verified.values("id"))
+    # The first one in the grid's order, among the tiles drawn.
+    position = next(n for n, i in enumerate(ids[:len(labels)]) if i in verified_ids)
+    member = browser_demo[ids[position]]
+    page.locator('[data-cy="looker"]').nth(position).hover()
+    page.locator('[title^="Click to select sample"]').nth(position).evaluate("el => el.click()")
+    page.eval_on_selector('[data-cy="panel-tab-lookalike_panel"]', "el => el.click()")
+    text = _wait_for(lambda: (lambda t: t if "Inliers with the kept" in t else None)(
+        panel.inner_text()), what="the selected sample's group in the panel", page=page,
+        shots=shots)
+    assert "Duplicate group of the selected sample" in text and "kept" in text
+    assert str(member.dup_inliers) in text and f"{member.dup_distance:.4f}"[:5] in text
+    page.screenshot(path=os.path.join(shots, "9-group-members-with-inliers.png"))

@@ -75,6 +75,18 @@ def test_verification_finds_viewpoint_copies_and_splits_what_features_contradict
     assert set(kept.values("dup_reason")) == {"kept"} and set(kept.values("dup_inliers")) == {None}
     assert any("inliers" in r for r in reasons.values())
     assert verified.reasons == {s: r for s, r in reasons.items()}
+    # What the panel shows for a selected member: its group, kept one first, with
+    # each member's distance and inliers to the kept one and why it is there.
+    from lookalike import overview
+
+    members = overview.group_member_rows(photos, right.id)
+    assert members[0]["kept"] and members[0]["reason"] == "kept"
+    assert len(members) == len(view.match(F("dup_group") == right.dup_group))
+    mine = next(m for m in members if m["id"] == right.id)
+    assert mine["inliers"] == right.dup_inliers and mine["reason"] == right.dup_reason
+    assert mine["distance"] == round(right.dup_distance, 4)
+    alone = photos.match(F("dup_group") == None).first()  # noqa: E711
+    assert overview.group_member_rows(photos, alone.id) == []
     # The counts travel with the run.
     saved = ls.load_index(photos, "sim").curation["duplicates"]
     assert saved["num_verified_pairs"] == verified.num_verified_pairs
@@ -143,7 +155,8 @@ def test_find_similar_re_ranked_by_local_features(photos, tmp_path):
 
 
 def test_leaks_across_splits_use_the_calibrated_threshold_and_verification(photos,
-                                                                           dataset_name):
+                                                                           dataset_name,
+                                                                           subprocess_env):
     ds = photos.clone(dataset_name)
     ls.build_index(ds, "emb", "sim")
     lc.calibrate_threshold(ds, "sim")
@@ -172,3 +185,26 @@ def test_leaks_across_splits_use_the_calibrated_threshold_and_verification(photo
         lc.find_leaks(ds.match_tags("test", bool=False), "sim", splits=("train", "val"))
     with pytest.raises(CurationError, match="no field 'fold'"):
         lc.find_leaks(ds, "sim", splits="fold")
+
+    # From the command line, the splits in a field this time.
+    import subprocess
+    import sys
+
+    ds.set_values("fold", ["b" if e == "perspective" else "a" for e in ds.values("gt_edit")])
+    ds.persistent = True
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", "leaks", "--dataset",
+                               ds.name, "--brain-key", "sim", *args], capture_output=True,
+                              text=True, env=subprocess_env, timeout=300)
+
+    out = cli("--split-field", "fold", "--show", "2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert "across the splits a, b (a / b:" in lines[0] and "tagged 'leak'" in lines[0]
+    assert len([line for line in lines if " ~ " in line]) == 2 and "more pairs" in lines[-1]
+    ds.reload()
+    assert set(lc.leaks_view(ds).values("fold")) == {"a", "b"}
+    out = cli("--split-field", "nope")
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert "no field 'nope'" in out.stderr

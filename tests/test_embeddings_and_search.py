@@ -133,6 +133,38 @@ def test_operators_end_to_end(photos, tmp_path):
         ls.sort_by_similarity(photos, "emb_sim")
 
 
+def test_flip_averaged_embeddings_give_a_mirror_copy_the_same_vector(photos, tmp_path):
+    from PIL import Image, ImageOps
+
+    plain, flip = load_encoder("tiny"), load_encoder("tiny", flip_average=True)
+    assert flip.name == "tiny+flip" and flip.version == plain.version + "+flip"
+    assert load_encoder("tiny+flip").version == flip.version  # as a field's record names it
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(x[:, :, ::-1])
+    assert np.abs(flip.embed(x) - flip.embed(mirrored)).max() < 1e-5
+    assert np.abs(plain.embed(x) - plain.embed(mirrored)).max() > 1e-2  # the plain one is not
+    assert np.allclose(np.linalg.norm(flip.embed(x), axis=1), 1, atol=1e-5)
+
+    # Through a field, an index and a query by a file outside the dataset.
+    out = foo.execute_operator(f"{PLUGIN}/compute_embeddings", dataset=photos,
+                               params={"encoder": "tiny", "flip_average": True,
+                                       "embeddings_field": "emb_tiny_flip"})
+    assert out.result["embedded"] == 30
+    assert field_record(photos, "emb_tiny_flip")["version"] == flip.version
+    with pytest.raises(EmbeddingFieldError, match="refusing to mix"):
+        compute_embeddings(photos, "tiny", "emb_tiny_flip")  # plain vectors never join them
+    index = ls.build_index(photos, "emb_tiny_flip", "flip_sim")
+    original = photos.exists("emb_tiny_flip").first()
+    query = str(tmp_path / "mirror.png")
+    ImageOps.mirror(Image.open(original.filepath).convert("RGB")).save(query)
+    ids, dists = index.nearest(ls.embed_query_image(index, query), k=1)
+    assert ids[0] == original.id and dists[0] < 1e-4
+    # The caller's loaded encoder is not changed by flip_average=True.
+    report = compute_embeddings(photos.limit(3), plain, "emb_other", flip_average=True)
+    assert report.encoder == flip.version and plain.flip_average is False
+
+
 def test_cli_embed_index_search(photos, subprocess_env, store, tmp_path):
     import subprocess
     import sys
@@ -147,6 +179,9 @@ def test_cli_embed_index_search(photos, subprocess_env, store, tmp_path):
     out = cli("embed", "--dataset", photos.name, "--encoder", "tiny", "--field", "emb")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "embedded 30 images into 'emb'" in out.stdout and "cut.jpg" in out.stdout
+    out = cli("embed", "--dataset", photos.name, "--encoder", "tiny", "--flip-average")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "embedded 30 images into 'emb_tiny_flip'" in out.stdout and "+flip" in out.stdout
     out = cli("index", "--dataset", photos.name, "--field", "emb")
     assert "index 'emb_sim' over 'emb': 30 samples, 2 without an embedding" in out.stdout
     photos.reload()  # another process added fields

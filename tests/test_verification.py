@@ -106,3 +106,21 @@ def test_cached_features_load_in_parallel_without_parsing_and_damage_is_recomput
         f.truncate(os.path.getsize(target) // 2)
     features, reason = V._cached(cache, paths[0])
     assert reason is None and np.array_equal(features.descriptors, first[0].descriptors)
+
+
+def test_the_inlier_threshold_holds_when_a_weak_encoder_puts_a_copy_farthest(tmp_path):
+    from lookalike.demo import skimage_photo_paths
+
+    names = sorted(n for n in skimage_photo_paths() if not n.startswith("motorcycle"))[:20]
+    paths = [skimage_photo_paths()[n] for n in names]
+    copy = str(tmp_path / "copy.png")
+    edited_copy(files.photo(names[0]).convert("RGB"), "perspective", random.Random(1)).save(copy)
+    paths.append(copy)
+    vectors = np.random.default_rng(0).normal(size=(len(paths), 8)).astype(np.float32)
+    vectors[-1] = -vectors[0]  # the copy is the farthest of all from its original
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    result = V.calibrate_inliers(paths, vectors)
+    assert max(result.random_inliers) >= 40  # the copy was taken for an unrelated image...
+    assert result.min_inliers <= 2 * 10  # ...and did not set the chance level
+    assert "95th percentile" in result.rule
+    assert result.copy_recall >= 0.6

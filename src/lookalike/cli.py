@@ -287,7 +287,8 @@ def cmd_embed(args):
     if args.tag:
         view = view.match_tags(args.tag)
     report = compute_embeddings(view, args.encoder, args.field, batch_size=args.batch_size,
-                                overwrite=args.overwrite, progress=_Progress("embedding"))
+                                overwrite=args.overwrite, progress=_Progress("embedding"),
+                                flip_average=args.flip_average)
     print(report.summary())
     _print_failures(report.failures)
     return 0
@@ -424,6 +425,21 @@ def cmd_duplicates(args):
                              progress=_Progress("finding duplicates"))
     print(report.summary())
     _print_groups(report, args.show_groups)
+    return 0
+
+
+def cmd_leaks(args):
+    from lookalike.curation import find_leaks
+
+    splits = args.split_field or args.splits
+    report = find_leaks(_view(args), args.brain_key, splits=splits, threshold=args.threshold,
+                        verify=VERIFY_FLAGS[args.verify], min_inliers=args.min_inliers,
+                        progress=_Progress("finding leaks"))
+    print(report.summary())
+    for a, b, reason in report.pairs[:args.show]:
+        print(f"  {report.files.get(a, a)}  ~  {report.files.get(b, b)}  ({reason})")
+    if len(report.pairs) > args.show:
+        print(f"  ... and {len(report.pairs) - args.show} more pairs")
     return 0
 
 
@@ -602,6 +618,7 @@ def build_parser():
     # The choices are the package's own constants (each validated where it is used).
     from lookalike.curation import calibrate, match, projection
     from lookalike.curation.keep import KEEP_POLICIES
+    from lookalike.curation.leaks import SPLIT_TAGS
     from lookalike.encoders import KINDS, autoencoder, contrastive, metric
     from lookalike.similarity.engine import ENGINES
     from lookalike.similarity.pairs import APPROXIMATE_FROM
@@ -673,6 +690,9 @@ def build_parser():
     emb.add_argument("--tag", default=None, help="only samples with this tag")
     emb.add_argument("--batch-size", type=_at_least(1), default=64)
     emb.add_argument("--overwrite", action="store_true")
+    emb.add_argument("--flip-average", action="store_true",
+                     help="average each embedding with its mirror image's (a flipped copy gets "
+                          "the same vector; twice the time; default field emb_<encoder>_flip)")
     emb.set_defaults(func=cmd_embed)
 
     idx = sub.add_parser("index", help="build a similarity index over an embeddings field")
@@ -744,6 +764,23 @@ def build_parser():
                      help="delete the samples tagged 'duplicate' (a dry run without --yes)")
     dup.add_argument("--yes", action="store_true", help="really delete (journaled first)")
     dup.set_defaults(func=cmd_duplicates)
+
+    leak = sub.add_parser("leaks", help="tag samples with a duplicate in another split "
+                          "(train / val / test): the same picture, or the same object seen again")
+    brain_args(leak)
+    which_splits = leak.add_mutually_exclusive_group()
+    which_splits.add_argument("--splits", nargs="+", default=list(SPLIT_TAGS),
+                              help="the split tags (default: %(default)s)")
+    which_splits.add_argument("--split-field", default=None,
+                              help="read each sample's split from this field instead of tags")
+    leak.add_argument("--threshold", type=float, default=None)
+    leak.add_argument("--verify", default="auto", choices=VERIFY_FLAGS,
+                      help="geometric verification with local features (auto: on up to "
+                           f"{VERIFY_UP_TO:,} samples)")
+    leak.add_argument("--min-inliers", type=_at_least(4), default=None,
+                      help="inliers that verify a pair (default: the run's calibrated value)")
+    leak.add_argument("--show", type=_at_least(0), default=20, help="pairs to print")
+    leak.set_defaults(func=cmd_leaks)
 
     und = sub.add_parser("undelete", help="restore samples deleted by `duplicates --delete` "
                          "(without --last/--journal: list the journals)")

@@ -91,7 +91,7 @@ def _declare_fields(dataset, field_name, error_field):
 
 
 def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, overwrite=False,
-                       chunk_size=1024, progress=None):
+                       chunk_size=1024, progress=None, flip_average=False):
     """Embeds the images of ``samples`` with ``encoder`` into ``embeddings_field``.
 
     Args:
@@ -102,6 +102,9 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
             field's, the field is cleared on the whole dataset first (a field
             never mixes encoders)
         progress: optional ``progress(fraction, label)`` (:mod:`lookalike.progress`)
+        flip_average: average each embedding with its mirror image's (the
+            encoder becomes ``<name>+flip``, its default field ``emb_<name>_flip``;
+            twice the compute): a left-right flipped copy gets the same vector
 
     Returns:
         an :class:`EmbeddingReport`
@@ -115,7 +118,12 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
     from lookalike.encoders.base import Encoder
 
     if not isinstance(encoder, Encoder):
-        encoder = load_encoder(encoder)
+        encoder = load_encoder(encoder, flip_average=flip_average)
+    elif flip_average and not encoder.flip_average:
+        import copy
+
+        encoder = copy.copy(encoder)  # the caller's encoder stays as it was
+        encoder.flip_average = True
     dataset = fo_adapter.root_dataset(samples)
     field_name = embeddings_field or default_field_name(encoder)
     _check_field_name(field_name)

@@ -118,6 +118,44 @@ def duplicate_group_rows(samples, limit=100):
     return sorted(rows.values(), key=lambda r: r["group"])[:limit]
 
 
+def group_member_rows(samples, sample_id):
+    """The members of ``sample_id``'s duplicate group (of the published run), kept one first:
+    file, distance and inliers to the kept sample, and why each is in the group.
+
+    ``[]`` when the sample is in no group.
+    """
+    from fiftyone import ViewField as F
+
+    from lookalike.curation.duplicates import (
+        DISTANCE_FIELD,
+        GROUP_FIELD,
+        INLIERS_FIELD,
+        REASON_FIELD,
+        duplicates_view,
+    )
+
+    schema = samples.get_field_schema()
+    if GROUP_FIELD not in schema:
+        return []
+    view = duplicates_view(samples)
+    group = view.select(sample_id).values(GROUP_FIELD)
+    if not group:
+        return []
+    members = view.match(F(GROUP_FIELD) == group[0])
+    fields = ["id", "filepath", "tags", DISTANCE_FIELD]
+    ids, paths, tags, dists = members.values(fields)
+    inliers = (members.values(INLIERS_FIELD) if INLIERS_FIELD in schema
+               else [None] * len(ids))
+    reasons = members.values(REASON_FIELD) if REASON_FIELD in schema else [None] * len(ids)
+    rows = [{"id": i, "file": os.path.basename(p),
+             "kept": "duplicate" not in (t or []),
+             "distance": None if d is None else round(float(d), 4),
+             "inliers": None if n is None else int(n),
+             "reason": "kept" if "duplicate" not in (t or []) else (why or "")}
+            for i, p, t, d, n, why in zip(ids, paths, tags, dists, inliers, reasons)]
+    return sorted(rows, key=lambda r: (not r["kept"], r["distance"] or 0.0))
+
+
 def outlier_rows(samples, limit=100):
     """The flagged no-match samples, most isolated first."""
     from lookalike.curation.outliers import DISTANCE_FIELD, FLAG_FIELD, outliers_view

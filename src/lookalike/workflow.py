@@ -196,8 +196,10 @@ def curate_photos(dataset, brain_key, log=print):
     dup = pair_scores(predicted, truth_groups)
     relations = relation_recall(photos, predicted)
     out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
+    # Said in full when it is not the synthetic copies (an encoder that cannot be loaded).
+    source = "synthetic copies" if cal.duplicate_rule.startswith("keeps") else cal.duplicate_rule
     log(f"  {brain_key}: duplicate threshold {cal.duplicate_threshold:.4f} "
-        f"(synthetic copies), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
+        f"({source}), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
         f"recall {dup['recall']:.3f} F1 {dup['f1']:.3f}")
     v = dups.verification or {}
     log(f"  {brain_key}: " + (f"geometric verification: {dups.num_verified_pairs} pairs added "

@@ -168,13 +168,20 @@ def resolve_path(name_or_path, store_dir=None):
     return os.path.join(store_dir or default_store_dir(), validate_name(name_or_path))
 
 
-def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
+def load_encoder(name_or_path, store_dir=None, image_size=None, flip_average=False, **kwargs):
     """Loads an encoder by store name or directory; validates everything first.
+
+    ``flip_average`` (or a name ending in ``+flip``): embeddings averaged with
+    the mirror image's (see :class:`~lookalike.encoders.base.Encoder`).
 
     Raises :class:`EncoderStoreError` for a directory that is not ours, missing
     or corrupt weights, an ``image_size`` other than the one it was trained at,
     or weights written by a framework version this installation cannot read.
     """
+    from lookalike.encoders.base import FLIP_SUFFIX
+
+    if str(name_or_path).endswith(FLIP_SUFFIX):
+        name_or_path, flip_average = str(name_or_path)[:-len(FLIP_SUFFIX)], True
     path = resolve_path(name_or_path, store_dir)
     manifest = read_manifest(path)
     if image_size is not None and int(image_size) != int(manifest["image_size"]):
@@ -187,7 +194,9 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, **kwargs):
         from lookalike.encoders.autoencoder import AutoencoderEncoder as cls
     else:
         from lookalike.encoders.keras import KerasEncoder as cls
-    return cls(path, manifest, **kwargs)
+    encoder = cls(path, manifest, **kwargs)
+    encoder.flip_average = bool(flip_average)
+    return encoder
 
 
 @dataclass

@@ -12,14 +12,28 @@ def l2_normalize(x, eps=1e-12):
     return x / np.maximum(norms, eps)
 
 
+# A flip-averaged encoder is named after its weights plus this suffix (store names
+# cannot hold "+"), so a field's record, an index and a query all load the same kind.
+FLIP_SUFFIX = "+flip"
+
+
 class Encoder:
-    """A trained encoder, ready to embed. Subclasses implement :meth:`_forward`."""
+    """A trained encoder, ready to embed. Subclasses implement :meth:`_forward`.
+
+    ``flip_average``: each embedding is the mean of the image's and its mirror
+    image's (each L2-normalised first), so an image and its left-right flip get
+    the same vector; twice the compute. It is part of :attr:`name` and
+    :attr:`version` (``<name>+flip``): a field never mixes the two kinds.
+    """
+
+    flip_average = False
 
     def __init__(self, path, manifest):
         self.path = path
         self.manifest = manifest
 
-    name = property(lambda self: self.manifest["name"])
+    name = property(lambda self: self.manifest["name"] + (FLIP_SUFFIX if self.flip_average
+                                                          else ""))
     kind = property(lambda self: self.manifest["kind"])
     image_size = property(lambda self: int(self.manifest["image_size"]))
     embedding_size = property(lambda self: int(self.manifest["embedding_size"]))
@@ -30,7 +44,8 @@ class Encoder:
         digest = "".join(sorted(self.manifest["files"].values()))
         import hashlib
 
-        return f"{self.name}@{hashlib.sha256(digest.encode()).hexdigest()[:12]}"
+        weights = f"{self.manifest['name']}@{hashlib.sha256(digest.encode()).hexdigest()[:12]}"
+        return weights + (FLIP_SUFFIX if self.flip_average else "")
 
     def _forward(self, images):
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, D) float32, not normalised."""
@@ -47,6 +62,10 @@ class Encoder:
         if len(images) == 0:
             return np.zeros((0, self.embedding_size), np.float32)
         out = np.asarray(self._forward(images), dtype=np.float32)
+        if self.flip_average:
+            mirrored = np.asarray(self._forward(np.ascontiguousarray(images[:, :, ::-1])),
+                                  dtype=np.float32)
+            out = (l2_normalize(out) + l2_normalize(mirrored)) / 2
         return l2_normalize(out) if normalize else out
 
     def iter_embed_paths(self, paths, batch_size=64, normalize=True, sample_ids=None,
