@@ -257,15 +257,14 @@ class ComputeEmbeddings(forms.BackgroundOperator):
 
     def form(self, inputs, ctx):
         from lookalike.embeddings import default_field_name
-
-        from lookalike.encoders.base import FLIP_SUFFIX
+        from lookalike.encoders.base import variant_name
 
         name = forms.encoder_input(inputs, ctx)
         inputs.bool("flip_average", label="Average with the mirror image", default=False,
                     description="A left-right flipped copy then gets the same vector "
                                 "(twice the time)")
-        if name and ctx.params.get("flip_average"):
-            name += FLIP_SUFFIX
+        if name:
+            name = variant_name(name, ctx.params.get("flip_average"))
         inputs.str("embeddings_field", label="Embeddings field", default=default_field_name(name),
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
@@ -281,12 +280,11 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         if not name:
             return None
         manifest = read_manifest(resolve_path(name), verify_files=False)
-        view = ctx.target_view()
-        from lookalike.encoders.base import FLIP_SUFFIX
+        from lookalike.encoders.base import variant_name
 
+        view = ctx.target_view()
         flip = bool(ctx.params.get("flip_average"))
-        field = ctx.params.get("embeddings_field") or default_field_name(
-            name + (FLIP_SUFFIX if flip else ""))
+        field = ctx.params.get("embeddings_field") or default_field_name(variant_name(name, flip))
         if not ctx.params.get("overwrite"):
             view = view.exists(field, False)  # the rest are skipped
         seconds = estimate_seconds(manifest["kind"], "embed", view.count(),

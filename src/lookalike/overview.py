@@ -127,6 +127,7 @@ def group_member_rows(samples, sample_id):
     from fiftyone import ViewField as F
 
     from lookalike.curation.duplicates import (
+        DEFAULT_TAG,
         DISTANCE_FIELD,
         GROUP_FIELD,
         INLIERS_FIELD,
@@ -147,12 +148,12 @@ def group_member_rows(samples, sample_id):
     inliers = (members.values(INLIERS_FIELD) if INLIERS_FIELD in schema
                else [None] * len(ids))
     reasons = members.values(REASON_FIELD) if REASON_FIELD in schema else [None] * len(ids)
-    rows = [{"id": i, "file": os.path.basename(p),
-             "kept": "duplicate" not in (t or []),
+    kept = [DEFAULT_TAG not in (t or []) for t in tags]
+    rows = [{"id": i, "file": os.path.basename(p), "kept": k,
              "distance": None if d is None else round(float(d), 4),
              "inliers": None if n is None else int(n),
-             "reason": "kept" if "duplicate" not in (t or []) else (why or "")}
-            for i, p, t, d, n, why in zip(ids, paths, tags, dists, inliers, reasons)]
+             "reason": "kept" if k else (why or "")}
+            for i, p, k, d, n, why in zip(ids, paths, kept, dists, inliers, reasons)]
     return sorted(rows, key=lambda r: (not r["kept"], r["distance"] or 0.0))
 
 

@@ -17,6 +17,11 @@ def l2_normalize(x, eps=1e-12):
 FLIP_SUFFIX = "+flip"
 
 
+def variant_name(name, flip_average):
+    """The name (or version) of an encoder's flip-averaged variant, or ``name`` itself."""
+    return name + FLIP_SUFFIX if flip_average else name
+
+
 class Encoder:
     """A trained encoder, ready to embed. Subclasses implement :meth:`_forward`.
 
@@ -32,8 +37,7 @@ class Encoder:
         self.path = path
         self.manifest = manifest
 
-    name = property(lambda self: self.manifest["name"] + (FLIP_SUFFIX if self.flip_average
-                                                          else ""))
+    name = property(lambda self: variant_name(self.manifest["name"], self.flip_average))
     kind = property(lambda self: self.manifest["kind"])
     image_size = property(lambda self: int(self.manifest["image_size"]))
     embedding_size = property(lambda self: int(self.manifest["embedding_size"]))
@@ -45,7 +49,7 @@ class Encoder:
         import hashlib
 
         weights = f"{self.manifest['name']}@{hashlib.sha256(digest.encode()).hexdigest()[:12]}"
-        return weights + (FLIP_SUFFIX if self.flip_average else "")
+        return variant_name(weights, self.flip_average)
 
     def _forward(self, images):
         """(N, S, S, 3) uint8 at ``image_size`` -> (N, D) float32, not normalised."""
