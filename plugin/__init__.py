@@ -8,6 +8,8 @@ heavy at module level: Paddle and TensorFlow load only inside operators that
 need them.
 """
 
+import os
+
 import fiftyone.operators.types as types
 from fiftyone.operators.types import RiskLevel
 
@@ -31,12 +33,23 @@ def _one_line_errors(operator_cls):
         try:
             if check_run is not None:
                 check_run(self, ctx)
-            return operator_cls.execute(self, ctx)
+            result = operator_cls.execute(self, ctx)
         except LookalikeError as e:
             raise Exception(one_line(e)) from None
+        # The index a run used is the one every form offers first next time.
+        if isinstance(ctx.params.get("brain_key"), str) and ctx.params["brain_key"] in (
+                _our_keys(ctx)):
+            forms.remember_index(ctx, ctx.params["brain_key"])
+        return result
 
     return type(operator_cls.__name__, (operator_cls,),
                 {"execute": execute, "__module__": operator_cls.__module__})
+
+
+def _our_keys(ctx):
+    import lookalike.similarity as ls
+
+    return ls.our_brain_keys(ctx.dataset) if ctx.dataset is not None else []
 
 
 class _RegisteringWithOneLineErrors:
@@ -350,6 +363,9 @@ class BuildIndex(forms.BackgroundOperator):
         return {"brain_key": key, "size": index.total_index_size, "missing": index.num_missing}
 
 
+DIST_FIELD = "similarity_dist"
+
+
 class SortBySimilarity(forms.Operator):
     options = dict(name="sort_by_similarity", label="Lookalike: find similar images",
                    description="Show the samples most similar to the selected ones or to an "
@@ -372,7 +388,8 @@ class SortBySimilarity(forms.Operator):
                    description=(f"{n} selected sample(s) will be the query" if n else
                                 "No sample selected: give the path of an image file"),
                    invalid=reason is not None, error_message=reason)
-        inputs.str("dist_field", label="Distance field", default="similarity_dist")
+        inputs.str("dist_field", label="Distance field", default=DIST_FIELD,
+                   description="Shown on each tile of the results")
         if n <= 1:
             inputs.bool("verify", label="Re-rank by local features", default=False,
                         description="The same object or scene seen again first: results "
@@ -382,14 +399,17 @@ class SortBySimilarity(forms.Operator):
         import lookalike.similarity as ls
 
         verify = bool(ctx.params.get("verify"))
+        dist_field = ctx.params.get("dist_field") or DIST_FIELD
         view = ls.sort_by_similarity(
             ctx.dataset, ctx.params["brain_key"], query_ids=ctx.selected,
             query_path=ctx.params.get("query_path"), k=ctx.params.get("k", 25),
-            dist_field=ctx.params.get("dist_field") or None, verify=verify)
+            dist_field=dist_field, verify=verify)
         ctx.ops.set_view(view)
-        dist_field = ctx.params.get("dist_field") or None
+        # The distances (and inliers) on the tiles, beside the labels already shown.
+        shown = ["tags", dist_field] + (["similarity_inliers"] if verify else [])
+        ctx.ops.set_active_fields(shown + forms.label_fields(ctx.dataset))
         paths = view.values("filepath")
-        dists = view.values(dist_field) if dist_field else [None] * len(paths)
+        dists = view.values(dist_field)
         inliers = view.values("similarity_inliers") if verify else [None] * len(paths)
         rows = [{"path": p, "distance": d, "inliers": i}
                 for p, d, i in zip(paths, dists, inliers)]
@@ -410,7 +430,7 @@ class CalibrateThreshold(forms.BackgroundOperator):
                    "procedure) or from the nearest-neighbour distances; saved with the index",
                    dynamic=True, risk_level=RiskLevel.MEDIUM)
     title = "Calibrate thresholds"
-    outputs = (("float", "threshold", "Match threshold"),
+    outputs = (("float", "threshold", "No-match threshold"),
                ("float", "duplicate_threshold", "Duplicate threshold"), ("str", "note", "Method"),
                ("str", "duplicate_rule", "Duplicate threshold from"),
                ("int", "min_inliers", "Inliers that verify a pair"),
@@ -445,7 +465,7 @@ class CalibrateThreshold(forms.BackgroundOperator):
                          min=0.0, max=0.9, default=0.2,
                          description="Open set: rejecting unknown classes counts (0: closed set)")
         forms.execution_notice(inputs, self, ctx)
-        inputs.view_target(ctx)
+        forms.dataset_target(inputs, ctx, "Calibrate")
 
     def execute(self, ctx):
         import lookalike.curation as lc
@@ -456,7 +476,7 @@ class CalibrateThreshold(forms.BackgroundOperator):
             method=ctx.params.get("method"), target=ctx.params.get("target"),
             unknown_fraction=ctx.params.get("unknown_fraction", 0.2),
             progress=forms.progress(ctx))
-        ctx.ops.notify(f"Match threshold {calibration.threshold:.4f}, duplicate threshold "
+        ctx.ops.notify(f"No-match threshold {calibration.threshold:.4f}, duplicate threshold "
                        f"{calibration.duplicate_threshold:.4f} ({calibration.method})",
                        variant="success")
         out = {k: getattr(calibration, k) for k in (
@@ -484,7 +504,7 @@ class FlagOutliers(forms.BackgroundOperator):
         forms.threshold_input(inputs, ctx, key, "threshold")
         inputs.str("tag", label="Tag", default=DEFAULT_TAG)
         forms.execution_notice(inputs, self, ctx)
-        inputs.view_target(ctx)
+        forms.dataset_target(inputs, ctx, "Flag outliers in")
 
     def execute(self, ctx):
         import lookalike.curation as lc
@@ -509,13 +529,6 @@ KEEP_LABELS = {
 }
 
 
-def _verify_choices():
-    from lookalike.verification import VERIFY_UP_TO
-
-    return [("auto", f"auto (on up to {VERIFY_UP_TO:,} samples)"), ("on", "on"),
-            ("off", "off (embedding distance only)")]
-
-
 class FindDuplicates(forms.BackgroundOperator):
     options = dict(name="find_duplicates", label="Lookalike: find near-duplicates",
                    description="Group near-duplicate and byte-identical images, tag all but one "
@@ -537,29 +550,32 @@ class FindDuplicates(forms.BackgroundOperator):
         forms.choice_input(inputs, ctx, "keep", forms.labelled_choices(KEEP_POLICIES, KEEP_LABELS),
                            "Keep in each group", default="first")
         if key:
-            forms.choice_input(inputs, ctx, "verify", _verify_choices(), "Geometric verification",
-                               default="auto", description=(
+            forms.choice_input(inputs, ctx, "verify", forms.verify_choices(),
+                               "Geometric verification", default="auto", description=(
                                    "Local features (SIFT) confirm the same object or scene "
                                    "seen again, from another viewpoint too; the inliers go to "
                                    "'dup_inliers' and each member's reason to 'dup_reason'"))
         forms.execution_notice(inputs, self, ctx)
-        inputs.view_target(ctx)
+        forms.dataset_target(inputs, ctx, "Search")
 
     def execute(self, ctx):
         import lookalike.curation as lc
 
-        verify = {"on": True, "off": False}.get(ctx.params.get("verify"), "auto")
+        verify = forms.verify_param(ctx)
         report = lc.find_duplicates(ctx.target_view(), ctx.params.get("brain_key") or None,
                                     threshold=ctx.params.get("threshold"),
                                     keep=ctx.params.get("keep", "first"), verify=verify,
                                     progress=forms.progress(ctx))
         if not ctx.delegated:
             ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
-        ctx.ops.notify(f"{report.num_groups} duplicate groups; {report.num_duplicates} samples "
+            forms.show_duplicate_fields(ctx)
+        by = f"Index '{report.brain_key}': " if report.brain_key else ""
+        ctx.ops.notify(f"{by}{report.num_groups} duplicate groups; {report.num_duplicates} samples "
                        f"tagged 'duplicate'; {report.num_verified_pairs} pairs verified by local "
                        "features", variant="success")
         out = report.to_record()
-        out["groups"] = [{"group": n, "size": len(g), "kept": report.files[g[0]]}
+        out["groups"] = [{"group": n, "size": len(g),
+                          "kept": os.path.basename(report.files[g[0]])}
                          for n, g in enumerate(report.groups[:200], 1)]
         return out
 
@@ -733,4 +749,7 @@ def register(p):
 
     p.register(MatchLabels)
     p.register(MatchImages)
+    from .leak_operators import FindLeaks
+
+    p.register(FindLeaks)
     p.register(LookalikePanel)

@@ -200,15 +200,43 @@ def labelled_choices(values, labels):
     return [(value, labels[value]) for value in values]
 
 
+# FiftyOne's execution store of the dataset: what the plugin remembers of it.
+STORE = "lookalike"
+
+
+def remembered_index(ctx):
+    """The index last used on this dataset (by any of our operators or the panel), or None."""
+    if ctx.dataset is None:
+        return None
+    return ctx.store(STORE).get("brain_key")
+
+
+def remember_index(ctx, brain_key):
+    """Remembers ``brain_key`` as this dataset's last-used index (offered first next time)."""
+    if brain_key and ctx.dataset is not None:
+        ctx.store(STORE).set("brain_key", brain_key)
+
+
+def preferred_index(ctx):
+    """The index offered first: the last used, else :func:`lookalike.overview.preferred_index`."""
+    from lookalike.overview import preferred_index as preferred
+
+    return preferred(ctx.dataset, remembered_index(ctx)) if ctx.dataset is not None else None
+
+
 def brain_key_input(inputs, ctx, none_choice=None):
-    """A dropdown of our similarity indexes; returns the chosen key.
+    """A dropdown of our similarity indexes, the preferred one first; returns the chosen key.
 
     ``none_choice`` labels an extra "" choice, for an operator that can do
     without an index. With no choice at all the form says so and ends.
     """
     import lookalike.similarity as ls
 
-    choices = [(k, k) for k in (ls.our_brain_keys(ctx.dataset) if ctx.dataset else [])]
+    keys = ls.our_brain_keys(ctx.dataset) if ctx.dataset else []
+    first = preferred_index(ctx) if keys else None
+    last = remembered_index(ctx) if keys else None
+    choices = [(k, f"{k} (last used)" if k == last else k)
+               for k in sorted(keys, key=lambda k: k != first)]
     if none_choice:
         choices.append(("", none_choice))
     if not choices:
@@ -216,6 +244,25 @@ def brain_key_input(inputs, ctx, none_choice=None):
             label="No lookalike index yet: compute embeddings and build an index first"))
     return choice_input(inputs, ctx, "brain_key", choices, "Similarity index",
                         required=not none_choice)
+
+
+# A target this small is most likely a selection left over from browsing.
+FEW_SAMPLES = 50
+
+
+def dataset_target(inputs, ctx, action):
+    """The samples a dataset-level job works on: the whole dataset unless the user picks
+    the current view or selection; a warning where that is a handful of samples."""
+    inputs.view_target(ctx, default_target="DATASET", action_description=action)
+    # FiftyOne carries the choice beside the view and the selection, not in the params.
+    target = ctx.request_params.get("view_target")
+    if target in ("SELECTED_SAMPLES", "CURRENT_VIEW"):
+        n = len(ctx.selected or []) if target == "SELECTED_SAMPLES" else len(ctx.view)
+        if n < FEW_SAMPLES:
+            inputs.view("few_samples", types.Warning(label=(
+                f"Only {n} sample{'s' * (n != 1)} of the "
+                f"{'selection' if target == 'SELECTED_SAMPLES' else 'current view'}: "
+                f"pick 'Dataset' above to {action.lower()} the whole dataset")))
 
 
 def embeddings_field_input(inputs, ctx):
@@ -241,6 +288,20 @@ def classification_fields(dataset):
     import fiftyone as fo
 
     return sorted(dataset.get_field_schema(embedded_doc_type=fo.Classification)) if dataset else []
+
+
+def label_fields(dataset):
+    """The dataset's top-level label fields (what the App shows on tiles by default)."""
+    import fiftyone as fo
+
+    return sorted(dataset.get_field_schema(embedded_doc_type=fo.Label)) if dataset else []
+
+
+def show_duplicate_fields(ctx):
+    """The distance and inliers to the kept sample on each tile (the tags say which is kept)."""
+    from lookalike.curation.duplicates import DISTANCE_FIELD, INLIERS_FIELD
+
+    ctx.ops.set_active_fields(["tags", DISTANCE_FIELD, INLIERS_FIELD] + label_fields(ctx.dataset))
 
 
 def label_field_input(inputs, ctx, missing="This dataset has no Classification field",
@@ -288,8 +349,22 @@ def threshold_input(inputs, ctx, brain_key, which):
         text = f"empty: the calibrated {value:.4f} ({calibration.method})"
     except LookalikeError as e:  # no calibration, a stale one, an index that cannot load
         value, text = None, one_line(e)
-    inputs.float("threshold", label="Distance threshold (cosine, 0-2)", min=0.0, max=2.0,
-                 required=value is None, description=text)
+    name = "No-match" if which == "threshold" else "Duplicate"
+    inputs.float("threshold", label=f"{name} threshold (cosine distance, 0-2)", min=0.0,
+                 max=2.0, required=value is None, description=text)
+
+
+def verify_choices():
+    """The geometric verification choices of a duplicate search (see :func:`verify_param`)."""
+    from lookalike.verification import VERIFY_UP_TO
+
+    return [("auto", f"auto (on up to {VERIFY_UP_TO:,} samples)"), ("on", "on"),
+            ("off", "off (embedding distance only)")]
+
+
+def verify_param(ctx):
+    """The ``verify=`` of a package call from the form's choice: True, False or "auto"."""
+    return {"on": True, "off": False}.get(ctx.params.get("verify"), "auto")
 
 
 # -- outputs ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ class MatchLabels(forms.BackgroundOperator):
                    risk_level=RiskLevel.MEDIUM)
     title = "Match labels"
     outputs = (("str", "pred_field", "Predictions in"), ("int", "num_matched", "Labelled"),
-               ("int", "num_no_match", "No match"), ("float", "threshold", "Match threshold"))
+               ("int", "num_no_match", "No match"), ("float", "threshold", "No-match threshold"))
 
     def form(self, inputs, ctx):
         from lookalike.curation.match import STRATEGIES, default_prediction_field

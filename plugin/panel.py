@@ -11,6 +11,7 @@ from urllib.parse import quote
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from . import forms
 from .forms import ICON, MATCH_COLUMNS, table_view
 
 PLUGIN = "@lookalike/similarity"
@@ -25,7 +26,16 @@ OPERATOR_BUTTONS = (
     ("visualize_embeddings", "Project"),
     ("match_labels", "Match labels"),
     ("match_images", "Match new images"),
+    ("find_leaks", "Leaks"),
 )
+
+
+def _origin(dataset, kind):
+    """`` (by index 'K', <time>)``: where the results of ``kind`` shown now come from."""
+    from lookalike import overview
+
+    origin = overview.result_origin(dataset, kind)
+    return f" ({origin['text']})" if origin else ""
 
 
 def _media_url(path):
@@ -80,6 +90,7 @@ class LookalikePanel(foo.Panel):
         row = ctx.params.get("row")
         if row is not None and 0 <= int(row) < len(rows):
             ctx.panel.state.run = rows[int(row)]
+            forms.remember_index(ctx, ctx.panel.state.run)  # the forms offer it first too
         self._refresh(ctx)
 
     def show_group(self, ctx):
@@ -94,6 +105,7 @@ class LookalikePanel(foo.Panel):
         # Only the published run's group of that number (older runs' values may linger).
         view = lc.duplicates_view(ctx.dataset).match(F("dup_group") == groups[int(row)])
         ctx.ops.set_view(view)
+        forms.show_duplicate_fields(ctx)
 
     def show_outlier(self, ctx):
         ids = ctx.panel.state.outlier_ids or []
@@ -105,6 +117,7 @@ class LookalikePanel(foo.Panel):
         import lookalike.curation as lc
 
         ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
+        forms.show_duplicate_fields(ctx)
 
     def show_all_outliers(self, ctx):
         import lookalike.curation as lc
@@ -121,21 +134,24 @@ class LookalikePanel(foo.Panel):
         from lookalike import overview
 
         state = ctx.panel.state
-        encoders = overview.encoder_rows()
+        encoders = overview.encoder_rows(
+            dataset_name=ctx.dataset.name if ctx.dataset is not None else None)
         state.encoders = [{k: v for k, v in r.items() if k != "previews"} for r in encoders]
         previews = [p for r in encoders if r["kind"] == "autoencoder" for p in r["previews"][:1]]
         state.preview = _media_url(previews[0]) if previews else None
         state.preview_caption = (
             f"Reconstructions of '{next(r['name'] for r in encoders if r['previews'])}' "
-            "(top: input, bottom: output)" if previews else None)
+            "(left: input, right: its reconstruction)" if previews else None)
         if ctx.dataset is None:
             state.runs, state.run_keys = [], []
             return
         runs = overview.run_rows(ctx.dataset)
-        state.runs = runs
         state.run_keys = [r["brain_key"] for r in runs]
-        if state.run not in state.run_keys:
-            state.run = state.run_keys[0] if state.run_keys else None
+        if state.run not in state.run_keys:  # first look: the last used, else the best
+            state.run = forms.preferred_index(ctx)
+        for r in runs:
+            r["shown"] = "▶" if r["brain_key"] == state.run else ""
+        state.runs = runs
         summary = overview.run_summary(ctx.dataset, state.run) if state.run else None
         state.summary = "\n\n".join(summary["lines"]) if summary else None
         figures = (summary or {}).get("figures") or {}
@@ -146,6 +162,8 @@ class LookalikePanel(foo.Panel):
             ctx.panel.set_state(f"layout_{name}", fig["layout"])
         groups = overview.duplicate_group_rows(ctx.dataset)
         state.groups = groups
+        state.groups_origin = _origin(ctx.dataset, "duplicates")
+        state.outliers_origin = _origin(ctx.dataset, "outliers")
         state.group_numbers = [g["group"] for g in groups]
         outliers = overview.outlier_rows(ctx.dataset)
         state.outliers = [{k: v for k, v in r.items() if k != "id"} for r in outliers]
@@ -203,9 +221,9 @@ class LookalikePanel(foo.Panel):
 
         panel.md("**Similarity indexes**", name="runs_title")
         if state.runs:
-            runs = table_view([("brain_key", "Brain key"), ("field", "Field"),
-                           ("encoder", "Encoder"), ("size", "Samples"), ("engine", "Engine"),
-                           ("calibration", "Calibration"), ("evaluation", "Evaluation")])
+            runs = table_view([("shown", "Shown"), ("brain_key", "Brain key"), ("field", "Field"),
+                               ("encoder", "Encoder"), ("size", "Samples"), ("engine", "Engine"),
+                               ("calibration", "Calibration"), ("evaluation", "Evaluation")])
             runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
             panel.list("runs", types.Object(), view=runs)
             panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary")
@@ -216,7 +234,7 @@ class LookalikePanel(foo.Panel):
             panel.md("No lookalike index on this dataset yet: compute embeddings, then build "
                      "an index.", name="no_runs")
 
-        panel.md("**Near-duplicate groups**", name="groups_title")
+        panel.md("**Near-duplicate groups**" + (state.groups_origin or ""), name="groups_title")
         if state.groups:
             groups = table_view([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
                              ("max_distance", "Widest distance"),
@@ -227,7 +245,7 @@ class LookalikePanel(foo.Panel):
         else:
             panel.md("None found yet (Find duplicates).", name="no_groups")
 
-        panel.md("**No-match outliers**", name="outliers_title")
+        panel.md("**No-match outliers**" + (state.outliers_origin or ""), name="outliers_title")
         if state.outliers:
             outliers = table_view([("file", "File"), ("nn_distance", "Nearest-neighbour distance")])
             outliers.add_row_action("show_outlier", self.show_outlier, label="Show", icon="image")

@@ -153,7 +153,8 @@ def cmd_demo(args):
         from lookalike.workflow import curate_digits, curate_photos
 
         print("\ncuration of the photos (label-free thresholds) against the demo's ground truth:")
-        for key in keys:
+        # The best index last: the dataset's tags, and so the App, show its results.
+        for key in reversed(keys):
             curate_photos(dataset, key)
         print("\nmetric learning on the digits (TF Similarity's calibration, open set):")
         curate_digits(dataset, quick=args.quick)
@@ -396,7 +397,7 @@ def cmd_calibrate(args):
                                       unknown_fraction=args.unknown_fraction,
                                       unknown_classes=args.unknown_class,
                                       progress=_Progress("calibrating"))
-    print(f"'{args.brain_key}' calibrated ({calibration.method}): match threshold "
+    print(f"'{args.brain_key}' calibrated ({calibration.method}): no-match threshold "
           f"{calibration.threshold:.4f}; duplicate threshold "
           f"{calibration.duplicate_threshold:.4f}")
     print(f"  {calibration.note}")

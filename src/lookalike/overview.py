@@ -6,12 +6,15 @@ The panel (and anything else) renders these; nothing here knows about the App.
 import os
 
 
-def encoder_rows(store_dir=None):
-    """One row per saved encoder, with its training facts and preview images (autoencoders)."""
+def encoder_rows(store_dir=None, dataset_name=None):
+    """One row per saved encoder, with its training facts and preview images (autoencoders);
+    those trained on ``dataset_name`` first."""
     from lookalike.encoders import list_encoders, resolve_path
 
     rows = []
-    for m in list_encoders(store_dir=store_dir):
+    saved = list_encoders(store_dir=store_dir)
+    saved.sort(key=lambda m: (m.get("training_data") or {}).get("dataset") != dataset_name)
+    for m in saved:
         data = m.get("training_data") or {}
         loss = (m.get("final_metrics") or {}).get("loss")
         previews = []
@@ -82,12 +85,83 @@ def run_summary(dataset, brain_key):
         if curation.get(name):
             summary = curation[name]
             if name == "duplicates":
-                out["lines"].append(f"Duplicates: {summary['num_groups']} groups, "
-                                    f"{summary['num_duplicates']} tagged")
+                line = (f"Duplicates: {summary['num_groups']} groups, "
+                        f"{summary['num_duplicates']} tagged")
             else:
-                out["lines"].append(f"Outliers: {summary['num_outliers']} of "
-                                    f"{summary['num_searched']} tagged")
+                line = f"Outliers: {summary['num_outliers']} of {summary['num_searched']} tagged"
+            out["lines"].append(f"{line}, {_when(summary.get('saved_at'))}; "
+                                f"{_shown_or_replaced(dataset, name, brain_key)}")
     return out
+
+
+def _when(at):
+    """A time as the panel shows it: UTC, to the minute (``at``: a datetime or epoch seconds)."""
+    import datetime
+
+    if at is None:
+        return "time unknown"
+    if not isinstance(at, datetime.datetime):
+        at = datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc)
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _shown_or_replaced(dataset, kind, brain_key):
+    """Whether the dataset's tags and fields of ``kind`` are ``brain_key``'s results, in words."""
+    shown = result_origin(dataset, kind)
+    if shown and shown.get("brain_key") == brain_key:
+        return "these are the tags in the dataset now"
+    job = "find duplicates" if kind == "duplicates" else "flag outliers"
+    other = (f"index '{shown['brain_key']}' ({_when(shown.get('at'))})" if shown and
+             shown.get("brain_key") else "another run")
+    return f"the dataset now shows {other}: {job} with this index to show these again"
+
+
+def result_origin(dataset, kind):
+    """``{"brain_key", "at", "text"}`` of the results of ``kind`` ("duplicates", "outliers",
+    "leaks") the dataset shows now, or None before any run."""
+    from lookalike.curation import runs
+
+    info = runs.published_info(dataset, kind)
+    if not info:
+        return None
+    key = info.get("brain_key")
+    by = f"index '{key}'" if key else ("byte-identical files" if kind == "duplicates"
+                                      else "an earlier version")
+    return {"brain_key": key, "at": info.get("at"),
+            "text": f"by {by}, {_when(info.get('at'))}"}
+
+
+def preferred_index(dataset, remembered=None):
+    """The index a form or the panel offers first, or None without one.
+
+    ``remembered`` (the one last used on this dataset) while it exists; else the
+    index whose duplicates or outliers the dataset shows now (the latest such
+    run); else the best-calibrated: a fresh calibration before a stale one, one
+    from labels before a label-free one, the most recent first.
+    """
+    import lookalike.similarity as ls
+    from lookalike.curation import records
+
+    keys = ls.our_brain_keys(dataset)
+    if remembered in keys:
+        return remembered
+    shown = [r for r in (result_origin(dataset, k) for k in ("duplicates", "outliers"))
+             if r and r["brain_key"] in keys]
+    if shown:
+        return max(shown, key=lambda r: r["at"])["brain_key"]
+
+    def rank(key):
+        try:
+            index = ls.load_index(dataset, key)
+        except Exception:  # noqa: BLE001 - an index that cannot load comes last
+            return (0, 0, 0.0)
+        cal = (index.curation or {}).get("calibration")
+        if not cal:
+            return (0, 0, 0.0)
+        return (1 + records.is_fresh(index, "calibration"), bool(cal.get("label_field")),
+                float(cal.get("saved_at") or 0.0))
+
+    return max(keys, key=rank) if keys else None
 
 
 def duplicate_group_rows(samples, limit=100):

@@ -77,8 +77,9 @@ def train_demo_encoders(dataset, quick=False, retrain=False, log=print, store_di
     return manifests
 
 
-# Photos are embedded by both photo encoders and indexed; the summary checks the
-# index against the demo's ground truth (each original's planted copies).
+# Photos are embedded by both photo encoders and indexed, the best first; the
+# summary checks each index against the demo's ground truth (each original's
+# planted copies).
 PHOTO_INDEXES = (("demo-contrastive", "emb_contrastive"), ("demo-autoencoder", "emb_autoencoder"))
 
 
@@ -231,7 +232,7 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
     unknown = cal.unknown_classes
     conf = ev.confusion
     rejected = conf["matrix"][-1][-1] / max(sum(conf["matrix"][-1]), 1) if conf else float("nan")
-    log(f"  emb_metric_sim: match threshold {cal.threshold:.4f} (F1 "
+    log(f"  emb_metric_sim: no-match threshold {cal.threshold:.4f} (F1 "
         f"{cal.metric_values['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
         f"recall@1 {ev.recall_at_1:.3f}, precision@{ev.k} {ev.precision_at_k:.3f}, "
         f"mAP@{ev.k} {ev.map_at_k:.3f}; unknown digits rejected {rejected:.3f}")

@@ -87,12 +87,12 @@ class Calibration(records.SavedResult):
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
-        text = (f"'{self.brain_key}' calibrated ({self.method}): match threshold "
+        text = (f"'{self.brain_key}' calibrated ({self.method}): no-match threshold "
                 f"{self.threshold:.4f}, duplicate threshold {self.duplicate_threshold:.4f}. "
                 f"{self.note}")
         values = {k: v for k, v in (self.metric_values or {}).items() if k != "thresholds"}
         if values:
-            text += "; at the match threshold: " + ", ".join(
+            text += "; at the no-match threshold: " + ", ".join(
                 f"{k} {v:.3f}" for k, v in values.items())
         if self.num_missing_labels:
             text += f"; {self.num_missing_labels} samples without a label were left out"

@@ -48,6 +48,8 @@ from lookalike.similarity.engine import check_engine
 from lookalike.similarity.pairs import groups_from_pairs, split_at_weak_pairs, vector_pairs
 
 DEFAULT_TAG = "duplicate"
+KEPT_TAG = "kept"  # the one sample of each group that stays: a badge on its tile
+KEPT_FIELD = "dup_kept"  # True on the kept sample of a group, False on the others
 GROUP_FIELD = "dup_group"
 DISTANCE_FIELD = "dup_distance"
 INLIERS_FIELD = "dup_inliers"  # RANSAC inliers with the kept sample (verification on)
@@ -75,6 +77,7 @@ class DuplicateReport:
     verification: dict = None  # its settings and counts; None when it did not run
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
     reasons: dict = field(default_factory=dict)  # sample id -> why it is in its group
+    brain_key: str = None  # the index that found them (None: byte-identical files only)
 
     @property
     def num_groups(self):
@@ -95,8 +98,10 @@ class DuplicateReport:
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
+        by = f"index '{self.brain_key}', " if self.brain_key else ""
         text = (f"{self.num_groups} near-duplicate groups among {self.num_searched} samples "
-                f"(threshold {self.threshold:.4f}, {self.engine} search, keep {self.keep}): "
+                f"({by}duplicate threshold {self.threshold:.4f}, {self.engine} search, "
+                f"keep {self.keep}): "
                 f"{self.num_duplicates} duplicates tagged, {self.num_exact_pairs} "
                 "byte-identical pairs")
         v = self.verification
@@ -373,14 +378,16 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
         ordered.append([kept] + rest)
     ordered.sort(key=lambda g: (-len(g), g[0]))
 
-    write_groups(samples, ids, ordered, distances, tag, inlier_counts, reasons)
+    write_groups(samples, ids, ordered, distances, tag, inlier_counts, reasons,
+                 brain_key=brain_key)
     report = DuplicateReport(
         threshold=float(pairs.threshold), engine=pairs.engine, keep=keep,
         groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(pairs.num_pairs),
         num_exact_pairs=int(pairs.num_exact), num_searched=len(ids),
         num_verified_pairs=pairs.num_verified, verification=settings,
         files={ids[p]: paths[p] for g in ordered for p in g},
-        reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons})
+        reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons},
+        brain_key=brain_key)
     if brain_key is not None:
         import lookalike.similarity as ls
 
@@ -512,10 +519,14 @@ def _reason(kind, distance, inliers, via):
     return text if via is None else f"{text} to {via}"
 
 
-def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=None):
+def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=None,
+                 brain_key=None):
     """Replaces earlier results on ``ids`` (the view's samples) with these groups; publishes.
 
-    ``distances``, ``inliers`` and ``reasons`` are keyed by position in ``ids``.
+    ``distances``, ``inliers`` and ``reasons`` are keyed by position in ``ids``;
+    the first member of each group is the kept one: ``dup_kept`` True and the
+    tag :data:`KEPT_TAG`, the others get ``tag``. ``brain_key``: the index that
+    made them, named in the published record.
 
     The caller holds the lease. :func:`runs.write` stages the values, then
     applies and publishes them: a kill anywhere leaves the old results or,
@@ -527,13 +538,14 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
     inliers, reasons = inliers or {}, reasons or {}
     for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
                         (INLIERS_FIELD, fo.IntField), (REASON_FIELD, fo.StringField),
-                        (RUN_FIELD, fo.StringField)):
+                        (KEPT_FIELD, fo.BooleanField), (RUN_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
-    group_of, dist_of, inliers_of, reason_of, tagged = {}, {}, {}, {}, []
+    group_of, dist_of, inliers_of, reason_of, kept_of, tagged = {}, {}, {}, {}, {}, []
     for number, group in enumerate(groups, 1):
         for n, p in enumerate(group):
             group_of[ids[p]] = number
+            kept_of[ids[p]] = n == 0
             dist_of[ids[p]] = None if distances.get(p) is None else float(distances[p])
             if inliers.get(p) is not None:
                 inliers_of[ids[p]] = int(inliers[p])
@@ -543,7 +555,8 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
                 tagged.append(ids[p])
     return runs.write(samples, KIND, RUN_FIELD, list(ids),
                       {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of, INLIERS_FIELD: inliers_of,
-                       REASON_FIELD: reason_of}, tag, tagged,
+                       REASON_FIELD: reason_of, KEPT_FIELD: kept_of}, tag, tagged,
+                      marked=[ids[g[0]] for g in groups], mark=KEPT_TAG, brain_key=brain_key,
                       num_groups=len(groups), num_duplicates=len(tagged))
 
 
@@ -551,8 +564,10 @@ def duplicates_view(samples):
     """The published run's grouped samples, group by group, the kept one first."""
     from fiftyone import ViewField as F
 
+    # Runs published before dup_kept existed: their kept sample is the one at distance 0.
+    kept = [(KEPT_FIELD, -1)] if KEPT_FIELD in samples.get_field_schema() else []
     return runs.published_view(samples, KIND, RUN_FIELD, F(GROUP_FIELD) != None,  # noqa: E711
-                               [(GROUP_FIELD, 1), (DISTANCE_FIELD, 1)])
+                               [(GROUP_FIELD, 1)] + kept + [(DISTANCE_FIELD, 1)])
 
 
 @dataclass

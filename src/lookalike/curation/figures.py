@@ -7,13 +7,13 @@ matplotlib: Plotly's own PNG export needs a Chrome install) show the same data.
 
 import os
 
-THRESHOLD_COLOURS = {"match threshold": "#d62728", "duplicate threshold": "#2ca02c"}
+THRESHOLD_COLOURS = {"no-match threshold": "#d62728", "duplicate threshold": "#2ca02c"}
 
 
 def _marks(calibration):
     marks = []
     if calibration.threshold is not None:
-        marks.append({"x": float(calibration.threshold), "label": "match threshold"})
+        marks.append({"x": float(calibration.threshold), "label": "no-match threshold"})
     if calibration.duplicate_threshold is not None:
         marks.append({"x": float(calibration.duplicate_threshold),
                       "label": "duplicate threshold"})

@@ -152,7 +152,8 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
     runs.write(view, KIND, RUN_FIELD, list(ids),
                {PARTNER_FIELD: {ids[p]: who for p, (_, who, _) in partner.items()},
                 REASON_FIELD: {ids[p]: why for p, (_, _, why) in partner.items()}},
-               tag, sorted(leaked), num_leaks=len(leaked), num_pairs=len(leaks))
+               tag, sorted(leaked), brain_key=brain_key, num_leaks=len(leaked),
+               num_pairs=len(leaks))
     if progress:
         progress(1.0, f"{len(leaks)} pairs across splits")
     return LeakReport(splits=found, pairs=leaks, num_searched=len(ids),

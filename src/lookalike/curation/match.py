@@ -82,7 +82,7 @@ class LabelMatchReport:
                         sorted(self.label_counts.items(), key=lambda kv: -kv[1])[:8])
         text = (f"{self.num_queries} samples matched against the labelled samples of "
                 f"'{self.brain_key}' ({self.strategy}"
-                f"{f' of {self.k}' if self.strategy == 'vote' else ''}, match threshold "
+                f"{f' of {self.k}' if self.strategy == 'vote' else ''}, no-match threshold "
                 f"{self.threshold:.4f}): {self.num_matched} got a label, {self.num_no_match} "
                 f"'{NO_MATCH}', in field '{self.pred_field}'")
         if top:
@@ -338,7 +338,7 @@ class FolderMatchReport:
     def summary(self):
         c = self.counts
         text = (f"{len(self.rows)} images of {self.directory} matched against '{self.brain_key}' "
-                f"(duplicate threshold {self.duplicate_threshold:.4f}, match threshold "
+                f"(duplicate threshold {self.duplicate_threshold:.4f}, no-match threshold "
                 f"{self.threshold:.4f}): {c['duplicate']} already there (duplicates), "
                 f"{c['match']} match a known sample")
         labelled = sum(1 for r in self.rows if r.decision == "match" and r.label is not None)

@@ -33,6 +33,7 @@ class OutlierReport:
     num_searched: int
     outlier_ids: list  # most isolated first
     distances: dict  # sample id -> nearest-neighbour distance, for the outliers
+    brain_key: str = None  # the index that found them
 
     @property
     def num_outliers(self):
@@ -45,8 +46,9 @@ class OutlierReport:
 
     def summary(self):
         """One line, for the CLI and the App."""
+        by = f" (index '{self.brain_key}')" if self.brain_key else ""
         return (f"{self.num_outliers} of {self.num_searched} samples match nothing within "
-                f"{self.threshold:.4f}")
+                f"the no-match threshold {self.threshold:.4f}{by}")
 
 
 def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=None):
@@ -98,10 +100,12 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     runs.write(samples, KIND, RUN_FIELD, ids,
                {DISTANCE_FIELD: dict(zip(ids, nn.tolist())),
                 FLAG_FIELD: dict(zip(ids, flagged.tolist()))},
-               tag, outlier_ids, num_outliers=len(outlier_ids), num_searched=len(ids))
+               tag, outlier_ids, brain_key=brain_key, num_outliers=len(outlier_ids),
+               num_searched=len(ids))
     report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
                            distances={sid: float(nn[rows_pos]) for rows_pos, sid in
-                                      enumerate(ids) if flagged[rows_pos]})
+                                      enumerate(ids) if flagged[rows_pos]},
+                           brain_key=brain_key)
     records.save(index, "outliers", report.to_record())
     return report
 

@@ -41,7 +41,7 @@ class CurationReport:
         lines.append(f"index '{self.brain_key}': {self.num_indexed} samples")
         cal = self.calibration
         if cal is not None:
-            lines.append(f"calibrated ({cal.method}): match threshold {cal.threshold:.4f}, "
+            lines.append(f"calibrated ({cal.method}): no-match threshold {cal.threshold:.4f}, "
                          f"duplicate threshold {cal.duplicate_threshold:.4f} -- "
                          f"{cal.duplicate_rule}")
         if self.duplicates is not None:

@@ -94,13 +94,15 @@ def record(dataset, kind):
             "staged": doc.get("staged")}
 
 
-def write(samples, kind, run_field, ids, values, tag, tagged, **info):
+def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=None, **info):
     """Replaces the results of ``kind`` on the samples ``ids`` with one run's; returns its id.
 
     ``values``: ``{field: {sample id: value}}`` (a missing id clears the field);
     ``tagged``: the ids that get ``tag`` (the others of ``ids`` lose it);
-    ``info``: counts kept in the published record. The fields must be declared
-    and the caller must hold the lease of ``kind``.
+    ``marked``: the ids that get the second tag ``mark`` (the kept sample of a
+    duplicate group), likewise; ``info``: what the published record keeps
+    (counts, the brain key that made the run). The fields must be declared and
+    the caller must hold the lease of ``kind``.
     """
     from bson import ObjectId
 
@@ -110,15 +112,16 @@ def write(samples, kind, run_field, ids, values, tag, tagged, **info):
     recover(dataset, kind, lease_held=True)
     run = begin(dataset, kind)
     faults.point(f"{kind}.after_begin")
-    tagged = set(tagged)
+    tagged, marked = set(tagged), set(marked)
     stage = _stage()
     for start in range(0, len(ids), _STAGE_BATCH):
         stage.insert_many([
             {"_id": f"{run}/{sid}", "run": run, "sample": ObjectId(sid),
-             "v": {f: v.get(sid) for f, v in values.items()}, "t": sid in tagged}
+             "v": {f: v.get(sid) for f, v in values.items()}, "t": sid in tagged,
+             "m": sid in marked}
             for sid in ids[start:start + _STAGE_BATCH]], ordered=False)
         faults.point(f"{kind}.staging")
-    staged = dict(info, run=run, tag=tag, run_field=run_field, fields=sorted(values))
+    staged = dict(info, run=run, tag=tag, mark=mark, run_field=run_field, fields=sorted(values))
     _collection().update_one({"_id": _key(dataset, kind), "pending": run},
                              {"$set": {"staged": staged}})
     faults.point(f"{kind}.staged")
@@ -129,19 +132,20 @@ def write(samples, kind, run_field, ids, values, tag, tagged, **info):
 def _apply_and_publish(dataset, kind, staged):
     from lookalike import faults
 
-    run, tag = staged["run"], staged["tag"]
-    without_tag = {"$filter": {"input": {"$ifNull": ["$tags", []]},
-                               "cond": {"$ne": ["$$this", tag]}}}
+    run, tag, mark = staged["run"], staged["tag"], staged.get("mark")
+    ours = [tag] + ([mark] if mark else [])
+    without_ours = {"$filter": {"input": {"$ifNull": ["$tags", []]},
+                                "cond": {"$not": [{"$in": ["$$this", ours]}]}}}
     update = {f: f"$$new.v.{f}" for f in staged["fields"]}
     update[staged["run_field"]] = run
-    update["tags"] = {"$cond": ["$$new.t", {"$concatArrays": [without_tag, [tag]]},
-                                without_tag]}
+    update["tags"] = {"$concatArrays": [without_ours, {"$cond": ["$$new.t", [tag], []]}] + (
+        [{"$cond": [{"$ifNull": ["$$new.m", False]}, [mark], []]}] if mark else [])}
     update["last_modified_at"] = "$$NOW"
     # One server-side command; setting the same values twice is harmless, so an
     # interrupted one is simply run again. Samples deleted meanwhile are skipped.
     _stage().aggregate([
         {"$match": {"run": run}},
-        {"$project": {"_id": "$sample", "v": 1, "t": 1}},
+        {"$project": {"_id": "$sample", "v": 1, "t": 1, "m": 1}},
         {"$merge": {"into": fo_adapter.sample_collection(dataset).name, "on": "_id",
                     "whenMatched": [{"$set": update}], "whenNotMatched": "discard"}},
     ])
@@ -182,6 +186,12 @@ def recover(dataset, kind, lease_held=False):
         _collection().update_one({"_id": _key(dataset, kind), "pending": pending},
                                  {"$set": {"pending": None}})
     return True
+
+
+def published_info(dataset, kind):
+    """What the published run of ``kind`` keeps: ``run``, ``at`` (UTC), ``brain_key`` (the
+    index that made it, where one did), its counts; None before any run."""
+    return record(dataset, kind)["published"]
 
 
 def published_run(dataset, kind):
