@@ -215,6 +215,14 @@ class TrainEncoder(forms.BackgroundOperator):
         }
 
 
+FORMAT_LABELS = {
+    "auto": "told from the path",
+    "lookalike": "a lookalike encoder folder",
+    "paddle-inference": "a Paddle Inference export folder",
+    "keras": "a Keras .keras file",
+}
+
+
 class LoadEncoder(forms.Operator):
     options = dict(name="load_encoder", label="Lookalike: load an encoder",
                    description="Check a saved encoder, or add an encoder directory to the model "
@@ -224,11 +232,27 @@ class LoadEncoder(forms.Operator):
                ("str", "version", "Version"), ("str", "left_behind", "Not copied"))
 
     def form(self, inputs, ctx):
+        from lookalike.encoders import MODEL_FORMATS
+        from lookalike.encoders.foreign import NORMALIZATIONS
+
         saved = forms.encoder_choices()
-        inputs.str("path", label="Encoder directory to add (optional)", required=False,
-                   description="A directory written by lookalike (it holds manifest.json)")
+        inputs.str("path", label="Model to add (optional)", required=False,
+                   description="A lookalike encoder folder (with manifest.json), a Paddle "
+                   "Inference export folder (PaddleClas, PP-ShiTu) or a Keras .keras file")
         if ctx.params.get("path"):
-            inputs.str("name", label="Store it as", required=False)
+            kind = forms.choice_input(inputs, ctx, "format",
+                                      forms.labelled_choices(MODEL_FORMATS, FORMAT_LABELS),
+                                      "Format")
+            foreign = kind not in ("auto", "lookalike")
+            inputs.str("name", label="Store it as", required=foreign)
+            if kind != "lookalike":
+                inputs.int("image_size", label="Input size (pixels)", min=8, max=1024,
+                           description="The square input the model expects (PP-ShiTu: 224); "
+                           "a Keras model says its own")
+                forms.choice_input(inputs, ctx, "normalize",
+                                   [("", "the format's usual (Paddle: ImageNet, Keras: none)")]
+                                   + [(n, n) for n in NORMALIZATIONS], "Input normalisation",
+                                   default="")
         elif saved:
             forms.choice_input(inputs, ctx, "name", saved, "Saved encoder", required=False)
         else:
@@ -238,12 +262,15 @@ class LoadEncoder(forms.Operator):
     def execute(self, ctx):
         import numpy as np
 
-        from lookalike.encoders import describe, import_encoder, load_encoder, read_manifest
+        from lookalike.encoders import describe, import_model, load_encoder, read_manifest
 
         path, name = ctx.params.get("path"), ctx.params.get("name")
         note = ""
         if path:
-            imported = import_encoder(path, name=name, overwrite=ctx.params.get("overwrite", False))
+            imported = import_model(path, name=name, format=ctx.params.get("format") or "auto",
+                                    image_size=ctx.params.get("image_size"),
+                                    normalization=ctx.params.get("normalize") or None,
+                                    overwrite=ctx.params.get("overwrite", False))
             encoder, note = load_encoder(imported.path), imported.note
         elif name:
             encoder = load_encoder(name)

@@ -15,18 +15,19 @@ from . import forms
 from .forms import ICON, MATCH_COLUMNS, table_view
 
 PLUGIN = "@lookalike/similarity"
+# Two short rows, so that every button fits a half-width panel: set-up, then curation.
 OPERATOR_BUTTONS = (
-    ("train_encoder", "Train"),
-    ("compute_embeddings", "Embed"),
-    ("build_index", "Index"),
-    ("calibrate_threshold", "Calibrate"),
-    ("find_duplicates", "Duplicates"),
-    ("flag_outliers", "Outliers"),
-    ("evaluate_retrieval", "Evaluate"),
-    ("visualize_embeddings", "Project"),
-    ("match_labels", "Match labels"),
-    ("match_images", "Match new images"),
-    ("find_leaks", "Leaks"),
+    (("train_encoder", "Train"),
+     ("compute_embeddings", "Embed"),
+     ("build_index", "Index"),
+     ("calibrate_threshold", "Calibrate"),
+     ("evaluate_retrieval", "Evaluate"),
+     ("visualize_embeddings", "Project")),
+    (("find_duplicates", "Duplicates"),
+     ("flag_outliers", "Outliers"),
+     ("find_leaks", "Leaks"),
+     ("match_labels", "Match labels"),
+     ("match_images", "Match new images")),
 )
 
 
@@ -200,10 +201,11 @@ class LookalikePanel(foo.Panel):
         state = ctx.panel.state
         panel = types.Object()
         panel.md("**Lookalike**: train, embed, index, calibrate, curate", name="title")
-        buttons = panel.h_stack("actions", align_x="left", gap=1)
-        for op, label in OPERATOR_BUTTONS:
-            buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
-                        variant="outlined")
+        for n, row in enumerate(OPERATOR_BUTTONS):
+            buttons = panel.h_stack(f"actions_{n}", align_x="left", gap=1)
+            for op, label in row:
+                buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
+                            variant="outlined")
         buttons.btn("refresh", label="Refresh", on_click=self.refresh, variant="outlined")
 
         if state.members_title:
@@ -229,7 +231,7 @@ class LookalikePanel(foo.Panel):
             panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary")
             for name in state.figure_names or []:
                 panel.plot(f"fig_{name}", layout=state.get(f"layout_{name}") or {},
-                           config={"displayModeBar": False})
+                           config={"displayModeBar": False, "scrollZoom": False})
         else:
             panel.md("No lookalike index on this dataset yet: compute embeddings, then build "
                      "an index.", name="no_runs")

@@ -130,6 +130,13 @@ def _tile_labels(page):
                                      "els => els.map(e => e.getAttribute('title'))")
 
 
+def _tile_badges(page, position):
+    """The titles of the badges (tags, labels, fields) drawn on the grid's tile ``position``."""
+    return page.locator('[data-cy="looker"]').nth(position).evaluate(
+        "el => Array.from(el.querySelectorAll('[data-cy^=\"tag-\"]'))"
+        ".map(e => e.getAttribute('title') || e.textContent)")
+
+
 def _wait_for(condition, timeout=60, what="the App", page=None, shots=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -261,14 +268,17 @@ def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_
     groups = browser_demo.count_values("dup_group")
     groups.pop(None, None)
     assert len(groups) >= 15
-    # The panel lists the groups; the grid shows them group by group.
+    # The panel lists the groups, named by the index that found them; the grid shows them
+    # group by group, each opening on its kept image, tagged 'kept'.
     _wait_for(lambda: "Widest distance" in panel.inner_text(), what="the groups table",
               page=page, shots=shots)
+    assert "Near-duplicate groups (by index 'emb_sim', " in panel.inner_text()
     page.screenshot(path=os.path.join(shots, "7-duplicate-groups-panel.png"))
     page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
     grouped = sum(groups.values())
-    kept = browser_demo.match((F("dup_group") == 1) & (F("dup_distance") == 0)).first()
+    kept = browser_demo.match((F("dup_group") == 1) & (F("dup_kept") == True)).first()  # noqa: E712
     first_label = f"ground_truth: {kept.ground_truth.label}"
+    assert "kept" in kept.tags and "duplicate" not in kept.tags
 
     def grid_shows_groups():
         counts = page.locator('[data-cy="entry-counts"]').inner_text()
@@ -277,6 +287,10 @@ def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_
 
     _wait_for(grid_shows_groups, what="the grid to show the duplicate groups", page=page,
               shots=shots)
+    # The first tile's badges: the 'kept' tag and its distance to itself.
+    badges = _wait_for(lambda: (lambda b: b if any("kept" in t for t in b) else None)(
+        _tile_badges(page, 0)), what="the kept badge on the first tile", page=page, shots=shots)
+    assert not any("duplicate" in t for t in badges), badges
     time.sleep(3)
     page.screenshot(path=os.path.join(shots, "8-duplicate-groups-grid.png"))
 
@@ -299,3 +313,38 @@ def test_find_duplicates_from_the_panel_groups_the_planted_copies(page, browser_
     assert "Duplicate group of the selected sample" in text and "kept" in text
     assert str(member.dup_inliers) in text and f"{member.dup_distance:.4f}"[:5] in text
     page.screenshot(path=os.path.join(shots, "9-group-members-with-inliers.png"))
+
+
+def test_find_similar_by_a_missing_file_says_why_in_one_line(page, shots):
+    """The newcomer's last step: a query file that is not there is refused before Execute."""
+    page.keyboard.press("Escape")
+    page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
+    _clear_view(page)
+    # The operator browser: the way to any operator by its name.
+    choice = page.get_by_text("Lookalike: find similar images")
+    for attempt in range(3):
+        page.keyboard.press("Escape")
+        page.locator('[data-cy="action-browse-operations"]').click(force=True)
+        time.sleep(1)
+        page.keyboard.type("find similar")
+        try:
+            choice.first.wait_for(timeout=10_000)
+            break
+        except Exception:  # noqa: BLE001 - typed before the browser took the focus: again
+            page.screenshot(path=os.path.join(shots, f"retry-browse-{attempt}.png"))
+            if attempt == 2:
+                raise
+    choice.first.click()
+    page.get_by_text("Find similar images", exact=True).first.wait_for()
+    query = page.get_by_text("Query image file (optional)").first.locator(
+        "xpath=following::input[1]")
+    query.wait_for()
+    query.fill("/no/such/photo.jpg")
+    query.press("Tab")
+    reason = "/no/such/photo.jpg: file not found"
+    _wait_for(lambda: page.get_by_text(reason).count(), what="the form to say why",
+              page=page, shots=shots)
+    page.screenshot(path=os.path.join(shots, "10-find-similar-missing-file.png"))
+    assert "Traceback" not in page.inner_text("body")
+    assert page.get_by_role("button", name="Execute").is_disabled()
+    page.get_by_role("button", name="Cancel").click()

@@ -232,9 +232,11 @@ def cmd_encoders(args):
 
 
 def cmd_load(args):
-    from lookalike.encoders import describe, import_encoder, read_manifest
+    from lookalike.encoders import describe, import_model, read_manifest
 
-    result = import_encoder(args.path, name=args.name, overwrite=args.overwrite)
+    result = import_model(args.path, name=args.name, format=args.format,
+                          image_size=args.image_size, normalization=args.normalize,
+                          output=args.output, overwrite=args.overwrite)
     print(f"loaded {describe(read_manifest(result.path))}\n  {result.path}")
     if result.note:
         print(f"  {result.note}")
@@ -620,7 +622,8 @@ def build_parser():
     from lookalike.curation import calibrate, match, projection
     from lookalike.curation.keep import KEEP_POLICIES
     from lookalike.curation.leaks import SPLIT_TAGS
-    from lookalike.encoders import KINDS, autoencoder, contrastive, metric
+    from lookalike.encoders import KINDS, MODEL_FORMATS, autoencoder, contrastive, metric
+    from lookalike.encoders.foreign import NORMALIZATIONS
     from lookalike.similarity.engine import ENGINES
     from lookalike.similarity.pairs import APPROXIMATE_FROM
     from lookalike.verification import VERIFY_UP_TO
@@ -678,9 +681,18 @@ def build_parser():
     enc = sub.add_parser("encoders", help="list the saved encoders")
     enc.set_defaults(func=cmd_encoders)
 
-    load = sub.add_parser("load", help="check an encoder directory and add it to the store")
+    load = sub.add_parser("load", help="add an encoder to the store: a lookalike encoder "
+                          "folder, a Paddle Inference export folder or a .keras file")
     load.add_argument("--path", required=True)
-    load.add_argument("--name", default=None)
+    load.add_argument("--name", default=None, help="store name (required for other formats)")
+    load.add_argument("--format", default="auto", choices=MODEL_FORMATS)
+    load.add_argument("--image-size", type=int, default=None,
+                      help="the model's input size in pixels (Paddle Inference: required)")
+    load.add_argument("--normalize", default=None, choices=NORMALIZATIONS,
+                      help="input normalisation (default: imagenet for Paddle Inference, "
+                      "none for Keras)")
+    load.add_argument("--output", default=None, help="Paddle Inference output tensor "
+                      "(default: the first)")
     load.add_argument("--overwrite", action="store_true")
     load.set_defaults(func=cmd_load)
 

@@ -22,7 +22,9 @@ import os
 from dataclasses import dataclass, field
 
 from lookalike import fo_adapter
+from lookalike.encoders.foreign import import_keras, import_paddle_inference  # noqa: F401
 from lookalike.encoders.store import (  # noqa: F401  (public API)
+    FOREIGN_KINDS,
     KINDS,
     EncoderStoreError,
     default_store_dir,
@@ -192,6 +194,10 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, flip_average=Fal
     kind = manifest["kind"]
     if kind == "autoencoder":
         from lookalike.encoders.autoencoder import AutoencoderEncoder as cls
+    elif kind in FOREIGN_KINDS:
+        from lookalike.encoders.foreign import ENCODER_CLASSES
+
+        cls = ENCODER_CLASSES[kind]
     else:
         from lookalike.encoders.keras import KerasEncoder as cls
     encoder = cls(path, manifest, **kwargs)
@@ -263,10 +269,42 @@ def import_encoder(path, name=None, store_dir=None, overwrite=False):
     return ImportResult(final, left)
 
 
+MODEL_FORMATS = ("auto", "lookalike") + FOREIGN_KINDS
+
+
+def import_model(path, name=None, format="auto", image_size=None, normalization=None,
+                 output=None, store_dir=None, overwrite=False):
+    """Brings a model into the store as an encoder: ours or one you already have.
+
+    ``format`` (one of :data:`MODEL_FORMATS`; "auto": told from ``path``):
+    "lookalike" (an encoder folder, :func:`import_encoder`), "paddle-inference"
+    (a PaddleClas / PP-ShiTu export folder) or "keras" (a ``.keras`` file), see
+    :mod:`lookalike.encoders.foreign`. ``image_size``, ``normalization``
+    ("imagenet" or "none") and ``output`` apply to the last two; ``name`` is
+    required for them. Returns an :class:`ImportResult`.
+    """
+    from lookalike.encoders import foreign
+
+    if format not in MODEL_FORMATS:
+        raise EncoderStoreError(f"unknown model format {format!r}: choose from "
+                                f"{', '.join(MODEL_FORMATS)}")
+    kind = foreign.detect_format(path) if format == "auto" else format
+    if kind == "lookalike":
+        return import_encoder(path, name=name, store_dir=store_dir, overwrite=overwrite)
+    if not name:
+        raise EncoderStoreError(f"{path}: give the name to store this {kind} model under")
+    return foreign.import_foreign(path, name, kind, image_size=image_size,
+                                  normalization=normalization, output=output,
+                                  store_dir=store_dir, overwrite=overwrite)
+
+
 def describe(manifest):
     """One line about an encoder, for lists and dropdowns."""
+    head = (f"{manifest['name']}: {manifest['kind']}, {manifest['image_size']} px, "
+            f"{manifest['embedding_size']}-d")
+    if manifest["kind"] in FOREIGN_KINDS:
+        return f"{head}, imported from {manifest.get('imported_from', '?')}"
     metrics = manifest.get("final_metrics") or {}
     loss = f", loss {metrics['loss']:.4f}" if isinstance(metrics.get("loss"), (int, float)) else ""
     data = (manifest.get("training_data") or {}).get("dataset") or "?"
-    return (f"{manifest['name']}: {manifest['kind']}, {manifest['image_size']} px, "
-            f"{manifest['embedding_size']}-d, {manifest.get('epochs', '?')} epochs on '{data}'{loss}")
+    return f"{head}, {manifest.get('epochs', '?')} epochs on '{data}'{loss}"

@@ -30,7 +30,8 @@ import stat
 FORMAT = "lookalike-encoder"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-KINDS = ("autoencoder", "metric", "contrastive")
+KINDS = ("autoencoder", "metric", "contrastive")  # what train_encoder trains
+FOREIGN_KINDS = ("paddle-inference", "keras")  # models brought in (lookalike.encoders.foreign)
 STORE_ENV = "LOOKALIKE_MODELS_DIR"
 
 REQUIRED_KEYS = (
@@ -152,7 +153,7 @@ def read_manifest(directory, verify_files=True):
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise EncoderStoreError(f"{directory}: manifest lacks {', '.join(missing)}")
-    if manifest["kind"] not in KINDS:
+    if manifest["kind"] not in KINDS + FOREIGN_KINDS:
         raise EncoderStoreError(f"{directory}: unknown encoder kind {manifest['kind']!r}")
     if verify_files:
         for rel, digest in manifest["files"].items():
@@ -215,6 +216,13 @@ def _copy_fd(fd, dest):
         shutil.copyfileobj(src, out, 1 << 20)
 
 
+def copy_regular_file(directory, rel, dest):
+    """Copies ``directory/rel`` to the new file ``dest``: a regular file inside
+    ``directory``, reached without following a symbolic link (else EncoderStoreError)."""
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    _copy_fd(_open_regular(directory, rel), dest)
+
+
 def copy_listed_files(source, dest):
     """Copies ``manifest.json`` and the files it lists from ``source`` into the new folder ``dest``.
 
@@ -241,13 +249,12 @@ def copy_listed_files(source, dest):
     with open(os.path.join(dest, MANIFEST), "xb") as out:
         out.write(raw)
     for rel in files:
-        target = os.path.join(dest, *rel.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        _copy_fd(_open_regular(source, rel), target)
-    return _left_behind(source, {MANIFEST, *files})
+        copy_regular_file(source, rel, os.path.join(dest, *rel.split("/")))
+    return left_behind_entries(source, {MANIFEST, *files})
 
 
-def _left_behind(source, taken):
+def left_behind_entries(source, taken):
+    """What an import of the files ``taken`` from ``source`` leaves: everything else there."""
     left = []
     for root, dirs, names in os.walk(source):  # never descends into a link
         rel_root = os.path.relpath(root, source)
