@@ -309,15 +309,36 @@ class ComputeEmbeddings(forms.BackgroundOperator):
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
         inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
+        from lookalike.jobs import MAX_SHARDS
+
+        inputs.int("shards", label="Shards (jobs for several workers)", min=1,
+                   max=MAX_SHARDS, default=1,
+                   description="More than 1: queue that many jobs over disjoint slices, for "
+                   "any number of `fiftyone delegated launch` workers sharing this database")
         forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
+
+    def _queue_shards(self, ctx, shards):
+        from lookalike.encoders.base import variant_name
+        from lookalike.jobs import queue_embeddings
+
+        if not forms.background_jobs_enabled():
+            raise UsageError(f"shards need workers. {forms.NO_WORKER}")
+        encoder = variant_name(ctx.params["encoder"], ctx.params.get("flip_average"))
+        ids = queue_embeddings(ctx.target_view(), encoder, ctx.params.get("embeddings_field"),
+                               shards=shards, batch_size=ctx.params.get("batch_size", 64),
+                               overwrite=ctx.params.get("overwrite", False))
+        ctx.ops.notify(f"Queued {len(ids)} embedding jobs: workers run them (lookalike jobs "
+                       "lists them)", variant="success")
+        return {"field": ctx.params.get("embeddings_field"), "embedded": 0,
+                "skipped_existing": 0, "failures": [], "queued": ids}
 
     def estimated_seconds(self, ctx):
         from lookalike.embeddings import default_field_name
         from lookalike.encoders import estimate_seconds, read_manifest, resolve_path
 
         name = ctx.params.get("encoder")
-        if not name:
+        if not name or int(ctx.params.get("shards") or 1) > 1:  # shards: it only queues
             return None
         manifest = read_manifest(resolve_path(name), verify_files=False)
         from lookalike.encoders.base import variant_name
@@ -333,13 +354,25 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         return seconds and seconds * (2 if flip else 1)  # the mirror image is embedded too
 
     def execute(self, ctx):
+        import contextlib
+
+        from lookalike import leases
         from lookalike.embeddings import compute_embeddings
 
-        report = compute_embeddings(
-            ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
-            batch_size=ctx.params.get("batch_size", 64),
-            overwrite=ctx.params.get("overwrite", False), progress=forms.progress(ctx),
-            flip_average=bool(ctx.params.get("flip_average")))
+        shards = int(ctx.params.get("shards") or 1)
+        if shards > 1:  # fan out: one queued job per slice, for any number of workers
+            return self._queue_shards(ctx, shards)
+        shard = ctx.params.get("shard")  # one slice of a sharded embedding (lookalike.jobs)
+        # A shard's worker holds its lease while it runs: `lookalike jobs` tells a dead one.
+        alive = (leases.hold(ctx.dataset, shard, job="compute_embeddings shard")
+                 if shard else contextlib.nullcontext())
+        with alive:
+            report = compute_embeddings(
+                ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
+                batch_size=ctx.params.get("batch_size", 64),
+                overwrite=ctx.params.get("overwrite", False), progress=forms.progress(ctx),
+                flip_average=bool(ctx.params.get("flip_average")),
+                chunk_size=int(ctx.params.get("chunk_size") or 1024))
         ctx.ops.reload_dataset()
         ctx.ops.notify(report.summary(), variant="warning" if report.failures else "success")
         return {"field": report.field, "embedded": report.embedded,

@@ -190,3 +190,57 @@ def test_bring_a_model_from_the_cli_and_the_app(tmp_path, store_dir, subprocess_
                                   params={"path": path, "name": "from-app"})
     assert result.result["kind"] == "keras" and result.result["embedding_size"] == 20
     assert sorted(m["name"] for m in list_encoders(store_dir)) == ["from-app", "pp"]
+
+
+class _TinyFiftyOneModel:
+    """A FiftyOne model with embeddings (its own ``fiftyone.core.models.Model``): 8x8 grey
+    thumbnails, as FiftyOne's image models take images (HWC uint8 arrays)."""
+
+    media_type = "image"
+    has_embeddings = True
+    ragged_batches = False
+    transforms = None
+    preprocess = False
+
+    def embed_all(self, images):
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.fromarray(np.asarray(i)).convert("L").resize((8, 8)),
+                                    np.float32).ravel() - 128 for i in images])
+
+
+def test_a_fiftyone_model_is_the_encoder_of_a_field(dataset_name, demo_records, store_dir):
+    import fiftyone as fo
+    import fiftyone.core.models as fom
+
+    import lookalike.curation as lc
+    from lookalike.embeddings import field_record
+    from lookalike.encoders import register_model, unregister_model
+
+    model = type("Tiny", (_TinyFiftyOneModel, fom.Model, fom.EmbeddingsMixin), {})()
+    encoder = register_model("tiny", model, image_size=64, version="v1")
+    assert encoder.name == "fo:tiny" and encoder.embedding_size == 64
+    photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:40]
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=p) for p in photos])
+    try:
+        report = compute_embeddings(ds, "fo:tiny")  # by name, as the CLI and App would
+        assert report.field == "emb_fo_tiny" and report.embedded == 40
+        assert field_record(ds, "emb_fo_tiny")["version"] == "fo:tiny@v1"
+        ls.build_index(ds, "emb_fo_tiny", "tiny_sim")
+        view = ls.sort_by_similarity(ds, "tiny_sim", query_path=photos[5], k=2, dist_field="d")
+        assert view.first().filepath == photos[5] and view.first().d < 1e-5
+        cal = lc.calibrate_threshold(ds, "tiny_sim")  # synthetic copies made through the model
+        assert cal.duplicate_rule.startswith("keeps"), cal.duplicate_rule
+        # Registered again with other weights: the field refuses to mix them.
+        register_model("tiny", model, image_size=64, version="v2")
+        with pytest.raises(Exception, match="refusing to mix"):
+            compute_embeddings(ds, "fo:tiny", "emb_fo_tiny")
+    finally:
+        unregister_model("tiny")
+    # A process that has not registered it says so in one line.
+    with pytest.raises(EncoderStoreError, match="register_model"):
+        ls.sort_by_similarity(ds, "tiny_sim", query_path=photos[5], k=2)
+    no_embeddings = type("NoEmb", (fom.Model,), {"media_type": "image"})()
+    with pytest.raises(EncoderStoreError, match="computes no embeddings"):
+        register_model("none", no_embeddings)

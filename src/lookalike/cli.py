@@ -289,11 +289,44 @@ def cmd_embed(args):
     view = _load_dataset(args.dataset)
     if args.tag:
         view = view.match_tags(args.tag)
+    if args.delegate:
+        return _queue_shards(view, args)
+    if args.shards != 1:
+        raise UsageError("--shards runs on workers: add --delegate")
     report = compute_embeddings(view, args.encoder, args.field, batch_size=args.batch_size,
                                 overwrite=args.overwrite, progress=_Progress("embedding"),
                                 flip_average=args.flip_average)
     print(report.summary())
     _print_failures(report.failures)
+    return 0
+
+
+def _queue_shards(view, args):
+    from lookalike.encoders import load_encoder
+    from lookalike.jobs import queue_embeddings
+
+    encoder = load_encoder(args.encoder, flip_average=args.flip_average)
+    ids = queue_embeddings(view, encoder, args.field, shards=args.shards,
+                           batch_size=args.batch_size, overwrite=args.overwrite)
+    for op_id in ids:
+        print(op_id)
+    print(f"queued {len(ids)} embedding jobs: workers on any machine sharing this database run "
+          "them (`fiftyone delegated launch`, `make worker`); `lookalike jobs` follows them",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_jobs(args):
+    from lookalike.jobs import list_jobs, requeue
+
+    if args.requeue:
+        print(requeue(args.requeue))
+        return 0
+    rows = list_jobs(dataset_name=args.dataset)
+    if not rows:
+        print("no lookalike jobs in the queue", file=sys.stderr)
+    for job in rows:
+        print(job.line())
     return 0
 
 
@@ -706,7 +739,18 @@ def build_parser():
     emb.add_argument("--flip-average", action="store_true",
                      help="average each embedding with its mirror image's (a flipped copy gets "
                           "the same vector; twice the time; default field emb_<encoder>_flip)")
+    emb.add_argument("--delegate", action="store_true",
+                     help="queue the work for `fiftyone delegated launch` workers instead of "
+                     "running it here (prints the job ids)")
+    emb.add_argument("--shards", type=_at_least(1), default=1,
+                     help="with --delegate: that many jobs over disjoint slices of the samples")
     emb.set_defaults(func=cmd_embed)
+
+    jobs = sub.add_parser("jobs", help="lookalike's delegated jobs and their workers; "
+                          "--requeue ID puts back a job whose worker died")
+    jobs.add_argument("--dataset", default=None)
+    jobs.add_argument("--requeue", default=None, metavar="ID")
+    jobs.set_defaults(func=cmd_jobs)
 
     idx = sub.add_parser("index", help="build a similarity index over an embeddings field")
     idx.add_argument("--dataset", required=True)

@@ -135,8 +135,29 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
                                     overwrite, chunk_size, progress)
 
 
-def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, overwrite,
-                         chunk_size, progress):
+def claim_field(samples, encoder, embeddings_field=None, overwrite=False):
+    """Writes ``encoder``'s record on the field (checked as :func:`compute_embeddings` checks
+    it) before any vector, so that jobs sharing the field only check it; returns the field.
+
+    ``lookalike.jobs`` calls it once before queueing the shards of one embedding.
+    """
+    from lookalike.encoders import load_encoder
+    from lookalike.encoders.base import Encoder
+
+    if not isinstance(encoder, Encoder):
+        encoder = load_encoder(encoder)
+    dataset = fo_adapter.root_dataset(samples)
+    field_name = embeddings_field or default_field_name(encoder)
+    _check_field_name(field_name)
+    with leases.hold(dataset, f"field:{field_name}", job="compute_embeddings",
+                     same=encoder.version, label=f"field '{field_name}'"):
+        _claim_held(dataset, encoder, field_name, overwrite)
+    return field_name
+
+
+def _claim_held(dataset, encoder, field_name, overwrite):
+    """The field's record checked against ``encoder`` (and written where it differs), the
+    vector and error fields declared; the caller holds the field's lease."""
     error_field = f"{field_name}_error"
     dataset.reload()  # another process may have added the field since we loaded it
     record = field_record(dataset, field_name)
@@ -163,6 +184,11 @@ def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, over
     faults.point("embed.after_record")
     _declare_fields(dataset, field_name, error_field)
 
+
+def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, overwrite,
+                         chunk_size, progress):
+    error_field = f"{field_name}_error"
+    _claim_held(dataset, encoder, field_name, overwrite)
     if overwrite:
         todo = samples
     else:

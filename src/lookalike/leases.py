@@ -62,7 +62,7 @@ def _pid_alive(holder):
     return True
 
 
-def _alive(doc):
+def is_alive(doc):
     """Whether a holder may still be writing (not expired, and a holder's pid exists)."""
     if doc["expires"] < _now():
         return False
@@ -77,8 +77,13 @@ def describe(doc):
 
 def current(dataset, what):
     """The live lease on ``what``, or None."""
-    doc = _collection().find_one({"_id": _key(dataset, what)})
-    return doc if doc is not None and _alive(doc) else None
+    doc = last(dataset, what)
+    return doc if doc is not None and is_alive(doc) else None
+
+
+def last(dataset, what):
+    """The lease document on ``what``, live or left by a holder that died; None once released."""
+    return _collection().find_one({"_id": _key(dataset, what)})
 
 
 def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
@@ -106,7 +111,7 @@ def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
         held = coll.find_one({"_id": key})
         if held is None:
             continue  # released in between: try again
-        if not _alive(held):
+        if not is_alive(held):
             # Take over a dead or expired lease, only if nobody else did first.
             if coll.find_one_and_replace({"_id": key, "owner": held["owner"]}, doc):
                 return Lease(key, owner)

@@ -22,6 +22,8 @@ import os
 from dataclasses import dataclass, field
 
 from lookalike import fo_adapter
+from lookalike.encoders import fiftyone_models
+from lookalike.encoders.fiftyone_models import register_model, unregister_model  # noqa: F401
 from lookalike.encoders.foreign import import_keras, import_paddle_inference  # noqa: F401
 from lookalike.encoders.store import (  # noqa: F401  (public API)
     FOREIGN_KINDS,
@@ -184,6 +186,10 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, flip_average=Fal
 
     if str(name_or_path).endswith(FLIP_SUFFIX):
         name_or_path, flip_average = str(name_or_path)[:-len(FLIP_SUFFIX)], True
+    if str(name_or_path).startswith(fiftyone_models.PREFIX):
+        encoder = fiftyone_models.registered_encoder(str(name_or_path))
+        encoder.flip_average = bool(flip_average)
+        return encoder
     path = resolve_path(name_or_path, store_dir)
     manifest = read_manifest(path)
     if image_size is not None and int(image_size) != int(manifest["image_size"]):

@@ -1,0 +1,192 @@
+"""Jobs shared by many workers, on FiftyOne's own delegated-operation queue.
+
+Beyond one machine, FiftyOne already has the engine: any number of
+``fiftyone delegated launch`` workers, on any machines that share the database,
+claim queued operations atomically. So an embedding too big for one worker is
+queued as N delegated runs of the plugin's ``compute_embeddings`` operator, one
+per disjoint slice of the view (:func:`queue_embeddings`):
+
+* the slices are ranges of sample ids, so each sample belongs to exactly one
+  shard, whatever order workers take them in;
+* the field's encoder record is written once, before anything is queued
+  (:func:`lookalike.embeddings.claim_field`); every shard checks it, and the
+  shards share the field's lease because they embed with the same encoder;
+* each shard resumes like any embedding: a rerun embeds only what is missing;
+* a running shard holds a lease of its own (``shard:<field>:<k>/<n>``) renewed
+  by its worker; :func:`list_jobs` reads it to tell a live worker from a dead one
+  (``lookalike jobs``), and :func:`requeue` puts a dead worker's shard back in
+  the queue (never a live one's).
+
+Training stays one job: one model, trained where the GPU is.
+"""
+
+from dataclasses import dataclass
+
+from lookalike import leases
+from lookalike.errors import UsageError
+
+EMBED_OPERATOR = "@lookalike/similarity/compute_embeddings"
+PLUGIN = "@lookalike/similarity"
+MAX_SHARDS = 1024
+
+
+def shard_name(field, k, n):
+    """The label of shard ``k`` of ``n`` of an embedding into ``field`` (its lease's name)."""
+    return f"shard:{field}:{k}/{n}"
+
+
+def shard_views(samples, shards):
+    """``shards`` disjoint views covering ``samples``: ranges of sample ids, about equal."""
+    from bson import ObjectId
+    from fiftyone import ViewField as F
+
+    ids = sorted(samples.values("id"))
+    if not ids:
+        raise UsageError("the view is empty: there is nothing to embed")
+    shards = max(1, min(int(shards), len(ids)))
+    bounds = [ObjectId(ids[len(ids) * k // shards]) for k in range(shards)] + [None]
+    views = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        where = F("_id") >= lo
+        if hi is not None:
+            where = where & (F("_id") < hi)
+        views.append(samples.match(where))
+    return views
+
+
+def queue_embeddings(samples, encoder, embeddings_field=None, shards=2, batch_size=64,
+                     overwrite=False, chunk_size=None):
+    """Queues the embedding of ``samples`` as ``shards`` delegated operations; returns their ids.
+
+    Workers (``fiftyone delegated launch``, ``make worker``) on any machine that
+    shares the database run them; each shard is a slice of ``samples`` by id.
+    The encoder must be loadable by name there (the model store on shared
+    storage: ``LOOKALIKE_MODELS_DIR``). ``chunk_size``: vectors per database
+    write in each shard (default :func:`~lookalike.embeddings.compute_embeddings`'s).
+    Raises where the field cannot take this encoder's vectors, before anything
+    is queued.
+    """
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    from lookalike.embeddings import claim_field
+    from lookalike.encoders import load_encoder
+
+    shards = int(shards)
+    if not 1 <= shards <= MAX_SHARDS:
+        raise UsageError(f"shards must be 1 to {MAX_SHARDS}, got {shards}")
+    if len(samples) == 0:
+        raise UsageError("the view is empty: there is nothing to embed")
+    loaded = load_encoder(encoder) if isinstance(encoder, str) else encoder
+    field = claim_field(samples, loaded, embeddings_field, overwrite=overwrite)
+    views = shard_views(samples, shards)
+    service = DelegatedOperationService()
+    ids = []
+    for k, view in enumerate(views, 1):
+        label = shard_name(field, k, len(views))
+        queued = foo.execute_operator(
+            EMBED_OPERATOR, ctx={"view": view}, request_delegation=True,
+            params={"encoder": loaded.name, "embeddings_field": field,
+                    "batch_size": int(batch_size), "overwrite": bool(overwrite), "shard": label,
+                    **({"chunk_size": int(chunk_size)} if chunk_size else {})})
+        op_id = _op_id(queued.result["id"])
+        service.set_label(op_id, f"lookalike embed {label[len('shard:'):]}")
+        ids.append(str(op_id))
+    return ids
+
+
+def _op_id(value):
+    from bson import ObjectId
+
+    return ObjectId(value["$oid"] if isinstance(value, dict) else value)
+
+
+@dataclass
+class Job:
+    id: str
+    operator: str
+    dataset: str
+    label: str
+    state: str  # FiftyOne's: queued, scheduled, running, completed, failed
+    worker: str  # for a running shard: "alive (host, pid)" or "gone (...)"; else ""
+    progress: float = None
+    queued_at: object = None
+    shard: str = None
+
+    @property
+    def worker_gone(self):
+        return self.worker.startswith("gone")
+
+    def line(self):
+        """One line, for ``lookalike jobs``."""
+        done = f" {self.progress:.0%}" if self.progress is not None else ""
+        who = f" - worker {self.worker}" if self.worker else ""
+        return f"{self.id}  {self.state}{done}  {self.dataset}  {self.label}{who}"
+
+
+def _worker_state(op, shard):
+    """A running shard's worker: alive while it renews its lease, gone once it stopped."""
+    if op.run_state != "running" or not shard:
+        return ""
+    import fiftyone as fo
+
+    name = op.context.request_params.get("dataset_name") if op.context else None
+    if not name or not fo.dataset_exists(name):
+        return "gone (its dataset was deleted)"
+    held = leases.last(fo.load_dataset(name), shard)
+    if held is None:
+        return "gone (it holds no lease: killed before or after its work)"
+    state = "alive" if leases.is_alive(held) else "gone"
+    return f"{state} ({leases.describe(held)})"
+
+
+def list_jobs(dataset_name=None, states=None):
+    """Our delegated operations (newest first), with their workers' state: :class:`Job` rows."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    rows = []
+    for op in DelegatedOperationService().list_operations(dataset_name=dataset_name):
+        if not str(op.operator).startswith(PLUGIN) or (states and op.run_state not in states):
+            continue
+        params = (op.context.request_params.get("params") or {}) if op.context else {}
+        shard = params.get("shard")
+        status = getattr(op, "status", None)
+        rows.append(Job(id=str(op.id), operator=op.operator.split("/")[-1],
+                        dataset=getattr(op, "dataset_name", None) or "", label=op.label or "",
+                        state=op.run_state, worker=_worker_state(op, shard),
+                        progress=getattr(status, "progress", None), queued_at=op.queued_at,
+                        shard=shard))
+    return sorted(rows, key=lambda j: str(j.queued_at), reverse=True)
+
+
+def requeue(op_id):
+    """Puts a job whose worker died (or that failed) back in the queue; returns the new id.
+
+    The old operation is marked failed ("its worker died") so no worker waits on
+    it; a job whose worker is alive, queued or completed is refused.
+    """
+    from fiftyone.operators.delegated import DelegatedOperationService
+    from fiftyone.operators.executor import ExecutionResult
+
+    service = DelegatedOperationService()
+    try:
+        op = service.get(_op_id(op_id))
+    except Exception:  # noqa: BLE001 - not an ObjectId
+        op = None
+    if op is None:
+        raise UsageError(f"no delegated operation {op_id}")
+    job = next((j for j in list_jobs() if j.id == str(op.id)), None)
+    if job is None:
+        raise UsageError(f"operation {op_id} is not a lookalike job")
+    if job.state == "running" and not job.worker_gone:
+        raise UsageError(f"job {op_id} is running and its worker is alive ({job.worker}): "
+                         "leave it, or stop that worker first")
+    if job.state not in ("running", "failed"):
+        raise UsageError(f"job {op_id} is {job.state}: only a failed job or one whose worker "
+                         "died can be queued again")
+    if job.state == "running":
+        service.set_failed(op.id, result=ExecutionResult(
+            error=f"its worker died ({job.worker}); queued again"))
+    new = service.rerun_operation(op.id)
+    return str(new.id)
+

@@ -1,0 +1,123 @@
+"""Jobs shared by many workers: one embedding queued as shards on FiftyOne's delegated queue,
+run by two real `fiftyone delegated launch` workers on one database; one worker killed in the
+middle of its shard, the shard seen as dead by `lookalike jobs`, queued again and finished."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import fiftyone as fo
+import numpy as np
+from fiftyone.operators.delegated import DelegatedOperationService
+
+import processes
+from lookalike.embeddings import compute_embeddings, field_record
+from lookalike.encoders import load_encoder
+from lookalike.jobs import list_jobs, shard_views
+
+CHUNK = 20
+
+
+def _worker(env, log):
+    fiftyone_cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
+    return subprocess.Popen([fiftyone_cli, "delegated", "launch"], env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _wait(condition, what, timeout=300, workers=()):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for w in workers:
+            assert w.poll() is None, f"a worker exited ({w.returncode}) while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_shards_cover_the_view_once(dataset_name, demo_records):
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:101]])
+    view = ds.skip(3)
+    parts = [set(v.values("id")) for v in shard_views(view, 4)]
+    assert [len(p) for p in parts] == [24, 24, 25, 25]
+    assert set.union(*parts) == set(view.values("id")) and sum(map(len, parts)) == 98
+    assert len(shard_views(ds.limit(2), 5)) == 2  # never an empty shard
+
+
+def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requeued(
+        dataset_name, demo_records, copies_encoder, subprocess_env, tmp_path):
+    ds = fo.Dataset(dataset_name, persistent=True)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:240]])
+    service = DelegatedOperationService()
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True,
+                             text=True, env=subprocess_env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    # Queued from the command line: one job per slice, the field's record written once.
+    from lookalike.jobs import queue_embeddings
+
+    ops = queue_embeddings(ds, copies_encoder, "emb", shards=4, batch_size=16, chunk_size=CHUNK)
+    assert len(ops) == 4 and {service.get(o).run_state for o in ops} == {"queued"}
+    encoder = load_encoder(copies_encoder)
+    assert field_record(ds, "emb")["version"] == encoder.version
+    assert not ds.exists("emb").count()
+
+    # Worker A stops after its first chunk of vectors, and is killed there (kill -9).
+    marker = tmp_path / "reached"
+    env_a = dict(subprocess_env, LOOKALIKE_FAULT="embed.after_chunk:pause",
+                 LOOKALIKE_FAULT_FILE=str(marker))
+    worker_a = _worker(env_a, tmp_path / "a.log")
+    try:
+        _wait(marker.exists, "worker A to reach the middle of its shard", workers=[worker_a])
+    finally:
+        os.kill(worker_a.pid, signal.SIGKILL)
+        worker_a.wait()
+    killed = [o for o in ops if service.get(o).run_state == "running"]
+    assert len(killed) == 1
+    # Worker B takes the other shards; worker C joins it (two workers, one database).
+    worker_b = _worker(subprocess_env, tmp_path / "b.log")
+    worker_c = _worker(subprocess_env, tmp_path / "c.log")
+    try:
+        others = [o for o in ops if o not in killed]
+        _wait(lambda: all(service.get(o).run_state == "completed" for o in others),
+              "the other shards", workers=[worker_b, worker_c])
+        # The dead worker's shard is visible as such, and only it can be queued again.
+        jobs = {j.id: j for j in list_jobs(dataset_name=ds.name)}
+        assert jobs[killed[0]].state == "running" and jobs[killed[0]].worker_gone
+        assert "gone" in jobs[killed[0]].line() and jobs[killed[0]].shard.endswith("/4")
+        listed = subprocess.run([sys.executable, "-m", "lookalike.cli", "jobs", "--dataset",
+                                 ds.name], capture_output=True, text=True, env=subprocess_env,
+                                timeout=300).stdout
+        assert killed[0] in listed and "worker gone" in listed
+        refused = subprocess.run([sys.executable, "-m", "lookalike.cli", "jobs", "--requeue",
+                                  others[0]], capture_output=True, text=True, env=subprocess_env,
+                                 timeout=300)
+        assert refused.returncode == 2 and "is completed" in refused.stderr
+        [again] = cli("jobs", "--requeue", killed[0])
+        _wait(lambda: service.get(again).run_state == "completed", "the re-queued shard",
+              workers=[worker_b, worker_c])
+    finally:
+        processes.stop(worker_b)
+        processes.stop(worker_c)
+    assert service.get(killed[0]).run_state == "failed"
+    # Every vector written once: the completed shards embedded the 240 samples between them,
+    # the re-queued one only what its dead worker had not written.
+    results = [service.get(o).result.result for o in others + [again]]
+    assert sum(r["embedded"] for r in results) == 240 - CHUNK
+    assert service.get(again).result.result["skipped_existing"] == CHUNK
+    ds.reload()
+    assert ds.exists("emb").count() == 240
+    assert field_record(ds, "emb")["version"] == encoder.version
+    # The same vectors as one job in this process.
+    ids, got = ds.values(["id", "emb"])
+    ref = fo.Dataset()
+    ref.add_samples([fo.Sample(filepath=p) for p in ds.values("filepath")])
+    compute_embeddings(ref, encoder, "emb")
+    assert np.abs(np.stack(got) - np.stack(ref.values("emb"))).max() < 1e-5
+    # Both workers took part.
+    logs = [(tmp_path / f"{w}.log").read_text() for w in "bc"]
+    assert all("Running operation" in log for log in logs), [log[-500:] for log in logs]
