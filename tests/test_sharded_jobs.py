@@ -10,6 +10,7 @@ import time
 
 import fiftyone as fo
 import numpy as np
+from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import processes
@@ -40,7 +41,7 @@ def test_shards_cover_the_view_once(dataset_name, demo_records):
     ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:101]])
     view = ds.skip(3)
     parts = [set(v.values("id")) for v in shard_views(view, 4)]
-    assert [len(p) for p in parts] == [24, 24, 25, 25]
+    assert sorted(len(p) for p in parts) == [24, 24, 25, 25]
     assert set.union(*parts) == set(view.values("id")) and sum(map(len, parts)) == 98
     assert len(shard_views(ds.limit(2), 5)) == 2  # never an empty shard
 
@@ -51,17 +52,20 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
     ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:240]])
     service = DelegatedOperationService()
 
+    def op(op_id):
+        return service.get(ObjectId(op_id))
+
     def cli(*args):
         out = subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True,
                              text=True, env=subprocess_env, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.split()
 
-    # Queued from the command line: one job per slice, the field's record written once.
+    # One job per slice, the field's record written once before any is queued.
     from lookalike.jobs import queue_embeddings
 
     ops = queue_embeddings(ds, copies_encoder, "emb", shards=4, batch_size=16, chunk_size=CHUNK)
-    assert len(ops) == 4 and {service.get(o).run_state for o in ops} == {"queued"}
+    assert len(ops) == 4 and {op(o).run_state for o in ops} == {"queued"}
     encoder = load_encoder(copies_encoder)
     assert field_record(ds, "emb")["version"] == encoder.version
     assert not ds.exists("emb").count()
@@ -76,14 +80,14 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
     finally:
         os.kill(worker_a.pid, signal.SIGKILL)
         worker_a.wait()
-    killed = [o for o in ops if service.get(o).run_state == "running"]
+    killed = [o for o in ops if op(o).run_state == "running"]
     assert len(killed) == 1
     # Worker B takes the other shards; worker C joins it (two workers, one database).
     worker_b = _worker(subprocess_env, tmp_path / "b.log")
     worker_c = _worker(subprocess_env, tmp_path / "c.log")
     try:
         others = [o for o in ops if o not in killed]
-        _wait(lambda: all(service.get(o).run_state == "completed" for o in others),
+        _wait(lambda: all(op(o).run_state == "completed" for o in others),
               "the other shards", workers=[worker_b, worker_c])
         # The dead worker's shard is visible as such, and only it can be queued again.
         jobs = {j.id: j for j in list_jobs(dataset_name=ds.name)}
@@ -98,17 +102,17 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
                                  timeout=300)
         assert refused.returncode == 2 and "is completed" in refused.stderr
         [again] = cli("jobs", "--requeue", killed[0])
-        _wait(lambda: service.get(again).run_state == "completed", "the re-queued shard",
+        _wait(lambda: op(again).run_state == "completed", "the re-queued shard",
               workers=[worker_b, worker_c])
     finally:
         processes.stop(worker_b)
         processes.stop(worker_c)
-    assert service.get(killed[0]).run_state == "failed"
+    assert op(killed[0]).run_state == "failed"
     # Every vector written once: the completed shards embedded the 240 samples between them,
     # the re-queued one only what its dead worker had not written.
-    results = [service.get(o).result.result for o in others + [again]]
+    results = [op(o).result.result for o in others + [again]]
     assert sum(r["embedded"] for r in results) == 240 - CHUNK
-    assert service.get(again).result.result["skipped_existing"] == CHUNK
+    assert op(again).result.result["skipped_existing"] == CHUNK
     ds.reload()
     assert ds.exists("emb").count() == 240
     assert field_record(ds, "emb")["version"] == encoder.version
@@ -121,3 +125,37 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
     # Both workers took part.
     logs = [(tmp_path / f"{w}.log").read_text() for w in "bc"]
     assert all("Running operation" in log for log in logs), [log[-500:] for log in logs]
+
+    # The same from the command line: the job ids on stdout; --shards alone is refused.
+    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "embed", "--dataset", ds.name,
+                          "--encoder", copies_encoder, "--field", "emb2", "--shards", "3"],
+                         capture_output=True, text=True, env=subprocess_env, timeout=300)
+    assert out.returncode == 2 and "add --delegate" in out.stderr
+    queued = cli("embed", "--dataset", ds.name, "--encoder", copies_encoder, "--field", "emb2",
+                 "--shards", "3", "--delegate")
+    assert len(queued) == 3 and {op(o).run_state for o in queued} == {"queued"}
+    assert [op(o).label for o in queued] == [f"lookalike embed emb2:{k}/3" for k in (1, 2, 3)]
+    for o in queued:  # no worker will run them
+        service.delete_operation(ObjectId(o))
+
+
+def test_the_embed_operator_queues_shards_for_the_workers(dataset_name, demo_records,
+                                                        copies_encoder):
+    import fiftyone.operators as foo
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:30]])
+    out = foo.execute_operator("@lookalike/similarity/compute_embeddings", ctx={"dataset": ds},
+                               params={"encoder": copies_encoder, "embeddings_field": "emb",
+                                       "shards": 3})
+    service = DelegatedOperationService()
+    queued = [service.get(ObjectId(o)) for o in out.result["queued"]]
+    try:
+        assert [q.run_state for q in queued] == ["queued"] * 3
+        params = [q.context.request_params["params"] for q in queued]
+        assert [p["shard"] for p in params] == [f"shard:emb:{k}/3" for k in (1, 2, 3)]
+        assert field_record(ds, "emb")["encoder"] == copies_encoder
+        assert out.result["embedded"] == 0 and not ds.exists("emb").count()
+    finally:
+        for q in queued:
+            service.delete_operation(q.id)
