@@ -40,6 +40,7 @@ def _camera_jpegs(paths, n, folder):
 
 
 def _run(dataset, encoder, field, shards, workers, env, tmp):
+    from bson import ObjectId
     from fiftyone.operators.delegated import DelegatedOperationService
 
     import processes
@@ -53,7 +54,7 @@ def _run(dataset, encoder, field, shards, workers, env, tmp):
     try:
         time.sleep(20)  # the workers import FiftyOne before they poll: not part of the job
         start = time.perf_counter()
-        ops = queue_embeddings(dataset, encoder, field, shards=shards)
+        ops = [ObjectId(o) for o in queue_embeddings(dataset, encoder, field, shards=shards)]
         while any(service.get(o).run_state in ("queued", "running") for o in ops):
             time.sleep(0.2)
         wall = time.perf_counter() - start
