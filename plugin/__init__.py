@@ -536,16 +536,16 @@ class CalibrateThreshold(forms.BackgroundOperator):
             method=ctx.params.get("method"), target=ctx.params.get("target"),
             unknown_fraction=ctx.params.get("unknown_fraction", 0.2),
             progress=forms.progress(ctx))
-        ctx.ops.notify(f"No-match threshold {calibration.threshold:.4f}, duplicate threshold "
-                       f"{calibration.duplicate_threshold:.4f} ({calibration.method})",
-                       variant="success")
+        ctx.ops.notify(f"Index '{calibration.brain_key}': no-match threshold "
+                       f"{calibration.threshold:.4f} ({calibration.method}), duplicate threshold "
+                       f"{calibration.duplicate_threshold:.4f}", variant="success")
         out = {k: getattr(calibration, k) for k in (
             "brain_key", "method", "threshold", "duplicate_threshold", "duplicate_rule", "note",
             "candidate_threshold", "min_inliers", "inlier_rule", "num_queries",
             "num_missing_labels", "unknown_classes")}
         out.update({f"at_{k}": v for k, v in (calibration.metric_values or {}).items()
                     if k != "thresholds"})
-        return out
+        return forms.rounded(out)
 
 
 class FlagOutliers(forms.BackgroundOperator):
@@ -579,7 +579,7 @@ class FlagOutliers(forms.BackgroundOperator):
         if not ctx.delegated:
             ctx.ops.set_view(lc.outliers_view(ctx.dataset))
         ctx.ops.notify(f"{report.summary()} (tagged '{tag}')", variant="success")
-        return report.to_record()
+        return forms.rounded(report.to_record())
 
 
 KEEP_LABELS = {
@@ -633,7 +633,7 @@ class FindDuplicates(forms.BackgroundOperator):
         ctx.ops.notify(f"{by}{report.num_groups} duplicate groups; {report.num_duplicates} samples "
                        f"tagged 'duplicate'; {report.num_verified_pairs} pairs verified by local "
                        "features", variant="success")
-        out = report.to_record()
+        out = forms.rounded(report.to_record())
         out["groups"] = [{"group": n, "size": len(g),
                           "kept": os.path.basename(report.files[g[0]])}
                          for n, g in enumerate(report.groups[:200], 1)]

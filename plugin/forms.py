@@ -392,6 +392,21 @@ def add_outputs(outputs, fields):
             getattr(outputs, kind)(name, label=label)
 
 
+# Distances and rates as every table and output shows them.
+DECIMALS = 4
+
+
+def rounded(values):
+    """``values`` (a dict) with its floats rounded to :data:`DECIMALS` places, at any depth."""
+    if isinstance(values, float):
+        return round(values, DECIMALS)
+    if isinstance(values, dict):
+        return {k: rounded(v) for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [rounded(v) for v in values]
+    return values
+
+
 def file_columns(column):
     """The columns of a table of files that were skipped, with the reason for each."""
     return (("path", column), ("reason", "Reason"))

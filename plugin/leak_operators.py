@@ -74,4 +74,4 @@ class FindLeaks(forms.BackgroundOperator):
         name = report.files.get
         rows = [{"file": os.path.basename(name(a) or a), "other": os.path.basename(name(b) or b),
                  "reason": why} for a, b, why in report.pairs[:SHOWN_PAIRS]]
-        return dict(report.to_record(), summary=report.summary(), pairs=rows)
+        return forms.rounded(dict(report.to_record(), summary=report.summary(), pairs=rows))

@@ -107,6 +107,8 @@ class LookalikePanel(foo.Panel):
         view = lc.duplicates_view(ctx.dataset).match(F("dup_group") == groups[int(row)])
         ctx.ops.set_view(view)
         forms.show_duplicate_fields(ctx)
+        ctx.ops.notify(f"Duplicate group {groups[int(row)]}, the kept image first"
+                       f"{_origin(ctx.dataset, 'duplicates')}")
 
     def show_outlier(self, ctx):
         ids = ctx.panel.state.outlier_ids or []
@@ -119,11 +121,13 @@ class LookalikePanel(foo.Panel):
 
         ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
         forms.show_duplicate_fields(ctx)
+        ctx.ops.notify(f"Near-duplicate groups{_origin(ctx.dataset, 'duplicates')}")
 
     def show_all_outliers(self, ctx):
         import lookalike.curation as lc
 
         ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+        ctx.ops.notify(f"No-match outliers{_origin(ctx.dataset, 'outliers')}")
 
     def show_label_no_match(self, ctx):
         import lookalike.curation as lc

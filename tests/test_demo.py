@@ -120,6 +120,13 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
         assert "fiftyone app launch test-demo-cli" in out.stdout
         assert "oldest supported" not in out.stdout + out.stderr
         assert fo.load_dataset("test-demo-cli").persistent
+        # The App opens on the best index's results, named, and offers that index first.
+        from lookalike import overview
+
+        ds = fo.load_dataset("test-demo-cli")
+        for kind in ("duplicates", "outliers"):
+            assert overview.result_origin(ds, kind)["brain_key"] == "emb_contrastive_sim"
+        assert overview.preferred_index(ds) == "emb_contrastive_sim"
     finally:
         if fo.dataset_exists("test-demo-cli"):
             fo.delete_dataset("test-demo-cli")

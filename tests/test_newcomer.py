@@ -80,6 +80,12 @@ def test_results_name_their_index_and_the_last_used_index_is_offered_first(app_s
     assert "the dataset now shows index 'b_sim'" in state["summary"]
     assert [r["shown"] for r in state["runs"]] == ["▶", ""]
     assert _brain_key_choice(url, photos)[0] == "a_sim"  # the panel's choice is remembered
+    # A group shown in the grid says which index found it; numbers come rounded.
+    body = _panel(url, photos, "show_group", state, params={"row": 0}, raw=True)
+    notes = [r["params"]["message"] for r in body["executor"]["requests"]
+             if r["operator_uri"] == "notify"]
+    assert notes[0].startswith("Duplicate group 1, the kept image first (by index 'b_sim', ")
+    assert round(dups_b["result"]["threshold"], 4) == dups_b["result"]["threshold"]
     # Without a remembered index: the one whose results the dataset shows.
     assert overview.preferred_index(photos) == "b_sim"
     assert overview.preferred_index(photos, remembered="gone") == "b_sim"

@@ -287,6 +287,8 @@ def detect_format(path):
     """What ``path`` holds: "lookalike" (a folder with our manifest), "paddle-inference"
     (a folder with an export) or "keras" (a ``.keras`` file); EncoderStoreError otherwise."""
     source = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(source):
+        raise EncoderStoreError(f"{source}: no such model directory or file")
     if os.path.isfile(source) and source.endswith(".keras"):
         return KERAS
     if os.path.isdir(source):
@@ -295,8 +297,8 @@ def detect_format(path):
         if any(n.endswith(".pdiparams") for n in os.listdir(source)):
             return PADDLE_INFERENCE
     raise EncoderStoreError(
-        f"{source}: not a model lookalike can bring in: a lookalike encoder folder (with "
-        f"{store.MANIFEST}), a Paddle Inference export folder (*.pdiparams) or a .keras file")
+        f"{source}: not a lookalike encoder (no {store.MANIFEST}), nor a Paddle Inference "
+        "export folder (*.pdiparams) or a .keras file")
 
 
 def import_foreign(path, name, kind, image_size=None, normalization=None, output=None,
