@@ -4,6 +4,7 @@ Run on demand (not part of the tests); it uses its own isolated MongoDB:
 
     .venv/bin/python benchmarks/index.py                  # N = 10k, 100k; d = 128, 256
     .venv/bin/python benchmarks/index.py --sizes 1000000 --no-dataset   # engines only at 1M
+    .venv/bin/python benchmarks/index.py --read 1000000 --dims 256      # reading the field only
 
 On clustered synthetic L2-normalised vectors, per (N, d):
 
@@ -11,6 +12,13 @@ On clustered synthetic L2-normalised vectors, per (N, d):
   queries/s (1,000 queries); recall@25 against exact; memory of the index;
 * the machine's single-thread memory read bandwidth and the bound N*d*4 bytes /
   bandwidth for one exact query;
+* the engines beside the previous approximate build (4 * sqrt(N) lists,
+  k-means on 256 points per list: 177 s at 1M) and the compressed engine
+  (8-bit codes in memory, re-ranked from the vectors mapped from disk);
+* ``--read N``: loading an N x d embeddings field from MongoDB into the index's
+  matrix, FiftyOne's ``values()`` + stacking (the previous path) against the
+  streamed read, each in a fresh process: seconds and peak memory above the
+  process's size before the read, beside the matrix's own size;
 * with a FiftyOne dataset (unless --no-dataset): ``dataset.sort_by_similarity``
   end to end on our run and on a sklearn-backend run over the same field, the
   raw k-NN query of each backend, and the time a fresh process needs to load
@@ -62,10 +70,10 @@ def read_bandwidth_gbs():
     return a.nbytes / dt / 1e9
 
 
-def engines(n, d, rows):
+def engines(n, d, rows, skip_previous=False):
     from threadpoolctl import threadpool_limits
 
-    from lookalike.similarity.engine import ExactEngine, IVFEngine
+    from lookalike.similarity.engine import CompressedEngine, ExactEngine, IVFEngine
 
     x = clustered(n + 1200, d, seed=n + d)
     data, queries = x[:n], x[n:]
@@ -90,7 +98,7 @@ def engines(n, d, rows):
     rows.append(dict(N=n, d=d, impl="lookalike exact", build_s=0.0, query_ms=exact_ms,
                      batch_qps=exact_qps, recall=1.0, mem_mb=data.nbytes / 1e6))
     t = time.perf_counter()
-    ivf = IVFEngine(data, recall_target=0.98)
+    ivf = IVFEngine(data)
     build = time.perf_counter() - t
     ivf_ms = median_ms(lambda q: ivf.knn(q[np.newaxis], 25), single)
     found, _ = ivf.knn(single, 25)
@@ -104,7 +112,52 @@ def engines(n, d, rows):
     rows.append(dict(N=n, d=d, impl=f"lookalike approximate (IVF nlist={ivf.index.nlist}, "
                      f"nprobe={ivf.nprobe})", build_s=build, query_ms=ivf_ms, batch_qps=ivf_qps,
                      recall=recall, mem_mb=mem))
+    if not skip_previous:
+        rows.append(_timed_engine(PreviousIVF, data, single, batch, truth, n, d,
+                                  "previous approximate (IVF nlist={nlist}, nprobe={nprobe}; "
+                                  "k-means on 256 points a list)", nlist=round(4 * np.sqrt(n))))
+    path = os.path.join(tempfile.mkdtemp(prefix="lookalike-bench-"), "vectors.npy")
+    np.save(path, data)
+    mapped = np.load(path, mmap_mode="r")
+    row = _timed_engine(CompressedEngine, mapped, single, batch, truth, n, d,
+                        "lookalike compressed (IVF-SQ8 nlist={nlist}, nprobe={nprobe}, "
+                        "re-ranked from disk)")
+    row["disk_mb"] = data.nbytes / 1e6
+    rows.append(row)
+    os.remove(path)
     return data
+
+
+class PreviousIVF:
+    """The approximate engine as it was built before: every list trained on 256 points."""
+
+    def __new__(cls, matrix, **params):
+        from lookalike.similarity.engine import IVFEngine
+
+        class Previous(IVFEngine):
+            TRAIN_PER_LIST = 256
+            TRAIN_ITERATIONS = 25  # faiss's default, which it used
+
+        return Previous(matrix, recall_target=0.98, **params)
+
+
+def _timed_engine(cls, data, single, batch, truth, n, d, label, **params):
+    import faiss
+
+    t = time.perf_counter()
+    engine = cls(data, **params)
+    build = time.perf_counter() - t
+    ms = median_ms(lambda q: engine.knn(q[np.newaxis], 25), single)
+    found, _ = engine.knn(single, 25)
+    recall = float(np.mean([len(set(a) & set(b)) / 25 for a, b in zip(found, truth)]))
+    t = time.perf_counter()
+    engine.knn(batch, 25)
+    qps = len(batch) / (time.perf_counter() - t)
+    in_memory = faiss.serialize_index(engine.index).nbytes
+    if not isinstance(data, np.memmap):
+        in_memory += data.nbytes
+    return dict(N=n, d=d, impl=label.format(nlist=engine.index.nlist, nprobe=engine.nprobe),
+                build_s=build, query_ms=ms, batch_qps=qps, recall=recall, mem_mb=in_memory / 1e6)
 
 
 FRESH = """
@@ -174,14 +227,78 @@ def with_dataset(n, dims, data_by_d, rows, env):
     ds.delete()
 
 
+READ = """
+import json, resource, sys, time
+import psutil
+import fiftyone as fo
+from lookalike.similarity.engine import as_unit_matrix
+from lookalike.similarity.field import read_unit_vectors
+ds = fo.load_dataset(sys.argv[1])
+before = psutil.Process().memory_info().rss
+t = time.perf_counter()
+if sys.argv[3] == "values":  # the previous path
+    ids, vectors = ds.values(["id", sys.argv[2]])
+    matrix = as_unit_matrix([v for v in vectors if v is not None])
+else:
+    matrix, ids = read_unit_vectors(ds, sys.argv[2])
+seconds = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(dict(s=seconds, peak_mb=(peak - before) / 1e6, matrix_mb=matrix.nbytes / 1e6,
+                      rows=len(matrix))))
+"""
+
+
+def read_field(n, d, env):
+    """Seconds and peak memory of reading an n x d field: values() vs streamed, fresh processes."""
+    import fiftyone as fo
+    import fiftyone.core.utils as fou
+    from bson import Binary, ObjectId
+
+    from lookalike import fo_adapter
+
+    name = f"bench-read-{n}-{d}"
+    if not fo.dataset_exists(name):
+        ds = fo.Dataset(name, persistent=True)
+        ds.add_sample(fo.Sample(filepath="/bench/0.jpg", emb=np.ones(d, np.float32)))
+        coll = fo_adapter.sample_collection(ds)
+        template = coll.find_one()
+        template.pop("_id")
+        t = time.perf_counter()
+        for start in range(1, n, 20_000):
+            x = clustered(min(20_000, n - start), d, seed=start, centers=100)
+            coll.insert_many([dict(template, _id=ObjectId(), filepath=f"/bench/{start + k}.jpg",
+                                   emb=Binary(fou.serialize_numpy_array(v)))
+                              for k, v in enumerate(x)], ordered=False)
+        print(f"  wrote {n:,} x {d} vectors into MongoDB in {time.perf_counter() - t:.0f} s",
+              flush=True)
+    out = {}
+    for how in ("values", "streamed"):
+        proc = subprocess.run([sys.executable, "-c", READ, name, "emb", how], capture_output=True,
+                              text=True, env=env, timeout=3600)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        out[how] = json.loads(line[-1]) if line else {"error": proc.stderr[-500:]}
+        print(f"  {how}: {out[how]}", flush=True)
+    print(f"\n| reading {n:,} x {d} from MongoDB | seconds | peak memory above the process MB | "
+          "matrix MB | peak / matrix |")
+    print("|---|---|---|---|---|")
+    labels = {"values": "FiftyOne values() + stack (previous)", "streamed": "lookalike streamed read"}
+    for how, r in out.items():
+        if "s" in r:
+            print(f"| {labels[how]} | {r['s']:.1f} | {r['peak_mb']:,.0f} | {r['matrix_mb']:,.0f} | "
+                  f"{r['peak_mb'] / r['matrix_mb']:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--no-dataset", action="store_true")
+    parser.add_argument("--read", type=int, default=None, metavar="N",
+                        help="only time reading an N-vector field from MongoDB")
+    parser.add_argument("--skip-previous", action="store_true",
+                        help="leave out the previous approximate build (177 s at 1M)")
     args = parser.parse_args()
 
-    tmp = tempfile.mkdtemp(prefix="lookalike-bench-")
     env = None
     if not args.no_dataset:
         import conftest  # the tests' isolated mongod, same set-up
@@ -191,6 +308,10 @@ def main():
         from lookalike.database import quiet_mongodb_version_warning
 
         quiet_mongodb_version_warning()
+    if args.read:
+        for d in args.dims:
+            read_field(args.read, d, env)
+        return
     bw = read_bandwidth_gbs()
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}, "
           f"single-thread read bandwidth {bw:.1f} GB/s", flush=True)
@@ -199,18 +320,19 @@ def main():
         data_by_d = {}
         for d in args.dims:
             print(f"N={n} d={d}: engines ...", flush=True)
-            data_by_d[d] = engines(n, d, engine_rows)
+            data_by_d[d] = engines(n, d, engine_rows, args.skip_previous)
         if not args.no_dataset:
             print(f"N={n}: FiftyOne runs ...", flush=True)
             with_dataset(n, args.dims, data_by_d, dataset_rows, env)
 
-    print("\n| N | d | engine | build s | 1 query ms (k=25) | batch queries/s | recall@25 | memory MB | bandwidth bound ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| N | d | engine | build s | 1 query ms (k=25) | batch queries/s | recall@25 | memory MB | on disk MB | bandwidth bound ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in engine_rows:
         bound = r["N"] * r["d"] * 4 / (bw * 1e9) * 1000
         qps = f"{r['batch_qps']:.0f}" if r["batch_qps"] else "-"
+        disk = f"{r['disk_mb']:,.0f}" if r.get("disk_mb") else "-"
         print(f"| {r['N']:,} | {r['d']} | {r['impl']} | {r['build_s']:.1f} | {r['query_ms']:.2f} | "
-              f"{qps} | {r['recall']:.3f} | {r['mem_mb']:.0f} | {bound:.2f} |")
+              f"{qps} | {r['recall']:.3f} | {r['mem_mb']:,.0f} | {disk} | {bound:.2f} |")
     if dataset_rows:
         print("\n| N | d | backend | build s | raw k-NN ms | sort_by_similarity ms | fresh process load + query s |")
         print("|---|---|---|---|---|---|---|")

@@ -188,8 +188,8 @@ def test_approximate_engine_recall_against_exact():
     x, q = data[:20_000], data[20_000:]  # held-out queries from the same distribution
     exact = ExactEngine(x)
     approx = IVFEngine(x, recall_target=0.97)
-    # about 4 * sqrt(N) lists, capped so each list trains on >= 39 points
-    assert approx.index.nlist == min(round(4 * np.sqrt(20_000)), 20_000 // 39)
+    # about sqrt(N) lists, capped so each list trains on >= 39 points
+    assert approx.index.nlist == min(round(np.sqrt(20_000)), 20_000 // 39)
     assert approx.nprobe >= 1
     ei, ed = exact.knn(q, 25)
     ai, ad = approx.knn(q, 25)

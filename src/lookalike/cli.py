@@ -353,6 +353,8 @@ def cmd_search(args):
         from lookalike.images import open_image
 
         open_image(args.image).close()  # a missing or broken file, before loading the encoder
+    if args.brain_key in dataset.list_brain_runs() and not ls.is_ours(dataset, args.brain_key):
+        return _search_other_backend(dataset, args)
     ids, dists = _with_progress(ls.nearest, "searching", samples=dataset,
                                 brain_key=args.brain_key, query_ids=args.sample_id,
                                 query_path=args.image, k=args.k)
@@ -368,6 +370,18 @@ def cmd_search(args):
                                        [paths[i] for i in ids])
     for n in order:
         print(f"{dists[n]:.4f}  {inliers[n]:4d} inliers  {paths[ids[n]]}")
+    return 0
+
+
+def _search_other_backend(dataset, args):
+    """Another backend's run (LanceDB, Qdrant, ...): its neighbours, decided by our thresholds."""
+    from lookalike.similarity.external import lookup
+
+    found = lookup(dataset, args.brain_key, query_ids=args.sample_id, query_path=args.image,
+                   k=args.k, calibrated_by=args.calibrated_by)
+    paths = dict(zip(*dataset.select([n.sample_id for n in found]).values(["id", "filepath"])))
+    for n in found:
+        print(f"{n.distance:.4f}  {n.decision:<9}  {paths[n.sample_id]}")
     return 0
 
 
@@ -770,6 +784,10 @@ def build_parser():
     search.add_argument("-k", type=_at_least(1), default=10)
     search.add_argument("--verify", action="store_true",
                         help="re-rank by local features: the same object seen again first")
+    search.add_argument("--calibrated-by", default=None, metavar="KEY",
+                        help="for another backend's run (LanceDB, Qdrant, ...): the lookalike "
+                             "index over the same field whose thresholds decide duplicate / "
+                             "match / no match (default: the preferred one)")
     search.set_defaults(func=cmd_search)
 
     def brain_args(p, key_required=True, tag=True):

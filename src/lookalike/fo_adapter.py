@@ -108,3 +108,30 @@ def saved_brain_results(samples, brain_key):
         return None
     run_doc.results.seek(0)
     return json_util.loads(run_doc.results.read().decode())
+
+
+def project(samples, field, batch_size):
+    """``(db path, cursor)``: ``{"_id", <db path>}`` of the samples of ``samples`` with ``field`` set.
+
+    Streams one field of a view in batches, straight from MongoDB: ``values()``
+    would build every value (and a list of them) in memory first. The view's
+    own stages come first, so order and filters are the view's.
+    (``samples._handle_db_field`` and ``samples._pipeline``: private;
+    ``values()`` builds its pipeline with them.)
+    """
+    db_path = samples._handle_db_field(field)
+    pipeline = samples._pipeline(pipeline=[{"$match": {db_path: {"$ne": None}}},
+                                           {"$project": {db_path: True}}])
+    return db_path, sample_collection(samples).aggregate(pipeline, batchSize=batch_size,
+                                                         allowDiskUse=True)
+
+
+def kneighbors(index, query, k):
+    """``(sample ids, distances)`` of the k nearest by any backend's similarity index.
+
+    Every fiftyone-brain backend implements ``_kneighbors`` (its public
+    ``sort_by_similarity`` writes a view and a field instead).
+    (``index._kneighbors``: private.)
+    """
+    ids, _, dists = index._kneighbors(query, k=k, return_dists=True)
+    return ids, dists

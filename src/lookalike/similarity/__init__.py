@@ -45,13 +45,16 @@ def our_brain_keys(dataset):
 
 
 def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwrite=True,
-                nprobe=None, recall_target=0.98):
+                nprobe=None, recall_target=0.99):
     """Creates (or replaces) a lookalike similarity index over ``embeddings_field`` of ``samples``.
 
     The index holds exactly the samples of ``samples`` (a dataset or a view)
     that have an embedding; queries on the dataset with this brain key return
     only those. ``engine``: "exact", "approximate" (faiss IVF; ``nprobe`` or
-    tuned to ``recall_target``) or "auto" (approximate from 200,000 vectors).
+    tuned to ``recall_target``), "compressed" (the same over 8-bit codes,
+    re-ranked exactly from the vectors mapped from disk) or "auto"
+    (approximate from 200,000 vectors, compressed when the floats would not
+    fit in memory: :func:`lookalike.similarity.engine.memory_budget`).
     Samples without an embedding are left out (and counted in
     ``index.num_missing``). A brain key used by another kind of run is never
     replaced.

@@ -102,12 +102,17 @@ def save(samples, name, field, matrix, sample_ids, engine=None):
     # save with ids of another.
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(path, "meta.json"))
+    vectors = os.path.join(path, "vectors.npy")
     tmp_v, tmp_i = os.path.join(path, "vectors.tmp.npy"), os.path.join(path, "ids.tmp.npy")
-    np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
+    # A compressed engine's matrix is a map of vectors.npy itself: nothing to write.
+    mapped = is_mapped_from(matrix, vectors)
+    if not mapped:
+        np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
     np.save(tmp_i, np.asarray(sample_ids, dtype="U24"))
     meta = dict(field=field, dim=int(matrix.shape[1]) if matrix.ndim == 2 else 0,
                 size=int(len(sample_ids)), **field_state(samples, field))
-    os.replace(tmp_v, os.path.join(path, "vectors.npy"))
+    if not mapped:
+        os.replace(tmp_v, vectors)
     os.replace(tmp_i, os.path.join(path, "ids.npy"))
     with open(os.path.join(path, "meta.json.tmp"), "w") as f:
         json.dump(meta, f)
@@ -119,13 +124,47 @@ def save(samples, name, field, matrix, sample_ids, engine=None):
         faiss.write_index(engine.index, faiss_path + ".tmp")
         os.replace(faiss_path + ".tmp", faiss_path)
         with open(os.path.join(path, "ivf.json"), "w") as f:
-            json.dump({"nprobe": engine.nprobe, "ntotal": int(engine.index.ntotal)}, f)
+            json.dump({"nprobe": engine.nprobe, "ntotal": int(engine.index.ntotal),
+                       "engine": engine.name}, f)
     elif os.path.exists(faiss_path):
         os.remove(faiss_path)
 
 
-def load(samples, name, field):
-    """``(matrix, sample_ids)`` from disk, or None when missing or stale for ``samples``."""
+def memory_map_of(matrix):
+    """The ``np.memmap`` under ``matrix`` (itself or what it views), or None."""
+    base = matrix
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    return base
+
+
+def is_mapped_from(matrix, path):
+    """Whether ``matrix`` is (a view of) a memory map of the file ``path``."""
+    filename = getattr(memory_map_of(matrix), "filename", None)
+    return bool(filename) and os.path.exists(path) and os.path.samefile(filename, path)
+
+
+def saved_engine(samples, name):
+    """The engine that saved the artefacts ``name`` ("ivf", "compressed"), or None."""
+    try:
+        with open(os.path.join(build_path(samples, name), "ivf.json")) as f:
+            return json.load(f).get("engine", "ivf")
+    except (OSError, ValueError):
+        return None
+
+
+def map_vectors(samples, name):
+    """The saved vectors of ``name`` as a read-only memory map."""
+    return np.load(os.path.join(build_path(samples, name), "vectors.npy"), mmap_mode="r",
+                   allow_pickle=False)
+
+
+def load(samples, name, field, mmap=False):
+    """``(matrix, sample_ids)`` from disk, or None when missing or stale for ``samples``.
+
+    ``mmap``: the matrix is a read-only memory map of the file (for the
+    compressed engine), not read into memory.
+    """
     path = build_path(samples, name)
     try:
         with open(os.path.join(path, "meta.json")) as f:
@@ -135,7 +174,8 @@ def load(samples, name, field):
         if {k: meta.get(k) for k in ("count", "ids", "version")} != field_state(samples, field):
             logger.info("index artefacts %s are stale: rebuilding from '%s'", path, field)
             return None
-        matrix = np.load(os.path.join(path, "vectors.npy"), allow_pickle=False)
+        matrix = np.load(os.path.join(path, "vectors.npy"), allow_pickle=False,
+                         mmap_mode="r" if mmap else None)
         ids = np.load(os.path.join(path, "ids.npy"), allow_pickle=False)
     except (OSError, ValueError):
         return None

@@ -34,6 +34,7 @@ from lookalike import faults, fo_adapter
 from lookalike.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
 from lookalike.similarity import artefacts
 from lookalike.similarity.distance import cosine_distance
+from lookalike.similarity.field import read_unit_vectors
 from lookalike.similarity.engine import (
     InvalidEmbeddingsError,
     as_unit_matrix,
@@ -52,10 +53,13 @@ class LookalikeSimilarityConfig(SimilarityConfig):
     Args:
         metric ("cosine"): the only metric: distances are ``1 - cos`` in [0, 2]
         engine ("exact"): "exact" (BLAS), "approximate" (faiss IVF, for large
-            datasets) or "auto" (approximate from 200,000 vectors)
+            datasets), "compressed" (faiss IVF over 8-bit codes, re-ranked
+            exactly from the vectors mapped from disk: for more vectors than
+            memory holds) or "auto" (approximate from 200,000 vectors,
+            compressed when they would not fit in memory)
         nprobe (None): the approximate engine's search breadth; None tunes it
             to ``recall_target`` at build time
-        recall_target (0.98): recall@25 against exact search that tuning aims for
+        recall_target (0.99): recall@25 against exact search that tuning aims for
         encoder (None): name of the lookalike encoder that wrote the embeddings
             (used to embed query images that are not in the dataset)
         encoder_version (None): that encoder's version
@@ -64,7 +68,7 @@ class LookalikeSimilarityConfig(SimilarityConfig):
     """
 
     def __init__(self, metric="cosine", engine="exact", encoder=None, encoder_version=None,
-                 nprobe=None, recall_target=0.98, build_id=None, **kwargs):
+                 nprobe=None, recall_target=0.99, build_id=None, **kwargs):
         if metric != "cosine":
             raise IndexSettingsError(f"lookalike indexes use cosine distance, not {metric!r}")
         check_engine(engine)
@@ -198,7 +202,8 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             return np.zeros((0, 0), np.float32), [], None, False
         if brain_key is not None:
             name = config.build_id or brain_key
-            cached = artefacts.load(self._source, name, field)
+            mapped = artefacts.saved_engine(self._source, name) == "compressed"
+            cached = artefacts.load(self._source, name, field, mmap=mapped)
             if cached is not None:
                 matrix, ids = cached
                 faiss_index = artefacts.load_faiss(self._source, name, len(ids))
@@ -219,8 +224,16 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             params = dict(nprobe=config.nprobe)
         if config.engine != "exact" and len(matrix):
             params.setdefault("recall_target", config.recall_target)
+        persisted = self._brain_key is not None and config.embeddings_field
+        if (persisted and faiss_index is None and artefacts.memory_map_of(matrix) is None
+                and resolve_engine(config.engine, len(matrix), dim=matrix.shape[1]) == "compressed"):
+            # The compressed engine re-ranks from the vectors on disk: write
+            # them first, then search a memory map of them.
+            artefacts.save(self._source, self._artefacts_name, config.embeddings_field, matrix,
+                           self._sample_ids)
+            matrix = artefacts.map_vectors(self._source, self._artefacts_name)
         engine = make_engine(config.engine, matrix, **params)
-        if save and self._brain_key is not None and config.embeddings_field:
+        if save and persisted:
             self._save_artefacts(engine)
         return engine
 
@@ -530,18 +543,16 @@ def describe_samples(samples):
 
 def read_field(samples, field):
     """(unit matrix, sample ids, number without a vector) of an embeddings field over ``samples``."""
-    ids, vectors = samples.values(["id", field])
-    have = [i for i, v in enumerate(vectors) if v is not None]
-    missing = len(ids) - len(have)
+    matrix, ids = read_unit_vectors(samples, field)
+    missing = samples.count() - len(ids)
     if missing:
         logger.warning("%d of %d samples have no '%s' embedding and are left out of the index",
-                       missing, len(ids), field)
-    if not have:
+                       missing, missing + len(ids), field)
+    if not len(ids):
         raise InvalidEmbeddingsError(
             f"no sample of {describe_samples(samples)} has an embedding in '{field}': "
             "compute embeddings first")
-    matrix = as_unit_matrix([vectors[i] for i in have], f"'{field}' embeddings")
-    return matrix, [ids[i] for i in have], missing
+    return matrix, ids, missing
 
 
 def write_vectors(dataset, field, sample_ids, vectors):

@@ -16,9 +16,11 @@ import numpy as np
 from lookalike.errors import IndexSettingsError, InvalidEmbeddingsError  # noqa: F401 (re-exported)
 from lookalike.similarity.distance import cosine_distance
 
-# The one choice of search: "exact" (BLAS), "approximate" (faiss IVF) or
-# "auto" (approximate from a size that depends on the search; see resolve_engine).
-ENGINES = ("auto", "exact", "approximate")
+# The one choice of search: "exact" (BLAS), "approximate" (faiss IVF),
+# "compressed" (faiss IVF over 8-bit codes, re-ranked from vectors on disk) or
+# "auto" (approximate from a size that depends on the search, compressed when
+# the floats would not fit in memory; see resolve_engine).
+ENGINES = ("auto", "exact", "approximate", "compressed")
 # Above this many vectors "auto" picks the approximate engine (see benchmarks/index.py).
 AUTO_APPROXIMATE_FROM = 200_000
 # Runs saved before the choice had one spelling may say "ivf" (the engine's
@@ -131,59 +133,82 @@ class ExactEngine:
 class IVFEngine(ExactEngine):
     """Approximate search with faiss ``IndexIVFFlat`` (inner product on unit vectors).
 
-    ``nlist`` defaults to about 4 * sqrt(N) lists; ``nprobe`` (how many lists a
-    query visits) is tuned at build time until recall@``k`` against exact search
-    on sampled queries reaches ``recall_target``. Least-similar queries, which an
+    ``nlist`` defaults to about sqrt(N) lists, its k-means trained on
+    :attr:`TRAIN_PER_LIST` sampled points per list (at 1M x 256: 6 s to build,
+    where 4 * sqrt(N) lists trained on every vector took 177 s, at the same
+    recall; ``benchmarks/index.py``); ``nprobe`` (how many lists a query
+    visits) is tuned at build time until recall@``k`` against exact search on
+    sampled queries reaches ``recall_target``. Least-similar queries, which an
     inverted file cannot answer, fall back to exact search. Adding rows needs no
     retraining; removing rows re-fills the lists from the trained centroids.
     """
 
     name = "ivf"
+    TRAIN_PER_LIST = 64
+    TRAIN_ITERATIONS = 20
+    _ADD_CHUNK = 65536  # rows per faiss add: a memory-mapped matrix is never read whole
 
-    def __init__(self, matrix, nlist=None, nprobe=None, recall_target=0.98, k=25, seed=51,
+    def __init__(self, matrix, nlist=None, nprobe=None, recall_target=0.99, k=25, seed=51,
                  faiss_index=None):
         super().__init__(matrix)
-        faiss = _faiss()
         n, d = self.matrix.shape
         if faiss_index is not None:
             self.index = faiss_index
         else:
-            nlist = int(nlist or max(1, min(round(4 * np.sqrt(n)), n // 39 or 1)))
-            quantizer = faiss.IndexFlatIP(d)
-            self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+            nlist = int(nlist or default_nlist(n))
+            self.index = self._new_index(d, nlist)
+            self.index.cp.niter = self.TRAIN_ITERATIONS
             rng = np.random.default_rng(seed)
-            train = self.matrix[rng.choice(n, min(n, 256 * nlist), replace=False)]
-            self.index.train(train)
-            self.index.add(self.matrix)
+            # Sorted, so that a memory-mapped matrix is read front to back.
+            sample = np.sort(rng.choice(n, min(n, self.TRAIN_PER_LIST * nlist), replace=False))
+            self.index.train(np.ascontiguousarray(self.matrix[sample], np.float32))
+            self._add_to_index(self.matrix)
         self.nprobe = int(nprobe) if nprobe else self.tune(recall_target, k, seed)
         self.index.nprobe = self.nprobe
+
+    def _new_index(self, d, nlist):
+        faiss = _faiss()
+        return faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+
+    def _add_to_index(self, rows):
+        for start in range(0, len(rows), self._ADD_CHUNK):
+            self.index.add(np.ascontiguousarray(rows[start:start + self._ADD_CHUNK], np.float32))
+
+    def centroids(self):
+        """The trained list centres (nlist x d), e.g. for a pair search over the same rows."""
+        return self.index.quantizer.reconstruct_n(0, self.index.nlist)
 
     def tune(self, recall_target, k, seed, num_queries=200):
         """Smallest power-of-two nprobe reaching ``recall_target`` at ``k`` (measured)."""
         n = self.size
         rng = np.random.default_rng(seed + 1)
-        queries = self.matrix[rng.choice(n, min(n, num_queries), replace=False)]
+        queries = np.ascontiguousarray(self.matrix[np.sort(rng.choice(n, min(n, num_queries),
+                                                                      replace=False))])
         exact, _ = ExactEngine.knn(self, queries, k)
         nprobe = 1
         while True:
-            self.index.nprobe = nprobe
-            _, found = self.index.search(queries, min(k, n))
+            found, _ = self._search(queries, min(k, n), nprobe)
             recall = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact, found)])
             if recall >= recall_target or nprobe >= self.index.nlist:
                 self.measured_recall = float(recall)
                 return nprobe
             nprobe *= 2
 
-    def knn(self, queries, k, keep=None, reverse=False):
-        if reverse or (keep is not None and len(keep) <= 10 * k):
-            return ExactEngine.knn(self, queries, k, keep=keep, reverse=reverse)
+    def _search(self, queries, k, nprobe, keep=None):
+        """(row numbers, similarities) of the k most similar in the probed lists (-1: none)."""
         faiss = _faiss()
-        n = self.size if keep is None else len(keep)
-        k = min(k if k is not None else n, n)
-        params = faiss.SearchParametersIVF(nprobe=self.nprobe)
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
         if keep is not None:
             params.sel = faiss.IDSelectorBatch(np.asarray(keep, dtype=np.int64))
         sims, inds = self.index.search(np.ascontiguousarray(queries, np.float32), k, params=params)
+        return inds, sims
+
+    def knn(self, queries, k, keep=None, reverse=False):
+        if reverse or (keep is not None and len(keep) <= 10 * k):
+            return ExactEngine.knn(self, queries, k, keep=keep, reverse=reverse)
+        n = self.size if keep is None else len(keep)
+        k = min(k if k is not None else n, n)
+        inds, sims = self._search(queries, k, self.nprobe, keep)
         if keep is not None:
             inds = _to_positions(inds, keep)
         dists = cosine_distance(sims)
@@ -196,20 +221,28 @@ class IVFEngine(ExactEngine):
         if keep is not None:
             params.sel = faiss.IDSelectorBatch(np.asarray(keep, dtype=np.int64))
         lims, sims, inds = self.index.range_search(
-            np.ascontiguousarray(queries, np.float32), float(1.0 - thresh), params=params)
+            np.ascontiguousarray(queries, np.float32), float(1.0 - thresh - self._RANGE_MARGIN),
+            params=params)
         out_i, out_d = [], []
         for q in range(len(queries)):
             idx = inds[lims[q]:lims[q + 1]]
-            d = cosine_distance(sims[lims[q]:lims[q + 1]])
+            d = self._exact_distances(queries[q], idx, sims[lims[q]:lims[q + 1]])
+            inside = d <= thresh
+            idx, d = idx[inside], d[inside]
             order = np.argsort(d, kind="stable")
             idx, d = idx[order], d[order]
             out_i.append(_to_positions(idx[np.newaxis], keep)[0] if keep is not None else idx)
             out_d.append(d)
         return out_i, out_d
 
+    _RANGE_MARGIN = 0.0  # the flat lists hold the vectors themselves: their products are exact
+
+    def _exact_distances(self, query, rows, sims):
+        return cosine_distance(sims)
+
     def add(self, rows):
         super().add(rows)
-        self.index.add(np.ascontiguousarray(rows, np.float32))
+        self._add_to_index(rows)
 
     def replace(self, positions, rows):
         super().replace(positions, rows)
@@ -221,7 +254,74 @@ class IVFEngine(ExactEngine):
 
     def _refill(self):
         self.index.reset()  # keeps the trained centroids
-        self.index.add(self.matrix)
+        self._add_to_index(self.matrix)
+
+
+class CompressedEngine(IVFEngine):
+    """Approximate search over 8-bit codes in memory, re-ranked exactly from the float vectors.
+
+    faiss ``IndexIVFScalarQuantizer`` (8 bits per dimension: a quarter of the
+    float32 matrix) finds :attr:`RERANK` times k candidates; their float vectors
+    are read from ``matrix`` -- a memory map of the index's ``vectors.npy``
+    artefact, so the operating system pages in only the rows a query touches --
+    and ordered by their exact distances. Distances returned are exact. For
+    collections whose float vectors (and a float IVF copy of them) would not fit
+    in memory: ``auto`` picks it by :func:`memory_budget`.
+    """
+
+    name = "compressed"
+    RERANK = 4
+    _RANGE_MARGIN = 0.02  # 8-bit codes err by ~1e-3 in a product; re-checked exactly
+
+    def _new_index(self, d, nlist):
+        faiss = _faiss()
+        return faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, nlist,
+                                             faiss.ScalarQuantizer.QT_8bit,
+                                             faiss.METRIC_INNER_PRODUCT)
+
+    def _search(self, queries, k, nprobe, keep=None):
+        wide = int(min(self.index.ntotal, max(self.RERANK * k, k + 32)))
+        candidates, _ = IVFEngine._search(self, queries, wide, nprobe, keep)
+        inds = np.full((len(queries), k), -1, np.int64)
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        for q, row in enumerate(candidates):
+            row = np.unique(row[row >= 0])  # ascending: the memory map is read in order
+            exact = self.matrix[row] @ queries[q]
+            top = np.argsort(-exact, kind="stable")[:k]
+            inds[q, :len(top)], sims[q, :len(top)] = row[top], exact[top]
+        return inds, sims
+
+    def _exact_distances(self, query, rows, sims):
+        order = np.argsort(rows)
+        exact = np.empty(len(rows), np.float32)
+        exact[order] = self.matrix[rows[order]] @ query
+        return cosine_distance(exact)
+
+
+def default_nlist(n):
+    """About sqrt(N) lists, each with at least 39 vectors (faiss's minimum to train on)."""
+    return max(1, min(round(np.sqrt(n)), n // 39 or 1))
+
+
+def memory_budget():
+    """Bytes an index may hold in memory: ``LOOKALIKE_INDEX_MEMORY_MB``, else half of what is free."""
+    import os
+
+    setting = os.environ.get("LOOKALIKE_INDEX_MEMORY_MB")
+    if setting:
+        try:
+            return float(setting) * 1e6
+        except ValueError:
+            raise IndexSettingsError(
+                f"LOOKALIKE_INDEX_MEMORY_MB must be a number of megabytes, got {setting!r}") from None
+    import psutil
+
+    return psutil.virtual_memory().available / 2
+
+
+def fits_in_memory(size, dim):
+    """Whether the float engines' memory (the matrix and a float IVF copy) fits the budget."""
+    return 2 * 4 * size * max(dim, 1) <= memory_budget()
 
 
 def _to_positions(global_inds, keep):
@@ -249,20 +349,31 @@ def check_engine(name):
     return name
 
 
-def resolve_engine(name, size, approximate_from=AUTO_APPROXIMATE_FROM):
-    """"exact" or "approximate": what the choice ``name`` means for ``size`` vectors.
+def resolve_engine(name, size, approximate_from=AUTO_APPROXIMATE_FROM, dim=None):
+    """"exact", "approximate" or "compressed": what the choice ``name`` means for ``size`` vectors.
 
     ``approximate_from``: where "auto" turns approximate (the k-NN index's by
-    default; the pair search has its own).
+    default; the pair search has its own). ``dim``: the vectors' dimension;
+    with it, "auto" turns compressed when they would not fit in memory
+    (:func:`fits_in_memory`).
     """
     name = _SAVED_SPELLINGS.get(check_engine(name), name)
     if name == "auto":
         name = "approximate" if size >= approximate_from else "exact"
+        if dim is not None and not fits_in_memory(size, dim):
+            name = "compressed"
     return "exact" if size == 0 else name
+
+
+ENGINE_CLASSES = {"exact": ExactEngine, "approximate": IVFEngine, "compressed": CompressedEngine}
 
 
 def make_engine(name, matrix, **params):
     """The engine that the choice ``name`` (one of :data:`ENGINES`) means for ``matrix``."""
-    if resolve_engine(name, len(matrix)) == "exact":
+    used = resolve_engine(name, len(matrix), dim=matrix.shape[1] if matrix.ndim == 2 else None)
+    if params.get("faiss_index") is not None:  # a saved index: its own kind, whatever memory says
+        used = ("compressed" if isinstance(params["faiss_index"], _faiss().IndexIVFScalarQuantizer)
+                else "approximate")
+    if used == "exact":
         return ExactEngine(matrix)
-    return IVFEngine(matrix, **params)
+    return ENGINE_CLASSES[used](matrix, **params)
