@@ -300,7 +300,7 @@ def previous_pairs(x, threshold, nprobe=4, batch=16384):
     for start in range(0, n, batch):
         lims, sims, inds = index.range_search(x[start:start + batch], similarity_cutoff(threshold),
                                               params=params)
-        i = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims))
+        i = np.repeat(np.arange(start, start + len(lims) - 1), np.diff(lims).astype(np.int64))
         keep = (inds != i) & (cosine_distance(sims) <= threshold)
         found.update(zip(np.minimum(i, inds)[keep].tolist(), np.maximum(i, inds)[keep].tolist()))
     return found

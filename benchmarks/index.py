@@ -97,21 +97,8 @@ def engines(n, d, rows, skip_previous=False):
                      query_ms=numpy_ms, batch_qps=None, recall=1.0, mem_mb=data.nbytes / 1e6))
     rows.append(dict(N=n, d=d, impl="lookalike exact", build_s=0.0, query_ms=exact_ms,
                      batch_qps=exact_qps, recall=1.0, mem_mb=data.nbytes / 1e6))
-    t = time.perf_counter()
-    ivf = IVFEngine(data)
-    build = time.perf_counter() - t
-    ivf_ms = median_ms(lambda q: ivf.knn(q[np.newaxis], 25), single)
-    found, _ = ivf.knn(single, 25)
-    recall = float(np.mean([len(set(a) & set(b)) / 25 for a, b in zip(found, truth)]))
-    t = time.perf_counter()
-    ivf.knn(batch, 25)
-    ivf_qps = len(batch) / (time.perf_counter() - t)
-    import faiss
-
-    mem = (data.nbytes + faiss.serialize_index(ivf.index).nbytes) / 1e6
-    rows.append(dict(N=n, d=d, impl=f"lookalike approximate (IVF nlist={ivf.index.nlist}, "
-                     f"nprobe={ivf.nprobe})", build_s=build, query_ms=ivf_ms, batch_qps=ivf_qps,
-                     recall=recall, mem_mb=mem))
+    rows.append(_timed_engine(IVFEngine, data, single, batch, truth, n, d,
+                              "lookalike approximate (IVF nlist={nlist}, nprobe={nprobe})"))
     if not skip_previous:
         rows.append(_timed_engine(PreviousIVF, data, single, batch, truth, n, d,
                                   "previous approximate (IVF nlist={nlist}, nprobe={nprobe}; "

@@ -309,12 +309,7 @@ class ComputeEmbeddings(forms.BackgroundOperator):
                    required=True)
         inputs.int("batch_size", label="Batch size", min=1, default=64)
         inputs.bool("overwrite", label="Recompute existing embeddings", default=False)
-        from lookalike.jobs import MAX_SHARDS
-
-        inputs.int("shards", label="Shards (jobs for several workers)", min=1,
-                   max=MAX_SHARDS, default=1,
-                   description="More than 1: queue that many jobs over disjoint slices, for "
-                   "any number of `fiftyone delegated launch` workers sharing this database")
+        forms.shards_input(inputs)
         forms.execution_notice(inputs, self, ctx)
         inputs.view_target(ctx)
 
@@ -354,19 +349,12 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         return seconds and seconds * (2 if flip else 1)  # the mirror image is embedded too
 
     def execute(self, ctx):
-        import contextlib
-
-        from lookalike import leases
         from lookalike.embeddings import compute_embeddings
 
         shards = int(ctx.params.get("shards") or 1)
         if shards > 1:  # fan out: one queued job per slice, for any number of workers
             return self._queue_shards(ctx, shards)
-        shard = ctx.params.get("shard")  # one slice of a sharded embedding (lookalike.jobs)
-        # A shard's worker holds its lease while it runs: `lookalike jobs` tells a dead one.
-        alive = (leases.hold(ctx.dataset, shard, job="compute_embeddings shard")
-                 if shard else contextlib.nullcontext())
-        with alive:
+        with forms.shard_lease(ctx, "compute_embeddings"):  # one slice (lookalike.jobs)
             report = compute_embeddings(
                 ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
                 batch_size=ctx.params.get("batch_size", 64),
@@ -383,7 +371,9 @@ class ComputeEmbeddings(forms.BackgroundOperator):
 ENGINE_LABELS = {
     "exact": "exact: in memory, exact distances",
     "approximate": "approximate: faiss IVF, for hundreds of thousands of images",
-    "auto": "auto: approximate from {:,} embeddings",  # engine.AUTO_APPROXIMATE_FROM
+    "compressed": "compressed: 8-bit codes in memory, exact re-ranking from disk, for "
+                  "millions of images",
+    "auto": "auto: approximate from {:,} embeddings, compressed beyond memory",
 }
 
 
@@ -403,8 +393,8 @@ class BuildIndex(forms.BackgroundOperator):
                                     [(e, ENGINE_LABELS[e].format(AUTO_APPROXIMATE_FROM))
                                      for e in ENGINES],
                                     "Search engine", default="auto")
-        if engine == "approximate":
-            inputs.int("nprobe", label="Lists searched per query (empty: tuned to 98% recall)",
+        if engine in ("approximate", "compressed"):
+            inputs.int("nprobe", label="Lists searched per query (empty: tuned to 99% recall)",
                        min=1, required=False)
         forms.execution_notice(inputs, self, ctx)
 
@@ -812,4 +802,7 @@ def register(p):
     from .leak_operators import FindLeaks
 
     p.register(FindLeaks)
+    from .feature_operators import ExtractFeatures
+
+    p.register(ExtractFeatures)
     p.register(LookalikePanel)

@@ -415,3 +415,23 @@ def file_columns(column):
 def file_rows(failures):
     """The rows of a :func:`file_columns` table: one per ``lookalike.images.ImageFailure``."""
     return [{"path": f.path, "reason": f.reason} for f in failures]
+
+
+def shards_input(inputs):
+    """The "Shards" field of a job that can be split over workers (lookalike.jobs)."""
+    from lookalike.jobs import MAX_SHARDS
+
+    inputs.int("shards", label="Shards (jobs for several workers)", min=1, max=MAX_SHARDS,
+               default=1, description="More than 1: queue that many jobs over disjoint slices, "
+               "for any number of `fiftyone delegated launch` workers sharing this database")
+
+
+def shard_lease(ctx, job):
+    """While one shard of a sharded job runs, its worker holds the shard's lease (so that
+    ``lookalike jobs`` tells a dead worker); a nullcontext for an unsharded run."""
+    import contextlib
+
+    from lookalike import leases
+
+    shard = ctx.params.get("shard")
+    return leases.hold(ctx.dataset, shard, job=f"{job} shard") if shard else contextlib.nullcontext()

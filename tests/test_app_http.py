@@ -81,7 +81,8 @@ def test_our_find_similar_over_http(app_server, indexed):
 OPERATORS = ("import_images", "train_encoder", "load_encoder", "compute_embeddings",
              "build_index", "sort_by_similarity", "calibrate_threshold", "flag_outliers",
              "find_duplicates", "delete_duplicates", "undelete", "evaluate_retrieval",
-             "visualize_embeddings", "match_labels", "match_images", "find_leaks")
+             "visualize_embeddings", "match_labels", "match_images", "find_leaks",
+             "extract_features")
 
 
 # Immediate only: they answer in moments.

@@ -74,8 +74,10 @@ def test_import_images_operator_reports_bad_input(tmp_path, dataset_name):
 # The operators that can run long: the App offers its own Execute / Schedule for each.
 LONG_RUNNING = ("import_images", "train_encoder", "compute_embeddings", "build_index",
                 "calibrate_threshold", "find_duplicates", "flag_outliers", "evaluate_retrieval",
-                "visualize_embeddings", "match_labels", "match_images", "find_leaks")
-RISK_LEVELS = {"sort_by_similarity": "low", "delete_duplicates": "high", "import_images": "high"}
+                "visualize_embeddings", "match_labels", "match_images", "find_leaks",
+                "extract_features")
+RISK_LEVELS = {"sort_by_similarity": "low", "extract_features": "low", "delete_duplicates": "high",
+               "import_images": "high"}
 
 
 def _our_operators():

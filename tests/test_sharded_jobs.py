@@ -36,6 +36,18 @@ def _wait(condition, what, timeout=300, workers=()):
         time.sleep(0.5)
 
 
+def _kill_worker_at(env, tmp_path, fault):
+    """Runs worker A until it reaches the fault point ``fault`` in its shard, then kills it (-9)."""
+    marker = tmp_path / "reached"
+    worker = _worker(dict(env, LOOKALIKE_FAULT=f"{fault}:pause", LOOKALIKE_FAULT_FILE=str(marker)),
+                     tmp_path / "a.log")
+    try:
+        _wait(marker.exists, f"worker A to reach {fault}", workers=[worker])
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
 def test_shards_cover_the_view_once(dataset_name, demo_records):
     ds = fo.Dataset(dataset_name)
     ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:101]])
@@ -71,15 +83,7 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
     assert not ds.exists("emb").count()
 
     # Worker A stops after its first chunk of vectors, and is killed there (kill -9).
-    marker = tmp_path / "reached"
-    env_a = dict(subprocess_env, LOOKALIKE_FAULT="embed.after_chunk:pause",
-                 LOOKALIKE_FAULT_FILE=str(marker))
-    worker_a = _worker(env_a, tmp_path / "a.log")
-    try:
-        _wait(marker.exists, "worker A to reach the middle of its shard", workers=[worker_a])
-    finally:
-        os.kill(worker_a.pid, signal.SIGKILL)
-        worker_a.wait()
+    _kill_worker_at(subprocess_env, tmp_path, "embed.after_chunk")
     killed = [o for o in ops if op(o).run_state == "running"]
     assert len(killed) == 1
     # Worker B takes the other shards; worker C joins it (two workers, one database).
@@ -159,3 +163,51 @@ def test_the_embed_operator_queues_shards_for_the_workers(dataset_name, demo_rec
     finally:
         for q in queued:
             service.delete_operation(q.id)
+
+
+def test_local_features_are_sharded_over_workers_and_a_dead_workers_shard_is_finished(
+        dataset_name, demo_records, subprocess_env, tmp_path):
+    """The features of geometric verification, queued like embeddings: one worker killed
+    mid-shard, its shard re-queued, every image's features cached once and equal to one run's."""
+    from lookalike import verification
+    from lookalike.jobs import queue_features, requeue
+
+    photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:60]
+    ds = fo.Dataset(dataset_name, persistent=True)
+    ds.add_samples([fo.Sample(filepath=p) for p in photos])
+    service = DelegatedOperationService()
+    ops = queue_features(ds, shards=2, chunk_size=8)
+    assert [service.get(ObjectId(o)).label for o in ops] == ["lookalike features:1/2",
+                                                            "lookalike features:2/2"]
+    _kill_worker_at(subprocess_env, tmp_path, "features.after_chunk")  # after 8 images
+    [killed] = [o for o in ops if service.get(ObjectId(o)).run_state == "running"]
+    [other] = [o for o in ops if o != killed]
+    worker_b = _worker(subprocess_env, tmp_path / "b.log")
+    try:
+        _wait(lambda: service.get(ObjectId(other)).run_state == "completed", "the other shard",
+              workers=[worker_b])
+        assert {j.id: j for j in list_jobs(dataset_name=ds.name)}[killed].worker_gone
+        again = requeue(killed)
+        _wait(lambda: service.get(ObjectId(again)).run_state == "completed", "the re-queued shard",
+              workers=[worker_b])
+    finally:
+        processes.stop(worker_b)
+    done = service.get(ObjectId(again)).result.result
+    assert done["images"] == 30 and done["cached_before"] == 8  # the dead worker's chunk kept
+    assert service.get(ObjectId(other)).result.result["cached_before"] == 0
+    # Every image's entry is in the cache and equals a fresh extraction.
+    directory = verification.cache_dir(ds)
+    for path in photos[::7]:
+        cached, _ = verification._cached(directory, path)
+        fresh, _ = verification.extract_file(path)
+        assert np.array_equal(cached.descriptors, fresh.descriptors)
+    entries = [verification._cache_path(directory, p) for p in photos]
+    assert all(os.path.exists(e) for e in entries)
+    # The command line queues the same jobs; --shards alone is refused.
+    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "features", "--dataset", ds.name,
+                          "--shards", "2"], capture_output=True, text=True, env=subprocess_env,
+                         timeout=300)
+    assert out.returncode == 2 and "add --delegate" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "features", "--dataset", ds.name],
+                         capture_output=True, text=True, env=subprocess_env, timeout=300)
+    assert out.returncode == 0 and "local features of 60 images cached" in out.stdout

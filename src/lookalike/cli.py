@@ -316,6 +316,39 @@ def _queue_shards(view, args):
     return 0
 
 
+def _delegation_args(parser):
+    parser.add_argument("--delegate", action="store_true",
+                        help="queue the work for `fiftyone delegated launch` workers instead of "
+                        "running it here (prints the job ids)")
+    parser.add_argument("--shards", type=_at_least(1), default=1,
+                        help="with --delegate: that many jobs over disjoint slices of the "
+                        "samples")
+
+
+def cmd_features(args):
+    view = _load_dataset(args.dataset)
+    if args.tag:
+        view = view.match_tags(args.tag)
+    if args.delegate:
+        from lookalike.jobs import queue_features
+
+        ids = queue_features(view, shards=args.shards)
+        for op_id in ids:
+            print(op_id)
+        print(f"queued {len(ids)} feature jobs; `lookalike jobs` follows them", file=sys.stderr)
+        return 0
+    if args.shards != 1:
+        raise UsageError("--shards runs on workers: add --delegate")
+    from lookalike.verification import cache_features
+
+    report = cache_features(view, progress=_Progress("local features"))
+    print(f"local features of {report['images']} images cached"
+          + (f"; {len(report['without'])} without features:" if report["without"] else ""))
+    for path, why in report["without"].items():
+        print(f"  {path}: {why}")
+    return 0
+
+
 def cmd_jobs(args):
     from lookalike.jobs import list_jobs, requeue
 
@@ -743,6 +776,13 @@ def build_parser():
     load.add_argument("--overwrite", action="store_true")
     load.set_defaults(func=cmd_load)
 
+    feat = sub.add_parser("features", help="cache the local features of geometric "
+                          "verification ahead of time (on workers with --delegate --shards N)")
+    feat.add_argument("--dataset", required=True)
+    feat.add_argument("--tag", default=None, help="only samples with this tag")
+    _delegation_args(feat)
+    feat.set_defaults(func=cmd_features)
+
     emb = sub.add_parser("embed", help="embed a dataset's images into a vector field")
     emb.add_argument("--dataset", required=True)
     emb.add_argument("--encoder", required=True, help="encoder name or directory")
@@ -753,11 +793,7 @@ def build_parser():
     emb.add_argument("--flip-average", action="store_true",
                      help="average each embedding with its mirror image's (a flipped copy gets "
                           "the same vector; twice the time; default field emb_<encoder>_flip)")
-    emb.add_argument("--delegate", action="store_true",
-                     help="queue the work for `fiftyone delegated launch` workers instead of "
-                     "running it here (prints the job ids)")
-    emb.add_argument("--shards", type=_at_least(1), default=1,
-                     help="with --delegate: that many jobs over disjoint slices of the samples")
+    _delegation_args(emb)
     emb.set_defaults(func=cmd_embed)
 
     jobs = sub.add_parser("jobs", help="lookalike's delegated jobs and their workers; "

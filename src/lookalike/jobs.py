@@ -17,6 +17,10 @@ per disjoint slice of the view (:func:`queue_embeddings`):
   (``lookalike jobs``), and :func:`requeue` puts a dead worker's shard back in
   the queue (never a live one's).
 
+The local features of geometric verification are queued the same way
+(:func:`queue_features`): each shard fills the shared feature cache for its
+slice, and a rerun computes only what is missing.
+
 Training stays one job: one model, trained where the GPU is.
 """
 
@@ -26,12 +30,15 @@ from lookalike import leases
 from lookalike.errors import UsageError
 
 EMBED_OPERATOR = "@lookalike/similarity/compute_embeddings"
+FEATURES_OPERATOR = "@lookalike/similarity/extract_features"
+FEATURES = "features"  # the "field" part of a feature-extraction shard's name
 PLUGIN = "@lookalike/similarity"
 MAX_SHARDS = 1024
 
 
 def shard_name(field, k, n):
-    """The label of shard ``k`` of ``n`` of an embedding into ``field`` (its lease's name)."""
+    """The label of shard ``k`` of ``n`` of an embedding into ``field`` (its lease's name);
+    ``field`` is :data:`FEATURES` for local features."""
     return f"shard:{field}:{k}/{n}"
 
 
@@ -66,31 +73,54 @@ def queue_embeddings(samples, encoder, embeddings_field=None, shards=2, batch_si
     Raises where the field cannot take this encoder's vectors, before anything
     is queued.
     """
-    import fiftyone.operators as foo
-    from fiftyone.operators.delegated import DelegatedOperationService
-
     from lookalike.embeddings import claim_field
     from lookalike.encoders import load_encoder
 
+    shards = _check_shards(samples, shards, "embed")
+    loaded = load_encoder(encoder) if isinstance(encoder, str) else encoder
+    field = claim_field(samples, loaded, embeddings_field, overwrite=overwrite)
+    return _queue(EMBED_OPERATOR, samples, shards, field, "lookalike embed", dict(
+        encoder=loaded.name, embeddings_field=field, batch_size=int(batch_size),
+        overwrite=bool(overwrite), **({"chunk_size": int(chunk_size)} if chunk_size else {})))
+
+
+def queue_features(samples, shards=2, chunk_size=None):
+    """Queues the local features of ``samples`` (for geometric verification) as ``shards`` jobs.
+
+    Each shard fills the dataset's feature cache
+    (:func:`lookalike.verification.cache_features`) for its slice; the cache
+    directory (``LOOKALIKE_DATA_DIR``) must be on storage every worker shares,
+    like the media. ``chunk_size``: images between two progress reports.
+    Returns the operations' ids.
+    """
+    shards = _check_shards(samples, shards, "extract features from")
+    return _queue(FEATURES_OPERATOR, samples, shards, FEATURES, "lookalike",
+                  {"chunk_size": int(chunk_size)} if chunk_size else {})
+
+
+def _check_shards(samples, shards, verb):
     shards = int(shards)
     if not 1 <= shards <= MAX_SHARDS:
         raise UsageError(f"shards must be 1 to {MAX_SHARDS}, got {shards}")
     if len(samples) == 0:
-        raise UsageError("the view is empty: there is nothing to embed")
-    loaded = load_encoder(encoder) if isinstance(encoder, str) else encoder
-    field = claim_field(samples, loaded, embeddings_field, overwrite=overwrite)
+        raise UsageError(f"the view is empty: there is nothing to {verb}")
+    return shards
+
+
+def _queue(operator, samples, shards, what, label, params):
+    """One delegated run of ``operator`` per slice of ``samples``, each labelled with its shard."""
+    import fiftyone.operators as foo
+    from fiftyone.operators.delegated import DelegatedOperationService
+
     views = shard_views(samples, shards)
     service = DelegatedOperationService()
     ids = []
     for k, view in enumerate(views, 1):
-        label = shard_name(field, k, len(views))
-        queued = foo.execute_operator(
-            EMBED_OPERATOR, ctx={"view": view}, request_delegation=True,
-            params={"encoder": loaded.name, "embeddings_field": field,
-                    "batch_size": int(batch_size), "overwrite": bool(overwrite), "shard": label,
-                    **({"chunk_size": int(chunk_size)} if chunk_size else {})})
+        shard = shard_name(what, k, len(views))
+        queued = foo.execute_operator(operator, ctx={"view": view}, request_delegation=True,
+                                      params={**params, "shard": shard})
         op_id = _op_id(queued.result["id"])
-        service.set_label(op_id, f"lookalike embed {label[len('shard:'):]}")
+        service.set_label(op_id, f"{label} {shard[len('shard:'):]}")
         ids.append(str(op_id))
     return ids
 

@@ -239,6 +239,35 @@ def compute_features(paths, directory=None, num_workers=None, progress=None, mir
     return out, reasons
 
 
+def cache_features(samples, progress=None, chunk=64):
+    """Computes the local features of every image of ``samples`` into the dataset's cache.
+
+    What ``find_duplicates`` and ``find_leaks`` with verification would compute
+    on first use, ahead of time and in slices for many workers
+    (:func:`lookalike.jobs.queue_features`). Entries already cached are kept, so
+    a rerun (or a second worker on the same files) only adds what is missing; an
+    entry is written whole or not at all. Returns ``{"images", "cached_before"
+    (found in the cache), "without": {path: reason}}``. ``chunk``: images between
+    two progress reports. ``progress``: ``progress(fraction, label)``.
+    """
+    from lookalike import faults, fo_adapter
+
+    paths = samples.values("filepath")
+    directory = cache_dir(fo_adapter.root_dataset(samples))
+    without, cached_before = {}, 0
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        entries = [_cache_path(directory, p) for p in part]
+        cached_before += sum(1 for e in entries if e and os.path.exists(e))
+        _, reasons = compute_features(part, directory)
+        without.update({part[n]: why for n, why in reasons.items()})
+        done = start + len(part)
+        if progress:
+            progress(done / len(paths), f"local features of {done}/{len(paths)} images")
+        faults.point("features.after_chunk")
+    return {"images": len(paths), "cached_before": cached_before, "without": without}
+
+
 def verify_pairs(features, i, j, num_workers=None, progress=None):
     """Inliers of every pair ``(features[i[k]], features[j[k]])`` (a list or a dict)."""
     workers = num_workers or max(1, os.cpu_count() or 1)

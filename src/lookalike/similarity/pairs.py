@@ -2,9 +2,11 @@
 
 Vectors in, pairs out: nothing here knows of FiftyOne or of curation. Pairs
 come exactly, as tiled matrix products over the upper triangle (each pair
-computed once), or for large collections from a faiss IVF range search (see
-``benchmarks/curation.py`` for speed and recall against exact). The engine
-choice is the one of :data:`lookalike.similarity.engine.ENGINES`; "auto" turns
+computed once), or for large collections from a list join over k-means lists
+(:func:`approximate_pairs`; see ``benchmarks/curation.py`` for speed and
+recall against exact). The engine choice is the one of
+:data:`lookalike.similarity.engine.ENGINES` ("approximate" and "compressed"
+both mean the list join, whose distances are exact); "auto" turns
 approximate from :data:`APPROXIMATE_FROM` vectors, earlier than the k-NN
 index does, because a pair search costs N^2 where a query costs N.
 
@@ -73,9 +75,9 @@ def approximate_pairs(matrix, threshold, reuse=None, probes=2, progress=None, ch
     vectors with the centres, then, per list, the vectors probing it against its
     members. A pair is found when either end's list is among the other's
     nearest; near-duplicates (cosine distance ~0.01) almost always share their
-    nearest list. Distances are exact. At 1M x 256 this took 25 s where a
-    faiss IVF range search (4 of 2 * sqrt(N) lists) took 90 s, every planted
-    pair found by both (``benchmarks/curation.py``).
+    nearest list. Distances are exact. At 1M x 256 this took 24.6 s where a
+    faiss IVF range search (4 of 2 * sqrt(N) lists) took 143.9 s in the same
+    run, every planted pair found by both (``benchmarks/curation.py``).
 
     ``reuse``: an IVF engine over the same rows, whose trained centres are used
     instead of training new ones. ``progress``: ``progress(fraction, label)``.
@@ -135,11 +137,12 @@ def vector_pairs(vectors, threshold, engine="auto", reuse=None, progress=None):
     """``(engine used, i, j, d)``: every pair of rows within ``threshold``, i < j.
 
     ``engine``: one of :data:`~lookalike.similarity.engine.ENGINES`; the engine
-    used is "exact" or "approximate". ``reuse``: the run's engine when
+    used is "exact" or "approximate" ("compressed" searches as "approximate"). ``reuse``: the run's engine when
     ``vectors`` are all its rows (its faiss index is searched). ``progress``:
     ``progress(fraction, label)``.
     """
     used = resolve_engine(check_engine(engine), len(vectors), approximate_from=APPROXIMATE_FROM)
+    used = "exact" if used == "exact" else "approximate"
     if used == "exact":
         i, j, d = exact_pairs(vectors, threshold, progress=progress)
     else:
