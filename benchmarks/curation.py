@@ -344,7 +344,7 @@ def speed(args):
             row["fob_s"], row["fob_recall"] = fob_near_duplicates(x, threshold, exact if
                                                                   "exact_s" in row else None)
             print(f"  fob.compute_near_duplicates {row['fob_s']:.1f} s "
-                  f"(ours IVF {row['fob_s'] / row['ivf_s']:.1f}x faster)", flush=True)
+                  f"(ours approximate {row['fob_s'] / row['ivf_s']:.1f}x faster)", flush=True)
         rows.append(row)
     print(f"\n| N (d = {d}, threshold {threshold}) | ours approximate (list join) s | recall of exact | "
           "planted found | previous (IVF range search) s | its planted found | ours exact s | "
