@@ -17,8 +17,11 @@ On clustered synthetic L2-normalised vectors, per (N, d):
   (8-bit codes in memory, re-ranked from the vectors mapped from disk);
 * ``--read N``: loading an N x d embeddings field from MongoDB into the index's
   matrix, FiftyOne's ``values()`` + stacking (the previous path) against the
-  streamed read, each in a fresh process: seconds and peak memory above the
-  process's size before the read, beside the matrix's own size;
+  streamed read, and the streamed read into a file mapped to memory (as the
+  compressed engine's build does), each in a fresh process: seconds and peak
+  memory above the process's size before the read (resident, and of it the
+  anonymous memory that only swap could free: a file map's pages can be written
+  back and dropped), beside the matrix's own size;
 * with a FiftyOne dataset (unless --no-dataset): ``dataset.sort_by_similarity``
   end to end on our run and on a sklearn-backend run over the same field, the
   raw k-NN query of each backend, and the time a fresh process needs to load
@@ -215,23 +218,42 @@ def with_dataset(n, dims, data_by_d, rows, env):
 
 
 READ = """
-import json, resource, sys, time
+import json, resource, sys, tempfile, threading, time
+import numpy as np
 import psutil
 import fiftyone as fo
 from lookalike.similarity.engine import as_unit_matrix
 from lookalike.similarity.field import read_unit_vectors
+
+def anonymous_bytes():  # memory that only swap could free (a file map's pages are not counted)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
+
+peak_anon = [anonymous_bytes()]
+def watch():
+    while True:
+        peak_anon[0] = max(peak_anon[0], anonymous_bytes())
+        time.sleep(0.02)
+
 ds = fo.load_dataset(sys.argv[1])
-before = psutil.Process().memory_info().rss
+before, before_anon = psutil.Process().memory_info().rss, anonymous_bytes()
+threading.Thread(target=watch, daemon=True).start()
 t = time.perf_counter()
 if sys.argv[3] == "values":  # the previous path
     ids, vectors = ds.values(["id", sys.argv[2]])
     matrix = as_unit_matrix([v for v in vectors if v is not None])
+elif sys.argv[3] == "staged":  # as the compressed engine's build: into a file mapped to memory
+    staged = tempfile.NamedTemporaryFile(suffix=".npy", dir=sys.argv[4])
+    matrix, ids = read_unit_vectors(ds, sys.argv[2], allocate=lambda r, d: np.lib.format.open_memmap(
+        staged.name, mode="w+", dtype=np.float32, shape=(r, d)))
+    matrix.flush()
 else:
     matrix, ids = read_unit_vectors(ds, sys.argv[2])
 seconds = time.perf_counter() - t
+peak_anon[0] = max(peak_anon[0], anonymous_bytes())
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(dict(s=seconds, peak_mb=(peak - before) / 1e6, matrix_mb=matrix.nbytes / 1e6,
-                      rows=len(matrix))))
+                      anon_mb=(peak_anon[0] - before_anon) / 1e6, rows=len(matrix))))
 """
 
 
@@ -259,20 +281,22 @@ def read_field(n, d, env):
         print(f"  wrote {n:,} x {d} vectors into MongoDB in {time.perf_counter() - t:.0f} s",
               flush=True)
     out = {}
-    for how in ("values", "streamed"):
-        proc = subprocess.run([sys.executable, "-c", READ, name, "emb", how], capture_output=True,
-                              text=True, env=env, timeout=3600)
+    scratch = tempfile.mkdtemp(prefix="bench-read-")
+    for how in ("values", "streamed", "staged"):
+        proc = subprocess.run([sys.executable, "-c", READ, name, "emb", how, scratch],
+                              capture_output=True, text=True, env=env, timeout=3600)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         out[how] = json.loads(line[-1]) if line else {"error": proc.stderr[-500:]}
         print(f"  {how}: {out[how]}", flush=True)
     print(f"\n| reading {n:,} x {d} from MongoDB | seconds | peak memory above the process MB | "
-          "matrix MB | peak / matrix |")
-    print("|---|---|---|---|---|")
-    labels = {"values": "FiftyOne values() + stack (previous)", "streamed": "lookalike streamed read"}
+          "of which anonymous MB | matrix MB | peak / matrix |")
+    print("|---|---|---|---|---|---|")
+    labels = {"values": "FiftyOne values() + stack (previous)", "streamed": "lookalike streamed read",
+              "staged": "streamed into a file mapped to memory (compressed build)"}
     for how, r in out.items():
         if "s" in r:
-            print(f"| {labels[how]} | {r['s']:.1f} | {r['peak_mb']:,.0f} | {r['matrix_mb']:,.0f} | "
-                  f"{r['peak_mb'] / r['matrix_mb']:.2f} |")
+            print(f"| {labels[how]} | {r['s']:.1f} | {r['peak_mb']:,.0f} | {r['anon_mb']:,.0f} | "
+                  f"{r['matrix_mb']:,.0f} | {r['peak_mb'] / r['matrix_mb']:.2f} |")
 
 
 def main():

@@ -323,8 +323,8 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         ids = queue_embeddings(ctx.target_view(), encoder, ctx.params.get("embeddings_field"),
                                shards=shards, batch_size=ctx.params.get("batch_size", 64),
                                overwrite=ctx.params.get("overwrite", False))
-        ctx.ops.notify(f"Queued {len(ids)} embedding jobs: workers run them (lookalike jobs "
-                       "lists them)", variant="success")
+        ctx.ops.notify(f"{len(ids)} embedding jobs in the queue (shards queued already are "
+                       "kept): workers run them (lookalike jobs lists them)", variant="success")
         return {"field": ctx.params.get("embeddings_field"), "embedded": 0,
                 "skipped_existing": 0, "failures": [], "queued": ids}
 

@@ -36,8 +36,9 @@ class ExtractFeatures(forms.BackgroundOperator):
             if not forms.background_jobs_enabled():
                 raise UsageError(f"shards need workers. {forms.NO_WORKER}")
             ids = queue_features(ctx.target_view(), shards)
-            ctx.ops.notify(f"Queued {len(ids)} feature jobs: workers run them (lookalike jobs "
-                           "lists them)", variant="success")
+            ctx.ops.notify(f"{len(ids)} feature jobs in the queue (shards queued already are "
+                           "kept): workers run them (lookalike jobs lists them)",
+                           variant="success")
             return {"images": 0, "without": 0, "failures": [], "queued": ids}
         with forms.shard_lease(ctx, "extract_features"):
             report = cache_features(ctx.target_view(), progress=forms.progress(ctx),

@@ -107,10 +107,17 @@ def test_auto_turns_compressed_when_the_floats_do_not_fit_and_a_new_process_maps
     exact = ls.build_index(ds, "emb", "emb_exact", engine="exact")
     # 240 x 32 floats twice over is 61 kB: a budget of 0.01 MB does not hold it.
     monkeypatch.setenv("LOOKALIKE_INDEX_MEMORY_MB", "0.01")
+    staged = []
+    stage_vectors = artefacts.stage_vectors
+    monkeypatch.setattr(artefacts, "stage_vectors",
+                        lambda *a: staged.append(stage_vectors(*a)) or staged[-1])
     index = ls.build_index(ds, "emb", "emb_auto", engine="auto")
     assert index.engine.name == "compressed"
+    # The field was read straight into a file on disk, which became vectors.npy.
+    assert [m.shape for m in staged] == [(len(ds), 32)]
     vectors = os.path.join(artefacts.directory(ds, "emb_auto"), "vectors.npy")
     assert artefacts.is_mapped_from(index.engine.matrix, vectors)
+    assert not _staged_files(ds)
     query = ds.first().id
     want = ds.sort_by_similarity(query, brain_key="emb_exact", k=10, dist_field="d").values("d")
     got = ds.sort_by_similarity(query, brain_key="emb_auto", k=10, dist_field="d").values("d")
@@ -148,3 +155,64 @@ def test_list_join_pair_search_finds_every_exact_pair():
         for a, b, d in zip(ei.tolist(), ej.tolist(), ed.tolist()):
             assert abs(got[(a, b)] - d) < 1e-6
 
+
+
+def _staged_files(ds):
+    root = artefacts.dataset_directory(ds)
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+            if f.startswith(artefacts.STAGE_PREFIX)]
+
+
+def test_a_compressed_read_killed_midway_leaves_the_old_index_and_a_rerun_cleans_up(
+        image_dataset, subprocess_env, tmp_path):
+    ds = image_dataset
+    ds.set_values("emb", list(_clustered(len(ds), 32, seed=3)))
+    env = dict(subprocess_env, LOOKALIKE_INDEX_MEMORY_MB="0.01")
+    code = ("import sys, fiftyone as fo, lookalike.similarity as ls\n"
+            "ds = fo.load_dataset(sys.argv[1])\n"
+            "if sys.argv[2] == 'build': ls.build_index(ds, 'emb', 'emb_c', engine='auto')\n"
+            "i = ls.load_index(ds, 'emb_c')\n"
+            "print(i.engine.name, i.total_index_size)\n")
+
+    def run(what, fault=None):
+        extra = dict(LOOKALIKE_FAULT=fault, LOOKALIKE_FAULT_FILE=str(tmp_path / "reached")) \
+            if fault else {}
+        return subprocess.run([sys.executable, "-c", code, ds.name, what], env=dict(env, **extra),
+                              capture_output=True, text=True, timeout=300)
+
+    # A build killed while it reads the field into its staged file: no index,
+    # the file left behind; the next build clears it and completes.
+    out = run("build", "field.reading:kill")
+    assert out.returncode == -9 and (tmp_path / "reached").exists(), out.stderr[-2000:]
+    assert len(_staged_files(ds)) == 1
+    out = run("build")
+    assert out.stdout.split()[-2:] == ["compressed", str(len(ds))], out.stderr[-2000:]
+    assert not _staged_files(ds)
+    ds.reload()  # the run was made by another process
+    vectors = os.path.join(artefacts.directory(ds, "emb_c"), "vectors.npy")
+    before = np.load(vectors)
+
+    # One vector cleared: the saved index is stale and a load re-reads the
+    # field. Killed halfway, the old artefacts stay whole (and answer).
+    ds.select(ds.first().id).set_values("emb", [None])
+    (tmp_path / "reached").unlink()
+    out = run("load", "field.reading:kill")
+    assert out.returncode == -9 and (tmp_path / "reached").exists(), out.stderr[-2000:]
+    assert len(_staged_files(ds)) == 1
+    np.testing.assert_array_equal(np.load(vectors), before)
+    # The rerun removes the dead process's file and saves the new state.
+    out = run("load")
+    assert out.stdout.split()[-2:] == ["compressed", str(len(ds) - 1)], out.stderr[-2000:]
+    assert not _staged_files(ds)
+    assert np.load(vectors).shape == (len(ds) - 1, 32)
+
+
+def test_bad_vectors_read_into_a_staged_file_leave_no_file(image_dataset, monkeypatch):
+    ds = image_dataset
+    vectors = _clustered(len(ds), 16, seed=4)
+    vectors[7] = np.nan
+    ds.set_values("emb", list(vectors))
+    monkeypatch.setenv("LOOKALIKE_INDEX_MEMORY_MB", "0.01")
+    with pytest.raises(InvalidEmbeddingsError, match="'emb' embeddings contain NaN"):
+        ls.build_index(ds, "emb", "emb_bad", engine="auto")
+    assert not _staged_files(ds)

@@ -143,6 +143,42 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
         service.delete_operation(ObjectId(o))
 
 
+def test_a_queue_killed_midway_is_finished_by_a_rerun_that_queues_no_shard_twice(
+        dataset_name, demo_records, copies_encoder, subprocess_env, tmp_path):
+    ds = fo.Dataset(dataset_name, persistent=True)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:30]])
+    service = DelegatedOperationService()
+
+    def queue(shards, fault=None):
+        env = dict(subprocess_env, **({"LOOKALIKE_FAULT": fault} if fault else {}))
+        return subprocess.run([sys.executable, "-m", "lookalike.cli", "embed", "--dataset",
+                               ds.name, "--encoder", copies_encoder, "--field", "emb", "--shards",
+                               str(shards), "--delegate"], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    def shards():
+        return sorted(j.shard for j in list_jobs(dataset_name=ds.name))
+
+    try:
+        killed = queue(3, fault="jobs.queued:kill:2")  # killed once 2 of 3 shards are queued
+        assert killed.returncode == -9, killed.stderr[-2000:]
+        assert shards() == ["shard:emb:1/3", "shard:emb:2/3"]
+        before = {j.id for j in list_jobs(dataset_name=ds.name)}
+        rerun = queue(3)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        ids = rerun.stdout.split()
+        assert len(ids) == 3 and before < set(ids)
+        assert shards() == ["shard:emb:1/3", "shard:emb:2/3", "shard:emb:3/3"]
+        assert {service.get(ObjectId(o)).run_state for o in ids} == {"queued"}
+        # Once more: the same three jobs, nothing queued.
+        assert queue(3).stdout.split() == ids and len(shards()) == 3
+        # Other slices are other jobs.
+        assert not set(queue(2).stdout.split()) & set(ids) and len(shards()) == 5
+    finally:
+        for job in list_jobs(dataset_name=ds.name):  # no worker will run them
+            service.delete_operation(ObjectId(job.id))
+
+
 def test_the_embed_operator_queues_shards_for_the_workers(dataset_name, demo_records,
                                                         copies_encoder):
     import fiftyone.operators as foo

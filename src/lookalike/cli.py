@@ -310,9 +310,9 @@ def _queue_shards(view, args):
                            batch_size=args.batch_size, overwrite=args.overwrite)
     for op_id in ids:
         print(op_id)
-    print(f"queued {len(ids)} embedding jobs: workers on any machine sharing this database run "
-          "them (`fiftyone delegated launch`, `make worker`); `lookalike jobs` follows them",
-          file=sys.stderr)
+    print(f"{len(ids)} embedding jobs in the queue (a shard queued already is kept, not queued "
+          "twice): workers on any machine sharing this database run them (`fiftyone delegated "
+          "launch`, `make worker`); `lookalike jobs` follows them", file=sys.stderr)
     return 0
 
 
@@ -335,7 +335,8 @@ def cmd_features(args):
         ids = queue_features(view, shards=args.shards)
         for op_id in ids:
             print(op_id)
-        print(f"queued {len(ids)} feature jobs; `lookalike jobs` follows them", file=sys.stderr)
+        print(f"{len(ids)} feature jobs in the queue (a shard queued already is kept); "
+              "`lookalike jobs` follows them", file=sys.stderr)
         return 0
     if args.shards != 1:
         raise UsageError("--shards runs on workers: add --delegate")

@@ -12,6 +12,8 @@ per disjoint slice of the view (:func:`queue_embeddings`):
   (:func:`lookalike.embeddings.claim_field`); every shard checks it, and the
   shards share the field's lease because they embed with the same encoder;
 * each shard resumes like any embedding: a rerun embeds only what is missing;
+* queueing again keeps the shards still pending (same slice, same settings) and
+  queues only the rest, so a queue killed halfway is finished, never doubled;
 * a running shard holds a lease of its own (``shard:<field>:<k>/<n>``) renewed
   by its worker; :func:`list_jobs` reads it to tell a live worker from a dead one
   (``lookalike jobs``), and :func:`requeue` puts a dead worker's shard back in
@@ -24,10 +26,14 @@ slice, and a rerun computes only what is missing.
 Training stays one job: one model, trained where the GPU is.
 """
 
-from dataclasses import dataclass
+import json
+import logging
+from dataclasses import dataclass, field
 
-from lookalike import leases
+from lookalike import faults, fo_adapter, leases
 from lookalike.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 EMBED_OPERATOR = "@lookalike/similarity/compute_embeddings"
 FEATURES_OPERATOR = "@lookalike/similarity/extract_features"
@@ -108,21 +114,50 @@ def _check_shards(samples, shards, verb):
 
 
 def _queue(operator, samples, shards, what, label, params):
-    """One delegated run of ``operator`` per slice of ``samples``, each labelled with its shard."""
+    """One delegated run of ``operator`` per slice of ``samples``, each labelled with its shard.
+
+    A shard already waiting in the queue, or running on a live worker, with the
+    same slice and parameters (a rerun after a kill in the middle of queueing,
+    or a second click) is kept, not queued twice: its id is returned.
+    """
     import fiftyone.operators as foo
     from fiftyone.operators.delegated import DelegatedOperationService
 
     views = shard_views(samples, shards)
     service = DelegatedOperationService()
+    pending = _pending(operator, fo_adapter.root_dataset(samples).name)
     ids = []
     for k, view in enumerate(views, 1):
         shard = shard_name(what, k, len(views))
+        shard_params = {**params, "shard": shard}
+        kept = pending.get(_job_key(shard_params, view._serialize()))
+        if kept:
+            logger.info("%s is queued already (%s): kept", shard, kept)
+            ids.append(kept)
+            continue
         queued = foo.execute_operator(operator, ctx={"view": view}, request_delegation=True,
-                                      params={**params, "shard": shard})
+                                      params=shard_params)
         op_id = _op_id(queued.result["id"])
         service.set_label(op_id, f"{label} {shard[len('shard:'):]}")
         ids.append(str(op_id))
+        faults.point("jobs.queued")
     return ids
+
+
+def _job_key(params, stages):
+    # A view's stages carry a fresh _uuid each time they are serialised.
+    stages = [{k: v for k, v in stage.items() if k != "_uuid"} for stage in stages or []]
+    return json.dumps([params, stages], sort_keys=True, default=str)
+
+
+def _pending(operator, dataset_name):
+    """{job key: id} of ``operator``'s shards on ``dataset_name`` queued or running on a live worker."""
+    pending = {}
+    for job in list_jobs(dataset_name=dataset_name, states=("queued", "scheduled", "running")):
+        if job.full_operator != operator or not job.shard or job.worker_gone:
+            continue
+        pending[_job_key(job.params, job.stages)] = job.id
+    return pending
 
 
 def _op_id(value):
@@ -142,6 +177,9 @@ class Job:
     progress: float = None
     queued_at: object = None
     shard: str = None
+    full_operator: str = None
+    params: dict = field(default_factory=dict, repr=False)
+    stages: list = field(default_factory=list, repr=False)
 
     @property
     def worker_gone(self):
@@ -178,14 +216,16 @@ def list_jobs(dataset_name=None, states=None):
     for op in DelegatedOperationService().list_operations(dataset_name=dataset_name):
         if not str(op.operator).startswith(PLUGIN) or (states and op.run_state not in states):
             continue
-        params = (op.context.request_params.get("params") or {}) if op.context else {}
+        request = (op.context.request_params or {}) if op.context else {}
+        params = request.get("params") or {}
         shard = params.get("shard")
         status = getattr(op, "status", None)
         rows.append(Job(id=str(op.id), operator=op.operator.split("/")[-1],
                         dataset=getattr(op, "dataset_name", None) or "", label=op.label or "",
                         state=op.run_state, worker=_worker_state(op, shard),
                         progress=getattr(status, "progress", None), queued_at=op.queued_at,
-                        shard=shard))
+                        shard=shard, full_operator=str(op.operator), params=params,
+                        stages=request.get("view") or []))
     return sorted(rows, key=lambda j: str(j.queued_at), reverse=True)
 
 

@@ -51,10 +51,15 @@ def _now():
 
 
 def _pid_alive(holder):
-    if holder.get("host") != _HOST:
+    return process_alive(holder.get("host"), holder["pid"])
+
+
+def process_alive(host, pid):
+    """Whether process ``pid`` of ``host`` may be running (on another host: always True)."""
+    if host != _HOST:
         return True  # another machine: only the expiry tells
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OSError, ValueError):

@@ -24,17 +24,20 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 
 import numpy as np
 
-from lookalike import fo_adapter
+from lookalike import fo_adapter, leases
 from lookalike.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
 
 
 BUILD_PREFIX = "build-"
+STAGE_PREFIX = "vectors.staged-"  # + host-pid-token.npy: a field being read straight to disk
 
 
 def dataset_directory(samples):
@@ -104,9 +107,14 @@ def save(samples, name, field, matrix, sample_ids, engine=None):
         os.remove(os.path.join(path, "meta.json"))
     vectors = os.path.join(path, "vectors.npy")
     tmp_v, tmp_i = os.path.join(path, "vectors.tmp.npy"), os.path.join(path, "ids.tmp.npy")
-    # A compressed engine's matrix is a map of vectors.npy itself: nothing to write.
+    # A compressed engine's matrix is a map of vectors.npy itself: nothing to
+    # write; or a map of a staged file (see stage_vectors): moved into place.
     mapped = is_mapped_from(matrix, vectors)
-    if not mapped:
+    staged = _staged_file(matrix, path)
+    if staged:
+        memory_map_of(matrix).flush()
+        tmp_v = staged
+    elif not mapped:
         np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
     np.save(tmp_i, np.asarray(sample_ids, dtype="U24"))
     meta = dict(field=field, dim=int(matrix.shape[1]) if matrix.ndim == 2 else 0,
@@ -128,6 +136,55 @@ def save(samples, name, field, matrix, sample_ids, engine=None):
                        "engine": engine.name}, f)
     elif os.path.exists(faiss_path):
         os.remove(faiss_path)
+
+
+def stage_vectors(samples, name, shape):
+    """A new float32 ``.npy`` file of ``shape`` in the artefacts ``name``, memory-mapped to write.
+
+    Reading a field into it (see :mod:`lookalike.similarity.field`) holds only
+    a batch in memory; :func:`save` moves it into place as ``vectors.npy``, and
+    :func:`discard_stage` removes one that is not saved. Files staged by dead
+    processes of this host (killed while reading) are removed here.
+    """
+    path = build_path(samples, name)
+    os.makedirs(path, exist_ok=True)
+    _remove_abandoned_stages(path)
+    host = socket.gethostname().replace("-", "_")
+    file = os.path.join(path, f"{STAGE_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}.npy")
+    return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
+
+
+def is_staged(matrix):
+    """Whether ``matrix`` is (a view of) a map of a file from :func:`stage_vectors`."""
+    filename = getattr(memory_map_of(matrix), "filename", None)
+    return bool(filename) and os.path.basename(filename).startswith(STAGE_PREFIX)
+
+
+def discard_stage(matrix):
+    """Removes the staged file under ``matrix``, if it is one."""
+    if is_staged(matrix):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(memory_map_of(matrix).filename)
+
+
+def _staged_file(matrix, path):
+    filename = getattr(memory_map_of(matrix), "filename", None)
+    if (filename and os.path.dirname(filename) == os.path.abspath(path)
+            and os.path.basename(filename).startswith(STAGE_PREFIX) and os.path.exists(filename)):
+        return filename
+    return None
+
+
+def _remove_abandoned_stages(path):
+    host = socket.gethostname().replace("-", "_")
+    for name in os.listdir(path):
+        if not name.startswith(STAGE_PREFIX):
+            continue
+        parts = name[len(STAGE_PREFIX):].split("-")
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and \
+                not leases.process_alive(socket.gethostname(), parts[1]):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, name))
 
 
 def memory_map_of(matrix):

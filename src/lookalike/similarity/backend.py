@@ -34,7 +34,7 @@ from lookalike import faults, fo_adapter
 from lookalike.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
 from lookalike.similarity import artefacts
 from lookalike.similarity.distance import cosine_distance
-from lookalike.similarity.field import read_unit_vectors
+from lookalike.similarity.field import in_memory, read_unit_vectors
 from lookalike.similarity.engine import (
     InvalidEmbeddingsError,
     as_unit_matrix,
@@ -210,9 +210,29 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 # An approximate engine without its saved faiss index is rebuilt and saved.
                 exact = resolve_engine(config.engine, len(ids)) == "exact"
                 return matrix, ids, faiss_index, exact or faiss_index is not None
-        matrix, ids, missing = read_field(self._source, field)
+        matrix, ids, missing = self._read_field(config, config.build_id or brain_key)
         self.num_missing = missing
         return matrix, ids, None, False
+
+    def _read_field(self, config, name):
+        """``read_field``; for a compressed engine of a saved run, straight into a staged file."""
+        staged = []
+
+        def allocate(rows, dim):
+            if name is not None and resolve_engine(config.engine, rows, dim=dim) == "compressed":
+                staged.append(artefacts.stage_vectors(self._source, name, (rows, dim)))
+                return staged[-1]
+            return in_memory(rows, dim)
+
+        try:
+            matrix, ids, missing = read_field(self._source, config.embeddings_field, allocate)
+        except BaseException:
+            for stage in staged:
+                artefacts.discard_stage(stage)
+            raise
+        if staged and artefacts.memory_map_of(matrix) is None:  # came out in memory instead
+            artefacts.discard_stage(staged[0])
+        return matrix, ids, missing
 
     def _make_engine(self, matrix, faiss_index=None, save=True):
         config = self._config_for_engine
@@ -225,10 +245,12 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if config.engine != "exact" and len(matrix):
             params.setdefault("recall_target", config.recall_target)
         persisted = self._brain_key is not None and config.embeddings_field
-        if (persisted and faiss_index is None and artefacts.memory_map_of(matrix) is None
-                and resolve_engine(config.engine, len(matrix), dim=matrix.shape[1]) == "compressed"):
+        if persisted and faiss_index is None and (artefacts.is_staged(matrix) or (
+                artefacts.memory_map_of(matrix) is None
+                and resolve_engine(config.engine, len(matrix), dim=matrix.shape[1]) == "compressed")):
             # The compressed engine re-ranks from the vectors on disk: write
-            # them first, then search a memory map of them.
+            # them first (or move the staged file read into place), then search
+            # a memory map of them.
             artefacts.save(self._source, self._artefacts_name, config.embeddings_field, matrix,
                            self._sample_ids)
             matrix = artefacts.map_vectors(self._source, self._artefacts_name)
@@ -328,7 +350,8 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def reload(self):
         if self.config.embeddings_field is not None:
-            matrix, ids, self.num_missing = read_field(self._source, self.config.embeddings_field)
+            matrix, ids, self.num_missing = self._read_field(self._config_for_engine,
+                                                             self._artefacts_name)
             self._sample_ids = np.asarray(ids, dtype=str)
             self._engine = self._make_engine(matrix)
             self._ids_to_inds = None
@@ -541,9 +564,12 @@ def describe_samples(samples):
     return f"'{dataset.name}'" if samples is dataset else f"a view of '{dataset.name}'"
 
 
-def read_field(samples, field):
-    """(unit matrix, sample ids, number without a vector) of an embeddings field over ``samples``."""
-    matrix, ids = read_unit_vectors(samples, field)
+def read_field(samples, field, allocate=in_memory):
+    """(unit matrix, sample ids, number without a vector) of an embeddings field over ``samples``.
+
+    ``allocate``: see :func:`lookalike.similarity.field.read_unit_vectors`.
+    """
+    matrix, ids = read_unit_vectors(samples, field, allocate=allocate)
     missing = samples.count() - len(ids)
     if missing:
         logger.warning("%d of %d samples have no '%s' embedding and are left out of the index",

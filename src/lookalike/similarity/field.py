@@ -8,7 +8,9 @@ minute of header parsing. Here the documents come through one cursor in
 batches; each value is decompressed and copied straight into its row of a
 preallocated matrix, the ``.npy`` header parsed once per distinct header, and
 the rows normalised in place. Peak memory: the matrix, its ids and one batch
-(``benchmarks/index.py --read``).
+(``benchmarks/index.py --read``). The matrix may be a memory map of a file
+(``allocate``): the compressed engine's build then holds only a batch in
+memory, whatever the field's size.
 
 Values may also be plain lists of numbers (fields written by other tools).
 Bad vectors fail as :func:`lookalike.similarity.engine.as_unit_matrix` says.
@@ -19,7 +21,7 @@ import zlib
 
 import numpy as np
 
-from lookalike import fo_adapter
+from lookalike import faults, fo_adapter
 from lookalike.errors import InvalidEmbeddingsError
 from lookalike.progress import report
 
@@ -29,22 +31,25 @@ BATCH = 2000  # documents per cursor batch: about 2.5 MB of 256-d float32 vector
 class _Rows:
     """A growing float32 matrix and the 12-byte ObjectIds of its rows."""
 
-    def __init__(self, capacity):
+    def __init__(self, capacity, allocate):
         self.capacity = max(int(capacity), 1)
+        self._allocate = allocate
         self.matrix = None
         self.ids = np.empty(self.capacity, "S12")
         self.size = 0
 
     def append(self, oid, vector):
         if self.matrix is None:
-            self.matrix = np.empty((self.capacity, len(vector)), np.float32)
+            self.matrix = self._allocate(self.capacity, len(vector))
         elif len(vector) != self.matrix.shape[1]:
             raise InvalidEmbeddingsError(
                 f"have mixed shapes [({self.matrix.shape[1]},), ({len(vector)},)]: they come "
                 "from different encoders; recompute them with one encoder")
-        if self.size == self.capacity:  # written to meanwhile: grow
+        if self.size == self.capacity:  # written to meanwhile: grow (in memory)
             self.capacity *= 2
-            self.matrix = np.resize(self.matrix, (self.capacity, self.matrix.shape[1]))
+            grown = np.empty((self.capacity, self.matrix.shape[1]), np.float32)
+            grown[:self.size] = self.matrix[:self.size]
+            self.matrix = grown
             self.ids = np.resize(self.ids, self.capacity)
         self.matrix[self.size] = vector
         self.ids[self.size] = oid
@@ -55,7 +60,7 @@ class _Rows:
             return np.zeros((0, 0), np.float32), np.zeros(0, "U24")
         matrix = self.matrix[:self.size]
         if self.size < self.capacity:  # fewer than counted (deleted meanwhile)
-            matrix = matrix.copy()
+            matrix = np.array(matrix)  # in memory: a map keeps its file's shape
         hexed = self.ids[:self.size].tobytes().hex().encode("ascii")
         return matrix, np.frombuffer(hexed, "S24").astype("U24")
 
@@ -88,15 +93,22 @@ class _NpyDecoder:
         return vector
 
 
-def read_unit_vectors(samples, field, progress=None, batch=BATCH):
+def in_memory(rows, dim):
+    return np.empty((rows, dim), np.float32)
+
+
+def read_unit_vectors(samples, field, progress=None, batch=BATCH, allocate=in_memory):
     """``(unit matrix, sample ids as str)`` of the samples of ``samples`` with a vector in ``field``.
 
     Rows come in the order of ``samples``. ``progress``: ``progress(fraction, label)``.
+    ``allocate(rows, dim)``: the float32 array to fill, called once with the
+    number of vectors counted and their dimension (if more arrive than counted,
+    or fewer, the matrix returned is in memory instead).
     Raises :class:`~lookalike.errors.InvalidEmbeddingsError` (naming ``field``)
     for mixed dimensions, NaN or inf, or all-zero vectors.
     """
     expected = samples.exists(field).count()
-    rows = _Rows(expected)
+    rows = _Rows(expected, allocate)
     decode = _NpyDecoder()
     what = f"'{field}' embeddings"
     path, cursor = fo_adapter.project(samples, field, batch)
@@ -106,6 +118,8 @@ def read_unit_vectors(samples, field, progress=None, batch=BATCH):
             if value is None:
                 continue
             rows.append(doc["_id"].binary, decode(value))
+            if rows.size == 1 or rows.size % batch == 0:
+                faults.point("field.reading")  # the matrix (maybe a staged file) half written
             if rows.size % (25 * batch) == 0:
                 report(progress, rows.size, expected, f"read {rows.size}/{expected} vectors")
     except InvalidEmbeddingsError as e:
