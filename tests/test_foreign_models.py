@@ -2,6 +2,8 @@
 here (nothing is downloaded), imported into the store, then used like our own encoders."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -137,6 +139,30 @@ def test_a_keras_file_embeds_like_its_own_model(tmp_path, store_dir, photo_paths
     got = encoder.embed(arrays, normalize=False)
     assert np.abs(got - expected).max() < 1e-4
     assert _cosines(got, expected).min() > 0.9999
+
+
+def test_an_import_killed_before_it_is_published_leaves_no_encoder_and_a_rerun_imports_it(
+        tmp_path, store_dir, subprocess_env):
+    tf = frameworks.tensorflow()
+    path = str(tmp_path / "mine.keras")
+    _keras_model(tf).save(path)
+    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store_dir)
+    command = [sys.executable, "-m", "lookalike.cli", "load", "--path", path, "--name", "mine"]
+    killed = subprocess.run(command, env=dict(env, LOOKALIKE_FAULT="import.checked:kill"),
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    # Checked and complete in its staging folder, but not in the store.
+    [left] = [e for e in os.listdir(store_dir) if e.startswith(".mine.import-")]
+    assert os.path.isfile(os.path.join(store_dir, left, "encoder", "model.keras"))
+    assert list_encoders(store_dir) == []
+    with pytest.raises(EncoderStoreError, match="mine"):
+        load_encoder("mine", store_dir=store_dir)
+    # The rerun imports it and clears what the dead process left.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert [m["name"] for m in list_encoders(store_dir)] == ["mine"]
+    assert os.listdir(store_dir) == ["mine"]
+    assert load_encoder("mine", store_dir=store_dir).embedding_size == 20
 
 
 def test_a_keras_file_with_code_or_the_wrong_input_is_refused(tmp_path, store_dir):

@@ -54,6 +54,21 @@ def _pid_alive(holder):
     return process_alive(holder.get("host"), holder["pid"])
 
 
+def process_tag():
+    """``<host>-<pid>`` of this process: in the names of files only it writes (see abandoned)."""
+    return f"{_HOST.replace('-', '_')}-{os.getpid()}"
+
+
+def abandoned(name):
+    """Whether ``name`` holds the :func:`process_tag` of a process of this host that is gone."""
+    host = _HOST.replace("-", "_")
+    for part in name.split(f"{host}-")[1:]:
+        pid = part.split("-")[0].split(".")[0]
+        if pid.isdigit() and not process_alive(_HOST, pid):
+            return True
+    return False
+
+
 def process_alive(host, pid):
     """Whether process ``pid`` of ``host`` may be running (on another host: always True)."""
     if host != _HOST:

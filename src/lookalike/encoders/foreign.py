@@ -28,6 +28,7 @@ import tempfile
 
 import numpy as np
 
+from lookalike import faults, leases
 from lookalike.encoders import store
 from lookalike.encoders.base import Encoder
 from lookalike.errors import EncoderStoreError
@@ -43,6 +44,7 @@ DEFAULT_NORMALIZATION = {PADDLE_INFERENCE: "imagenet", KERAS: "none"}
 # The names a Paddle Inference export goes by, PaddleClas's first.
 PADDLE_PROGRAMS = (".json", ".pdmodel")
 KERAS_FILE = "model.keras"
+IMPORT_STAGING = ".import-"  # .<name>.import-<process tag>-<random>: an import in progress
 
 
 def _normalization(scale, mean, std):
@@ -182,6 +184,7 @@ def _publish_checked(staging_model, manifest, files, name, store_dir, overwrite)
     manifest["embedding_size"] = int(out.shape[1])
     store.write_manifest(staging_model, manifest, files)
     final = store.encoder_dir(name, store_dir)
+    faults.point("import.checked")  # complete in the staging folder, not published
     return store.publish(staging_model, final, overwrite=overwrite)
 
 
@@ -193,7 +196,11 @@ def _staged_import(name, store_dir, overwrite, fill):
         raise EncoderStoreError(f"an encoder named '{name}' already exists: choose another "
                                 "name or pass overwrite=True")
     os.makedirs(store_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.import-", dir=store_dir)
+    for entry in os.listdir(store_dir):  # left by imports killed on this host
+        if entry.startswith(".") and IMPORT_STAGING in entry and leases.abandoned(entry):
+            shutil.rmtree(os.path.join(store_dir, entry), ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}{IMPORT_STAGING}{leases.process_tag()}-",
+                               dir=store_dir)
     try:
         model = os.path.join(staging, "encoder")
         os.makedirs(model)

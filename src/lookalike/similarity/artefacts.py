@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 
 import numpy as np
 
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 BUILD_PREFIX = "build-"
-STAGE_PREFIX = "vectors.staged-"  # + host-pid-token.npy: a field being read straight to disk
+STAGE_PREFIX = "vectors.staged-"  # + <process tag>-<token>.npy: a field read straight to disk
 
 
 def dataset_directory(samples):
@@ -149,8 +148,7 @@ def stage_vectors(samples, name, shape):
     path = build_path(samples, name)
     os.makedirs(path, exist_ok=True)
     _remove_abandoned_stages(path)
-    host = socket.gethostname().replace("-", "_")
-    file = os.path.join(path, f"{STAGE_PREFIX}{host}-{os.getpid()}-{secrets.token_hex(4)}.npy")
+    file = os.path.join(path, f"{STAGE_PREFIX}{leases.process_tag()}-{secrets.token_hex(4)}.npy")
     return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
 
 
@@ -176,13 +174,8 @@ def _staged_file(matrix, path):
 
 
 def _remove_abandoned_stages(path):
-    host = socket.gethostname().replace("-", "_")
     for name in os.listdir(path):
-        if not name.startswith(STAGE_PREFIX):
-            continue
-        parts = name[len(STAGE_PREFIX):].split("-")
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and \
-                not leases.process_alive(socket.gethostname(), parts[1]):
+        if name.startswith(STAGE_PREFIX) and leases.abandoned(name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(path, name))
 
