@@ -1,9 +1,11 @@
 """Child processes in tests: free loopback ports, stopping by PID, fresh-process checks."""
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -24,6 +26,32 @@ def stop(proc, timeout=30):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def paused_at(command, env, fault, marker, timeout=300):
+    """Starts ``command`` and returns it once it sleeps at the fault point ``fault``, alive.
+
+    ``marker``: a path that must not exist yet (the fault point writes it).
+    """
+    proc = subprocess.Popen(command, env=dict(env, LOOKALIKE_FAULT=f"{fault}:pause",
+                                              LOOKALIKE_FAULT_FILE=str(marker)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(marker):
+        if proc.poll() is not None:
+            raise AssertionError(f"exited ({proc.returncode}) before {fault}: "
+                                 f"{proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {fault}")
+        time.sleep(0.2)
+    return proc
+
+
+def kill(proc):
+    """SIGKILL (as ``kill -9``: no clean-up runs), and wait for it."""
+    proc.kill()
+    proc.wait()
 
 
 def embed_in_fresh_process(encoder_path, images, tmp_path, env):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lookalike.similarity as ls
+import processes
 from lookalike import frameworks
 from lookalike.embeddings import compute_embeddings
 from lookalike.encoders import (
@@ -147,21 +148,30 @@ def test_an_import_killed_before_it_is_published_leaves_no_encoder_and_a_rerun_i
     path = str(tmp_path / "mine.keras")
     _keras_model(tf).save(path)
     env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store_dir)
-    command = [sys.executable, "-m", "lookalike.cli", "load", "--path", path, "--name", "mine"]
-    killed = subprocess.run(command, env=dict(env, LOOKALIKE_FAULT="import.checked:kill"),
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    # Checked and complete in its staging folder, but not in the store.
-    [left] = [e for e in os.listdir(store_dir) if e.startswith(".mine.import-")]
-    assert os.path.isfile(os.path.join(store_dir, left, "encoder", "model.keras"))
-    assert list_encoders(store_dir) == []
-    with pytest.raises(EncoderStoreError, match="mine"):
-        load_encoder("mine", store_dir=store_dir)
+
+    def load(name):
+        return [sys.executable, "-m", "lookalike.cli", "load", "--path", path, "--name", name]
+
+    importer = processes.paused_at(load("mine"), env, "import.checked", tmp_path / "checked")
+    try:
+        # Checked and complete in its staging folder, but not in the store.
+        [left] = [e for e in os.listdir(store_dir) if e.startswith(".mine.import-")]
+        assert os.path.isfile(os.path.join(store_dir, left, "encoder", "model.keras"))
+        assert list_encoders(store_dir) == []
+        with pytest.raises(EncoderStoreError, match="mine"):
+            load_encoder("mine", store_dir=store_dir)
+        # Another import meanwhile leaves the live one's folder alone.
+        other = subprocess.run(load("other"), env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert other.returncode == 0, other.stderr[-2000:]
+        assert left in os.listdir(store_dir)
+    finally:
+        processes.kill(importer)  # kill -9 before publishing
+    assert [m["name"] for m in list_encoders(store_dir)] == ["other"]
     # The rerun imports it and clears what the dead process left.
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(load("mine"), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert [m["name"] for m in list_encoders(store_dir)] == ["mine"]
-    assert os.listdir(store_dir) == ["mine"]
+    assert sorted(os.listdir(store_dir)) == ["mine", "other"]
     assert load_encoder("mine", store_dir=store_dir).embedding_size == 20
 
 

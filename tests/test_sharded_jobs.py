@@ -143,31 +143,42 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
         service.delete_operation(ObjectId(o))
 
 
-def test_a_queue_killed_midway_is_finished_by_a_rerun_that_queues_no_shard_twice(
+def test_a_queue_killed_or_raced_midway_is_finished_and_no_shard_is_queued_twice(
         dataset_name, demo_records, copies_encoder, subprocess_env, tmp_path):
     ds = fo.Dataset(dataset_name, persistent=True)
     ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:30]])
     service = DelegatedOperationService()
 
-    def queue(shards, fault=None):
-        env = dict(subprocess_env, **({"LOOKALIKE_FAULT": fault} if fault else {}))
-        return subprocess.run([sys.executable, "-m", "lookalike.cli", "embed", "--dataset",
-                               ds.name, "--encoder", copies_encoder, "--field", "emb", "--shards",
-                               str(shards), "--delegate"], capture_output=True, text=True,
-                              env=env, timeout=300)
+    def command(shards):
+        return [sys.executable, "-m", "lookalike.cli", "embed", "--dataset", ds.name, "--encoder",
+                copies_encoder, "--field", "emb", "--shards", str(shards), "--delegate"]
+
+    def queue(shards):
+        return subprocess.run(command(shards), capture_output=True, text=True,
+                              env=subprocess_env, timeout=300)
 
     def shards():
         return sorted(j.shard for j in list_jobs(dataset_name=ds.name))
 
     try:
-        killed = queue(3, fault="jobs.queued:kill:2")  # killed once 2 of 3 shards are queued
-        assert killed.returncode == -9, killed.stderr[-2000:]
-        assert shards() == ["shard:emb:1/3", "shard:emb:2/3"]
-        before = {j.id for j in list_jobs(dataset_name=ds.name)}
-        rerun = queue(3)
-        assert rerun.returncode == 0, rerun.stderr[-2000:]
-        ids = rerun.stdout.split()
-        assert len(ids) == 3 and before < set(ids)
+        # A stops after queueing 1 of 3 shards; B starts meanwhile and waits for it.
+        first = processes.paused_at(command(3), subprocess_env, "jobs.queued",
+                                    tmp_path / "queued")
+        waiting = tmp_path / "waiting"
+        second = subprocess.Popen(command(3), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(subprocess_env, LOOKALIKE_FAULT_FILE=str(
+                                      waiting), LOOKALIKE_FAULT="jobs.queue_lease:note"))
+        try:
+            _wait(waiting.exists, "B to reach the queue's lease", workers=[second])
+            time.sleep(3)
+            assert second.poll() is None and shards() == ["shard:emb:1/3"]
+        finally:
+            processes.kill(first)  # kill -9 in the middle of queueing
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err[-2000:]
+        ids = out.split()
+        # B took over: it kept A's shard and queued the two others.
+        assert len(ids) == 3 and {j.id for j in list_jobs(dataset_name=ds.name)} == set(ids)
         assert shards() == ["shard:emb:1/3", "shard:emb:2/3", "shard:emb:3/3"]
         assert {service.get(ObjectId(o)).run_state for o in ids} == {"queued"}
         # Once more: the same three jobs, nothing queued.

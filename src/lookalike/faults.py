@@ -4,12 +4,13 @@ Every job that writes calls :func:`point` at the moments a kill would hurt most
 (between two writes). Outside tests it costs one dictionary lookup. A test runs
 the job in a child process with::
 
-    LOOKALIKE_FAULT=<name>:<action>[:<nth>]   action: kill | pause
+    LOOKALIKE_FAULT=<name>:<action>[:<nth>]   action: kill | pause | note
     LOOKALIKE_FAULT_FILE=/tmp/reached          (written when the point is reached)
 
 ``kill`` ends the process at once with SIGKILL (no clean-up runs, as with
 ``kill -9``); ``pause`` writes the file and sleeps until the test kills the
-process (or races a second job against it). ``nth`` (default 1) picks which
+process (or races a second job against it); ``note`` only writes the file
+(the test then knows the job got that far). ``nth`` (default 1) picks which
 passage through the point fires.
 """
 

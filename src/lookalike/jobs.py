@@ -40,6 +40,7 @@ FEATURES_OPERATOR = "@lookalike/similarity/extract_features"
 FEATURES = "features"  # the "field" part of a feature-extraction shard's name
 PLUGIN = "@lookalike/similarity"
 MAX_SHARDS = 1024
+QUEUE_WAIT_S = 120.0  # how long a second queuer waits for the first
 
 
 def shard_name(field, k, n):
@@ -118,29 +119,36 @@ def _queue(operator, samples, shards, what, label, params):
 
     A shard already waiting in the queue, or running on a live worker, with the
     same slice and parameters (a rerun after a kill in the middle of queueing,
-    or a second click) is kept, not queued twice: its id is returned.
+    or a second click, even at the same moment) is kept, not queued twice: its
+    id is returned.
     """
     import fiftyone.operators as foo
     from fiftyone.operators.delegated import DelegatedOperationService
 
     views = shard_views(samples, shards)
     service = DelegatedOperationService()
-    pending = _pending(operator, fo_adapter.root_dataset(samples).name)
+    dataset = fo_adapter.root_dataset(samples)
     ids = []
-    for k, view in enumerate(views, 1):
-        shard = shard_name(what, k, len(views))
-        shard_params = {**params, "shard": shard}
-        kept = pending.get(_job_key(shard_params, view._serialize()))
-        if kept:
-            logger.info("%s is queued already (%s): kept", shard, kept)
-            ids.append(kept)
-            continue
-        queued = foo.execute_operator(operator, ctx={"view": view}, request_delegation=True,
-                                      params=shard_params)
-        op_id = _op_id(queued.result["id"])
-        service.set_label(op_id, f"{label} {shard[len('shard:'):]}")
-        ids.append(str(op_id))
-        faults.point("jobs.queued")
+    faults.point("jobs.queue_lease")
+    # One queuer at a time per operator and dataset: a second waits, then keeps
+    # what the first queued (a queuer killed -9 is taken over at once).
+    with leases.hold(dataset, f"queue:{operator}", job="queue shards", wait=QUEUE_WAIT_S,
+                     label=f"the queue of {operator.split('/')[-1]} on '{dataset.name}'"):
+        pending = _pending(operator, dataset.name)
+        for k, view in enumerate(views, 1):
+            shard = shard_name(what, k, len(views))
+            shard_params = {**params, "shard": shard}
+            kept = pending.get(_job_key(shard_params, view._serialize()))
+            if kept:
+                logger.info("%s is queued already (%s): kept", shard, kept)
+                ids.append(kept)
+                continue
+            queued = foo.execute_operator(operator, ctx={"view": view}, request_delegation=True,
+                                          params=shard_params)
+            op_id = _op_id(queued.result["id"])
+            service.set_label(op_id, f"{label} {shard[len('shard:'):]}")
+            ids.append(str(op_id))
+            faults.point("jobs.queued")
     return ids
 
 

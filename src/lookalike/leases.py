@@ -21,6 +21,7 @@ the same field) is allowed to share the lease instead of being refused.
 import contextlib
 import datetime
 import os
+import re
 import socket
 import threading
 import time
@@ -55,18 +56,14 @@ def _pid_alive(holder):
 
 
 def process_tag():
-    """``<host>-<pid>`` of this process: in the names of files only it writes (see abandoned)."""
-    return f"{_HOST.replace('-', '_')}-{os.getpid()}"
+    """``<host>-<pid>-`` of this process: begins a part of the names of files only it writes."""
+    return f"{_HOST.replace('-', '_')}-{os.getpid()}-"
 
 
 def abandoned(name):
     """Whether ``name`` holds the :func:`process_tag` of a process of this host that is gone."""
-    host = _HOST.replace("-", "_")
-    for part in name.split(f"{host}-")[1:]:
-        pid = part.split("-")[0].split(".")[0]
-        if pid.isdigit() and not process_alive(_HOST, pid):
-            return True
-    return False
+    match = re.search(rf"{re.escape(_HOST.replace('-', '_'))}-(\d+)-", name)
+    return bool(match) and not process_alive(_HOST, match.group(1))
 
 
 def process_alive(host, pid):

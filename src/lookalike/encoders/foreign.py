@@ -199,7 +199,7 @@ def _staged_import(name, store_dir, overwrite, fill):
     for entry in os.listdir(store_dir):  # left by imports killed on this host
         if entry.startswith(".") and IMPORT_STAGING in entry and leases.abandoned(entry):
             shutil.rmtree(os.path.join(store_dir, entry), ignore_errors=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}{IMPORT_STAGING}{leases.process_tag()}-",
+    staging = tempfile.mkdtemp(prefix=f".{name}{IMPORT_STAGING}{leases.process_tag()}",
                                dir=store_dir)
     try:
         model = os.path.join(staging, "encoder")

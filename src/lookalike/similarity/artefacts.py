@@ -143,12 +143,13 @@ def stage_vectors(samples, name, shape):
     Reading a field into it (see :mod:`lookalike.similarity.field`) holds only
     a batch in memory; :func:`save` moves it into place as ``vectors.npy``, and
     :func:`discard_stage` removes one that is not saved. Files staged by dead
-    processes of this host (killed while reading) are removed here.
+    processes of this host (killed while reading) are removed here and by
+    :func:`load`.
     """
     path = build_path(samples, name)
     os.makedirs(path, exist_ok=True)
     _remove_abandoned_stages(path)
-    file = os.path.join(path, f"{STAGE_PREFIX}{leases.process_tag()}-{secrets.token_hex(4)}.npy")
+    file = os.path.join(path, f"{STAGE_PREFIX}{leases.process_tag()}{secrets.token_hex(4)}.npy")
     return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
 
 
@@ -166,10 +167,11 @@ def discard_stage(matrix):
 
 
 def _staged_file(matrix, path):
-    filename = getattr(memory_map_of(matrix), "filename", None)
-    if (filename and os.path.dirname(filename) == os.path.abspath(path)
-            and os.path.basename(filename).startswith(STAGE_PREFIX) and os.path.exists(filename)):
-        return filename
+    """The file under ``matrix`` if it was staged in the directory ``path``, else None."""
+    if is_staged(matrix):
+        filename = memory_map_of(matrix).filename
+        if os.path.dirname(filename) == os.path.abspath(path) and os.path.exists(filename):
+            return filename
     return None
 
 
@@ -216,6 +218,8 @@ def load(samples, name, field, mmap=False):
     compressed engine), not read into memory.
     """
     path = build_path(samples, name)
+    with contextlib.suppress(OSError):
+        _remove_abandoned_stages(path)
     try:
         with open(os.path.join(path, "meta.json")) as f:
             meta = json.load(f)
