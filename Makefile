@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   builds the offline demo dataset and runs the main job on it
-#   make test   runs the test suite (own MongoDB, real models, real images)
+#   make test   runs the default tier of the tests (own MongoDB, real models, real
+#               images, all in one process: a few minutes)
+#   make test-system  the tests that start processes: CLIs killed and raced, workers,
+#               App servers, the browser, the wheel install (CI runs both tiers)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +13,7 @@ PYTEST_ARGS ?=
 # plugin's files only, never the checkout itself.
 PLUGINS_DIR := $(CURDIR)/build/plugins
 
-.PHONY: setup demo test browser screenshots plugin worker app clean
+.PHONY: setup demo test test-system test-all browser screenshots plugin worker app clean
 
 setup: $(STAMP)
 	@$(PY) -m lookalike.database
@@ -25,8 +28,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/lookalike demo
 
-test: setup browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup
+	$(PY) -m pytest -m "not system" $(PYTEST_ARGS)
+
+test-system: setup browser
+	$(PY) -m pytest -m system $(PYTEST_ARGS)
+
+test-all: test test-system
 
 # The browser tests drive Debian's chromium (Playwright's own download cannot
 # work offline). Installed when missing and we are root (CI is); otherwise those

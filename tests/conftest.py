@@ -25,6 +25,7 @@ import uuid
 import pytest
 
 import processes
+from encoder_cache import cached_encoder
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STATE = {}
@@ -113,6 +114,50 @@ def _start_isolated_database():
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"
 
 
+# The two tiers. A test that asks for one of these fixtures starts another process
+# (a CLI, a worker, an App server, a browser): it is a `system` test. `make test` runs
+# the rest, in one process; `make test-system` runs these; CI runs both.
+SYSTEM_FIXTURES = {"subprocess_env", "app_server"}
+# A hang fails with the test's name instead of eating CI's 90 minutes.
+TIMEOUT_S = {"default": 120, "system": 600}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SYSTEM_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.system)
+        if item.get_closest_marker("timeout") is None:
+            tier = "system" if item.get_closest_marker("system") else "default"
+            item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+
+
+@pytest.fixture(autouse=True)
+def _default_tier_starts_no_process(request, monkeypatch):
+    """Keeps the default tier honest: a test not marked `system` may not start a process."""
+    if request.node.get_closest_marker("system"):
+        return
+    real = subprocess.Popen._execute_child
+
+    def refuse(self, args, *rest, **kwargs):
+        if _allowed_child(args):
+            return real(self, args, *rest, **kwargs)
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({args!r:.200}): mark it "
+            "@pytest.mark.system or ask for subprocess_env (see CONTRIBUTING.md)")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+
+def _allowed_child(args):
+    # Library calls made in-process that ask the system a question and exit at once.
+    if isinstance(args, (str, bytes)):  # a shell line (Paddle asks `ldd --version`)
+        args = os.fsdecode(args).split()
+    argv = list(args)
+    name = os.path.basename(os.fsdecode(argv[0])) if argv else ""
+    return name in {"ldd", "uname", "ldconfig", "nvidia-smi", "nproc", "lscpu"} or \
+        (name == "mongod" and "--version" in argv)
+
+
 def pytest_configure(config):
     if "fiftyone" in sys.modules:
         pytest.exit("fiftyone was imported before the test database was set up", returncode=3)
@@ -165,16 +210,22 @@ def demo_records(tmp_path_factory):
 def copies_encoder(demo_records):
     """A small contrastive encoder ("copies") trained on the demo photos, in the session store.
 
-    Good enough to find the demo's planted copies (about 15 s to train).
+    Good enough to find the demo's planted copies (about 15 s to train; cached on disk
+    between runs, see ``encoder_cache``).
     """
     from lookalike.encoders import contrastive
     from lookalike.encoders.data import load_images
     from lookalike.encoders.preprocessing import input_manifest
 
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"]
-    images = load_images(photos, input_manifest("contrastive", 32)).images
-    contrastive.train(images, "copies", image_size=32, epochs=10, batch_size=64, width=0.5)
-    return "copies"
+    settings = dict(image_size=32, epochs=10, batch_size=64, width=0.5)
+
+    def train(store_dir):
+        images = load_images(photos, input_manifest("contrastive", 32)).images
+        contrastive.train(images, "copies", store_dir=store_dir, **settings)
+
+    return cached_encoder("copies", dict(settings, photos=[os.path.basename(p) for p in photos]),
+                          train)
 
 
 def start_app_server(env, log_path, timeout=120):

@@ -28,23 +28,47 @@ def stop(proc, timeout=30):
         proc.wait()
 
 
-def paused_at(command, env, fault, marker, timeout=300):
+def wait_for(condition, what, timeout=300, procs=()):
+    """Returns once ``condition()`` is true; fails naming ``what`` when ``timeout`` seconds
+    pass, or as soon as one of ``procs`` (the processes that should make it true) exits.
+
+    The one polling loop of the tests: fault points announce that they are waiting by
+    writing their marker file, so the condition is an event, never a guessed sleep.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not condition():
+        for proc in procs:
+            if proc.poll() is not None:
+                err = proc.stderr.read()[-2000:] if getattr(proc, "stderr", None) else ""
+                raise AssertionError(f"a process exited ({proc.returncode}) while waiting for "
+                                     f"{what}: {err}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def reached(marker, proc, timeout=300, what="its fault point"):
+    """Waits until ``proc`` has written ``marker`` (a fault point's "I am waiting here")."""
+    try:
+        wait_for(lambda: os.path.exists(marker), what, timeout, procs=[proc])
+    except AssertionError:
+        if proc.poll() is None:
+            proc.kill()
+        raise
+
+
+def paused_at(command, env, fault, marker, timeout=300, **popen):
     """Starts ``command`` and returns it once it sleeps at the fault point ``fault``, alive.
 
-    ``marker``: a path that must not exist yet (the fault point writes it).
+    ``marker``: a path that must not exist yet (the fault point writes it). ``popen``:
+    further arguments of ``subprocess.Popen`` (``cwd``, other ``stdout``).
     """
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
     proc = subprocess.Popen(command, env=dict(env, LOOKALIKE_FAULT=f"{fault}:pause",
-                                              LOOKALIKE_FAULT_FILE=str(marker)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(marker):
-        if proc.poll() is not None:
-            raise AssertionError(f"exited ({proc.returncode}) before {fault}: "
-                                 f"{proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {fault}")
-        time.sleep(0.2)
+                                              LOOKALIKE_FAULT_FILE=str(marker)), **popen)
+    reached(marker, proc, timeout, what=fault)
     return proc
 
 

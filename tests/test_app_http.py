@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import fiftyone as fo
 import numpy as np
@@ -241,11 +240,9 @@ def test_a_job_queued_from_the_app_runs_in_a_worker_after_the_app_closes(
                               stdout=open(tmp_path / "worker.log", "w"),
                               stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
-        while service.get(op_id).run_state in ("queued", "scheduled", "running"):
-            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "the worker did not finish within 300 s"
-            time.sleep(1)
+        processes.wait_for(
+            lambda: service.get(op_id).run_state not in ("queued", "scheduled", "running"),
+            "the worker to finish the job", 300, procs=[worker])
     finally:
         processes.stop(worker)
     doc = service.get(op_id)

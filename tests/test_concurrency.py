@@ -9,11 +9,12 @@ mixed field cannot pass.
 import os
 import subprocess
 import sys
-import time
 
 import fiftyone as fo
 import numpy as np
 import pytest
+
+import processes
 
 from lookalike import leases
 from lookalike.embeddings import compute_embeddings, field_record, field_records
@@ -103,16 +104,6 @@ def _finish(proc, timeout=600):
     return proc.returncode, out, err
 
 
-def _wait_for(marker, proc, timeout=300):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(marker):
-        if proc.poll() is not None:
-            pytest.fail(f"the job exited ({proc.returncode}) before its fault point: "
-                        f"{proc.stderr.read()[-2000:]}")
-        assert time.monotonic() < deadline, "the job never reached its fault point"
-        time.sleep(0.1)
-
-
 def _kill(proc):
     proc.kill()
     proc.communicate()
@@ -145,7 +136,7 @@ def test_a_second_encoder_is_refused_inside_the_write_window_the_same_one_shares
     first = _cli(env, "embed", "--dataset", photos.name, "--encoder", "tiny", "--field", "emb",
                  fault="embed.after_record:pause", marker=marker)
     try:
-        _wait_for(marker, first)  # its record is written, no vector yet
+        processes.reached(marker, first)  # its record is written, no vector yet
         rc, out, err = _finish(_cli(env, "embed", "--dataset", photos.name,
                                     "--encoder", "tiny-other", "--field", "emb"))
         assert rc == 2, err[-2000:]

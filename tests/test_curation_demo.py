@@ -1,18 +1,18 @@
 """The curation operators on the demo photos with a real (small) contrastive encoder.
 
 The planted copies must come back as duplicate groups and the photos without a
-copy as no-match outliers; the CLI writes the pictures.
+copy as no-match outliers; the CLI (run in this process) writes the pictures. The
+visualization test uses the field the CLI test embeds.
 """
 
 import os
-import subprocess
-import sys
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import pytest
 from fiftyone import ViewField as F
 
+from cli_runner import run_cli
 from lookalike.demo import build_demo_dataset
 from lookalike.workflow import flag_scores, pair_scores
 
@@ -99,13 +99,10 @@ def test_operators_recover_planted_copies_and_unique_photos(demo):
     assert len(demo) == n - tagged and all(os.path.exists(p) for p in paths)
 
 
-def test_cli_curate_prints_groups_and_writes_pictures(demo, subprocess_env, tmp_path):
-    env = subprocess_env
-    out = subprocess.run(
-        [sys.executable, "-m", "lookalike.cli", "curate", "--dataset", demo.name, "--tag",
-         "photo", "--encoder", "copies", "--field", "emb_cli", "--label-field", "ground_truth",
-         "--pngs", str(tmp_path / "png"), "--show-groups", "3"],
-        env=env, capture_output=True, text=True, timeout=600)
+def test_cli_curate_prints_groups_and_writes_pictures(demo, tmp_path):
+    out = run_cli("curate", "--dataset", demo.name, "--tag", "photo", "--encoder", "copies",
+                  "--field", "emb_cli", "--label-field", "ground_truth",
+                  "--pngs", tmp_path / "png", "--show-groups", "3")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "duplicate groups" in out.stdout and "no-match outliers" in out.stdout
     assert "/photos/" in out.stdout and "recall@1" in out.stdout
@@ -114,9 +111,8 @@ def test_cli_curate_prints_groups_and_writes_pictures(demo, subprocess_env, tmp_
         "threshold_curves", "precision_recall", "distance_histogram", "confusion_matrix"))
     assert all(os.path.getsize(tmp_path / "png" / p) > 10_000 for p in pngs)
     # Errors are one clear line and exit code 2.
-    bad = subprocess.run([sys.executable, "-m", "lookalike.cli", "outliers", "--dataset",
-                          demo.name, "--brain-key", "emb_cli_sim", "--threshold", "5"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    bad = run_cli("outliers", "--dataset", demo.name, "--brain-key", "emb_cli_sim",
+                  "--threshold", "5")
     assert bad.returncode == 2 and "[0, 2]" in bad.stderr and "Traceback" not in bad.stderr
 
 

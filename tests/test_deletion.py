@@ -7,11 +7,13 @@ fault points (lookalike.faults) or raced while one holds the lease.
 import os
 import subprocess
 import sys
-import time
 
 import fiftyone as fo
 import numpy as np
 import pytest
+
+import processes
+from cli_runner import run_cli
 from PIL import Image
 
 import lookalike.curation as lc
@@ -92,6 +94,12 @@ def _cli(env, *args):
     return out.returncode, out.stdout.strip().splitlines(), out.stderr.strip().splitlines()
 
 
+def _cli_here(*args):
+    """``_cli`` in this process: for wording and exit codes."""
+    out = run_cli(*args)
+    return out.returncode, out.stdout.strip().splitlines(), out.stderr.strip().splitlines()
+
+
 def _child(env, code, *args, fault=None, marker=None, wait=True):
     env = dict(env)
     if fault:
@@ -103,14 +111,6 @@ def _child(env, code, *args, fault=None, marker=None, wait=True):
         out, err = proc.communicate(timeout=300)
         return proc.returncode, out, err
     return proc
-
-
-def _wait_for(path, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the child never reached its fault point"
-        time.sleep(0.1)
 
 
 def _one_error_line(rc, err, *words):
@@ -238,7 +238,7 @@ def test_a_second_find_duplicates_is_refused_while_one_writes(ds, subprocess_env
     holder = _child(subprocess_env, FIND, ds.name, 0.01, wait=False,
                     fault="duplicates.after_begin:pause", marker=marker)
     try:
-        _wait_for(marker, holder)
+        processes.reached(marker, holder)
         rc, out, err = _cli(subprocess_env, "duplicates", "--dataset", ds.name,
                             "--brain-key", "sim", "--threshold", "0.01")
         _one_error_line(rc, err, "duplicates results of dataset", "is being written by job "
@@ -317,25 +317,25 @@ def test_a_delete_killed_after_its_journal_is_undone_completely(
     assert _raw_docs(ds) == before
 
 
-def test_undelete_cli_lists_restores_and_refuses_in_one_line(ds, subprocess_env, tmp_path):
-    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name)
+def test_undelete_cli_lists_restores_and_refuses_in_one_line(ds, tmp_path):
+    rc, out, err = _cli_here("undelete", "--dataset", ds.name)
     assert rc == 0 and out == [f"dataset '{ds.name}' has no deletion journal"], err
     lc.find_duplicates(ds, "sim", threshold=0.01)
-    rc, out, err = _cli(subprocess_env, "duplicates", "--dataset", ds.name, "--delete", "--yes")
+    rc, out, err = _cli_here("duplicates", "--dataset", ds.name, "--delete", "--yes")
     assert rc == 0 and len(out) == 1 and out[0].startswith("deleted 8 samples"), err
     assert "undelete --dataset" in out[0] and len(ds) == N - 8
-    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name)
+    rc, out, err = _cli_here("undelete", "--dataset", ds.name)
     assert rc == 0 and len(out) == 1 and "8 samples" in out[0] and "not restored" in out[0]
     path = out[0].split()[0]
-    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name, "--journal", path)
+    rc, out, err = _cli_here("undelete", "--dataset", ds.name, "--journal", path)
     assert rc == 0 and out == [f"restored 8 samples from {path}"] and len(ds) == N, err
     assert journal.list_journals(ds)[0].restored_at is not None
     # Errors: one line each, exit code 2 (more refusals are checked in-process above).
-    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name, "--journal", path)
+    rc, out, err = _cli_here("undelete", "--dataset", ds.name, "--journal", path)
     _one_error_line(rc, err, "already restored")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name, "--journal", str(bad))
+    rc, out, err = _cli_here("undelete", "--dataset", ds.name, "--journal", str(bad))
     _one_error_line(rc, err, "bad.json", "not a readable journal")
     other = fo.Dataset()
     try:

@@ -3,7 +3,7 @@ with links, pickles and files their manifest does not list.
 
 Real files throughout: a PNG whose header claims 30000 x 30000 (Pillow itself raises
 DecompressionBombError on it), a JPEG cut off half-way, a photo deleted after import, a
-real encoder folder; the CLI runs in child processes.
+real encoder folder; the CLI's wording is checked in this process (``cli_runner``).
 """
 
 import io
@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 import imagefiles as files
+from cli_runner import run_cli
 import lookalike
 from lookalike.curation.duplicates import find_duplicates
 from lookalike.curation.keep import choose_kept, image_size_key, sharpness
@@ -157,10 +158,8 @@ def test_import_skips_the_bomb_and_imports_the_rest(folder, dataset_name):
     assert "bomb.png: " + BOMB_REASON in report.summary()
 
 
-def test_cli_import_lists_the_bomb(folder, dataset_name, subprocess_env):
-    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "import", "--images", str(folder),
-                          "--dataset", dataset_name], capture_output=True, text=True,
-                         env=subprocess_env, timeout=300)
+def test_cli_import_lists_the_bomb(folder, dataset_name):
+    out = run_cli("import", "--images", folder, "--dataset", dataset_name)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "imported 5 images" in out.stdout and BOMB_REASON in out.stdout
     assert "Traceback" not in out.stderr
@@ -206,7 +205,7 @@ def test_training_skips_and_lists_them(imported, store_dir):
     assert result.manifest["training_data"]["num_samples"] == len(imported)
 
 
-def test_query_by_a_hostile_image_is_one_line(imported, copies_encoder, subprocess_env, folder):
+def test_query_by_a_hostile_image_is_one_line(imported, copies_encoder, folder):
     import lookalike.similarity as ls
     from lookalike.embeddings import compute_embeddings
 
@@ -217,9 +216,8 @@ def test_query_by_a_hostile_image_is_one_line(imported, copies_encoder, subproce
     for query, reason in ((str(folder / "bomb.png"), BOMB_REASON),
                           (str(folder / "gone.jpg"), "file not found"),
                           (cut, "truncated")):
-        out = subprocess.run([sys.executable, "-m", "lookalike.cli", "search", "--dataset",
-                              imported.name, "--brain-key", "emb_sim", "--image", query],
-                             capture_output=True, text=True, env=subprocess_env, timeout=300)
+        out = run_cli("search", "--dataset", imported.name, "--brain-key", "emb_sim",
+                      "--image", query)
         lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
         assert out.returncode == 2, out.stderr[-2000:]
         assert "Traceback" not in out.stderr
@@ -309,11 +307,8 @@ def _tree(root):
     return out
 
 
-def test_load_copies_only_the_listed_files(shared_folder, store_dir, subprocess_env):
-    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store_dir)
-    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "load", "--path",
-                          str(shared_folder), "--name", "shared"], capture_output=True, text=True,
-                         env=env, timeout=300)
+def test_load_copies_only_the_listed_files(shared_folder, store_dir):
+    out = run_cli("load", "--path", shared_folder, "--name", "shared")  # into store_dir
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines()[-1] == (
         "  left behind 4 entries the manifest does not list: extra/notes.txt, "
@@ -326,17 +321,13 @@ def test_load_copies_only_the_listed_files(shared_folder, store_dir, subprocess_
     assert [e["name"] for e in list_encoders(store_dir)] == ["shared"]
 
 
-def test_a_listed_file_that_is_a_link_is_refused(shared_folder, store_dir, subprocess_env,
-                                                   tmp_path):
+def test_a_listed_file_that_is_a_link_is_refused(shared_folder, store_dir, tmp_path):
     manifest = json.loads((shared_folder / "manifest.json").read_text())
     weights = next(iter(manifest["files"]))
     outside = tmp_path / "outside.bin"
     shutil.move(shared_folder / weights, outside)
     os.symlink(outside, shared_folder / weights)  # same bytes, checksum would pass
-    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store_dir)
-    out = subprocess.run([sys.executable, "-m", "lookalike.cli", "load", "--path",
-                          str(shared_folder), "--name", "linked"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = run_cli("load", "--path", shared_folder, "--name", "linked")  # into store_dir
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
         f"lookalike load: error: {shared_folder}: manifest entry {weights} is (or lies under) a "

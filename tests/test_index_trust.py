@@ -5,12 +5,14 @@ import ast
 import os
 import subprocess
 import sys
-import time
 
 import fiftyone as fo
 import fiftyone.brain as fob
 import numpy as np
 import pytest
+
+import processes
+from cli_runner import run_cli
 from fiftyone import ViewField as F
 
 import lookalike.similarity as ls
@@ -76,17 +78,6 @@ def _build_code(name, key="k", view=""):
             f"ds = fo.load_dataset({name!r})\n"
             f"ls.build_index(ds{view}, 'emb', {key!r})\n"
             "print('BUILT')\n")
-
-
-def _wait_for(path, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None:
-            pytest.fail(f"the child exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the child never reached its fault point")
-        time.sleep(0.1)
 
 
 def _build_dirs(dataset):
@@ -290,7 +281,7 @@ def test_a_second_build_of_one_key_gets_the_lease_line(ds, subprocess_env, tmp_p
     first = _child(_build_code(ds.name), subprocess_env,
                    fault="index.artefacts_written:pause", marker=marker)
     try:
-        _wait_for(marker, first)
+        processes.reached(marker, first)
         with pytest.raises(LeaseHeldError) as e:
             ls.build_index(ds, "emb", "k")
         line = _one_line(e.value)
@@ -352,8 +343,8 @@ def test_bad_settings_are_one_line_lookalike_errors(ds):
         ls.nearest(ds, "k")
 
 
-def test_cli_index_and_search_fail_in_one_line(ds, subprocess_env):
-    out = _cli(["index", "--dataset", ds.name, "--field", "nofield"], subprocess_env)
+def test_cli_index_and_search_fail_in_one_line(ds):
+    out = run_cli("index", "--dataset", ds.name, "--field", "nofield")
     assert out.returncode == 2, out.stderr
     assert _error_line(out) == (
         f"lookalike index: error: dataset '{ds.name}' has no field 'nofield': "
@@ -361,14 +352,13 @@ def test_cli_index_and_search_fail_in_one_line(ds, subprocess_env):
     # 'emb' was written by hand, not by lookalike embed: the index records no encoder.
     ls.build_index(ds, "emb", "k")
     image = ds.first().filepath
-    out = _cli(["search", "--dataset", ds.name, "--brain-key", "k", "--image", image],
-               subprocess_env)
+    out = run_cli("search", "--dataset", ds.name, "--brain-key", "k", "--image", image)
     assert out.returncode == 2, out.stderr
     assert _error_line(out) == (
         "lookalike search: error: index 'k' does not record which encoder made its embeddings, "
         "so it cannot embed a new image: query by sample id, or rebuild it over a field that "
         "lookalike embed wrote")
-    out = _cli(["search", "--dataset", ds.name, "--brain-key", "k", "--sample-id",
-                ds.first().id], subprocess_env)
+    out = run_cli("search", "--dataset", ds.name, "--brain-key", "k", "--sample-id",
+                  ds.first().id)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].endswith(ds.first().filepath)

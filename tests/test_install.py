@@ -64,6 +64,7 @@ def test_the_app_serves_the_plugin_and_nothing_else(app_server):
                 assert status == 404, probe
 
 
+@pytest.mark.system  # runs make
 def test_make_app_and_worker_serve_the_generated_folder():
     plan = subprocess.run(["make", "-n", "app", "worker"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60).stdout

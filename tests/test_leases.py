@@ -30,11 +30,7 @@ def dataset(dataset_name):
 def _hold_in_child(dataset, env, tmp_path, same=""):
     flag = tmp_path / f"held-{time.monotonic_ns()}"
     proc = subprocess.Popen([sys.executable, "-c", HOLD, dataset.name, same, str(flag)], env=env)
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, "the holder exited"
-        assert time.monotonic() < deadline, "the holder never took the lease"
-        time.sleep(0.1)
+    processes.wait_for(flag.exists, "the holder to take the lease", 120, procs=[proc])
     return proc
 
 

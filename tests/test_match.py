@@ -16,6 +16,9 @@ import time
 import fiftyone as fo
 import numpy as np
 import pytest
+
+import processes
+from cli_runner import run_cli
 from PIL import Image
 
 import imagefiles as files
@@ -350,7 +353,7 @@ def test_two_copies_in_the_folder_import_once_and_verify_hook_downgrades(
 
 
 def test_bad_folders_and_runs_are_one_line_errors(demo_records, copies_encoder, dataset_name,
-                                                   tmp_path, subprocess_env):
+                                                   tmp_path, monkeypatch):
     ds = _library(dataset_name, demo_records, copies_encoder)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -372,8 +375,8 @@ def test_bad_folders_and_runs_are_one_line_errors(demo_records, copies_encoder, 
         lc.match_images(ds, "raw_sim", str(junk))
     with pytest.raises(Exception, match="no such folder"):
         lc.match_images(ds, "emb_sim", str(tmp_path / "missing"))
-    out = _cli(["match", "--dataset", ds.name, "--brain-key", "emb_sim", "--images",
-                str(junk)], subprocess_env, cwd=str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("match", "--dataset", ds.name, "--brain-key", "emb_sim", "--images", junk)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     lines = _error_lines(out)
     assert len(lines) == 1 and lines[0].startswith(
@@ -417,10 +420,7 @@ def test_two_imports_at_once_one_is_refused(demo_records, copies_encoder, query_
                              "new"], env=env, cwd=str(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        processes.reached(marker, proc, timeout=180)
         with pytest.raises(LeaseHeldError, match="importing into"):
             lc.match_images(ds, "emb_sim", folder, add="new")
         # Matching without importing is read-only and needs no lease.

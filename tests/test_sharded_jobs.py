@@ -27,22 +27,13 @@ def _worker(env, log):
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def _wait(condition, what, timeout=300, workers=()):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        for w in workers:
-            assert w.poll() is None, f"a worker exited ({w.returncode}) while waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
-
-
 def _kill_worker_at(env, tmp_path, fault):
     """Runs worker A until it reaches the fault point ``fault`` in its shard, then kills it (-9)."""
     marker = tmp_path / "reached"
     worker = _worker(dict(env, LOOKALIKE_FAULT=f"{fault}:pause", LOOKALIKE_FAULT_FILE=str(marker)),
                      tmp_path / "a.log")
     try:
-        _wait(marker.exists, f"worker A to reach {fault}", workers=[worker])
+        processes.wait_for(marker.exists, f"worker A to reach {fault}", procs=[worker])
     finally:
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
@@ -91,8 +82,8 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
     worker_c = _worker(subprocess_env, tmp_path / "c.log")
     try:
         others = [o for o in ops if o not in killed]
-        _wait(lambda: all(op(o).run_state == "completed" for o in others),
-              "the other shards", workers=[worker_b, worker_c])
+        processes.wait_for(lambda: all(op(o).run_state == "completed" for o in others),
+              "the other shards", procs=[worker_b, worker_c])
         # The dead worker's shard is visible as such, and only it can be queued again.
         jobs = {j.id: j for j in list_jobs(dataset_name=ds.name)}
         assert jobs[killed[0]].state == "running" and jobs[killed[0]].worker_gone
@@ -106,8 +97,8 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
                                  timeout=300)
         assert refused.returncode == 2 and "is completed" in refused.stderr
         [again] = cli("jobs", "--requeue", killed[0])
-        _wait(lambda: op(again).run_state == "completed", "the re-queued shard",
-              workers=[worker_b, worker_c])
+        processes.wait_for(lambda: op(again).run_state == "completed", "the re-queued shard",
+              procs=[worker_b, worker_c])
     finally:
         processes.stop(worker_b)
         processes.stop(worker_c)
@@ -169,7 +160,7 @@ def test_a_queue_killed_or_raced_midway_is_finished_and_no_shard_is_queued_twice
                                   text=True, env=dict(subprocess_env, LOOKALIKE_FAULT_FILE=str(
                                       waiting), LOOKALIKE_FAULT="jobs.queue_lease:note"))
         try:
-            _wait(waiting.exists, "B to reach the queue's lease", workers=[second])
+            processes.wait_for(waiting.exists, "B to reach the queue's lease", procs=[second])
             time.sleep(3)
             assert second.poll() is None and shards() == ["shard:emb:1/3"]
         finally:
@@ -231,12 +222,12 @@ def test_local_features_are_sharded_over_workers_and_a_dead_workers_shard_is_fin
     [other] = [o for o in ops if o != killed]
     worker_b = _worker(subprocess_env, tmp_path / "b.log")
     try:
-        _wait(lambda: service.get(ObjectId(other)).run_state == "completed", "the other shard",
-              workers=[worker_b])
+        processes.wait_for(lambda: service.get(ObjectId(other)).run_state == "completed", "the other shard",
+              procs=[worker_b])
         assert {j.id: j for j in list_jobs(dataset_name=ds.name)}[killed].worker_gone
         again = requeue(killed)
-        _wait(lambda: service.get(ObjectId(again)).run_state == "completed", "the re-queued shard",
-              workers=[worker_b])
+        processes.wait_for(lambda: service.get(ObjectId(again)).run_state == "completed", "the re-queued shard",
+              procs=[worker_b])
     finally:
         processes.stop(worker_b)
     done = service.get(ObjectId(again)).result.result
