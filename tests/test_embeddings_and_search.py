@@ -165,16 +165,11 @@ def test_flip_averaged_embeddings_give_a_mirror_copy_the_same_vector(photos, tmp
     assert report.encoder == flip.version and plain.flip_average is False
 
 
-def test_cli_embed_index_search(photos, subprocess_env, store, tmp_path):
-    import subprocess
-    import sys
+def test_cli_embed_index_search(photos, store, tmp_path, monkeypatch):
+    from cli_runner import run_cli as cli  # in this process: the commands' output is the point
 
     photos.persistent = True
-    env = dict(subprocess_env, LOOKALIKE_MODELS_DIR=store)
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "lookalike.cli", *args], capture_output=True,
-                              text=True, env=env, timeout=300)
+    monkeypatch.setenv("LOOKALIKE_MODELS_DIR", store)
 
     out = cli("embed", "--dataset", photos.name, "--encoder", "tiny", "--field", "emb")
     assert out.returncode == 0, out.stderr[-2000:]
@@ -184,7 +179,7 @@ def test_cli_embed_index_search(photos, subprocess_env, store, tmp_path):
     assert "embedded 30 images into 'emb_tiny_flip'" in out.stdout and "+flip" in out.stdout
     out = cli("index", "--dataset", photos.name, "--field", "emb")
     assert "index 'emb_sim' over 'emb': 30 samples, 2 without an embedding" in out.stdout
-    photos.reload()  # another process added fields
+    photos.reload()
     query = photos.exists("emb").first().filepath
     out = cli("search", "--dataset", photos.name, "--brain-key", "emb_sim", "--image", query,
               "-k", "3")
