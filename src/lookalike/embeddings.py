@@ -75,6 +75,67 @@ def _check_field_name(field_name):
             "contain '.' or start with '$' or '_'")
 
 
+# FiftyOne's own sample fields: never an embeddings field, whatever ``overwrite`` says.
+RESERVED_FIELDS = frozenset({
+    "id", "_id", "filepath", "tags", "metadata", "media_type", "_media_type", "created_at",
+    "last_modified_at", "media_reference", "frames", "_rand", "_dataset_id", "_sample_id",
+})
+# The kinds of field a vector can be stored in: what compute_embeddings declares
+# (VectorField), or what FiftyOne infers for arrays set by others.
+VECTOR_FIELD_TYPES = ("VectorField", "ArrayField")
+
+
+def _reserved_fields():
+    try:
+        import fiftyone as fo
+        from fiftyone.core.odm.sample import get_default_fields
+
+        own = get_default_fields(fo.core.odm.DatasetSampleDocument, include_private=True)
+    except (ImportError, AttributeError, TypeError):  # another FiftyOne version
+        own = ()
+    return RESERVED_FIELDS.union(own)
+
+
+def _is_vector_field(field):
+    import fiftyone as fo
+
+    return isinstance(field, (fo.VectorField, fo.ArrayField))
+
+
+def check_writable(dataset, field_name, record=None, overwrite=False):
+    """Refuses, before any write, a field that compute_embeddings must not write.
+
+    Only a field that does not exist yet, or a vector field (``VectorField`` /
+    ``ArrayField``), may take embeddings: ``overwrite`` replaces embeddings
+    (another encoder's, or vectors lookalike did not write), never another kind
+    of field, and never one of FiftyOne's own sample fields (``filepath``,
+    ``tags``, ``metadata``, ...). The field where unreadable images are noted
+    (``<field>_error``) must be a string field of ours, or not exist yet.
+    Raises :class:`EmbeddingFieldError` in one line naming the field.
+    """
+    schema = dataset.get_field_schema()
+    field = schema.get(field_name)
+    kind = f" ({type(field).__name__})" if field is not None else ""
+    if field_name in _reserved_fields():
+        raise EmbeddingFieldError(
+            f"field '{field_name}' is not an embeddings field{kind}: it is one of FiftyOne's "
+            "own sample fields, which embeddings never replace: choose another --field")
+    if field is not None and not _is_vector_field(field):
+        raise EmbeddingFieldError(
+            f"field '{field_name}' is not an embeddings field{kind}: overwrite replaces "
+            "embeddings, never another kind of field: choose another --field")
+    error_field = f"{field_name}_error"
+    error = schema.get(error_field)
+    if error is not None:
+        import fiftyone as fo
+
+        if not isinstance(error, fo.StringField) or record is None:
+            raise EmbeddingFieldError(
+                f"field '{error_field}' ({type(error).__name__}), where the unreadable images "
+                f"of '{field_name}' would be noted, exists and was not written by lookalike: "
+                "choose another --field")
+
+
 def _declare_fields(dataset, field_name, error_field):
     import fiftyone as fo
 
@@ -163,6 +224,7 @@ def _claim_held(dataset, encoder, field_name, overwrite):
     record = field_record(dataset, field_name)
     mine = dict(encoder=encoder.name, version=encoder.version, dim=encoder.embedding_size,
                 kind=encoder.kind, image_size=encoder.image_size)
+    check_writable(dataset, field_name, record, overwrite)  # before anything is written
     exists = field_name in dataset.get_field_schema()
     if exists and record is None and not overwrite:
         raise EmbeddingFieldError(

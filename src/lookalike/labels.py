@@ -33,14 +33,17 @@ def classification_fields(samples):
     return sorted(samples.get_field_schema(embedded_doc_type=fo.Classification))
 
 
+# FiftyOne's own string fields: the media's path and type, never labels.
+NOT_LABELS = {"filepath": "the media's path", "media_type": "the media's type"}
+
+
 def label_fields(samples):
     """Names of the label fields of ``samples`` (Classification or string fields), sorted."""
     import fiftyone as fo
 
     schema = samples.get_field_schema()
-    # "filepath" is a string field too, but the media's path, never a label.
     return sorted(name for name, field in schema.items() if _is_classification(field) or (
-        isinstance(field, fo.StringField) and name != "filepath"))
+        isinstance(field, fo.StringField) and name not in NOT_LABELS))
 
 
 def label_path(samples, label_field, error=UsageError):
@@ -54,9 +57,11 @@ def label_path(samples, label_field, error=UsageError):
     field = samples.get_field_schema().get(label_field)
     if _is_classification(field):
         return f"{label_field}.label"
-    if isinstance(field, fo.StringField):
+    if isinstance(field, fo.StringField) and label_field not in NOT_LABELS:
         return label_field
-    if field is None:
+    if label_field in NOT_LABELS and field is not None:
+        what = f"'{label_field}' is FiftyOne's {NOT_LABELS[label_field]}, not a label"
+    elif field is None:
         what = f"'{fo_adapter.root_dataset(samples).name}' has no field '{label_field}'"
     elif isinstance(field, fo.EmbeddedDocumentField):
         what = f"'{label_field}' holds {field.document_type.__name__} labels"
@@ -65,6 +70,29 @@ def label_path(samples, label_field, error=UsageError):
     choices = ", ".join(label_fields(samples)) or "none in this dataset"
     raise error(f"{what}; a label field is a Classification or a string field "
                 f"(label fields: {choices})")
+
+
+def check_label_field(samples, label_field, error=UsageError):
+    """``label_field``'s path (:func:`label_path`) once its values look like labels.
+
+    A Classification field is taken as it is; a string field must name classes
+    that repeat: most of its values (over ``samples``) must be shared by at
+    least 2 samples, so a field of one-off values (names, paths, ids) is refused
+    in one line naming the field and why, before anything is computed on it.
+    """
+    path = label_path(samples, label_field, error)
+    if path != label_field:
+        return path  # a Classification field
+    counts = {v: n for v, n in samples.count_values(path).items() if v not in (None, "")}
+    single = sum(1 for n in counts.values() if n < 2)
+    if counts and 2 * single > len(counts):
+        choices = ", ".join(f for f in label_fields(samples) if f != label_field)
+        raise error(
+            f"'{label_field}' does not hold labels: {single} of its {len(counts)} values name a "
+            "single sample each (labels are classes shared by several samples); choose a "
+            f"Classification or a string field of classes (label fields: "
+            f"{choices or 'no other in this dataset'})")
+    return path
 
 
 def indexed_labels(samples, index, label_field, error=UsageError):

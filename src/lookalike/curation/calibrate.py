@@ -32,7 +32,7 @@ from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
 from lookalike.edits import COPY_EDITS, VIEWPOINT_EDITS
 from lookalike.errors import CalibrationError, EmptyViewError
-from lookalike.labels import indexed_labels, pick_unknown_classes
+from lookalike.labels import check_label_field, indexed_labels, pick_unknown_classes
 from lookalike.progress import stage
 
 LABEL_METHODS = ("f1", "precision")  # need a label field; the first is the default
@@ -253,6 +253,8 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         raise CalibrationError(f"unknown method {method!r}; choose from {METHODS}")
     if method in LABEL_METHODS and not label_field:
         raise CalibrationError(f"method {method!r} needs a label field")
+    if method in LABEL_METHODS:  # labels that are not labels: refused before any search
+        check_label_field(samples, label_field, CalibrationError)
     if index.total_index_size < 2:
         raise CalibrationError(f"run '{brain_key}' holds {index.total_index_size} embeddings: "
                                "calibration needs at least 2")
@@ -303,7 +305,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
             num_queries=int(np.isfinite(nn1).sum()), metric_values={},
             note=(f"no labels: {100 - q:g}% of the samples lie farther than this from "
                   "their nearest neighbour"))
-        return Calibration.from_record(records.save(index, "calibration", record))
+        return _save(index, record)
     if method == "isolated":
         from lookalike.curation.isolation import DEFAULT_K, isolation_threshold
 
@@ -316,7 +318,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
                   f"isolated: their nearest neighbour is farther than {k:g} robust standard "
                   f"deviations (log scale) above {centre:.4f}, the median of the farther half "
                   "of nearest-neighbour distances, and than the duplicate threshold"))
-        return Calibration.from_record(records.save(index, "calibration", record))
+        return _save(index, record)
 
     rows, labels, missing = indexed_labels(samples, index, label_field, CalibrationError)
     if len(rows) < 2:
@@ -356,6 +358,28 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         note=("open set: " + f"{len(unknown)} of {len(classes)} classes held out as unknowns"
               if unknown else "closed set: every class is known (the F1 optimum tends to "
               "accept everything)"))
+    return _save(index, record)
+
+
+def _save(index, record):
+    """Saves ``record`` as the run's calibration, unless it failed: a calibration with no
+    usable threshold (not a distance in [0, 2], or labels that never match: F1 0) never
+    replaces the one saved before. Returns the :class:`Calibration`."""
+    import math
+
+    threshold = record.get("threshold")
+    f1 = (record.get("metric_values") or {}).get("f1")
+    reason = None
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold) \
+            or not 0 <= threshold <= 2:
+        reason = f"no usable threshold ({threshold})"
+    elif record.get("method") in LABEL_METHODS and (f1 is None or not f1 > 0):
+        reason = (f"F1 {0 if f1 is None else f1:.3f} with labels '{record['label_field']}': no "
+                  "query's nearest neighbour shares its label")
+    if reason:
+        kept = ("the calibration saved before is kept" if (index.curation or {}).get(
+            "calibration") else "nothing was saved")
+        raise CalibrationError(f"calibration of '{index.key}' failed, {reason}; {kept}")
     return Calibration.from_record(records.save(index, "calibration", record))
 
 

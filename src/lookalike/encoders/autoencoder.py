@@ -383,9 +383,9 @@ class AutoencoderEncoder(Encoder):
         store.check_framework_version(manifest, paddle.__version__)
         import paddle.inference as paddle_infer
 
-        prefix = os.path.join(path, EXPORT_PREFIX)
-        program = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
-        config = paddle_infer.Config(program, prefix + ".pdiparams")
+        # Only files the manifest lists (checked inside the folder, checksums verified on load).
+        config = paddle_infer.Config(store.model_file(path, manifest, "program"),
+                                     store.model_file(path, manifest, "params"))
         if use_gpu is None:
             use_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
         if use_gpu:
@@ -409,7 +409,8 @@ class AutoencoderEncoder(Encoder):
     def dynamic_model(self):
         """The full autoencoder in Paddle's dynamic graph (slow; for checks and fine-tuning)."""
         model = build(self.manifest["architecture"]["width"])
-        with np.load(os.path.join(self.path, WEIGHTS), allow_pickle=False) as data:
+        with np.load(store.model_file(self.path, self.manifest, "weights"),
+                     allow_pickle=False) as data:
             set_model_arrays(model, {k: data[k] for k in data.files})
         model.eval()
         return model

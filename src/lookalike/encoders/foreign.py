@@ -89,8 +89,9 @@ class PaddleInferenceEncoder(Encoder):
         import paddle.inference as paddle_infer
 
         files = manifest["architecture"]
-        config = paddle_infer.Config(os.path.join(path, files["program"]),
-                                     os.path.join(path, files["params"]))
+        # Only files inside the folder that the manifest lists (checksums verified on load).
+        config = paddle_infer.Config(store.model_file(path, manifest, "architecture.program"),
+                                     store.model_file(path, manifest, "architecture.params"))
         config.disable_gpu()
         config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
         config.disable_glog_info()
@@ -135,7 +136,7 @@ class KerasFileEncoder(Encoder):
 
         tf = frameworks.tensorflow()
         store.check_framework_version(manifest, tf.__version__)
-        self.model = _load_keras_file(os.path.join(path, manifest["architecture"]["file"]))
+        self.model = _load_keras_file(store.model_file(path, manifest, "architecture.file"))
         self.batch_size = int(batch_size)
         model = self.model
         size = self.image_size

@@ -277,9 +277,10 @@ class KerasEncoder(Encoder):
         store.check_framework_version(manifest, tf.__version__)
         if WEIGHTS not in manifest["files"]:
             raise store.EncoderStoreError(f"{path}: the manifest lists no {WEIGHTS}")
+        weights = store.model_file(path, manifest, "weights")  # inside, listed, checked
         self.model = build_from_manifest(manifest)
         try:
-            self.model.load_weights(os.path.join(path, WEIGHTS))
+            self.model.load_weights(weights)
         except Exception as e:  # noqa: BLE001  (h5py and Keras raise many kinds)
             raise store.EncoderStoreError(
                 f"{path}: cannot load {WEIGHTS} into the network the manifest describes ({e})"

@@ -11,6 +11,11 @@ Layout of ``<store>/<name>/``::
 Trust boundary: a model directory may come from someone else, so loading never
 unpickles (``paddle.load`` and ``np.load(allow_pickle=True)`` are never called on
 store files) and every file is checked against the manifest's checksum first.
+Every file a manifest names (``files``, and what loading opens: ``architecture.file``,
+``architecture.program`` / ``params``, our kinds' weights, :func:`model_files`) must
+be a plain relative path inside the folder, listed with a checksum, and is opened
+without following a symbolic link: :func:`read_manifest` refuses anything else, on
+import, in the store and at every ``load_encoder``.
 
 Training writes into ``<store>/.<name>.partial/`` and renames it to
 ``<store>/<name>`` only when complete, so a killed job never leaves a
@@ -91,11 +96,62 @@ def partial_dir(name, store_dir=None):
 
 
 def sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
+        return _sha256_file(f, chunk)
+
+
+def _sha256_file(f, chunk=1 << 20):
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(chunk), b""):
+        h.update(block)
     return h.hexdigest()
+
+
+# The files each kind's loader opens, by manifest key (a dotted path). Our own kinds
+# open fixed names; those brought in name theirs in ``architecture``.
+_NAMED_FILES = {
+    "paddle-inference": ("architecture.program", "architecture.params"),
+    "keras": ("architecture.file",),
+}
+_FIXED_FILES = {
+    "metric": {"weights": "model.weights.h5"},
+    "contrastive": {"weights": "model.weights.h5"},
+    "autoencoder": {"weights": "autoencoder.npz"},  # plus its exported program, below
+}
+
+
+def model_files(manifest):
+    """``{manifest key: relative path}`` of every file loading ``manifest``'s encoder opens.
+
+    Each must be a plain relative path inside the encoder's folder, listed in
+    ``files`` with a checksum (:func:`read_manifest` refuses it otherwise).
+    """
+    kind = manifest.get("kind")
+    arch = manifest.get("architecture")
+    found = {}
+    for key in _NAMED_FILES.get(kind, ()):
+        value = arch.get(key.split(".", 1)[1]) if isinstance(arch, dict) else None
+        found[key] = value
+    found.update(_FIXED_FILES.get(kind, {}))
+    if kind == "autoencoder":
+        listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+        # The exported program under whichever name Paddle wrote it (listed, never guessed).
+        program = next((p for p in ("encoder.json", "encoder.pdmodel") if p in listed),
+                       "encoder.json")
+        found.update({"program": program, "params": "encoder.pdiparams"})
+    return found
+
+
+def model_file(directory, manifest, key):
+    """The path of the file manifest key ``key`` names, checked as :func:`read_manifest` checks
+    it (inside ``directory``, listed with a checksum); the loaders open only these."""
+    rel = model_files(manifest).get(key)
+    _entry_parts(directory, rel, key)
+    if rel not in manifest.get("files", {}):
+        raise EncoderStoreError(
+            f"{directory}: manifest key {key} names {rel!r}, which the manifest's files do not "
+            "list with a checksum: refused")
+    return os.path.join(directory, *rel.split("/"))
 
 
 def now_iso():
@@ -139,7 +195,7 @@ def read_manifest(directory, verify_files=True):
             "train_encoder or point to a directory it wrote"
         )
     try:
-        with open(path) as f:
+        with os.fdopen(_open_regular(directory, MANIFEST), "rb") as f:  # not through a link
             manifest = json.load(f)
     except (OSError, ValueError) as e:
         raise EncoderStoreError(f"{path}: unreadable manifest ({e})") from None
@@ -155,28 +211,39 @@ def read_manifest(directory, verify_files=True):
         raise EncoderStoreError(f"{directory}: manifest lacks {', '.join(missing)}")
     if manifest["kind"] not in KINDS + FOREIGN_KINDS:
         raise EncoderStoreError(f"{directory}: unknown encoder kind {manifest['kind']!r}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or MANIFEST in files:
+        raise EncoderStoreError(f"{directory}: the manifest's files are not a list of checksums")
+    for rel in files:
+        _entry_parts(directory, rel, "files")
+    for key, rel in model_files(manifest).items():  # what loading opens: listed, so checked
+        _entry_parts(directory, rel, key)
+        if rel not in files:
+            raise EncoderStoreError(
+                f"{directory}: manifest key {key} names {rel!r}, which the manifest's files do "
+                "not list with a checksum: refused")
     if verify_files:
-        for rel, digest in manifest["files"].items():
-            fpath = os.path.normpath(os.path.join(directory, rel))
-            if not fpath.startswith(directory + os.sep):
-                raise EncoderStoreError(f"{directory}: manifest names a file outside it: {rel}")
-            if not os.path.isfile(fpath):
-                raise EncoderStoreError(f"{directory}: weights file {rel} is missing")
-            if sha256(fpath) != digest:
+        for rel, digest in files.items():
+            # Opened without following any link, hashed from that one open file.
+            with os.fdopen(_open_regular(directory, rel), "rb") as f:
+                actual = _sha256_file(f)
+            if actual != digest:
                 raise EncoderStoreError(
                     f"{directory}: weights file {rel} is corrupt (checksum differs from the manifest)"
                 )
     return manifest
 
 
-def _entry_parts(directory, rel):
-    """The path components of manifest entry ``rel``; refuses one that could leave ``directory``."""
+def _entry_parts(directory, rel, key="files"):
+    """The path components of manifest entry ``rel`` (under manifest key ``key``); refuses one
+    that could leave ``directory``."""
+    where = "manifest entry" if key == "files" else f"manifest key {key}:"
     if not isinstance(rel, str) or not rel:
-        raise EncoderStoreError(f"{directory}: manifest names a file that is not a path: {rel!r}")
+        raise EncoderStoreError(f"{directory}: {where} names a file that is not a path: {rel!r}")
     parts = rel.split("/")
     if os.path.isabs(rel) or "\\" in rel or any(p in ("", ".", "..") for p in parts):
         raise EncoderStoreError(
-            f"{directory}: manifest entry {rel!r} is refused: only plain relative paths inside "
+            f"{directory}: {where} {rel!r} is refused: only plain relative paths inside "
             "the directory (no leading '/', no '..')")
     return parts
 
