@@ -371,3 +371,57 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
     if progress:
         progress(1.0, "inlier threshold calibrated")
     return result
+
+
+def recognises_itself(paths, min_inliers, seed=51, num_workers=None):
+    """For each image file, whether verification confirms it against an edited copy of
+    itself (cropped, shrunk, re-encoded). Where it does not (flat, blurred, repetitive
+    or synthetic images), its failing to verify a pair says nothing: such pairs are
+    no evidence of different images."""
+    import random
+
+    from lookalike.edits import edited_copy
+    from lookalike.images import UnreadableImageError, load_image
+
+    def check(n_path):
+        n, path = n_path
+        try:
+            img = load_image(path, MAX_SIDE).convert("RGB")
+        except UnreadableImageError:
+            return False
+        rng = random.Random(seed + n)
+        copy = edited_copy(edited_copy(img, "crop", rng), "resize", rng)
+        return inliers(extract(img), extract(copy)) >= min_inliers
+
+    workers = num_workers or max(1, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(check, enumerate(paths))), bool)
+
+
+def confirm_pairs(paths, pairs, min_inliers, cache=None, judge=False):
+    """``(same, unjudged)``: which ``pairs`` (of keys of ``paths``, {key: file}) verification
+    confirms, one side also mirrored (SIFT does not match a flipped copy); with
+    ``judge``, also the unconfirmed ones it cannot judge: one of whose images it
+    does not confirm even against an edited copy of itself (:func:`recognises_itself`).
+    """
+    keys = sorted({k for p in pairs for k in p if paths.get(k)})
+    got, _ = compute_features([paths[k] for k in keys], cache)
+    features = dict(zip(keys, got))
+    counts = verify_pairs(features, [x for x, _ in pairs], [y for _, y in pairs])
+    same = {p for p, c in zip(pairs, counts) if c >= min_inliers}
+    rest = [p for p, c in zip(pairs, counts) if c < min_inliers
+            and features.get(p[0]) is not None and features.get(p[1]) is not None]
+    if rest:
+        flip = sorted({y for _, y in rest})
+        flipped, _ = compute_features([paths[k] for k in flip], cache, mirrored=True)
+        feats = {**{("a", x): features[x] for x, _ in rest},
+                 **{("b", k): f for k, f in zip(flip, flipped)}}
+        again = verify_pairs(feats, [("a", x) for x, _ in rest], [("b", y) for _, y in rest])
+        same |= {p for p, c in zip(rest, again) if c >= min_inliers}
+    if not judge:
+        return same, set()
+    doubtful = sorted({k for p in pairs if p not in same for k in p if paths.get(k)})
+    judged = dict(zip(doubtful, recognises_itself([paths[k] for k in doubtful], min_inliers)))
+    unjudged = {p for p in pairs if p not in same
+                and not (judged.get(p[0], False) and judged.get(p[1], False))}
+    return same, unjudged

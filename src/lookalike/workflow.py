@@ -183,6 +183,19 @@ def flag_scores(flagged, truth):
             "flagged": len(flagged), "true": len(truth)}
 
 
+def duplicate_rule_line(cal):
+    """The duplicate threshold in one line: what it keeps, what it leaves out, any warning."""
+    if cal.duplicate_recall_kept is None:  # no synthetic copies (an encoder that cannot load)
+        return f"{cal.duplicate_threshold:.4f} ({cal.duplicate_rule})"
+    worst = max((cal.false_pair_rate or {}).values(), default=0.0)
+    text = (f"{cal.duplicate_threshold:.4f}: keeps {100 * cal.duplicate_recall_kept:.0f}% of "
+            f"the synthetic copies at {100 * worst:.2f}% false pairs (target "
+            f"{100 * cal.false_pair_target:g}%); not invariant to: {cal.not_invariant or 'none'}")
+    if cal.duplicate_warning:
+        text += f"; WARNING {cal.duplicate_warning}"
+    return text
+
+
 def curate_photos(dataset, brain_key, log=print):
     """Label-free calibration, duplicates and outliers on the demo photos, scored against the truth."""
     import lookalike.curation as lc
@@ -197,10 +210,8 @@ def curate_photos(dataset, brain_key, log=print):
     dup = pair_scores(predicted, truth_groups)
     relations = relation_recall(photos, predicted)
     out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
-    # Said in full when it is not the synthetic copies (an encoder that cannot be loaded).
-    source = "synthetic copies" if cal.duplicate_rule.startswith("keeps") else cal.duplicate_rule
-    log(f"  {brain_key}: duplicate threshold {cal.duplicate_threshold:.4f} "
-        f"({source}), {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
+    log(f"  {brain_key}: duplicate threshold {duplicate_rule_line(cal)}")
+    log(f"  {brain_key}: {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
         f"recall {dup['recall']:.3f} F1 {dup['f1']:.3f}")
     v = dups.verification or {}
     log(f"  {brain_key}: " + (f"geometric verification: {dups.num_verified_pairs} pairs added "
@@ -236,6 +247,7 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
         f"{cal.metric_values['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
         f"recall@1 {ev.recall_at_1:.3f}, precision@{ev.k} {ev.precision_at_k:.3f}, "
         f"mAP@{ev.k} {ev.map_at_k:.3f}; unknown digits rejected {rejected:.3f}")
+    log(f"  emb_metric_sim: duplicate threshold {duplicate_rule_line(cal)}")
     return {"calibration": cal, "evaluation": ev}
 
 

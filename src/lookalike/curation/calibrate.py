@@ -30,10 +30,12 @@ from lookalike import fo_adapter
 from lookalike.curation import records
 from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
+from lookalike.curation.thresholds import FALSE_PAIR_TARGET
 from lookalike.edits import COPY_EDITS, VIEWPOINT_EDITS
 from lookalike.errors import CalibrationError, EmptyViewError
 from lookalike.labels import check_label_field, indexed_labels, pick_unknown_classes
 from lookalike.progress import stage
+from lookalike.similarity.distance import cosine_distance
 
 LABEL_METHODS = ("f1", "precision")  # need a label field; the first is the default
 LABEL_FREE_METHODS = ("isolated", "percentile")  # the first is the default without labels
@@ -41,6 +43,9 @@ METHODS = LABEL_METHODS + LABEL_FREE_METHODS
 # Neighbours per sample whose distances set the label-free duplicate threshold.
 DUPLICATE_NEIGHBOURS = 10
 _CURVE_POINTS = 2000
+# 2: the two-sided duplicate threshold. Records without it predate that rule:
+# they load, but deciding with them asks for a recalibration.
+DUPLICATE_RULE_VERSION = 2
 
 
 def _view_rows(samples, index):
@@ -55,7 +60,8 @@ def _view_rows(samples, index):
 class Calibration(records.SavedResult):
     """The thresholds of a run, as :func:`calibrate_threshold` saved them with it."""
 
-    NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field", "min_inliers")
+    NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field", "min_inliers",
+                                               "duplicate_warning")
     brain_key: str
     method: str  # "f1", "precision" or "percentile"
     threshold: float  # the match threshold: farther from every other sample = no match
@@ -71,6 +77,19 @@ class Calibration(records.SavedResult):
     nn_percentiles: dict = None  # of nearest-neighbour distances, by percentile ("5", "95")
     duplicate_recall: float = None
     copy_distance_median: dict = None  # per synthetic edit, when copies set the threshold
+    # The two-sided rule (lookalike.curation.thresholds); None in older records.
+    duplicate_rule_version: int = None
+    duplicate_separable: bool = None  # None: not checked against different images
+    duplicate_warning: str = None  # why the duplicate threshold cannot be trusted, in words
+    excluded_edits: dict = None  # edits the encoder is not invariant to: median distance
+    recall_per_edit: dict = None  # share of each edit's copies within the threshold
+    duplicate_recall_kept: float = None  # of the invariant edits' copies
+    false_pair_target: float = None
+    false_pair_rate: dict = None  # kind of negatives -> share within the threshold
+    num_negatives: dict = None
+    duplicate_limited_by: str = None
+    sibling_distance_median: float = None  # with labels: a duplicate is closer than this
+    verification_judges: bool = None  # verification tells copies apart on this view
     # Geometric verification (see find_duplicates): which pairs it checks, and
     # the inliers that verify one (None: the images have no local features).
     candidate_threshold: float = None
@@ -97,12 +116,22 @@ class Calibration(records.SavedResult):
         if self.num_missing_labels:
             text += f"; {self.num_missing_labels} samples without a label were left out"
         text += f". Duplicate threshold: {self.duplicate_rule}."
+        if self.duplicate_warning:
+            text += f" Warning: {self.duplicate_warning}."
         if self.min_inliers is not None:
             text += (f" Geometric verification: pairs within {self.candidate_threshold:.4f} "
                      f"with at least {self.min_inliers} inliers ({self.inlier_rule}).")
         elif self.inlier_rule:
             text += f" {self.inlier_rule[0].upper()}{self.inlier_rule[1:]}."
         return text
+
+
+    @property
+    def not_invariant(self):
+        """``"hflip (median 0.55), text_overlay (0.63)"``: edits left out of the threshold."""
+        from lookalike.curation.thresholds import describe_excluded
+
+        return describe_excluded(self.excluded_edits or {})
 
 
 def otsu_threshold(values, bins=256):
@@ -142,62 +171,219 @@ def _histogram(nn_dist):
     return {"counts": counts.tolist(), "edges": edges.astype(float).tolist()}
 
 
-def duplicate_threshold(index, nn_dists, duplicate_recall=0.95, num_copies=64, seed=51,
+def duplicate_threshold(index, view_rows, nn_inds, nn_dists, labels=None, duplicate_recall=0.95,
+                        false_pair_target=FALSE_PAIR_TARGET, num_copies=64, seed=51,
                         progress=None):
-    """``(threshold, rule, extra)``: from synthetic copies when possible, else Otsu."""
-    from lookalike.curation.copies import copy_distances
+    """``(threshold, rule, extra)``: the two-sided rule (:mod:`lookalike.curation.thresholds`)
+    from synthetic copies against different images when the run knows its
+    encoder; else Otsu's split of the neighbour distances.
+
+    ``view_rows``: the view's rows of the index, with their leave-one-out
+    neighbours ``nn_inds`` / ``nn_dists``; ``labels``: their labels (or None).
+    ``extra``: record entries, among them the verification thresholds.
+    """
+    from lookalike.curation.copies import copy_distances, junk_distances
+    from lookalike.curation.thresholds import two_sided_threshold
     from lookalike.encoders import EncoderStoreError
 
     if not 0 < duplicate_recall <= 1:
         raise CalibrationError(f"duplicate_recall must be in (0, 1], got {duplicate_recall}")
+    inliers = _inlier_calibration(index, view_rows, seed)
     try:
         dists = copy_distances(index, num_images=num_copies, seed=seed, progress=progress)
     except (ValueError, EncoderStoreError) as e:
         reason = str(e)
     else:
-        # Viewpoint copies are for verification's candidates, not for this threshold.
-        copies = {e: v for e, v in dists.items() if e in COPY_EDITS}
-        flat = np.concatenate([np.asarray(v, float) for v in copies.values()])
-        if len(flat):
-            threshold = float(np.percentile(flat, 100 * duplicate_recall))
-            rule = (f"keeps {100 * duplicate_recall:g}% of {len(flat)} synthetic copies "
-                    f"({', '.join(copies)}) of {len(flat) // len(copies)} sampled images")
-            per_edit = {e: float(np.median(v)) for e, v in dists.items() if v}
+        copies = {e: v for e, v in dists.items() if e in COPY_EDITS and v}
+        if copies:
             views = [d for e in VIEWPOINT_EDITS for d in dists.get(e, ())]
-            return threshold, rule, {"copy_distance_median": per_edit,
-                                     "viewpoint_distances": views}
+            # Only pairs the copies could reach can lower the threshold: verify those.
+            reach = float(np.percentile(np.concatenate(list(copies.values())),
+                                        100 * duplicate_recall))
+            negatives, cleaned, judges = negative_distances(index, view_rows, nn_inds, nn_dists,
+                                                    labels=labels, verify_below=reach,
+                                                    inliers=inliers, seed=seed)
+            negatives["junk"] = junk_distances(
+                index, None if len(view_rows) == index.total_index_size else view_rows,
+                seed=seed)
+            siblings = negatives.get("siblings")
+            ceiling = float(np.median(siblings)) if siblings is not None and len(siblings) \
+                else None
+            rule = two_sided_threshold(copies, negatives, recall=duplicate_recall,
+                                       false_pair_target=false_pair_target, ceiling=ceiling)
+            text = (f"two-sided: {rule.explain()}; copies: {sum(map(len, copies.values()))} "
+                    f"of {len(copies)} edits of {max(map(len, copies.values()))} sampled "
+                    f"images; negatives: " + ", ".join(
+                        f"{n} {k}" for k, n in rule.num_negatives.items()) + f" ({cleaned})")
+            if rule.notes:
+                text += "; " + "; ".join(rule.notes)
+            extra = {"copy_distance_median": {e: float(np.median(v)) for e, v in dists.items()
+                                              if v},
+                     "duplicate_separable": rule.separable,
+                     "duplicate_warning": rule.why_not() or None,
+                     "excluded_edits": rule.excluded_edits,
+                     "recall_per_edit": rule.recall_per_edit,
+                     "duplicate_recall_kept": rule.recall,
+                     "false_pair_target": rule.false_pair_target,
+                     "false_pair_rate": rule.false_pair_rate,
+                     "num_negatives": rule.num_negatives,
+                     "duplicate_limited_by": rule.limited_by,
+                     "sibling_distance_median": rule.ceiling,
+                     "verification_judges": judges}
+            extra.update(_verification_record(inliers, rule.threshold, views, nn_dists))
+            return rule.threshold, text, extra
         reason = "none of the sampled images could be read"
     finite = nn_dists[np.isfinite(nn_dists)]
-    return (otsu_threshold(finite),
-            f"Otsu split of the distances to each sample's {nn_dists.shape[1]} nearest "
-            f"neighbours (no synthetic copies: {reason})", {})
+    threshold = otsu_threshold(finite)
+    extra = {"duplicate_separable": None,
+             "duplicate_warning": f"one-sided duplicate threshold (no synthetic copies: {reason})"}
+    extra.update(_verification_record(inliers, threshold, [], nn_dists))
+    return (threshold, f"Otsu split of the distances to each sample's {nn_dists.shape[1]} "
+            f"nearest neighbours (no synthetic copies: {reason}; nothing checks it against "
+            "different images)", extra)
 
 
-def verification_thresholds(index, duplicate_threshold, viewpoint_distances, nn_dists,
-                            num_images=32, seed=51):
+def negative_distances(index, view_rows, nn_inds, nn_dists, labels=None, verify_below=0.0,
+                       inliers=None, seed=51, max_rows=5000, max_verified=4000):
+    """``({kind: distances}, note, judges)``: distances between *different* images of the
+    view, and whether geometric verification could tell copies apart on it.
+
+    * ``neighbours``: each sample's nearest neighbours (at most ``max_rows``
+      samples): the hard negatives;
+    * ``random``: as many random pairs;
+    * ``siblings`` (with ``labels``): random pairs of one class.
+
+    A dataset may hold real copies, and they are among the nearest neighbours:
+    pairs within ``verify_below`` are checked by geometric verification
+    (``inliers``: the run's :class:`~lookalike.verification.InlierCalibration`;
+    flipped too), and a verified pair shows one scene twice: not a negative.
+    Nor is a pair verification cannot judge: one of whose images it does not
+    confirm even against an edited copy of itself (flat, blurred, repetitive).
+    Identical vectors (distance 0) are one image as far as the encoder can tell:
+    not a negative either. ``note`` says what was removed.
+    """
+    rng = np.random.default_rng(seed + 2)
+    view_rows = np.asarray(view_rows, int)
+    pick = np.arange(len(view_rows))
+    if len(pick) > max_rows:
+        pick = np.sort(rng.choice(len(pick), max_rows, replace=False))
+    a = np.repeat(view_rows[pick], nn_inds.shape[1])
+    b = nn_inds[pick].ravel()
+    ok = (b >= 0) & np.isfinite(nn_dists[pick].ravel())
+    hard = _unique_pairs(a[ok], b[ok])
+    n_random = max(len(hard), 1000)
+    ra = view_rows[rng.integers(0, len(view_rows), n_random)]
+    rb = view_rows[rng.integers(0, len(view_rows), n_random)]
+    random_pairs = _unique_pairs(ra[ra != rb], rb[ra != rb])
+    kinds = {"neighbours": hard, "random": random_pairs}
+    if labels is not None:
+        label_of = dict(zip(view_rows.tolist(), labels))
+        by_class = {}
+        for r in view_rows.tolist():
+            if label_of[r] is not None:
+                by_class.setdefault(label_of[r], []).append(r)
+        sa, sb = [], []
+        for members in by_class.values():
+            if len(members) > 1:
+                m = np.asarray(members)
+                n = max(1, n_random * len(m) // len(view_rows))
+                x, y = m[rng.integers(0, len(m), n)], m[rng.integers(0, len(m), n)]
+                sa.append(x[x != y])
+                sb.append(y[x != y])
+        if sa:
+            kinds["siblings"] = _unique_pairs(np.concatenate(sa), np.concatenate(sb))
+    matrix = index.engine.matrix
+    dist = {k: cosine_distance(np.einsum("ij,ij->i", matrix[p[:, 0]], matrix[p[:, 1]]))
+            for k, p in kinds.items()}
+    removed_identical = {k: int((d <= 1e-6).sum()) for k, d in dist.items()}
+    # Pairs the copies' reach covers, nearest first, each once across the kinds.
+    near = {}
+    for k, p in kinds.items():
+        for (x, y), d in zip(p.tolist(), dist[k].tolist()):
+            if 1e-6 < d <= verify_below:
+                near[(x, y)] = d
+    same_scene, unjudged = set(), set()
+    judges = inliers is not None and _verification_judges(index, view_rows, inliers, rng)
+    if judges and near:
+        chosen = sorted(near, key=near.get)[:max_verified]
+        same_scene, unjudged = _verified_pairs(index, chosen, inliers.min_inliers)
+    out = {}
+    for k, p in kinds.items():
+        keep = dist[k] > 1e-6
+        if same_scene or unjudged:
+            keep &= np.array([(x, y) not in same_scene and (x, y) not in unjudged
+                              for x, y in p.tolist()], bool)
+        out[k] = dist[k][keep]
+    identical = sum(removed_identical.values())
+    note = (f"of {len(near)} pairs within reach, {len(same_scene)} shown by geometric "
+            f"verification to be one scene and {len(unjudged)} of images it cannot judge "
+            "(not confirmed against their own copies) left out" if judges else
+            "no geometric verification (images without enough local features): real copies in "
+            "the view would count as different images")
+    if identical:
+        note += f"; {identical} identical-vector pairs left out"
+    return out, note, judges
+
+
+def _verification_judges(index, view_rows, inliers, rng, num_images=32, share=0.5):
+    """Whether geometric verification can tell copies on this view: it confirms at least
+    ``share`` of ``num_images`` sampled images against edited copies of themselves."""
+    from lookalike.verification import recognises_itself
+
+    rows = rng.choice(view_rows, min(num_images, len(view_rows)), replace=False)
+    ids = [index.sample_ids[r] for r in rows]
+    paths = index.dataset.select(ids).values("filepath")
+    return bool(len(paths)) and bool(recognises_itself(paths, inliers.min_inliers).mean() >= share)
+
+
+def _unique_pairs(a, b):
+    """``(n, 2)`` int array of the distinct unordered pairs ``(a[i], b[i])``, ``a != b``."""
+    p = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1).astype(np.int64)
+    p = p[p[:, 0] != p[:, 1]]
+    return np.unique(p, axis=0) if len(p) else p.reshape(0, 2)
+
+
+def _verified_pairs(index, pairs, min_inliers):
+    """``(same, unjudged)`` of pairs of index rows: see :func:`lookalike.verification.confirm_pairs`."""
+    from lookalike import verification
+
+    rows = sorted({r for p in pairs for r in p})
+    ids = [index.sample_ids[r] for r in rows]
+    path_of = dict(zip(*index.dataset.select(ids).values(["id", "filepath"])))
+    paths = {r: path_of.get(i) for r, i in zip(rows, ids)}
+    return verification.confirm_pairs(paths, pairs, min_inliers,
+                                      verification.cache_dir(index.dataset), judge=True)
+
+
+def _inlier_calibration(index, view_rows, seed, num_images=32):
+    """The run's :class:`~lookalike.verification.InlierCalibration` on sampled images of
+    the view, or None when they have no local features (flat, tiny: digits at 32 px)."""
+    from lookalike.verification import calibrate_inliers
+
+    ids = list(index.sample_ids)
+    rng = np.random.default_rng(seed + 1)
+    rows = np.asarray(view_rows, int)
+    rows = rows[rng.choice(len(rows), min(num_images, len(rows)), replace=False)]
+    path_of = dict(zip(*index.dataset.select([ids[r] for r in rows]).values(["id", "filepath"])))
+    rows = [r for r in rows if ids[r] in path_of]
+    return calibrate_inliers([path_of[ids[r]] for r in rows], vectors=index.engine.matrix[rows],
+                             seed=seed)
+
+
+def _verification_record(inliers, duplicate_threshold, viewpoint_distances, nn_dists):
     """The label-free thresholds of geometric verification, as record entries.
 
     ``candidate_threshold``: pairs this close are verified (see
-    ``find_duplicates``); ``min_inliers``: the inliers that make a verified pair a
-    duplicate (:func:`lookalike.verification.calibrate_inliers`), None when the
-    sampled images have no local features (flat, tiny: digits at 32 px).
+    ``find_duplicates``); ``min_inliers``: the inliers that make a verified pair
+    a duplicate (None when the sampled images have no local features).
     """
-    from lookalike.verification import calibrate_inliers
-
     candidate, candidate_rule = candidate_threshold(duplicate_threshold, viewpoint_distances,
                                                     nn_dists)
-    ids = list(index.sample_ids)
-    rng = np.random.default_rng(seed + 1)
-    rows = rng.choice(len(ids), min(num_images, len(ids)), replace=False)
-    path_of = dict(zip(*index.dataset.select([ids[r] for r in rows]).values(["id", "filepath"])))
-    rows = [r for r in rows if ids[r] in path_of]
-    paths = [path_of[ids[r]] for r in rows]
-    inliers = calibrate_inliers(paths, vectors=index.engine.matrix[rows], seed=seed)
     if inliers is None:
         return {"candidate_threshold": candidate, "candidate_rule": candidate_rule,
                 "min_inliers": None,
-                "inlier_rule": f"no verification: fewer than 2 of {len(paths)} sampled images "
-                               "have local features (flat or tiny images)"}
+                "inlier_rule": "no verification: fewer than 2 of the sampled images have local "
+                               "features (flat or tiny images)"}
     return {"candidate_threshold": candidate, "candidate_rule": candidate_rule,
             "min_inliers": int(inliers.min_inliers), "inlier_rule": inliers.rule,
             "viewpoint_inliers_median": float(np.median(inliers.copy_inliers))}
@@ -217,7 +403,8 @@ def candidate_threshold(duplicate_threshold, viewpoint_distances, nn_dists):
 
 def calibrate_threshold(samples, brain_key, label_field=None, method=None, target=None,
                         unknown_classes=None, unknown_fraction=0.2, exclude_exact_duplicates=False,
-                        duplicate_recall=0.95, seed=51, progress=None):
+                        duplicate_recall=0.95, false_pair_target=FALSE_PAIR_TARGET, seed=51,
+                        progress=None):
     """Calibrates and saves the thresholds of similarity run ``brain_key``.
 
     Args:
@@ -238,7 +425,10 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
             ``unknown_classes`` is not given; 0 for closed-set calibration
         exclude_exact_duplicates (False): ignore distance-0 neighbours
         duplicate_recall (0.95): share of synthetic copies the duplicate
-            threshold keeps
+            threshold keeps, where the negatives allow
+        false_pair_target (0.001): the most of each kind of different-image
+            pairs the duplicate threshold may admit (see
+            :mod:`lookalike.curation.thresholds`)
         seed (51): seed of the held-out class choice
         progress (None): ``progress(fraction, label)`` over the neighbour searches
 
@@ -274,11 +464,16 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
                                       progress=stage(progress, 0.0, 0.5 if label_field else 1.0,
                                                      "nearest neighbours"))
     nn1 = nn_dists[:, 0]
+    nn_rows = np.arange(engine.size) if whole else view_rows  # the rows nn_inds belong to
+    row_labels = None
+    if label_field:  # siblings are different images too, and bound the duplicate threshold
+        check_label_field(samples, label_field, CalibrationError)
+        l_rows, l_labels, _ = indexed_labels(samples, index, label_field, CalibrationError)
+        label_of = dict(zip(l_rows.tolist(), l_labels.tolist()))
+        row_labels = [label_of.get(int(r)) for r in nn_rows]
     dup_threshold, dup_rule, dup_extra = duplicate_threshold(
-        index, nn_dists, duplicate_recall=duplicate_recall, seed=seed)
-    verify_extra = verification_thresholds(index, dup_threshold,
-                                           dup_extra.pop("viewpoint_distances", []), nn_dists,
-                                           seed=seed)
+        index, nn_rows, nn_inds, nn_dists, labels=row_labels, duplicate_recall=duplicate_recall,
+        false_pair_target=false_pair_target, seed=seed)
     record = {
         "brain_key": brain_key,
         "method": method,
@@ -292,7 +487,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         "duplicate_rule": dup_rule,
         "duplicate_recall": duplicate_recall,
         **dup_extra,
-        **verify_extra,
+        "duplicate_rule_version": DUPLICATE_RULE_VERSION,
         "exclude_exact_duplicates": bool(exclude_exact_duplicates),
     }
 

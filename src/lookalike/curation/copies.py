@@ -58,3 +58,47 @@ def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
         if progress:
             progress(n, len(chosen_ids))
     return out
+
+
+# Images no real photo is a copy of: noise, flat colours, smooth gradients. Their
+# nearest samples are negatives of the duplicate threshold (never a duplicate).
+JUNK_KINDS = ("noise", "coarse_noise", "black", "white", "gray", "gradient")
+
+
+def junk_images(size=128, seed=51, per_kind=2):
+    """``[(kind, RGB PIL image)]``: ``per_kind`` images of each of :data:`JUNK_KINDS`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for kind in JUNK_KINDS:
+        for n in range(per_kind):
+            if kind == "noise":
+                a = rng.integers(0, 256, (size, size, 3))
+            elif kind == "coarse_noise":  # blobs rather than pixels
+                a = np.kron(rng.integers(0, 256, (size // 16, size // 16, 3)),
+                            np.ones((16, 16, 1)))
+            elif kind in ("black", "white", "gray"):
+                level = {"black": 8, "white": 247, "gray": 128}[kind] + 4 * n
+                a = np.full((size, size, 3), level)
+            else:
+                ramp = np.linspace(0, 255, size)
+                a = np.repeat((ramp[None, :] if n == 0 else ramp[:, None])[..., None], 3, axis=2)
+                a = np.broadcast_to(a, (size, size, 3))
+            out.append((kind, Image.fromarray(np.ascontiguousarray(a).astype(np.uint8), "RGB")))
+    return out
+
+
+def junk_distances(index, rows=None, k=10, seed=51):
+    """Distances from each junk image to its ``k`` nearest samples (``rows``: of the view)."""
+    from lookalike.encoders.preprocessing import to_input
+    from lookalike.similarity import encoder_of
+
+    encoder = encoder_of(index)
+    arrays = np.stack([to_input(img, encoder.manifest) for _, img in junk_images(seed=seed)])
+    emb = np.asarray(encoder.embed(arrays), np.float32)
+    keep = None if rows is None else np.sort(np.asarray(rows, int))
+    size = index.engine.size if keep is None else len(keep)
+    _, dists = index.engine.knn(emb, min(k, size), keep=keep)
+    dists = np.asarray(dists, float)
+    return dists[np.isfinite(dists)]

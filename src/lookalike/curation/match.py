@@ -50,6 +50,7 @@ from lookalike import faults, fo_adapter, leases
 from lookalike.errors import CurationError, StaleRecordError
 from lookalike.curation.calibrate import LABEL_FREE_METHODS
 from lookalike.curation.evaluation import NO_MATCH
+from lookalike.curation.thresholds import decide
 from lookalike.similarity.distance import cosine_distance
 from lookalike.errors import EmptyViewError, UsageError
 
@@ -338,12 +339,11 @@ class FolderMatchReport:
     def summary(self):
         c = self.counts
         text = (f"{len(self.rows)} images of {self.directory} matched against '{self.brain_key}' "
-                f"(duplicate threshold {self.duplicate_threshold:.4f}, no-match threshold "
-                f"{self.threshold:.4f}): {c['duplicate']} already there (duplicates), "
-                f"{c['match']} match a known sample")
-        labelled = sum(1 for r in self.rows if r.decision == "match" and r.label is not None)
+                f"(duplicate threshold {self.duplicate_threshold:.4f}"
+                + (f", no-match threshold {self.threshold:.4f}" if self.label_field else "")
+                + f"): {c['duplicate']} already there (duplicates)")
         if self.label_field:
-            text += f" ({labelled} with a '{self.label_field}' label)"
+            text += f", {c['match']} match a '{self.label_field}' label"
         text += f", {c['new']} new"
         if self.unreadable:
             text += f"; {len(self.unreadable)} unreadable files skipped"
@@ -486,9 +486,13 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     except (ValueError, EncoderStoreError) as e:
         raise UsageError(f"run '{brain_key}' cannot embed new images: {e}") from None
     calibration = _calibration(index)
-    threshold = float(calibration["threshold"])
     dup_threshold = float(calibration["duplicate_threshold"])
+    if label_field and not calibration.get("label_field"):
+        raise UsageError(f"run '{brain_key}' was calibrated without labels: calibrate it with "
+                         f"label field '{label_field}' to match labels")
     label_field = label_field or calibration.get("label_field")
+    # The no-match threshold decides label matches only: one calibrated on labels.
+    threshold = float(calibration["threshold"])
     directory = os.path.abspath(os.path.expanduser(directory))
     paths = list_files(directory, recursive=recursive)
     if not paths:
@@ -587,13 +591,12 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
         elif inds[n] >= 0:
             row.nearest_id = str(sample_ids[inds[n]])
             row.distance = float(dists[n])
-            if row.distance <= dup_threshold:
-                row.decision = "duplicate"
-            elif row.distance <= threshold:
-                row.decision = "match"
-        if label_rows is not None and np.isfinite(l_dists[n]) and l_dists[n] <= threshold:
+        labelled = float(l_dists[n]) if label_rows is not None else None
+        if same is None:
+            row.decision = decide(row.distance, dup_threshold, labelled, threshold)
+        if labelled is not None and np.isfinite(labelled) and labelled <= threshold:
             row.label = label_of.get(int(l_inds[n]))
-            row.label_distance = float(l_dists[n])
+            row.label_distance = labelled
         rows.append(row)
     need = {r.nearest_id for r in rows if r.nearest_id and not r.nearest_path}
     if need:
@@ -607,7 +610,7 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
             if r.decision == "duplicate" and r.note != "already in the dataset":
                 r.verified = bool(verify(r.path, r.nearest_path))
                 if not r.verified:
-                    r.decision = "match" if r.distance <= threshold else "new"
+                    r.decision = decide(None, dup_threshold, r.label_distance, threshold)
     return rows
 
 

@@ -25,6 +25,7 @@ DISTANCE_FIELD = "nn_distance"
 FLAG_FIELD = "no_match"
 RUN_FIELD = "nn_run"  # the run that wrote a sample's values; only the published one counts
 KIND = "outliers"
+VERIFIED_NEIGHBOURS = 5  # of a flagged sample, checked for a copy by geometric verification
 
 
 @dataclass
@@ -34,6 +35,7 @@ class OutlierReport:
     outlier_ids: list  # most isolated first
     distances: dict  # sample id -> nearest-neighbour distance, for the outliers
     brain_key: str = None  # the index that found them
+    num_verified_copies: int = 0  # beyond the threshold, but geometric verification found a copy
 
     @property
     def num_outliers(self):
@@ -47,8 +49,12 @@ class OutlierReport:
     def summary(self):
         """One line, for the CLI and the App."""
         by = f" (index '{self.brain_key}')" if self.brain_key else ""
-        return (f"{self.num_outliers} of {self.num_searched} samples match nothing within "
+        text = (f"{self.num_outliers} of {self.num_searched} samples match nothing within "
                 f"the no-match threshold {self.threshold:.4f}{by}")
+        if self.num_verified_copies:
+            text += (f"; {self.num_verified_copies} more lie beyond it but have a copy that "
+                     "geometric verification confirms")
+        return text
 
 
 def flag_outliers(samples, brain_key, threshold=None, tag=DEFAULT_TAG, progress=None):
@@ -89,6 +95,7 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
                              progress=stage(progress, 0.0, 1.0, "searched"))
     nn = dists[:, 0].astype(float)
     flagged = nn > threshold
+    num_verified = _unflag_verified(index, rows, flagged, whole)
 
     for name, ftype in ((DISTANCE_FIELD, fo.FloatField), (FLAG_FIELD, fo.BooleanField),
                         (RUN_FIELD, fo.StringField)):
@@ -103,11 +110,39 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
                tag, outlier_ids, brain_key=brain_key, num_outliers=len(outlier_ids),
                num_searched=len(ids))
     report = OutlierReport(threshold=threshold, num_searched=len(ids), outlier_ids=outlier_ids,
+                           num_verified_copies=num_verified,
                            distances={sid: float(nn[rows_pos]) for rows_pos, sid in
                                       enumerate(ids) if flagged[rows_pos]},
                            brain_key=brain_key)
     records.save(index, "outliers", report.to_record())
     return report
+
+
+def _unflag_verified(index, rows, flagged, whole, k=VERIFIED_NEIGHBOURS):
+    """Unflags (in place) the flagged rows with a copy among their ``k`` nearest neighbours
+    that geometric verification confirms: the embedding put a copy far (a grayscale
+    copy, say), but the library does show the image. Only where the run's
+    calibration found that verification tells copies apart on it. Returns how many."""
+    from lookalike import verification
+
+    calibration = (index.curation or {}).get("calibration") or {}
+    min_inliers = calibration.get("min_inliers")
+    if not flagged.any() or min_inliers is None or not calibration.get("verification_judges"):
+        return 0
+    positions = np.flatnonzero(flagged)
+    inds, _ = leave_one_out(index.engine, rows=rows[positions], k=k,
+                            gallery=None if whole else rows)
+    pairs = [(int(rows[p]), int(j)) for p, row in zip(positions, inds) for j in row if j >= 0]
+    ids = index.sample_ids
+    wanted = sorted({r for pair in pairs for r in pair})
+    path_of = dict(zip(*index.dataset.select([ids[r] for r in wanted]).values(["id", "filepath"])))
+    same, _ = verification.confirm_pairs({r: path_of.get(ids[r]) for r in wanted}, pairs,
+                                         int(min_inliers), verification.cache_dir(index.dataset))
+    copied = {x for x, _ in same}
+    for p in positions:
+        if int(rows[p]) in copied:
+            flagged[p] = False
+    return len(copied)
 
 
 def outliers_view(samples):

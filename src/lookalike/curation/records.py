@@ -58,6 +58,10 @@ def load(index, name, check_fresh=True):
         raise MissingRecordError(
             f"run '{index.key}' has no {name} yet: run "
             f"{'calibrate_threshold' if name == 'calibration' else 'evaluate_retrieval'} first")
+    if check_fresh and name == "calibration" and not record.get("duplicate_rule_version"):
+        raise StaleRecordError(
+            f"the calibration of run '{index.key}' predates the two-sided duplicate threshold: "
+            "run calibrate_threshold again")
     if check_fresh:
         now = field_state(index)
         if record.get("field_state") != now:

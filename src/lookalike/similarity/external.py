@@ -92,7 +92,8 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     the encoder that wrote the field (the same version). ``calibrated_by``: the
     lookalike index over the same field whose calibrated thresholds decide
     (default: the preferred one). A distance within the duplicate threshold is a
-    "duplicate", within the no-match threshold a "match", else "no match".
+    "duplicate", within the no-match threshold of a calibration on labels a
+    "match", else "no match" (:func:`lookalike.curation.thresholds.decide`).
     """
     from lookalike.curation import records
     from lookalike.similarity import embed_query_image
@@ -100,8 +101,10 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     index = external_index(samples, brain_key)
     field = index.config.embeddings_field
     ours = calibrated_index(samples, field, calibrated_by)
-    match_t = records.threshold(ours, "threshold")
+    from lookalike.curation.thresholds import decide, match_threshold
+
     dup_t = records.threshold(ours, "duplicate_threshold")
+    match_t = match_threshold(records.load(ours, "calibration"))
     if query_path:
         query = np.asarray(embed_query_image(ours, query_path), np.float32)
     elif query_ids and len(query_ids) == 1:
@@ -111,6 +114,6 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     ids, dists = fo_adapter.kneighbors(index, query, int(k))
     # Their cosine distance is 1 - cos; clipped to [0, 2] as lookalike's own.
     dists = cosine_distance(1.0 - np.asarray(dists, np.float64))
-    return [Neighbour(str(i), float(d), "duplicate" if d <= dup_t else
-                      "match" if d <= match_t else "no match")
+    words = {"duplicate": "duplicate", "match": "match", "new": "no match"}
+    return [Neighbour(str(i), float(d), words[decide(d, dup_t, d, match_t)])
             for i, d in zip(ids, dists)]
