@@ -483,6 +483,9 @@ class CalibrateThreshold(forms.BackgroundOperator):
     outputs = (("float", "threshold", "No-match threshold"),
                ("float", "duplicate_threshold", "Duplicate threshold"), ("str", "note", "Method"),
                ("str", "duplicate_rule", "Duplicate threshold from"),
+               ("bool", "duplicate_separable", "Duplicate threshold separates copies"),
+               ("str", "duplicate_warning", "Warning"),
+               ("str", "not_invariant", "Encoder not invariant to"),
                ("int", "min_inliers", "Inliers that verify a pair"),
                ("str", "inlier_rule", "Inlier threshold from"),
                ("float", "at_precision", "Precision at the threshold"),
@@ -526,11 +529,15 @@ class CalibrateThreshold(forms.BackgroundOperator):
             method=ctx.params.get("method"), target=ctx.params.get("target"),
             unknown_fraction=ctx.params.get("unknown_fraction", 0.2),
             progress=forms.progress(ctx))
-        ctx.ops.notify(f"Index '{calibration.brain_key}': no-match threshold "
-                       f"{calibration.threshold:.4f} ({calibration.method}), duplicate threshold "
-                       f"{calibration.duplicate_threshold:.4f}", variant="success")
+        message = (f"Index '{calibration.brain_key}': no-match threshold "
+                   f"{calibration.threshold:.4f} ({calibration.method}), duplicate threshold "
+                   f"{calibration.duplicate_threshold:.4f}")
+        if calibration.duplicate_warning:
+            message += f". Warning: {calibration.duplicate_warning}"
+        ctx.ops.notify(message, variant="warning" if calibration.duplicate_warning else "success")
         out = {k: getattr(calibration, k) for k in (
             "brain_key", "method", "threshold", "duplicate_threshold", "duplicate_rule", "note",
+            "duplicate_separable", "duplicate_warning", "not_invariant", "excluded_edits",
             "candidate_threshold", "min_inliers", "inlier_rule", "num_queries",
             "num_missing_labels", "unknown_classes")}
         out.update({f"at_{k}": v for k, v in (calibration.metric_values or {}).items()

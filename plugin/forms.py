@@ -383,8 +383,8 @@ MATCH_COLUMNS = (("file", "File"), ("decision", "Decision"), ("nearest_file", "N
 
 
 def add_outputs(outputs, fields):
-    """Adds ``fields`` to ``outputs``: ``(type, name, label)`` with type "str", "int" or
-    "float", or ``("table", name, label, columns)`` (``(key, label)`` columns)."""
+    """Adds ``fields`` to ``outputs``: ``(type, name, label)`` with type "str", "int",
+    "float" or "bool", or ``("table", name, label, columns)`` (``(key, label)`` columns)."""
     for kind, name, label, *columns in fields:
         if kind == "table":
             outputs.list(name, types.Object(), label=label, view=table_view(columns[0]))

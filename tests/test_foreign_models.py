@@ -93,7 +93,8 @@ def test_a_paddle_inference_export_embeds_like_its_own_model(tmp_path, store_dir
     import lookalike.curation as lc
 
     cal = lc.calibrate_threshold(ds, "pp_sim")
-    assert cal.duplicate_rule.startswith("keeps"), cal.duplicate_rule
+    assert cal.duplicate_rule.startswith("two-sided") and cal.copy_distance_median, \
+        cal.duplicate_rule
 
 
 def test_a_paddle_folder_with_a_link_or_no_export_is_refused(tmp_path, store_dir):
@@ -267,7 +268,8 @@ def test_a_fiftyone_model_is_the_encoder_of_a_field(dataset_name, demo_records, 
         view = ls.sort_by_similarity(ds, "tiny_sim", query_path=photos[5], k=2, dist_field="d")
         assert view.first().filepath == photos[5] and view.first().d < 1e-5
         cal = lc.calibrate_threshold(ds, "tiny_sim")  # synthetic copies made through the model
-        assert cal.duplicate_rule.startswith("keeps"), cal.duplicate_rule
+        assert cal.duplicate_rule.startswith("two-sided") and cal.copy_distance_median, \
+            cal.duplicate_rule
         # Registered again with other weights: the field refuses to mix them.
         register_model("tiny", model, image_size=64, version="v2")
         with pytest.raises(Exception, match="refusing to mix"):

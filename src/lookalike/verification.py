@@ -282,6 +282,29 @@ def verify_pairs(features, i, j, num_workers=None, progress=None):
     return counts
 
 
+def verify_mirrored(features, i, j, counts, min_inliers, paths, cache=None):
+    """``counts`` (of :func:`verify_pairs`) with each pair below ``min_inliers`` checked once
+    more, ``j`` flipped left to right: SIFT does not match a mirrored copy with its
+    original. ``paths``: {key of ``features``: file}, for the mirrored features."""
+    counts = np.array(counts, copy=True)
+    retry = [n for n, (a, b) in enumerate(zip(i, j)) if counts[n] < min_inliers
+             and features.get(_plain(a)) is not None and features.get(_plain(b)) is not None]
+    if not retry:
+        return counts
+    flip = sorted({_plain(j[n]) for n in retry})
+    got, _ = compute_features([paths[k] for k in flip], cache, mirrored=True)
+    both = {**{("plain", _plain(i[n])): features[_plain(i[n])] for n in retry},
+            **{("mirrored", k): f for k, f in zip(flip, got)}}
+    again = verify_pairs(both, [("plain", _plain(i[n])) for n in retry],
+                         [("mirrored", _plain(j[n])) for n in retry])
+    counts[retry] = np.maximum(counts[retry], again)
+    return counts
+
+
+def _plain(key):
+    return key.item() if hasattr(key, "item") else key
+
+
 def rerank(inlier_counts, min_inliers):
     """Positions of results in their new order: verified first (most inliers first), then
     the others as they were (nearest first); a stable order, so ties keep their ranks."""
@@ -408,16 +431,9 @@ def confirm_pairs(paths, pairs, min_inliers, cache=None, judge=False):
     got, _ = compute_features([paths[k] for k in keys], cache)
     features = dict(zip(keys, got))
     counts = verify_pairs(features, [x for x, _ in pairs], [y for _, y in pairs])
+    counts = verify_mirrored(features, [x for x, _ in pairs], [y for _, y in pairs], counts,
+                             min_inliers, paths, cache)
     same = {p for p, c in zip(pairs, counts) if c >= min_inliers}
-    rest = [p for p, c in zip(pairs, counts) if c < min_inliers
-            and features.get(p[0]) is not None and features.get(p[1]) is not None]
-    if rest:
-        flip = sorted({y for _, y in rest})
-        flipped, _ = compute_features([paths[k] for k in flip], cache, mirrored=True)
-        feats = {**{("a", x): features[x] for x, _ in rest},
-                 **{("b", k): f for k, f in zip(flip, flipped)}}
-        again = verify_pairs(feats, [("a", x) for x, _ in rest], [("b", y) for _, y in rest])
-        same |= {p for p, c in zip(rest, again) if c >= min_inliers}
     if not judge:
         return same, set()
     doubtful = sorted({k for p in pairs if p not in same for k in p if paths.get(k)})

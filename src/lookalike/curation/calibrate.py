@@ -61,7 +61,7 @@ class Calibration(records.SavedResult):
     """The thresholds of a run, as :func:`calibrate_threshold` saved them with it."""
 
     NULLABLE = records.SavedResult.NULLABLE + ("target", "label_field", "min_inliers",
-                                               "duplicate_warning")
+                                               "duplicate_warning", "duplicate_separable")
     brain_key: str
     method: str  # "f1", "precision" or "percentile"
     threshold: float  # the match threshold: farther from every other sample = no match

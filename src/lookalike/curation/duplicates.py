@@ -313,6 +313,8 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
             ci, cj = in_index[ci], in_index[cj]
             counts = verification.verify_pairs(out.features, ci, cj,
                                                progress=scaled(progress, 0.75, 0.08))
+            counts = verification.verify_mirrored(out.features, ci, cj, counts,
+                                                  settings["min_inliers"], paths, out.cache)
             ok = counts >= settings["min_inliers"]
             edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
             out.inliers_of = {_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
