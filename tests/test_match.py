@@ -285,6 +285,15 @@ def test_folder_match_finds_copies_and_new_photos_and_add_new_is_rerunnable(
         else:
             assert row.decision == "new", (file, row)
     print("\n" + report.summary())
+    # Copies beyond the (two-sided) duplicate threshold are found by geometric
+    # verification; without it they would be new, and nothing else changes.
+    beyond = {r.file for r in report.rows if r.verified}
+    assert all(by_file[f].distance > report.duplicate_threshold and "inliers" in by_file[f].note
+               for f in beyond)
+    plain = lc.match_images(ds, "emb_sim", folder, verify=False)
+    assert all(r.verified is None for r in plain.rows)
+    assert {r.file for r in plain.rows if r.decision == "duplicate"} == \
+        {r.file for r in report.rows if r.decision == "duplicate"} - beyond
     assert len(ds) == n  # add="none" writes nothing
     with open(tmp_path / "table.csv") as f:
         lines = f.read().splitlines()

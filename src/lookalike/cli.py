@@ -635,13 +635,15 @@ def cmd_match(args):
     out = args.out or f"lookalike-match-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     report = match_images(view, brain_key, args.images, add=args.add,
                           label_field=args.label_field, out=out,
+                          verify=False if args.no_verify else "auto",
                           progress=_Progress("matching"))
     width = max([len(r.file) for r in report.rows] + [4])
     for r in report.rows[:args.show]:
         nearest = os.path.basename(r.nearest_path) if r.nearest_path else "-"
         dist = f"{r.distance:.4f}" if r.distance is not None else "-"
         label = f"  label {r.label}" if r.label is not None else ""
-        print(f"  {r.file:<{width}}  {r.decision:<9}  {dist}  {nearest}{label}")
+        note = f"  ({r.note})" if r.verified else ""
+        print(f"  {r.file:<{width}}  {r.decision:<9}  {dist}  {nearest}{label}{note}")
     if len(report.rows) > args.show:
         print(f"  ... {len(report.rows) - args.show} more in {out}")
     _print_failures(report.unreadable)
@@ -947,6 +949,9 @@ def build_parser():
                     help="predict this label (default: the calibration's)")
     mt.add_argument("--out", default=None,
                     help="the table (.csv or .json; default lookalike-match-<time>.csv)")
+    mt.add_argument("--no-verify", action="store_true",
+                    help="no geometric verification: beyond the duplicate threshold an image "
+                         "is new")
     mt.add_argument("--show", type=_at_least(0), default=50, help="rows printed")
     mt.set_defaults(func=cmd_match)
 

@@ -34,8 +34,14 @@ samples of a pending batch: the next run sees that, embeds what is missing
 (their files are in the folder: they come back as "already in the dataset")
 and carries the calibration over.
 
-Geometric verification does not exist yet: ``verify(query_path, sample_path)
--> bool`` is the hook (None: distance only).
+The duplicate threshold is two-sided (:mod:`lookalike.curation.thresholds`):
+it admits almost no different images, so copies the encoder places farther
+(crops, mirrored or re-shot views) lie beyond it. Geometric verification
+(``verify="auto"``, as in ``find_duplicates``) checks each image's nearest
+samples within the run's candidate threshold, mirrored too, and calls one it
+confirms a duplicate of the sample it matched. ``verify`` may also be a
+function ``verify(query_path, sample_path) -> bool`` that must confirm every
+duplicate.
 """
 
 import csv
@@ -55,6 +61,8 @@ from lookalike.similarity.distance import cosine_distance
 from lookalike.errors import EmptyViewError, UsageError
 
 STRATEGIES = ("nearest", "vote")
+VERIFY_CHOICES = ("auto", True, False)
+VERIFY_NEAREST = 5  # samples per image that geometric verification checks
 ADD_MODES = ("none", "new", "all")
 DECISIONS = ("duplicate", "match", "new")
 _LABEL_RECORD = "label_match"
@@ -341,7 +349,10 @@ class FolderMatchReport:
         text = (f"{len(self.rows)} images of {self.directory} matched against '{self.brain_key}' "
                 f"(duplicate threshold {self.duplicate_threshold:.4f}"
                 + (f", no-match threshold {self.threshold:.4f}" if self.label_field else "")
-                + f"): {c['duplicate']} already there (duplicates)")
+                + f"): {c['duplicate']} already there (duplicates")
+        verified = sum(r.verified is True for r in self.rows)
+        text += (f", {verified} of them beyond the threshold confirmed by geometric verification)"
+                 if verified else ")")
         if self.label_field:
             text += f", {c['match']} match a '{self.label_field}' label"
         text += f", {c['new']} new"
@@ -446,7 +457,7 @@ def _mark_pending(index, tag):
     records.commit(index, {"calibration": record})
 
 
-def match_images(samples, brain_key, directory, add="none", label_field=None, verify=None,
+def match_images(samples, brain_key, directory, add="none", label_field=None, verify="auto",
                  recursive=True, batch_size=64, chunk_size=512, tag=None, out=None,
                  progress=None):
     """Matches every image of ``directory`` against the indexed samples of ``samples``.
@@ -460,9 +471,12 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
             not yet in the dataset, "none" nothing
         label_field (None): predict this label for matches (default: the
             calibration's label field, if any)
-        verify (None): ``verify(query_path, sample_path) -> bool`` confirms a
-            duplicate (geometric verification, when it exists); an unconfirmed
-            one is a match
+        verify ("auto"): geometric verification of each image against its
+            nearest samples within the run's candidate threshold: a confirmed
+            one is a duplicate even beyond the duplicate threshold. "auto": on
+            when the calibration found images with local features; True, False,
+            or a function ``verify(query_path, sample_path) -> bool`` that must
+            confirm every duplicate (an unconfirmed one is a match or new)
         tag (None): the imported batch's tag (default ``match-<date>-<time>``)
         out (None): also write the table to this .csv or .json file
         progress (None): ``progress(fraction, label)``
@@ -487,6 +501,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
         raise UsageError(f"run '{brain_key}' cannot embed new images: {e}") from None
     calibration = _calibration(index)
     dup_threshold = float(calibration["duplicate_threshold"])
+    geometric = _geometric_settings(calibration, verify, brain_key)
     if label_field and not calibration.get("label_field"):
         raise UsageError(f"run '{brain_key}' was calibrated without labels: calibrate it with "
                          f"label field '{label_field}' to match labels")
@@ -530,7 +545,8 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
             report.unreadable.extend(failed)
             if len(ok):
                 chunk_rows = _decide(index, emb, [chunk[i] for i in ok], keep, label_rows,
-                                     label_of, threshold, dup_threshold, known, row_of, verify)
+                                     label_of, threshold, dup_threshold, known, row_of,
+                                     verify if callable(verify) else None, geometric)
                 for row, vec in zip(chunk_rows, emb):
                     report.rows.append(row)
                     embeddings.append(vec)
@@ -563,8 +579,69 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     return report
 
 
+def _geometric_settings(calibration, verify, brain_key):
+    """``{"min_inliers", "candidate_threshold"}`` when geometric verification runs, else None."""
+    if callable(verify):
+        return None
+    if verify not in VERIFY_CHOICES:
+        raise UsageError(f"verify must be one of {VERIFY_CHOICES} or a function, got {verify!r}")
+    ready = (calibration.get("min_inliers") is not None
+             and calibration.get("candidate_threshold") is not None)
+    if verify is True and not ready:
+        raise UsageError(f"cannot verify against run '{brain_key}': "
+                         f"{calibration.get('inlier_rule') or 'run calibrate_threshold again'}")
+    if verify is False or not ready:
+        return None
+    return {"min_inliers": int(calibration["min_inliers"]),
+            "candidate_threshold": float(calibration["candidate_threshold"])}
+
+
+def _verify_beyond(index, emb, rows, keep, geometric):
+    """Rows beyond the duplicate threshold that geometric verification shows to copy one of
+    their :data:`VERIFY_NEAREST` nearest samples within the candidate threshold become
+    duplicates of the nearest such sample."""
+    from lookalike import verification
+
+    todo = [n for n, r in enumerate(rows) if r.decision != "duplicate" and r.distance is not None
+            and r.distance <= geometric["candidate_threshold"]]
+    if not todo:
+        return
+    inds, dists = index.engine.knn(emb[todo], VERIFY_NEAREST, keep=keep)
+    inds, dists = np.asarray(inds), np.asarray(dists, float)
+    if keep is not None:
+        inds = np.where(inds >= 0, keep[np.clip(inds, 0, None)], -1)
+    pairs = [(n, int(r), float(d)) for n, ir, dr in zip(todo, inds, dists)
+             for r, d in zip(ir, dr) if r >= 0 and d <= geometric["candidate_threshold"]]
+    if not pairs:
+        return
+    sample_rows = sorted({r for _, r, _ in pairs})
+    ids = [str(index.sample_ids[r]) for r in sample_rows]
+    path_of = dict(zip(*index.dataset.select(ids).values(["id", "filepath"])))
+    paths = {("sample", r): path_of.get(i) for r, i in zip(sample_rows, ids)}
+    paths.update({("query", n): rows[n].path for n in todo})
+    paths = {k: p for k, p in paths.items() if p}
+    pairs = [p for p in pairs if ("sample", p[1]) in paths]
+    keys = sorted(paths, key=str)
+    cache = verification.cache_dir(index.dataset)
+    got, _ = verification.compute_features([paths[k] for k in keys], cache)
+    features = dict(zip(keys, got))
+    a = [("query", n) for n, _, _ in pairs]
+    b = [("sample", r) for _, r, _ in pairs]
+    counts = verification.verify_pairs(features, a, b)
+    counts = verification.verify_mirrored(features, a, b, counts, geometric["min_inliers"],
+                                          paths, cache)
+    for n in todo:
+        rows[n].verified = False
+    for (n, r, d), c in sorted(zip(pairs, counts), key=lambda t: t[0][2]):
+        row = rows[n]
+        if c >= geometric["min_inliers"] and row.decision != "duplicate":
+            row.decision, row.verified = "duplicate", True
+            row.nearest_id, row.nearest_path = str(index.sample_ids[r]), paths[("sample", r)]
+            row.distance, row.note = d, f"verified by {int(c)} inliers"
+
+
 def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_threshold, known,
-            row_of, verify):
+            row_of, verify, geometric=None):
     """One :class:`MatchRow` per embedded file."""
     engine, sample_ids = index.engine, index.sample_ids
     inds, dists = engine.knn(emb, 1, keep=keep)
@@ -611,6 +688,8 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
                 r.verified = bool(verify(r.path, r.nearest_path))
                 if not r.verified:
                     r.decision = decide(None, dup_threshold, r.label_distance, threshold)
+    if geometric is not None:
+        _verify_beyond(index, emb, rows, keep, geometric)
     return rows
 
 
