@@ -14,6 +14,7 @@ import sys
 import time
 
 import fiftyone as fo
+from fiftyone import ViewField as F
 import numpy as np
 import pytest
 
@@ -156,6 +157,27 @@ def test_unlabelled_digits_get_their_class_and_unseen_classes_no_match(digits):
     assert out.result["num_no_match"] == report.num_no_match
     assert unlabelled.values("gt_app.label") == list(pred)
     assert "'gt_app'" in overview.match_rows(ds)["labels"]
+
+
+def test_the_held_out_queries_of_calibration_get_the_rejection_it_printed(digits, tmp_path):
+    """Calibration's held-out class, matched as a folder against the calibration's own
+    gallery (the other labelled classes): the share called new is the one it printed."""
+    ds, cal, _ = digits
+    assert cal.num_unknown_queries == LABELLED_PER_CLASS and cal.unknown_classes == ["6"]
+    assert f"{100 * cal.unknown_rejection:.1f}% are called new" in cal.summary()
+    held = ds.match(F("gt.label") == "6")
+    for path in held.values("filepath"):
+        shutil.copyfile(path, tmp_path / ("query_" + os.path.basename(path)))
+    gallery = ds.match(F("gt.label").is_in([c for c in KNOWN if c != "6"]))
+    report = lc.match_images(gallery, "emb_sim", str(tmp_path))
+    calls = [r.decision for r in report.rows]
+    assert len(calls) == cal.num_unknown_queries
+    assert calls.count("new") / len(calls) == pytest.approx(cal.unknown_rejection,
+                                                          abs=1.01 / len(calls))
+    assert calls.count("duplicate") / len(calls) == pytest.approx(
+        cal.unknown_called_duplicate, abs=1.01 / len(calls))
+    # A digit of a class the gallery lacks is never a duplicate of one of its digits.
+    assert cal.unknown_called_duplicate <= 0.05 and cal.unknown_rejection >= 0.6
 
 
 def test_majority_vote_rejects_the_same_samples_and_breaks_ties_by_distance(digits):

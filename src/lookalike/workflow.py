@@ -246,7 +246,9 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
     log(f"  emb_metric_sim: no-match threshold {cal.threshold:.4f} (F1 "
         f"{cal.metric_values['f1']:.3f}, classes {', '.join(unknown)} held out as unknown); "
         f"recall@1 {ev.recall_at_1:.3f}, precision@{ev.k} {ev.precision_at_k:.3f}, "
-        f"mAP@{ev.k} {ev.map_at_k:.3f}; unknown digits rejected {rejected:.3f}")
+        f"mAP@{ev.k} {ev.map_at_k:.3f}; unknown digits rejected {rejected:.3f} by the "
+        f"no-match threshold, {cal.unknown_rejection or 0:.3f} called new by the decision rule "
+        f"(both thresholds)")
     log(f"  emb_metric_sim: duplicate threshold {duplicate_rule_line(cal)}")
     return {"calibration": cal, "evaluation": ev}
 

@@ -103,6 +103,11 @@ class Calibration(records.SavedResult):
     num_missing_labels: int = None
     classes: list = None
     unknown_classes: list = None  # held out of the gallery (open set)
+    # Of the held-out classes' queries, the share the decision rule calls new
+    # (thresholds.decide with both thresholds, as every matching path decides).
+    unknown_rejection: float = None
+    unknown_called_duplicate: float = None
+    num_unknown_queries: int = None
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
@@ -115,6 +120,10 @@ class Calibration(records.SavedResult):
                 f"{k} {v:.3f}" for k, v in values.items())
         if self.num_missing_labels:
             text += f"; {self.num_missing_labels} samples without a label were left out"
+        if self.num_unknown_queries:
+            text += (f"; of {self.num_unknown_queries} queries of the held-out classes "
+                     f"{100 * self.unknown_rejection:.1f}% are called new "
+                     f"({100 * self.unknown_called_duplicate:.1f}% duplicate)")
         text += f". Duplicate threshold: {self.duplicate_rule}."
         if self.duplicate_warning:
             text += f" Warning: {self.duplicate_warning}."
@@ -546,8 +555,18 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     if method == "precision" and (target is None or not 0 < float(target) <= 1):
         raise CalibrationError("method 'precision' needs a target in (0, 1], e.g. 0.95")
     i = choose(curve, method, None if method == "f1" else float(target))
+    threshold = float(curve.thresholds[i])
+    if unknown:  # what the decision rule makes of the queries no gallery class fits
+        from lookalike.curation.thresholds import decide
+
+        held = found & ~known
+        calls = [decide(d, dup_threshold, d, threshold) for d in dist[held, 0].tolist()]
+        if calls:
+            record.update(unknown_rejection=calls.count("new") / len(calls),
+                          unknown_called_duplicate=calls.count("duplicate") / len(calls),
+                          num_unknown_queries=len(calls))
     record.update(
-        threshold=float(curve.thresholds[i]), metric_values=curve.at(i),
+        threshold=threshold, metric_values=curve.at(i),
         curve=_curve_dict(curve, i), num_queries=int(found.sum()),
         num_missing_labels=int(missing), classes=classes, unknown_classes=unknown,
         note=("open set: " + f"{len(unknown)} of {len(classes)} classes held out as unknowns"
