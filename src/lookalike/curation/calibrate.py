@@ -555,6 +555,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     if method == "precision" and (target is None or not 0 < float(target) <= 1):
         raise CalibrationError("method 'precision' needs a target in (0, 1], e.g. 0.95")
     i = choose(curve, method, None if method == "f1" else float(target))
+    i, junk_note = _junk_capped(index, rows[known], curve, i)
     threshold = float(curve.thresholds[i])
     if unknown:  # what the decision rule makes of the queries no gallery class fits
         from lookalike.curation.thresholds import decide
@@ -571,8 +572,34 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         num_missing_labels=int(missing), classes=classes, unknown_classes=unknown,
         note=("open set: " + f"{len(unknown)} of {len(classes)} classes held out as unknowns"
               if unknown else "closed set: every class is known (the F1 optimum tends to "
-              "accept everything)"))
+              "accept everything)") + (f"; {junk_note}" if junk_note else ""))
     return _save(index, record)
+
+
+def _junk_capped(index, gallery_rows, curve, i):
+    """``(i, note)``: the chosen point of ``curve``, moved below the nearest junk image
+    (noise, flat colours, patterns: :func:`~lookalike.curation.copies.junk_images`) to a
+    labelled sample, so that nothing like them is ever a match. ``note`` says so
+    ("" when the junk lies farther, or the run has no encoder to embed it)."""
+    from lookalike.curation.copies import junk_distances
+    from lookalike.encoders import EncoderStoreError
+
+    try:
+        junk = junk_distances(index, gallery_rows, k=1)
+    except (ValueError, EncoderStoreError):
+        return i, ""
+    if not len(junk) or float(junk.min()) > float(curve.thresholds[i]):
+        return i, ""
+    nearest = float(junk.min())
+    j = int(np.searchsorted(curve.thresholds, nearest, side="left")) - 1
+    if j < 0:
+        raise CalibrationError(
+            f"junk images (noise, flat colours) lie nearer a labelled sample ({nearest:.4f}) "
+            "than any query's nearest neighbour: the encoder cannot tell images from junk; "
+            "train it longer or on more images, or use another encoder")
+    return j, (f"the match threshold is capped below {nearest:.4f}, the nearest of "
+               f"{len(junk)} junk images (noise, flat colours, patterns) to a labelled sample "
+               f"(uncapped: {float(curve.thresholds[i]):.4f})")
 
 
 def _save(index, record):

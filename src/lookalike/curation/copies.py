@@ -60,31 +60,59 @@ def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
     return out
 
 
-# Images no real photo is a copy of: noise, flat colours, smooth gradients. Their
-# nearest samples are negatives of the duplicate threshold (never a duplicate).
-JUNK_KINDS = ("noise", "coarse_noise", "black", "white", "gray", "gradient")
+# Images no real photo is a copy of: noise, flat colours, smooth gradients,
+# stripes and checkerboards. Their nearest samples are negatives of the
+# duplicate threshold (never a duplicate) and of the label match threshold
+# (never a match).
+JUNK_KINDS = ("noise", "coarse_noise", "blurred_noise", "black", "white", "gray", "colour",
+              "gradient", "stripes", "checker")
+# More of some kinds: noise at 4 grain sizes (an encoder sees it shrunk to its input:
+# fine noise averages to gray), flat colours around the hue circle at 2 strengths.
+_PER_KIND = {"noise": 2, "colour": 6}
 
 
 def junk_images(size=128, seed=51, per_kind=2):
-    """``[(kind, RGB PIL image)]``: ``per_kind`` images of each of :data:`JUNK_KINDS`."""
+    """``[(kind, RGB PIL image)]``: ``per_kind`` images of each of :data:`JUNK_KINDS`
+    (:data:`_PER_KIND` times as many of some), random where the kind allows."""
+    import colorsys
+
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []
     for kind in JUNK_KINDS:
-        for n in range(per_kind):
+        for n in range(per_kind * _PER_KIND.get(kind, 1)):
             if kind == "noise":
-                a = rng.integers(0, 256, (size, size, 3))
-            elif kind == "coarse_noise":  # blobs rather than pixels
-                a = np.kron(rng.integers(0, 256, (size // 16, size // 16, 3)),
-                            np.ones((16, 16, 1)))
+                grain = 2 ** (n % 4)
+                a = np.kron(rng.integers(0, 256, (size // grain, size // grain, 3)),
+                            np.ones((grain, grain, 1)))
+            elif kind in ("coarse_noise", "blurred_noise"):  # blobs rather than pixels
+                cell = int(rng.integers(8, 24))
+                small = rng.integers(0, 256, (max(2, size // cell),) * 2 + (3,)).astype(np.uint8)
+                resample = (Image.Resampling.NEAREST if kind == "coarse_noise"
+                            else Image.Resampling.BICUBIC)
+                a = np.asarray(Image.fromarray(small, "RGB").resize((size, size), resample))
             elif kind in ("black", "white", "gray"):
                 level = {"black": 8, "white": 247, "gray": 128}[kind] + 4 * n
                 a = np.full((size, size, 3), level)
-            else:
+            elif kind == "colour":
+                count = per_kind * _PER_KIND[kind]
+                hue = (n % (count // 2) + rng.uniform(-0.2, 0.2)) / (count // 2)
+                strong = n < count // 2
+                rgb = colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.7, 1) if strong else
+                                          rng.uniform(0.3, 0.7), rng.uniform(0.75, 1) if strong
+                                          else rng.uniform(0.4, 0.75))
+                a = np.broadcast_to(np.round(255 * np.array(rgb)), (size, size, 3))
+            elif kind == "gradient":
                 ramp = np.linspace(0, 255, size)
-                a = np.repeat((ramp[None, :] if n == 0 else ramp[:, None])[..., None], 3, axis=2)
+                a = np.repeat((ramp[None, :] if n % 2 == 0 else ramp[:, None])[..., None], 3,
+                              axis=2)
                 a = np.broadcast_to(a, (size, size, 3))
+            else:  # stripes (one direction) or a checkerboard, of a random period
+                period = int(rng.integers(3, 16))
+                y, x = np.indices((size, size)) // period
+                bits = (x if n % 2 == 0 else y) % 2 if kind == "stripes" else (x + y) % 2
+                a = np.repeat((bits * 255)[..., None], 3, axis=2)
             out.append((kind, Image.fromarray(np.ascontiguousarray(a).astype(np.uint8), "RGB")))
     return out
 
