@@ -364,7 +364,7 @@ def test_two_copies_in_the_folder_import_once_and_verify_hook_downgrades(
     edited = tmp_path / "edited"
     edited.mkdir()
     with Image.open(coffee) as img:
-        img.convert("RGB").resize((200, 133)).save(edited / "small.jpg", quality=60)
+        img.convert("RGB").save(edited / "small.jpg", quality=85)  # within the threshold
     checked = lc.match_images(ds, "emb_sim", str(edited),
                               verify=lambda q, s: calls.append((q, s)) or False)
     row = checked.rows[0]
