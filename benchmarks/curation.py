@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/curation.py --speed --sizes 100000 1000000
     .venv/bin/python benchmarks/curation.py --verification  # (c); needs `make demo` first
     .venv/bin/python benchmarks/curation.py --flip          # (d); needs `make demo` first
+    .venv/bin/python benchmarks/curation.py --rules         # (e); needs `make demo` first
 
 (a) Quality on the demo images, per method: the three demo encoders, an
 untrained copy of the TF network, raw pixels and a perceptual hash
@@ -38,6 +39,19 @@ embeddings) on the demo photos, through the product's own label-free path
 (``workflow.curate_photos``: calibrated thresholds, duplicates with
 verification, the default outlier rule) and the copy retrieval of ``make demo``
 (R-precision): pair F1, outlier precision / recall, R-precision, embedding time.
+
+(e) The duplicate and outlier threshold rules (``--rules``; needs `make demo`'s
+encoders): the previous one-sided rule (the duplicate threshold keeps 95% of all
+synthetic copies, every edit averaged in; the label-free outlier threshold is
+the isolation rule floored at it) beside the two-sided rule
+(:mod:`lookalike.curation.thresholds`), in the same run, on the same indexes,
+through the same product code (``find_duplicates`` with verification,
+``flag_outliers``; only the thresholds differ): for each demo encoder the
+duplicate threshold, pair precision / recall / F1, outlier precision / recall,
+the copies found per edit, and what each rule calls the junk probes (noise,
+flat colours, patterns), two unrelated photos (distance to the nearest sample:
+duplicate, "match" (old label-free rule) or new) and, for the metric encoder,
+the demo's held-out digits of unknown and known classes.
 
 (b) Speed of ``find_duplicates``' pair search on clustered synthetic unit
 vectors with planted near-duplicate pairs (d = 256): ours exact (tiled matrix
@@ -492,24 +506,195 @@ def flip(args):
     fo.delete_dataset("bench-flip")
 
 
+def _old_rule(index, nn1, recall=0.95):
+    """The previous one-sided thresholds: ``(duplicate, outlier)``."""
+    from lookalike.curation.copies import copy_distances
+    from lookalike.curation.isolation import isolation_threshold
+    from lookalike.edits import COPY_EDITS
+
+    dists = copy_distances(index, num_images=64, seed=51)
+    flat = np.concatenate([np.asarray(v, float) for e, v in dists.items() if e in COPY_EDITS])
+    dup = float(np.percentile(flat, 100 * recall))
+    outlier, _ = isolation_threshold(nn1[np.isfinite(nn1)], floor=dup)
+    return dup, outlier
+
+
+def _probe_folder(root):
+    """Junk probes (other seeds and sizes than calibration's) and scikit-learn's two photos."""
+    import shutil
+
+    import sklearn.datasets
+
+    from lookalike.curation.copies import junk_images
+
+    os.makedirs(root, exist_ok=True)
+    for n, (kind, img) in enumerate(junk_images(size=96, seed=7, per_kind=1)):
+        img.save(os.path.join(root, f"junk_{n:02d}_{kind}.png"))
+    images = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
+    for name in ("china.jpg", "flower.jpg"):
+        shutil.copyfile(os.path.join(images, name), os.path.join(root, f"unrelated_{name}"))
+    return root
+
+
+def _nearest(index, folder, keep=None, labels=None):
+    """``[(file, distance to the nearest sample of keep, its label)]`` of a folder's images."""
+    from lookalike.encoders.preprocessing import load_input
+    from lookalike.similarity import encoder_of
+
+    encoder = encoder_of(index)
+    files = sorted(os.listdir(folder))
+    emb = np.asarray(encoder.embed(np.stack([load_input(os.path.join(folder, f),
+                                                        encoder.manifest) for f in files])),
+                     np.float32)
+    inds, dists = index.engine.knn(emb, 1, keep=keep)
+    return [(f, float(d[0]), (labels or {}).get(int(i[0]))) for f, i, d in zip(files, inds, dists)]
+
+
+def _old_decide(d, dup, outlier):
+    """The previous label-free folder decision: a "match" within the outlier threshold."""
+    return "duplicate" if d <= dup else "match" if d <= outlier else "new"
+
+
+def rules(args):
+    import collections
+
+    import fiftyone as fo
+    from fiftyone import ViewField as F
+
+    import lookalike.curation as lc
+    import lookalike.similarity as ls
+    from lookalike.curation.neighbours import leave_one_out
+    from lookalike.curation.thresholds import decide
+    from lookalike.demo import build_demo_dataset
+    from lookalike.embeddings import compute_embeddings
+    from lookalike.encoders import load_encoder
+    from lookalike.workflow import (
+        flag_scores,
+        group_of,
+        pair_scores,
+        relation_recall,
+        write_query_set,
+    )
+
+    tmp = tempfile.mkdtemp(prefix="lookalike-bench-rules-")
+    probes = _probe_folder(os.path.join(tmp, "probes"))
+    ds = build_demo_dataset("bench-rules", data_dir=os.path.join(tmp, "demo"))
+    photos = ds.match(F("source") == "photo")
+    ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
+    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    unique_ids = [s for s, u in zip(ids, unique) if u]
+    rows = []
+    for name in ("demo-contrastive", "demo-autoencoder"):
+        field = "emb_" + name.replace("-", "_")
+        compute_embeddings(photos, load_encoder(name, store_dir=args.store_dir), field)
+        key = field + "_sim"
+        index = ls.build_index(ds, field, key)
+        cal = lc.calibrate_threshold(photos, key)
+        _, nn = leave_one_out(index.engine, k=1)
+        old_dup, old_out = _old_rule(index, nn[:, 0])
+        near = _nearest(index, probes)
+        for rule, dup_t, out_t in (("one-sided (before)", old_dup, old_out),
+                                   ("two-sided (now)", None, None)):
+            report = lc.find_duplicates(photos, key, threshold=dup_t)
+            predicted = group_of(ids, report.groups)
+            outliers = lc.flag_outliers(photos, key, threshold=out_t)
+            if dup_t is None:
+                calls = [decide(d, cal.duplicate_threshold) for _, d, _ in near]
+            else:
+                calls = [_old_decide(d, dup_t, out_t) for _, d, _ in near]
+            rows.append(dict(encoder=name, rule=rule, threshold=report.threshold,
+                             outlier_threshold=outliers.threshold,
+                             pairs=pair_scores(predicted, truth),
+                             outliers=flag_scores(outliers.outlier_ids, unique_ids),
+                             relations=relation_recall(photos, predicted),
+                             probes=collections.Counter(calls),
+                             excluded=cal.not_invariant if dup_t is None else "(none: averaged)",
+                             separable=cal.duplicate_separable if dup_t is None else "-"))
+            print(f"  {name} {rule}: {rows[-1]}", flush=True)
+
+    # The metric encoder on the digits, with the demo's open-set query step.
+    digits = ds.match(F("source") == "digit")
+    compute_embeddings(digits, load_encoder("demo-metric", store_dir=args.store_dir), "emb_metric")
+    index = ls.build_index(ds, "emb_metric", "emb_metric_sim")
+    cal = lc.calibrate_threshold(digits, "emb_metric_sim", label_field="ground_truth")
+    _, nn = leave_one_out(index.engine, k=1)
+    old_dup, _ = _old_rule(index, nn[:, 0])
+    _, digit_truth, held_back = write_query_set(ds, os.path.join(tmp, "query"))
+    unknown = cal.unknown_classes or []
+    gallery = digits.match(~F("ground_truth.label").is_in(unknown)).exclude(held_back)
+    row_of = {s: r for r, s in enumerate(index.sample_ids)}
+    keep = np.sort([row_of[s] for s in gallery.values("id")])
+    label_of = {row_of[s]: lab for s, lab in zip(*gallery.values(["id", "ground_truth.label"]))}
+    queries = _nearest(index, os.path.join(tmp, "query", "digits"), keep=keep, labels=label_of)
+    junk = _nearest(index, probes, keep=keep)
+    for rule, dup_t in (("one-sided (before)", old_dup), ("two-sided (now)",
+                                                          cal.duplicate_threshold)):
+        def call(d, dup_t=dup_t):
+            return decide(d, dup_t, d, cal.threshold)
+
+        known = [(call(d), lab == digit_truth[f]) for f, d, lab in queries if digit_truth[f]]
+        strangers = [call(d) for f, d, _ in queries if digit_truth[f] is None]
+        rows.append(dict(encoder="demo-metric", rule=rule, threshold=dup_t,
+                         known_right=sum(c == "match" and ok for c, ok in known),
+                         known=len(known), unknown_new=strangers.count("new"),
+                         unknown_dup=strangers.count("duplicate"), unknown=len(strangers),
+                         probes=collections.Counter(call(d) for _, d, _ in junk),
+                         excluded=cal.not_invariant if rule.startswith("two") else
+                         "(none: averaged)"))
+        print(f"  demo-metric {rule}: {rows[-1]}", flush=True)
+
+    def probes_text(c):
+        return ", ".join(f"{c[k]} {k}" for k in ("duplicate", "match", "new") if c.get(k))
+
+    print("\n| encoder | rule | duplicate threshold | pair P | pair R | pair F1 | outlier P | "
+          "outlier R (flagged) | junk + 2 unrelated photos called | not invariant to |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "pairs" not in r:
+            continue
+        p, o = r["pairs"], r["outliers"]
+        print(f"| {r['encoder']} | {r['rule']} | {r['threshold']:.4f} | {p['precision']:.3f} | "
+              f"{p['recall']:.3f} | {p['f1']:.3f} | {o['precision']:.3f} | {o['recall']:.3f} "
+              f"({o['flagged']}) | {probes_text(r['probes'])} | {r['excluded']} |")
+    kinds = sorted({k for r in rows if "relations" in r for k in r["relations"]})
+    print("\n| encoder | rule | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    for r in rows:
+        if "relations" in r:
+            print(f"| {r['encoder']} | {r['rule']} | " + " | ".join(
+                "{}/{}".format(*r["relations"].get(k, (0, 0))) for k in kinds) + " |")
+    print("\n| encoder | rule | duplicate threshold | known digits matched to their class | "
+          "unknown digits called new | unknown called duplicate | junk + 2 photos called | "
+          "not invariant to |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "known" in r:
+            print(f"| {r['encoder']} | {r['rule']} | {r['threshold']:.4f} | "
+                  f"{r['known_right']}/{r['known']} | {r['unknown_new']}/{r['unknown']} | "
+                  f"{r['unknown_dup']}/{r['unknown']} | {probes_text(r['probes'])} | "
+                  f"{r['excluded']} |")
+    fo.delete_dataset("bench-rules")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quality", action="store_true", help="only part (a)")
     parser.add_argument("--speed", action="store_true", help="only part (b)")
     parser.add_argument("--verification", action="store_true", help="only part (c)")
     parser.add_argument("--flip", action="store_true", help="only part (d)")
+    parser.add_argument("--rules", action="store_true", help="only part (e)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--threshold", type=float, default=0.01)
     parser.add_argument("--max-exact", type=int, default=100_000)
     parser.add_argument("--max-fob", type=int, default=100_000)
     args = parser.parse_args()
-    every = not (args.quality or args.speed or args.verification or args.flip)
+    every = not (args.quality or args.speed or args.verification or args.flip or args.rules)
     from lookalike.encoders import default_store_dir
 
     args.store_dir = default_store_dir()  # make demo's encoders, before the tests' set-up
     if args.quality or every:
         quality(args)
-    if (args.speed and args.max_fob) or args.verification or args.flip or every:
+    if (args.speed and args.max_fob) or args.verification or args.flip or args.rules or every:
         import conftest  # the tests' isolated mongod, same set-up
 
         conftest._start_isolated_database()
@@ -523,6 +708,8 @@ def main():
         verification(args)
     if args.flip or every:
         flip(args)
+    if args.rules or every:
+        rules(args)
     if args.speed or every:
         speed(args)
 

@@ -629,7 +629,8 @@ class FindDuplicates(forms.BackgroundOperator):
         by = f"Index '{report.brain_key}': " if report.brain_key else ""
         ctx.ops.notify(f"{by}{report.num_groups} duplicate groups; {report.num_duplicates} samples "
                        f"tagged 'duplicate'; {report.num_verified_pairs} pairs verified by local "
-                       "features", variant="success")
+                       "features" + (f". Warning: {report.warning}" if report.warning else ""),
+                       variant="warning" if report.warning else "success")
         out = forms.rounded(report.to_record())
         out["groups"] = [{"group": n, "size": len(g),
                           "kept": os.path.basename(report.files[g[0]])}

@@ -352,6 +352,32 @@ def threshold_input(inputs, ctx, brain_key, which):
     name = "No-match" if which == "threshold" else "Duplicate"
     inputs.float("threshold", label=f"{name} threshold (cosine distance, 0-2)", min=0.0,
                  max=2.0, required=value is None, description=text)
+    if value is not None and which == "duplicate_threshold":
+        calibration_warning(inputs, calibration)
+
+
+def saved_calibration_warning(inputs, ctx, brain_key):
+    """:func:`calibration_warning` for ``brain_key``'s saved calibration, if it has one."""
+    import lookalike.curation as lc
+    from lookalike.errors import LookalikeError
+
+    if not brain_key or not ctx.dataset:
+        return
+    try:
+        calibration = lc.get_calibration(ctx.dataset, brain_key)
+    except LookalikeError:  # the job itself says what is missing, in one line
+        return
+    calibration_warning(inputs, calibration)
+
+
+def calibration_warning(inputs, calibration):
+    """Before a job acts on a duplicate threshold that the calibration found unreliable
+    (it cannot separate copies from different images): the warning, with what to do."""
+    if calibration.duplicate_warning:
+        inputs.view("calibration_warning", types.Warning(
+            label=f"The duplicate threshold of '{calibration.brain_key}' is unreliable",
+            description=f"{calibration.duplicate_warning[0].upper()}"
+            f"{calibration.duplicate_warning[1:]}."))
 
 
 def verify_choices():

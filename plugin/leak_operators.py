@@ -70,7 +70,7 @@ class FindLeaks(forms.BackgroundOperator):
                                progress=forms.progress(ctx))
         if not ctx.delegated:
             ctx.ops.set_view(lc.leaks_view(ctx.dataset))
-        ctx.ops.notify(report.summary(), variant="success")
+        ctx.ops.notify(report.summary(), variant="warning" if report.warning else "success")
         name = report.files.get
         rows = [{"file": os.path.basename(name(a) or a), "other": os.path.basename(name(b) or b),
                  "reason": why} for a, b, why in report.pairs[:SHOWN_PAIRS]]

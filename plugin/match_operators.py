@@ -65,7 +65,8 @@ class MatchImages(forms.BackgroundOperator):
     def form(self, inputs, ctx):
         from lookalike.curation.match import ADD_MODES
 
-        forms.brain_key_input(inputs, ctx)
+        key = forms.brain_key_input(inputs, ctx)
+        forms.saved_calibration_warning(inputs, ctx, key)
         inputs.str("directory", label="Folder of new images", required=True,
                    description="A folder on the machine running FiftyOne; searched recursively")
         forms.choice_input(inputs, ctx, "add", forms.labelled_choices(ADD_MODES, ADD_LABELS),
@@ -86,7 +87,7 @@ class MatchImages(forms.BackgroundOperator):
             from fiftyone import ViewField as F
 
             ctx.ops.set_view(ctx.dataset.match(F("tags").contains(report.tag)))
-        ctx.ops.notify(report.summary(), variant="success")
+        ctx.ops.notify(report.summary(), variant="warning" if report.warning else "success")
         return {"summary": report.summary(), "counts": report.counts, "tag": report.tag,
                 "added": len(report.added_ids),
                 "rows": folder_match_rows(report.table(), limit=500)}

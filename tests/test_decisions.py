@@ -192,3 +192,65 @@ def test_a_record_from_before_the_two_sided_rule_asks_for_a_recalibration(digits
         lc.find_duplicates(ds, "sim")
     # It still loads for reading (the App shows what it says).
     assert lc.get_calibration(ds, "sim", check_fresh=False).duplicate_rule_version is None
+
+
+
+class _PixelHashModel:
+    """A FiftyOne model whose embedding is a hash of the pixels spread over 16 dimensions:
+    an encoder invariant to no edit at all (any change of a pixel moves it as far as
+    another image), the extreme of a weak encoder."""
+
+    media_type = "image"
+    has_embeddings = True
+    ragged_batches = False
+    transforms = None
+    preprocess = False
+
+    def embed_all(self, images):
+        import zlib
+
+        return np.stack([np.random.default_rng(zlib.crc32(np.asarray(i).tobytes()))
+                         .standard_normal(16) for i in images])
+
+
+def test_a_threshold_that_cannot_separate_warns_every_job_that_acts_on_it(
+        demo_records, probes, dataset_name):
+    """Calibration says the encoder cannot separate copies from different images, and every
+    job that then acts on that threshold repeats the warning: the API's reports, the
+    CLI, and the App's forms before Execute."""
+    import fiftyone.core.models as fom
+
+    from cli_runner import run_cli
+    from lookalike.encoders import register_model, unregister_model
+    from test_operators_encoders import _form
+
+    model = type("PixelHash", (_PixelHashModel, fom.Model, fom.EmbeddingsMixin), {})()
+    register_model("pixel-hash", model, image_size=64, version="v1")
+    try:
+        ds, cal = _photo_library(dataset_name, demo_records, "fo:pixel-hash")
+        assert cal.duplicate_separable is False, cal.duplicate_rule
+        assert "invariant to none of the edits" in cal.duplicate_warning
+        assert "Warning: cannot separate" in cal.summary()
+
+        report = lc.find_duplicates(ds, "sim", verify=False)
+        assert "'sim' is unreliable: cannot separate" in report.warning
+        assert f"Warning: {report.warning}" in report.summary()
+        assert report.to_record()["warning"] == report.warning
+        folder = lc.match_images(ds, "sim", probes, verify=False)
+        assert folder.warning == report.warning and "Warning:" in folder.summary()
+        ds.take(len(ds) // 2, seed=1).tag_samples("train")
+        ds.match_tags("train", bool=False).tag_samples("test")
+        leaks = lc.find_leaks(ds, "sim", verify=False)
+        assert leaks.warning == report.warning and "Warning:" in leaks.summary()
+        # A threshold the user gives is theirs: no warning.
+        assert lc.find_duplicates(ds, "sim", threshold=0.01, verify=False).warning is None
+
+        ran = run_cli("duplicates", "--dataset", ds.name, "--brain-key", "sim", "--verify", "off")
+        assert ran.returncode == 0 and "unreliable: cannot separate" in ran.stdout, ran
+        for operator in ("find_duplicates", "find_leaks", "match_images"):
+            props = _form(operator, ds, {"brain_key": "sim"})["type"]["properties"]
+            view = props["calibration_warning"]["view"]
+            assert "unreliable" in view["label"], (operator, view)
+            assert "invariant to none of the edits" in view["description"], (operator, view)
+    finally:
+        unregister_model("pixel-hash")

@@ -351,11 +351,11 @@ def match_query_set(dataset, photo_key="emb_contrastive_sim", log=print):
                             & ~F("ground_truth.label").is_in(unknown)).exclude(held_back)
     digits = lc.match_images(gallery, "emb_metric_sim", os.path.join(query_dir, "digits"))
     known = [r for r in digits.rows if digit_truth.get(r.file)]
-    right = sum(r.decision != "new" and r.label == digit_truth[r.file] for r in known)
+    right = sum(r.decision == "match" and r.label == digit_truth[r.file] for r in known)
     strangers = [r for r in digits.rows if digit_truth.get(r.file, 0) is None]
     called_new = sum(r.decision == "new" for r in strangers)
     log(f"  digits (emb_metric_sim, gallery without classes {', '.join(unknown)}): {right} of "
-        f"{len(known)} known digits matched to the right class; {called_new} of "
+        f"{len(known)} known digits a match with the right label; {called_new} of "
         f"{len(strangers)} digits of the held-out classes called new")
     return {"photos": {"duplicates": dup_ok, "copies": len(copies), "new": new_ok,
                        "unseen": len(unseen)},

@@ -49,12 +49,16 @@ def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
                 progress(n, len(chosen_ids))
             continue
         # The preprocessing the encoder's manifest records, as for every embedded file.
-        arrays = np.stack([original] + [to_input(edited_copy(img, e, edit_rng), encoder.manifest)
-                                        for e in edits])
-        emb = encoder.embed(arrays)
-        dist = cosine_distance(emb[1:] @ emb[0])
-        for e, d in zip(edits, dist):
-            out[e].append(float(d))
+        copies = [to_input(edited_copy(img, e, edit_rng), encoder.manifest) for e in edits]
+        # A copy the encoder sees unchanged (grayscale of a gray photo) is at distance 0
+        # whatever the encoder: no evidence of invariance, so it is not counted.
+        changed = [e for e, c in zip(edits, copies) if not np.array_equal(c, original)]
+        if changed:
+            arrays = np.stack([original] + [c for e, c in zip(edits, copies) if e in changed])
+            emb = encoder.embed(arrays)
+            dist = cosine_distance(emb[1:] @ emb[0])
+            for e, d in zip(changed, dist):
+                out[e].append(float(d))
         if progress:
             progress(n, len(chosen_ids))
     return out

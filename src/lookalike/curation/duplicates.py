@@ -78,6 +78,7 @@ class DuplicateReport:
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
     reasons: dict = field(default_factory=dict)  # sample id -> why it is in its group
     brain_key: str = None  # the index that found them (None: byte-identical files only)
+    warning: str = None  # the calibration's, when its duplicate threshold was used
 
     @property
     def num_groups(self):
@@ -94,7 +95,7 @@ class DuplicateReport:
                     num_groups=self.num_groups, num_duplicates=self.num_duplicates,
                     num_pairs=self.num_pairs, num_exact_pairs=self.num_exact_pairs,
                     num_searched=self.num_searched, num_verified_pairs=self.num_verified_pairs,
-                    verification=self.verification)
+                    verification=self.verification, warning=self.warning)
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
@@ -111,6 +112,8 @@ class DuplicateReport:
                      f"added {self.num_verified_pairs} pairs")
         elif v:
             text += f"; no geometric verification ({v['why_not']})"
+        if self.warning:
+            text += f". Warning: {self.warning}"
         return text
 
 
@@ -236,6 +239,7 @@ class Pairs:
     vectors: np.ndarray = None  # of the samples in the run
     row_in_vectors: dict = field(default_factory=dict)  # position -> row of vectors
     cache: str = None  # the dataset's feature cache
+    warning: str = None  # the calibration's, when its duplicate threshold was used
 
     def distance(self, a, b):
         """Cosine distance of two positions, None when either has no vector."""
@@ -282,6 +286,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
                                                   len(ids))
     if index is not None:
         out.threshold = records.threshold(index, "duplicate_threshold", threshold)
+        out.warning = records.duplicate_warning(index, threshold)
         rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
         in_index = [position[sid] for sid in ids if sid in rows_of]
         if len(in_index) < 2:
@@ -389,7 +394,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
         num_verified_pairs=pairs.num_verified, verification=settings,
         files={ids[p]: paths[p] for g in ordered for p in g},
         reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons},
-        brain_key=brain_key)
+        brain_key=brain_key, warning=pairs.warning)
     if brain_key is not None:
         import lookalike.similarity as ls
 

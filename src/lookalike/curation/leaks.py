@@ -46,6 +46,7 @@ class LeakReport:
     per_split: dict = field(default_factory=dict)  # "train / test" -> pairs
     verification: dict = None
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
+    warning: str = None  # the calibration's, when its duplicate threshold was used
 
     @property
     def leak_ids(self):
@@ -59,14 +60,15 @@ class LeakReport:
     def to_record(self):
         return dict(splits=self.splits, num_pairs=len(self.pairs), num_leaks=self.num_leaks,
                     num_searched=self.num_searched, per_split=self.per_split,
-                    verification=self.verification)
+                    verification=self.verification, warning=self.warning)
 
     def summary(self):
         """One line, for the CLI and the App."""
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_split.items())) or "none"
-        return (f"{len(self.pairs)} duplicate pairs across the splits {', '.join(self.splits)} "
+        text = (f"{len(self.pairs)} duplicate pairs across the splits {', '.join(self.splits)} "
                 f"({parts}) among {self.num_searched} samples: {self.num_leaks} samples tagged "
                 f"'{DEFAULT_TAG}'")
+        return text + (f". Warning: {self.warning}" if self.warning else "")
 
 
 def split_of(samples, splits=SPLIT_TAGS):
@@ -158,6 +160,7 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
         progress(1.0, f"{len(leaks)} pairs across splits")
     return LeakReport(splits=found, pairs=leaks, num_searched=len(ids),
                       per_split=dict(per_split), verification=pairs.verification,
+                      warning=pairs.warning,
                       files={s: paths[n] for n, s in enumerate(ids) if s in leaked})
 
 

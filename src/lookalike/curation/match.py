@@ -332,6 +332,7 @@ class FolderMatchReport:
     unreadable: list = field(default_factory=list)  # lookalike.images.ImageFailure
     added_ids: list = field(default_factory=list)
     seconds: float = 0.0
+    warning: str = None  # the calibration's about its duplicate threshold
 
     @property
     def counts(self):
@@ -361,7 +362,8 @@ class FolderMatchReport:
         if self.add != "none":
             text += (f"; imported {len(self.added_ids)} ({self.add}) tagged '{self.tag}'"
                      if self.added_ids else "; nothing imported")
-        return text + f" ({self.images_per_s:.0f} images/s)."
+        text += f" ({self.images_per_s:.0f} images/s)."
+        return text + (f" Warning: {self.warning}." if self.warning else "")
 
     def table(self):
         """Plain rows (dicts), unreadable files last with decision "unreadable"."""
@@ -529,7 +531,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     tag = tag or f"match-{time.strftime('%Y%m%d-%H%M%S')}"
     report = FolderMatchReport(directory=directory, brain_key=brain_key, threshold=threshold,
                                duplicate_threshold=dup_threshold, label_field=label_field,
-                               add=add, tag=tag)
+                               add=add, tag=tag, warning=records.duplicate_warning(index))
     lease = (leases.acquire(dataset, "match:import", job="match_images",
                             label=f"importing into '{dataset.name}'")
              if add != "none" else None)

@@ -119,6 +119,17 @@ def threshold(index, which, given=None):
     return check_threshold(given)
 
 
+def duplicate_warning(index, given=None):
+    """The calibration's warning about its duplicate threshold (it cannot separate copies
+    from different images, or it is one-sided), when a job uses that threshold: None
+    when ``given`` replaces it or the calibration raised none."""
+    if given is not None:
+        return None
+    warning = ((index.curation or {}).get("calibration") or {}).get("duplicate_warning")
+    return f"the duplicate threshold of '{index.key}' is unreliable: {warning}" if warning \
+        else None
+
+
 def check_threshold(threshold):
     """``threshold`` as a float if it is a cosine distance (in [0, 2]), else CurationError."""
     t = float(threshold)
