@@ -49,8 +49,9 @@ through the same product code (``find_duplicates`` with verification,
 ``flag_outliers``; only the thresholds differ): for each demo encoder the
 duplicate threshold, pair precision / recall / F1, outlier precision / recall,
 the copies found per edit, and what each rule calls the junk probes (noise,
-flat colours, patterns), two unrelated photos (distance to the nearest sample:
-duplicate, "match" (old label-free rule) or new) and, for the metric encoder,
+flat colours, patterns) and two unrelated photos (the previous rule by distance to
+the nearest sample: duplicate, "match" (its label-free rule) or new; the two-sided
+rule through ``match_images``, the product's own folder match) and, for the metric encoder,
 the demo's held-out digits of unknown and known classes.
 
 (b) Speed of ``find_duplicates``' pair search on clustered synthetic unit
@@ -546,8 +547,9 @@ def _nearest(index, folder, keep=None, labels=None):
     emb = np.asarray(encoder.embed(np.stack([load_input(os.path.join(folder, f),
                                                         encoder.manifest) for f in files])),
                      np.float32)
-    inds, dists = index.engine.knn(emb, 1, keep=keep)
-    return [(f, float(d[0]), (labels or {}).get(int(i[0]))) for f, i, d in zip(files, inds, dists)]
+    inds, dists = index.engine.knn(emb, 1, keep=keep)  # indices into keep, when given
+    rows = inds[:, 0] if keep is None else np.asarray(keep)[inds[:, 0]]
+    return [(f, float(d[0]), (labels or {}).get(int(r))) for f, r, d in zip(files, rows, dists)]
 
 
 def _old_decide(d, dup, outlier):
@@ -598,10 +600,14 @@ def rules(args):
             report = lc.find_duplicates(photos, key, threshold=dup_t)
             predicted = group_of(ids, report.groups)
             outliers = lc.flag_outliers(photos, key, threshold=out_t)
-            if dup_t is None:
-                calls = [decide(d, cal.duplicate_threshold) for _, d, _ in near]
-            else:
-                calls = [_old_decide(d, dup_t, out_t) for _, d, _ in near]
+            if dup_t is None:  # the product's own folder match
+                found = lc.match_images(photos, key, probes).rows
+                named = [(r.file, r.decision, r.distance) for r in found]
+            else:  # the previous rule, by distance
+                named = [(f, _old_decide(d, dup_t, out_t), d) for f, d, _ in near]
+            calls = [c for _, c, _ in named]
+            print(f"  {name} {rule}: probes not new: " + ", ".join(
+                f"{f} {c} {d:.4f}" for f, c, d in named if c != "new"))
             rows.append(dict(encoder=name, rule=rule, threshold=report.threshold,
                              outlier_threshold=outliers.threshold,
                              pairs=pair_scores(predicted, truth),
@@ -636,9 +642,13 @@ def rules(args):
         strangers = [call(d) for f, d, _ in queries if digit_truth[f] is None]
         rows.append(dict(encoder="demo-metric", rule=rule, threshold=dup_t,
                          known_right=sum(c == "match" and ok for c, ok in known),
+                         known_dup=sum(c == "duplicate" for c, _ in known),
                          known=len(known), unknown_new=strangers.count("new"),
                          unknown_dup=strangers.count("duplicate"), unknown=len(strangers),
-                         probes=collections.Counter(call(d) for _, d, _ in junk),
+                         probes=collections.Counter(
+                             [r.decision for r in lc.match_images(gallery, "emb_metric_sim",
+                                                                  probes).rows]
+                             if rule.startswith("two") else [call(d) for _, d, _ in junk]),
                          excluded=cal.not_invariant if rule.startswith("two") else
                          "(none: averaged)"))
         print(f"  demo-metric {rule}: {rows[-1]}", flush=True)
@@ -664,13 +674,14 @@ def rules(args):
             print(f"| {r['encoder']} | {r['rule']} | " + " | ".join(
                 "{}/{}".format(*r["relations"].get(k, (0, 0))) for k in kinds) + " |")
     print("\n| encoder | rule | duplicate threshold | known digits matched to their class | "
-          "unknown digits called new | unknown called duplicate | junk + 2 photos called | "
-          "not invariant to |")
-    print("|---|---|---|---|---|---|---|---|")
+          "known called duplicate | unknown digits called new | unknown called duplicate | "
+          "junk + 2 photos called | not invariant to |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "known" in r:
             print(f"| {r['encoder']} | {r['rule']} | {r['threshold']:.4f} | "
-                  f"{r['known_right']}/{r['known']} | {r['unknown_new']}/{r['unknown']} | "
+                  f"{r['known_right']}/{r['known']} | {r['known_dup']}/{r['known']} | "
+                  f"{r['unknown_new']}/{r['unknown']} | "
                   f"{r['unknown_dup']}/{r['unknown']} | {probes_text(r['probes'])} | "
                   f"{r['excluded']} |")
     fo.delete_dataset("bench-rules")

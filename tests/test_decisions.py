@@ -98,7 +98,7 @@ def autoencoder(demo_records):
 
 @pytest.mark.parametrize("kind", ["autoencoder", "contrastive"])
 def test_label_free_photo_libraries_call_junk_and_unrelated_photos_new(
-        kind, request, demo_records, probes, dataset_name):
+        kind, request, demo_records, probes, dataset_name, tmp_path):
     encoder = request.getfixturevalue("autoencoder" if kind == "autoencoder"
                                       else "copies_encoder")
     ds, cal = _photo_library(dataset_name, demo_records, encoder)
@@ -107,6 +107,25 @@ def test_label_free_photo_libraries_call_junk_and_unrelated_photos_new(
     assert set(cal.recall_per_edit) >= {"crop", "jpeg", "hflip"}
     report = _never_duplicate_nor_match(ds, "sim", probes)
     assert report.counts["match"] == 0  # without labels there is nothing to match
+    # A flat orange lay within the contrastive encoder's threshold of the crop of the
+    # retina photo (an orange disc): a flat image is no photo's duplicate.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (96, 96), (214, 78, 56)).save(flat / "orange.png")
+    row = lc.match_images(ds, "sim", str(flat)).rows[0]
+    assert row.decision == "new", row
+
+
+def test_flat_means_no_structure():
+    from lookalike.images import is_flat, load_image
+
+    rng = np.random.default_rng(0)
+    assert is_flat(np.full((32, 32, 3), 200, np.uint8))
+    assert is_flat(np.clip(128 + rng.normal(0, 1, (32, 32, 3)), 0, 255))  # JPEG noise
+    import skimage.data
+
+    photo = os.path.join(os.path.dirname(skimage.data.__file__), "retina.jpg")
+    assert not is_flat(np.asarray(load_image(photo)))
 
 
 @pytest.fixture(scope="module")

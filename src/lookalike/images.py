@@ -280,3 +280,18 @@ def load_image(path, min_side=None):
     this long (see :func:`open_image`).
     """
     return to_rgb(open_image(path, min_side))
+
+
+# Gray levels (0-255) that vary less than this show no structure: a blank or flat image.
+FLAT_STD = 2.0
+
+
+def is_flat(pixels):
+    """Whether an image (an array, e.g. the encoder's input) has no structure: its gray
+    levels hardly vary. No encoder's distance says anything reliable about such an image
+    against a photo: a flat orange lies as near a close-up of an orange disc as its crops."""
+    import numpy as np
+
+    a = np.asarray(pixels, dtype=np.float32)
+    gray = a.mean(axis=-1) if a.ndim == 3 else a
+    return float(gray.std()) < FLAT_STD

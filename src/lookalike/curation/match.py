@@ -548,7 +548,8 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
             if len(ok):
                 chunk_rows = _decide(index, emb, [chunk[i] for i in ok], keep, label_rows,
                                      label_of, threshold, dup_threshold, known, row_of,
-                                     verify if callable(verify) else None, geometric)
+                                     verify if callable(verify) else None, geometric,
+                                     encoder.manifest)
                 for row, vec in zip(chunk_rows, emb):
                     report.rows.append(row)
                     embeddings.append(vec)
@@ -643,7 +644,7 @@ def _verify_beyond(index, emb, rows, keep, geometric):
 
 
 def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_threshold, known,
-            row_of, verify, geometric=None):
+            row_of, verify, geometric=None, manifest=None):
     """One :class:`MatchRow` per embedded file."""
     engine, sample_ids = index.engine, index.sample_ids
     inds, dists = engine.knn(emb, 1, keep=keep)
@@ -692,7 +693,28 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
                     r.decision = decide(None, dup_threshold, r.label_distance, threshold)
     if geometric is not None:
         _verify_beyond(index, emb, rows, keep, geometric)
+    if manifest:
+        _flat_queries_are_new(rows, manifest)
     return rows
+
+
+def _flat_queries_are_new(rows, manifest):
+    """A flat image (blank, one colour) is a duplicate or a match only of a flat sample:
+    next to a photo with structure, its distance means nothing (see ``images.is_flat``)."""
+    from lookalike.encoders.preprocessing import load_input
+    from lookalike.images import UnreadableImageError, is_flat
+
+    for r in rows:
+        if r.decision == "new" or r.note == "already in the dataset" or r.verified:
+            continue
+        try:
+            if not is_flat(load_input(r.path, manifest)):
+                continue
+            if r.nearest_path and is_flat(load_input(r.nearest_path, manifest)):
+                continue
+        except UnreadableImageError:
+            continue
+        r.decision, r.label, r.note = "new", None, "a flat image: no photo's duplicate or match"
 
 
 def _within_batch(rows, embeddings, dup_threshold, add):
