@@ -16,7 +16,7 @@ PLUGINS_DIR := $(CURDIR)/build/plugins
 .PHONY: setup demo test test-system test-all browser screenshots plugin worker app clean
 
 setup: $(STAMP)
-	@$(PY) -m lookalike.database
+	@$(PY) -m lookalike.core.database
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else "lookalike needs Python 3.10-3.12 (found %d.%d): make PYTHON=python3.11 ..." % v)'

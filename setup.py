@@ -12,7 +12,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
-from lookalike.plugin_install import PLUGIN_FILES  # noqa: E402  (no third-party imports)
+from lookalike.app.plugin_install import PLUGIN_FILES  # noqa: E402  (no third-party imports)
 
 
 class BuildPyWithPluginFiles(build_py):

@@ -81,13 +81,13 @@ SEEDS = (51, 52, 53)
 
 # -- (a) quality ---------------------------------------------------------------
 def _pairs_scores(groups, truth):
-    from lookalike.workflow import pair_scores
+    from lookalike.demo.steps import pair_scores
 
     return pair_scores(dict(enumerate(groups)), dict(enumerate(truth)))
 
 
 def _copy_threshold(embed, images, seed, num=64, recall=0.95):
-    from lookalike.edits import COPY_EDITS, edited_copy
+    from lookalike.images.edits import COPY_EDITS, edited_copy
     from lookalike.similarity.distance import cosine_distance
 
     rng = np.random.default_rng(seed)
@@ -172,7 +172,7 @@ def _at_32_px():
 
 def embedders(store_dir=None, digits_known=None):
     """{name: (embed(list of PIL) -> unit vectors)} of every method compared."""
-    from lookalike.encoders import keras, load_encoder
+    from lookalike.encoders import keras_models as keras, load_encoder
 
     out = {}
     for name in ("demo-contrastive", "demo-autoencoder", "demo-metric"):
@@ -203,9 +203,9 @@ def embedders(store_dir=None, digits_known=None):
 def quality(args):
     from PIL import Image
 
-    from lookalike.demo import write_demo_images
+    from lookalike.demo.dataset import write_demo_images
     from lookalike.encoders import metric as tfmetric
-    from lookalike.images import load_image
+    from lookalike.images.decode import load_image
 
     tmp = tempfile.mkdtemp(prefix="lookalike-bench-demo-")
     records = write_demo_images(tmp)
@@ -404,12 +404,12 @@ def verification(args):
 
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike import verification as V
-    from lookalike.demo import build_demo_dataset
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.images.decode import local_features as V
+    from lookalike.demo.dataset import build_demo_dataset
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
-    from lookalike.images import load_image
-    from lookalike.workflow import group_of, pair_scores, relation_recall
+    from lookalike.images.decode import load_image
+    from lookalike.demo.steps import group_of, pair_scores, relation_recall
 
     tmp = tempfile.mkdtemp(prefix="lookalike-bench-verify-")
     ds = build_demo_dataset("bench-verification", data_dir=tmp, max_digits=1)
@@ -475,10 +475,10 @@ def flip(args):
     from fiftyone import ViewField as F
 
     import lookalike.similarity as ls
-    from lookalike.demo import build_demo_dataset
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.demo.dataset import build_demo_dataset
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
-    from lookalike.workflow import copy_retrieval, curate_photos
+    from lookalike.demo.steps import copy_retrieval, curate_photos
 
     tmp = tempfile.mkdtemp(prefix="lookalike-bench-flip-")
     ds = build_demo_dataset("bench-flip", data_dir=tmp, max_digits=1)
@@ -509,9 +509,9 @@ def flip(args):
 
 def _old_rule(index, nn1, recall=0.95):
     """The previous one-sided thresholds: ``(duplicate, outlier)``."""
-    from lookalike.curation.copies import copy_distances
+    from lookalike.curation.synthetic_copies import copy_distances
     from lookalike.curation.isolation import isolation_threshold
-    from lookalike.edits import COPY_EDITS
+    from lookalike.images.edits import COPY_EDITS
 
     dists = copy_distances(index, num_images=64, seed=51)
     flat = np.concatenate([np.asarray(v, float) for e, v in dists.items() if e in COPY_EDITS])
@@ -526,7 +526,7 @@ def _probe_folder(root):
 
     import sklearn.datasets
 
-    from lookalike.curation.copies import junk_images
+    from lookalike.curation.synthetic_copies import junk_images
 
     os.makedirs(root, exist_ok=True)
     for n, (kind, img) in enumerate(junk_images(size=96, seed=7, per_kind=1)):
@@ -567,10 +567,10 @@ def rules(args):
     import lookalike.similarity as ls
     from lookalike.curation.neighbours import leave_one_out
     from lookalike.curation.thresholds import decide
-    from lookalike.demo import build_demo_dataset
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.demo.dataset import build_demo_dataset
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
-    from lookalike.workflow import (
+    from lookalike.demo.steps import (
         flag_scores,
         group_of,
         pair_scores,
@@ -712,7 +712,7 @@ def main():
         # The calibration re-embeds synthetic copies with the index's encoder, by
         # name: from make demo's store, not the tests' empty one.
         os.environ["LOOKALIKE_MODELS_DIR"] = args.store_dir
-        from lookalike.database import quiet_mongodb_version_warning
+        from lookalike.core.database import quiet_mongodb_version_warning
 
         quiet_mongodb_version_warning()
     if args.verification or every:

@@ -45,9 +45,9 @@ def main():
     conftest._start_isolated_database()
     import fiftyone as fo
 
-    from lookalike.database import quiet_mongodb_version_warning
-    from lookalike.demo import write_demo_images
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.core.database import quiet_mongodb_version_warning
+    from lookalike.demo.dataset import write_demo_images
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder, train_encoder
     from lookalike.encoders.data import load_images
 
@@ -92,7 +92,7 @@ def write_camera_jpegs(photos, n, directory, size=(1600, 1200), seed=51):
     """``n`` distinct camera-sized JPEGs: a seeded crop of each photo in turn, resized up."""
     from PIL import Image
 
-    from lookalike.images import load_image
+    from lookalike.images.decode import load_image
 
     os.makedirs(directory, exist_ok=True)
     rng = random.Random(seed)
@@ -129,7 +129,7 @@ def _full_decode(encoder):
 def camera_jpegs(photos, n, directory, repeat):
     import fiftyone as fo
 
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder, train_encoder
     from lookalike.encoders.data import load_images
 

@@ -89,7 +89,7 @@ def paddle_autoencoder(size, batch, width, results, tmp):
 
 def tf_autoencoder(size, batch, width, weights, ref, images, results):
     """The same layers in tf-keras, with the Paddle weights (checked equal)."""
-    from lookalike import frameworks
+    from lookalike.core import frameworks
     from lookalike.encoders import autoencoder as ae
 
     tf = frameworks.tensorflow()
@@ -138,8 +138,8 @@ def tf_autoencoder(size, batch, width, weights, ref, images, results):
 
 
 def tf_metric(size, batch, results):
-    from lookalike import frameworks
-    from lookalike.encoders import keras
+    from lookalike.core import frameworks
+    from lookalike.encoders import keras_models as keras
 
     tf = frameworks.tensorflow()
     model = keras.build(size)

@@ -223,7 +223,7 @@ import numpy as np
 import psutil
 import fiftyone as fo
 from lookalike.similarity.engine import as_unit_matrix
-from lookalike.similarity.field import read_unit_vectors
+from lookalike.similarity.field_vectors import read_unit_vectors
 
 def anonymous_bytes():  # memory that only swap could free (a file map's pages are not counted)
     with open("/proc/self/status") as f:
@@ -263,7 +263,7 @@ def read_field(n, d, env):
     import fiftyone.core.utils as fou
     from bson import Binary, ObjectId
 
-    from lookalike import fo_adapter
+    from lookalike.core import fo_adapter
 
     name = f"bench-read-{n}-{d}"
     if not fo.dataset_exists(name):
@@ -316,7 +316,7 @@ def main():
 
         conftest._start_isolated_database()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(REPO, "src")]))
-        from lookalike.database import quiet_mongodb_version_warning
+        from lookalike.core.database import quiet_mongodb_version_warning
 
         quiet_mongodb_version_warning()
     if args.read:

@@ -34,9 +34,9 @@ def main():
 
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike.database import quiet_mongodb_version_warning
-    from lookalike.demo import write_demo_images
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.core.database import quiet_mongodb_version_warning
+    from lookalike.demo.dataset import write_demo_images
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder, train_encoder
 
     quiet_mongodb_version_warning()

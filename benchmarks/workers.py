@@ -4,7 +4,7 @@
 
 A dataset of ``--n`` camera-sized JPEGs (the demo photos, re-encoded at 1600 px
 and repeated) is embedded into a fresh field by ``--shards`` delegated jobs
-(``lookalike.jobs.queue_embeddings``), once with one worker and once with two
+(``lookalike.embeddings.shards.queue_embeddings``), once with one worker and once with two
 sharing the database; the same embedding in one process (no queue) is the
 baseline. Printed: wall time from queueing to the last shard, images/s, and each
 shard's own rate (images it embedded / its worker's busy time). On a machine of 2
@@ -44,7 +44,7 @@ def _run(dataset, encoder, field, shards, workers, env, tmp):
     from fiftyone.operators.delegated import DelegatedOperationService
 
     import processes
-    from lookalike.jobs import queue_embeddings
+    from lookalike.embeddings.shards import queue_embeddings
 
     service = DelegatedOperationService()
     fiftyone_cli = os.path.join(os.path.dirname(sys.executable), "fiftyone")
@@ -79,9 +79,9 @@ def main():
     conftest._start_isolated_database()
     import fiftyone as fo
 
-    from lookalike.database import quiet_mongodb_version_warning
-    from lookalike.demo import write_demo_images
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.core.database import quiet_mongodb_version_warning
+    from lookalike.demo.dataset import write_demo_images
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder, train_encoder
 
     quiet_mongodb_version_warning()

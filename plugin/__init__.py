@@ -13,7 +13,7 @@ import os
 import fiftyone.operators.types as types
 from fiftyone.operators.types import RiskLevel
 
-from lookalike.errors import LookalikeError, UsageError, one_line
+from lookalike.core.errors import LookalikeError, UsageError, one_line
 
 from . import forms
 from .panel import LookalikePanel
@@ -64,7 +64,7 @@ class _RegisteringWithOneLineErrors:
 
 def _unreadable_image_reason(path):
     """Why ``path`` cannot be a query image (one line), or None when it can."""
-    from lookalike.images import open_image
+    from lookalike.images.decode import open_image
 
     try:
         open_image(path).close()
@@ -92,7 +92,7 @@ class ImportImages(forms.BackgroundOperator):
         forms.execution_notice(inputs, self, ctx)
 
     def execute(self, ctx):
-        from lookalike.importer import import_images
+        from lookalike.images.folder_import import import_images
 
         report = import_images(
             ctx.params["directory"],
@@ -296,7 +296,7 @@ class ComputeEmbeddings(forms.BackgroundOperator):
                ("table", "failures", "Unreadable images", forms.file_columns("Unreadable image")))
 
     def form(self, inputs, ctx):
-        from lookalike.embeddings import default_field_name
+        from lookalike.embeddings.compute import default_field_name
         from lookalike.encoders.base import variant_name
 
         name = forms.encoder_input(inputs, ctx)
@@ -315,7 +315,7 @@ class ComputeEmbeddings(forms.BackgroundOperator):
 
     def _queue_shards(self, ctx, shards):
         from lookalike.encoders.base import variant_name
-        from lookalike.jobs import queue_embeddings
+        from lookalike.embeddings.shards import queue_embeddings
 
         if not forms.background_jobs_enabled():
             raise UsageError(f"shards need workers. {forms.NO_WORKER}")
@@ -329,7 +329,7 @@ class ComputeEmbeddings(forms.BackgroundOperator):
                 "skipped_existing": 0, "failures": [], "queued": ids}
 
     def estimated_seconds(self, ctx):
-        from lookalike.embeddings import default_field_name
+        from lookalike.embeddings.compute import default_field_name
         from lookalike.encoders import estimate_seconds, read_manifest, resolve_path
 
         name = ctx.params.get("encoder")
@@ -349,12 +349,12 @@ class ComputeEmbeddings(forms.BackgroundOperator):
         return seconds and seconds * (2 if flip else 1)  # the mirror image is embedded too
 
     def execute(self, ctx):
-        from lookalike.embeddings import compute_embeddings
+        from lookalike.embeddings.compute import compute_embeddings
 
         shards = int(ctx.params.get("shards") or 1)
         if shards > 1:  # fan out: one queued job per slice, for any number of workers
             return self._queue_shards(ctx, shards)
-        with forms.shard_lease(ctx, "compute_embeddings"):  # one slice (lookalike.jobs)
+        with forms.shard_lease(ctx, "compute_embeddings"):  # one slice (lookalike.embeddings.shards)
             report = compute_embeddings(
                 ctx.target_view(), ctx.params["encoder"], ctx.params.get("embeddings_field"),
                 batch_size=ctx.params.get("batch_size", 64),
@@ -786,7 +786,7 @@ class VisualizeEmbeddings(forms.BackgroundOperator):
 def register(p):
     # The App and workers that load this plugin offer backend="lookalike" to
     # fiftyone-brain (its forms, compute_similarity) with no brain config.
-    from lookalike.brain_registration import register as register_brain_backend
+    from lookalike.similarity.registration import register as register_brain_backend
 
     register_brain_backend()
     p = _RegisteringWithOneLineErrors(p)

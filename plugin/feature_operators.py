@@ -2,8 +2,8 @@
 
 Find duplicates and find leaks compute them on first use; on a large dataset
 this runs them beforehand, in ``shards`` jobs for any number of workers
-(:func:`lookalike.jobs.queue_features`), each filling the shared cache
-(:func:`lookalike.verification.cache_features`).
+(:func:`lookalike.embeddings.shards.queue_features`), each filling the shared cache
+(:func:`lookalike.images.local_features.cache_features`).
 """
 
 from fiftyone.operators.types import RiskLevel
@@ -27,9 +27,9 @@ class ExtractFeatures(forms.BackgroundOperator):
         inputs.view_target(ctx)
 
     def execute(self, ctx):
-        from lookalike.errors import UsageError
-        from lookalike.jobs import queue_features
-        from lookalike.verification import cache_features
+        from lookalike.core.errors import UsageError
+        from lookalike.embeddings.shards import queue_features
+        from lookalike.images.local_features import cache_features
 
         shards = int(ctx.params.get("shards") or 1)
         if shards > 1:  # fan out: one queued job per slice

@@ -119,7 +119,7 @@ class BackgroundOperator(Operator):
         return reason if background_jobs_enabled() else f"{reason}. {NO_WORKER}"
 
     def check_run(self, ctx):
-        from lookalike.errors import UsageError
+        from lookalike.core.errors import UsageError
 
         reason = None if ctx.delegated else self.too_long_reason(ctx)
         if reason:
@@ -138,7 +138,7 @@ def execution_notice(inputs, operator, ctx):
     worker: that Execute runs it in the App server and how to get Schedule.
     Otherwise nothing: the App's own Execute / Schedule choice says it.
     """
-    from lookalike.errors import LookalikeError
+    from lookalike.core.errors import LookalikeError
 
     try:
         too_long = operator.too_long_reason(ctx) if ctx.dataset else None
@@ -218,8 +218,8 @@ def remember_index(ctx, brain_key):
 
 
 def preferred_index(ctx):
-    """The index offered first: the last used, else :func:`lookalike.overview.preferred_index`."""
-    from lookalike.overview import preferred_index as preferred
+    """The index offered first: the last used, else :func:`lookalike.curation.index_choice.preferred_index`."""
+    from lookalike.curation.index_choice import preferred_index as preferred
 
     return preferred(ctx.dataset, remembered_index(ctx)) if ctx.dataset is not None else None
 
@@ -270,7 +270,7 @@ def embeddings_field_input(inputs, ctx):
 
     Where the dataset has none yet the form says so and ends.
     """
-    from lookalike.embeddings import field_records
+    from lookalike.embeddings.compute import field_records
 
     # From the database: the App's dataset object misses fields a job embedded since.
     records = field_records(ctx.dataset) if ctx.dataset else {}
@@ -341,7 +341,7 @@ def threshold_input(inputs, ctx, brain_key, which):
     its method), or why the saved calibration cannot stand in.
     """
     import lookalike.curation as lc
-    from lookalike.errors import LookalikeError, one_line
+    from lookalike.core.errors import LookalikeError, one_line
 
     try:
         calibration = lc.get_calibration(ctx.dataset, brain_key)
@@ -359,7 +359,7 @@ def threshold_input(inputs, ctx, brain_key, which):
 def saved_calibration_warning(inputs, ctx, brain_key):
     """:func:`calibration_warning` for ``brain_key``'s saved calibration, if it has one."""
     import lookalike.curation as lc
-    from lookalike.errors import LookalikeError
+    from lookalike.core.errors import LookalikeError
 
     if not brain_key or not ctx.dataset:
         return
@@ -382,7 +382,7 @@ def calibration_warning(inputs, calibration):
 
 def verify_choices():
     """The geometric verification choices of a duplicate search (see :func:`verify_param`)."""
-    from lookalike.verification import VERIFY_UP_TO
+    from lookalike.images.local_features import VERIFY_UP_TO
 
     return [("auto", f"auto (on up to {VERIFY_UP_TO:,} samples)"), ("on", "on"),
             ("off", "off (embedding distance only)")]
@@ -439,13 +439,13 @@ def file_columns(column):
 
 
 def file_rows(failures):
-    """The rows of a :func:`file_columns` table: one per ``lookalike.images.ImageFailure``."""
+    """The rows of a :func:`file_columns` table: one per ``lookalike.images.decode.ImageFailure``."""
     return [{"path": f.path, "reason": f.reason} for f in failures]
 
 
 def shards_input(inputs):
-    """The "Shards" field of a job that can be split over workers (lookalike.jobs)."""
-    from lookalike.jobs import MAX_SHARDS
+    """The "Shards" field of a job that can be split over workers (lookalike.embeddings.shards)."""
+    from lookalike.embeddings.shards import MAX_SHARDS
 
     inputs.int("shards", label="Shards (jobs for several workers)", min=1, max=MAX_SHARDS,
                default=1, description="More than 1: queue that many jobs over disjoint slices, "
@@ -457,7 +457,7 @@ def shard_lease(ctx, job):
     ``lookalike jobs`` tells a dead worker); a nullcontext for an unsharded run."""
     import contextlib
 
-    from lookalike import leases
+    from lookalike.core import leases
 
     shard = ctx.params.get("shard")
     return leases.hold(ctx.dataset, shard, job=f"{job} shard") if shard else contextlib.nullcontext()

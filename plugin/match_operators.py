@@ -78,7 +78,7 @@ class MatchImages(forms.BackgroundOperator):
 
     def execute(self, ctx):
         import lookalike.curation as lc
-        from lookalike.overview import folder_match_rows
+        from lookalike.app.panel_rows import folder_match_rows
 
         report = lc.match_images(ctx.target_view(), ctx.params["brain_key"],
                                  ctx.params["directory"], add=ctx.params.get("add", "none"),

@@ -1,6 +1,6 @@
 """The lookalike panel: encoders, similarity runs, curves, duplicate groups and outliers.
 
-Rendering only: the rows and figures come from :mod:`lookalike.overview`; the
+Rendering only: the rows and figures come from :mod:`lookalike.app.panel_rows`; the
 buttons open our operators' forms, where the App's own Execute / Schedule
 choice runs a long job in the App server or in a worker.
 """
@@ -33,7 +33,7 @@ OPERATOR_BUTTONS = (
 
 def _origin(dataset, kind):
     """`` (by index 'K', <time>)``: where the results of ``kind`` shown now come from."""
-    from lookalike import overview
+    from lookalike.app import panel_rows as overview
 
     origin = overview.result_origin(dataset, kind)
     return f" ({origin['text']})" if origin else ""
@@ -136,7 +136,7 @@ class LookalikePanel(foo.Panel):
 
     # -- state ------------------------------------------------------------------
     def _refresh(self, ctx):
-        from lookalike import overview
+        from lookalike.app import panel_rows as overview
 
         state = ctx.panel.state
         encoders = overview.encoder_rows(
@@ -179,7 +179,7 @@ class LookalikePanel(foo.Panel):
         self._neighbours(ctx)
 
     def _neighbours(self, ctx, sample_id=None):
-        from lookalike import overview
+        from lookalike.app import panel_rows as overview
 
         state = ctx.panel.state
         selected = [sample_id] if sample_id else list(ctx.selected or [])

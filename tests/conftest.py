@@ -61,14 +61,14 @@ def _stop_mongod():
 
 
 def _start_isolated_database():
-    from lookalike.database import bundled_mongod_path, mongod_version
+    from lookalike.core.database import bundled_mongod_path, mongod_version
 
     tmp = tempfile.mkdtemp(prefix="lookalike-tests-")
     _STATE["tmp"] = tmp
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     os.environ["FIFTYONE_SHOW_PROGRESS_BARS"] = "false"
     # A copy of the plugin's files only, as `make app` serves them.
-    from lookalike.plugin_install import install as install_plugin
+    from lookalike.app.plugin_install import install as install_plugin
 
     os.environ["FIFTYONE_PLUGINS_DIR"] = os.path.dirname(
         install_plugin(os.path.join(tmp, "plugins"), check_served=False))
@@ -162,7 +162,7 @@ def pytest_configure(config):
     if "fiftyone" in sys.modules:
         pytest.exit("fiftyone was imported before the test database was set up", returncode=3)
     _start_isolated_database()
-    from lookalike.database import quiet_mongodb_version_warning
+    from lookalike.core.database import quiet_mongodb_version_warning
 
     quiet_mongodb_version_warning()
 
@@ -201,7 +201,7 @@ def subprocess_env():
 @pytest.fixture(scope="session")
 def demo_records(tmp_path_factory):
     """The demo's image files (photos with their edits, 200 digits), written once per session."""
-    from lookalike.demo import write_demo_images
+    from lookalike.demo.dataset import write_demo_images
 
     return write_demo_images(str(tmp_path_factory.mktemp("demo-images")), max_digits=200)
 

@@ -2,7 +2,7 @@
 
 The key covers everything that decides the weights: the training settings, the
 framework versions and the source of the code that trains and preprocesses
-(``encoders/``, ``edits.py``, ``images.py``, the demo's images). Change any of them
+(``encoders/``, ``images/edits.py``, ``images/decode.py``, the demo's images). Change any of them
 and the encoder is trained again. A cached encoder reaches the test's model store
 through the store's own checked import (manifest and checksums verified, nothing
 unlisted copied), exactly as a colleague's encoder folder would.
@@ -20,7 +20,7 @@ from importlib import metadata
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(REPO_ROOT, "src", "lookalike")
-CODE = ("encoders", "edits.py", "images.py", "demo.py", "frameworks.py")
+CODE = ("encoders", "images/edits.py", "images/decode.py", "demo/dataset.py", "core/frameworks.py")
 VERSIONS = ("tensorflow", "tf-keras", "tensorflow-similarity", "paddlepaddle", "numpy",
             "Pillow", "scikit-image", "scikit-learn")
 

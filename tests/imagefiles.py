@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from lookalike.demo import skimage_photo_paths
+from lookalike.demo.dataset import skimage_photo_paths
 
 
 def photo(name="chelsea"):

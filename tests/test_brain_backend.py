@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import lookalike.similarity as ls
-from lookalike import fo_adapter
-from lookalike.embeddings import INFO_KEY
+from lookalike.core import fo_adapter
+from lookalike.embeddings.compute import INFO_KEY
 from lookalike.curation.duplicates import find_duplicates
 from lookalike.similarity import artefacts
 

@@ -51,8 +51,8 @@ def browser_demo(tmp_path_factory, copies_encoder):
 
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike.demo import build_demo_dataset
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.demo.dataset import build_demo_dataset
+    from lookalike.embeddings.compute import compute_embeddings
 
     name = "test-browser-demo"
     ds = build_demo_dataset(name, data_dir=str(tmp_path_factory.mktemp("demo")), max_digits=20)

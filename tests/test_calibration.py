@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lookalike.curation.sweep import choose, threshold_sweep
-from lookalike.errors import CalibrationError
+from lookalike.core.errors import CalibrationError
 
 
 def test_hand_checked_sweep():

@@ -19,7 +19,7 @@ import processes
 import imagefiles
 from cli_runner import run_cli
 import lookalike.similarity as ls
-from lookalike.errors import DatabaseSetupError, one_line
+from lookalike.core.errors import DatabaseSetupError, one_line
 
 
 def _run(argv, env):

@@ -16,8 +16,8 @@ import pytest
 
 import processes
 
-from lookalike import leases
-from lookalike.embeddings import compute_embeddings, field_record, field_records
+from lookalike.core import leases
+from lookalike.embeddings.compute import compute_embeddings, field_record, field_records
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders import load_encoder
 from lookalike.encoders.data import load_images
@@ -29,7 +29,7 @@ NUM = 24  # three chunks of 8
 # One job, as a caller of the Python API: <dataset> <encoder> <field> <overwrite 0|1>.
 EMBED = """
 import sys, fiftyone as fo
-from lookalike.embeddings import compute_embeddings
+from lookalike.embeddings.compute import compute_embeddings
 ds = fo.load_dataset(sys.argv[1])
 r = compute_embeddings(ds, sys.argv[2], sys.argv[3], chunk_size=8, batch_size=8,
                        overwrite=sys.argv[4] == "1")

@@ -13,8 +13,8 @@ import pytest
 from fiftyone import ViewField as F
 
 from cli_runner import run_cli
-from lookalike.demo import build_demo_dataset
-from lookalike.workflow import flag_scores, pair_scores
+from lookalike.demo.dataset import build_demo_dataset
+from lookalike.demo.steps import flag_scores, pair_scores
 
 PLUGIN = "@lookalike/similarity"
 

@@ -5,7 +5,7 @@ import os
 import fiftyone as fo
 import fiftyone.core.odm.database as fod
 
-from lookalike.database import bundled_mongod_path, ensure_mongod, mongod_version
+from lookalike.core.database import bundled_mongod_path, ensure_mongod, mongod_version
 
 
 def test_tests_run_on_their_own_database():

@@ -18,8 +18,8 @@ from PIL import Image
 import lookalike.curation as lc
 import lookalike.similarity as ls
 from encoder_cache import cached_encoder
-from lookalike.embeddings import compute_embeddings
-from lookalike.errors import StaleRecordError
+from lookalike.embeddings.compute import compute_embeddings
+from lookalike.core.errors import StaleRecordError
 
 TRAINED = [str(c) for c in range(6)]  # the metric encoder's classes, labelled in the library
 UNSEEN = ["7", "8", "9"]  # neither trained on nor in the library
@@ -117,7 +117,7 @@ def test_label_free_photo_libraries_call_junk_and_unrelated_photos_new(
 
 
 def test_flat_means_no_structure():
-    from lookalike.images import is_flat, load_image
+    from lookalike.images.decode import is_flat, load_image
 
     rng = np.random.default_rng(0)
     assert is_flat(np.full((32, 32, 3), 200, np.uint8))
@@ -196,7 +196,7 @@ def test_metric_encoder_without_labels_calls_junk_new(digits, probes):
 
 
 def test_a_record_from_before_the_two_sided_rule_asks_for_a_recalibration(digits, probes):
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     ds, _ = digits
     lc.calibrate_threshold(ds, "sim")

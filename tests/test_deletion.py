@@ -1,7 +1,7 @@
 """Deleting duplicates you can trust and undo; curation writes that never mix two runs.
 
 Real database, real image files, real processes killed with SIGKILL at named
-fault points (lookalike.faults) or raced while one holds the lease.
+fault points (lookalike.core.faults) or raced while one holds the lease.
 """
 
 import os
@@ -18,10 +18,10 @@ from PIL import Image
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike import fo_adapter
-from lookalike.curation import journal, runs
+from lookalike.core import fo_adapter
+from lookalike.curation import journal, published_runs as runs
 from lookalike.curation.duplicates import delete_planned, deletion_plan
-from lookalike.errors import (
+from lookalike.core.errors import (
     DeletionRefusedError,
     IncompleteCurationError,
     JournalError,

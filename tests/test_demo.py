@@ -8,8 +8,8 @@ import fiftyone as fo
 import pytest
 from fiftyone import ViewField as F
 
-from lookalike.demo import EDITS, UNIQUE_PHOTOS, build_demo_dataset, skimage_photo_paths, summarize
-from lookalike.images import load_image
+from lookalike.demo.dataset import EDITS, UNIQUE_PHOTOS, build_demo_dataset, skimage_photo_paths, summarize
+from lookalike.images.decode import load_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +121,7 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
         assert "oldest supported" not in out.stdout + out.stderr
         assert fo.load_dataset("test-demo-cli").persistent
         # The App opens on the best index's results, named, and offers that index first.
-        from lookalike import overview
+        from lookalike.app import panel_rows as overview
 
         ds = fo.load_dataset("test-demo-cli")
         for kind in ("duplicates", "outliers"):

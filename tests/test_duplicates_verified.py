@@ -13,9 +13,9 @@ from fiftyone import ViewField as F
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike.embeddings import compute_embeddings
-from lookalike.errors import CurationError
-from lookalike.workflow import group_of, pair_scores, relation_recall
+from lookalike.embeddings.compute import compute_embeddings
+from lookalike.core.errors import CurationError
+from lookalike.demo.steps import group_of, pair_scores, relation_recall
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_verification_finds_viewpoint_copies_and_splits_what_features_contradict
     assert verified.reasons == {s: r for s, r in reasons.items()}
     # What the panel shows for a selected member: its group, kept one first, with
     # each member's distance and inliers to the kept one and why it is there.
-    from lookalike import overview
+    from lookalike.app import panel_rows as overview
 
     members = overview.group_member_rows(photos, right.id)
     assert members[0]["kept"] and members[0]["reason"] == "kept"
@@ -117,9 +117,9 @@ def test_verification_settings_are_checked_in_one_line(photos, dataset_name):
 def test_find_similar_re_ranked_by_local_features(photos, tmp_path):
     import random
 
-    from lookalike import overview
-    from lookalike.edits import perspective
-    from lookalike.images import load_image
+    from lookalike.app import panel_rows as overview
+    from lookalike.images.edits import perspective
+    from lookalike.images.decode import load_image
 
     if lc.get_calibration(photos, "sim", check_fresh=False).min_inliers is None:
         lc.calibrate_threshold(photos, "sim")

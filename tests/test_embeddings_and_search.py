@@ -10,7 +10,7 @@ import pytest
 
 import imagefiles as files
 import lookalike.similarity as ls
-from lookalike.embeddings import EmbeddingFieldError, compute_embeddings, field_record
+from lookalike.embeddings.compute import EmbeddingFieldError, compute_embeddings, field_record
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders import load_encoder
 from lookalike.encoders.data import load_images

@@ -22,10 +22,10 @@ from lookalike.encoders import (
     request_stop,
     train_encoder,
 )
-from lookalike.encoders import contrastive, keras, metric, store
+from lookalike.encoders import contrastive, keras_models as keras, metric, store
 from lookalike.encoders.data import load_images
 from lookalike.encoders.preprocessing import input_manifest
-from lookalike.labels import labelled_view
+from lookalike.core.labels import labelled_view
 
 SMALL = dict(image_size=32, width=0.25, embedding_size=32)  # 16/32/64/64 channels: seconds
 METRIC = dict(SMALL, steps_per_epoch=2, classes_per_batch=4, examples_per_class_per_batch=4)

@@ -1,7 +1,7 @@
 """An external vector database (LanceDB, embedded) indexes the same field with the same distances.
 
 So thresholds calibrated on lookalike's index apply to a fiftyone-brain external
-backend too (:mod:`lookalike.similarity.external`). LanceDB needs no server, so it can be tested here; Qdrant and
+backend too (:mod:`lookalike.curation.other_backends`). LanceDB needs no server, so it can be tested here; Qdrant and
 Milvus need one (fiftyone-brain 0.25's Qdrant backend passes only a server URL).
 """
 
@@ -38,9 +38,9 @@ def test_a_lancedb_index_answers_with_the_calibrated_thresholds_of_the_same_fiel
         dataset_name, demo_records, copies_encoder, tmp_path, subprocess_env):
     """Past one machine: fiftyone-brain's LanceDB backend (embedded) over our field, our thresholds."""
     import lookalike.curation as lc
-    from lookalike.embeddings import compute_embeddings
-    from lookalike.errors import SimilarityIndexError
-    from lookalike.similarity.external import lookup
+    from lookalike.embeddings.compute import compute_embeddings
+    from lookalike.core.errors import SimilarityIndexError
+    from lookalike.curation.other_backends import lookup
 
     photos = [r for r in demo_records if r["source"] == "photo"]
     held_out = next(r for r in photos if r["gt_edit"] == "crop")

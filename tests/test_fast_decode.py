@@ -20,7 +20,7 @@ from lookalike.encoders.preprocessing import (
     load_input,
     to_input,
 )
-from lookalike.images import MAX_PIXELS_ENV, UnreadableImageError, load_image
+from lookalike.images.decode import MAX_PIXELS_ENV, UnreadableImageError, load_image
 
 CAMERA = (1600, 1200)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "retina", "camera",
@@ -169,7 +169,7 @@ def test_embeddings_through_the_draft_match_the_full_decode(camera_jpegs, copies
 
 
 def test_copies_are_edited_from_a_decode_with_room_for_the_edits(camera_jpegs, copies_encoder):
-    from lookalike.curation.copies import EDIT_HEADROOM
+    from lookalike.curation.synthetic_copies import EDIT_HEADROOM
 
     manifest = load_encoder(copies_encoder).manifest
     img = load_decoded(camera_jpegs[0], manifest, headroom=EDIT_HEADROOM)

@@ -1,7 +1,7 @@
 """Import and training jobs killed with -9 at their writes, then run again.
 
 Each job runs in a child process that kills itself at a named fault point
-(lookalike.faults); the test then checks what the store or the database holds
+(lookalike.core.faults); the test then checks what the store or the database holds
 and that a rerun finishes the job.
 """
 

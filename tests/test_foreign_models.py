@@ -10,8 +10,8 @@ import pytest
 
 import lookalike.similarity as ls
 import processes
-from lookalike import frameworks
-from lookalike.embeddings import compute_embeddings
+from lookalike.core import frameworks
+from lookalike.embeddings.compute import compute_embeddings
 from lookalike.encoders import (
     describe,
     import_keras,
@@ -21,7 +21,7 @@ from lookalike.encoders import (
 )
 from lookalike.encoders.foreign import IMAGENET, normalized
 from lookalike.encoders.preprocessing import load_input
-from lookalike.errors import EncoderStoreError
+from lookalike.core.errors import EncoderStoreError
 
 SIZE = 32
 
@@ -251,7 +251,7 @@ def test_a_fiftyone_model_is_the_encoder_of_a_field(dataset_name, demo_records, 
     import fiftyone.core.models as fom
 
     import lookalike.curation as lc
-    from lookalike.embeddings import field_record
+    from lookalike.embeddings.compute import field_record
     from lookalike.encoders import register_model, unregister_model
 
     model = type("Tiny", (_TinyFiftyOneModel, fom.Model, fom.EmbeddingsMixin), {})()

@@ -8,9 +8,10 @@ import pytest
 
 NO_FRAMEWORKS = """
 import sys
-import lookalike
-import lookalike.cli, lookalike.database, lookalike.demo, lookalike.frameworks
-import lookalike.images, lookalike.importer, lookalike.paths
+import lookalike as lk
+assert "fiftyone" not in sys.modules, "import lookalike imported FiftyOne"
+import lookalike.cli, lookalike.core.database, lookalike.demo.dataset, lookalike.core.frameworks
+import lookalike.images.decode, lookalike.images.folder_import, lookalike.core.paths
 lookalike.import_images, lookalike.build_demo_dataset  # lazy attributes
 import fiftyone.operators as foo
 from fiftyone.operators.registry import OperatorRegistry
@@ -23,7 +24,7 @@ print("HEAVY", heavy)
 
 CONV_BOTH = """
 import numpy as np
-from lookalike import frameworks
+from lookalike.core import frameworks
 first, second = {order}
 getattr(frameworks, first)()
 getattr(frameworks, second)()
@@ -78,7 +79,7 @@ def test_keras3_is_refused_with_a_clear_message(subprocess_env):
     code = """
     import tensorflow as tf
     tf.keras.layers  # resolves tf.keras to Keras 3 before lookalike is asked
-    from lookalike import frameworks
+    from lookalike.core import frameworks
     try:
         frameworks.tensorflow()
     except frameworks.FrameworkError as e:

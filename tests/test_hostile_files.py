@@ -28,7 +28,7 @@ from lookalike.curation.keep import choose_kept, image_size_key, sharpness
 from lookalike.encoders import EncoderStoreError, import_encoder, list_encoders, read_manifest
 from lookalike.encoders.data import load_images
 from lookalike.encoders.preprocessing import input_manifest, load_input
-from lookalike.images import (
+from lookalike.images.decode import (
     UnreadableImageError,
     image_header_size,
     load_image,
@@ -86,7 +86,7 @@ def test_every_decoder_refuses_the_bomb_with_its_size(tmp_path):
         with pytest.raises(UnreadableImageError) as e:
             decode(path)
         assert str(e.value) == f"{path}: {BOMB_REASON}"
-        assert isinstance(e.value, lookalike.errors.LookalikeError)
+        assert isinstance(e.value, lookalike.core.errors.LookalikeError)
     assert Image.MAX_IMAGE_PIXELS == before  # Pillow's own limit is back for everyone else
 
 
@@ -133,7 +133,7 @@ def test_concurrent_decodes_restore_pillow_limit(tmp_path, demo_records):
 def test_max_pixels_env_in_a_child_process(tmp_path, subprocess_env):
     path = files.write_jpeg(str(tmp_path / "a.jpg"))
     w, h = files.photo("chelsea").size
-    code = ("from lookalike.images import load_image\n"
+    code = ("from lookalike.images.decode import load_image\n"
             "try:\n    load_image(%r)\nexcept ValueError as e:\n    print(e)\n"
             "else:\n    print('decoded')\n" % path)
 
@@ -179,7 +179,7 @@ def imported(folder, dataset_name):
 
 
 def test_embedding_writes_the_reason_and_a_rerun_succeeds(imported, copies_encoder):
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
 
     report = compute_embeddings(imported, copies_encoder, "emb")
     assert report.embedded == 4
@@ -207,7 +207,7 @@ def test_training_skips_and_lists_them(imported, store_dir):
 
 def test_query_by_a_hostile_image_is_one_line(imported, copies_encoder, folder):
     import lookalike.similarity as ls
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
 
     compute_embeddings(imported, copies_encoder, "emb")
     ls.build_index(imported, "emb", brain_key="emb_sim")
@@ -258,9 +258,9 @@ def test_find_duplicates_over_byte_identical_bombs(tmp_path, dataset_name):
 
 def test_copies_skip_a_file_deleted_after_indexing(imported, copies_encoder, folder):
     import lookalike.similarity as ls
-    from lookalike.curation.copies import copy_distances
-    from lookalike.edits import EDITS
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.curation.synthetic_copies import copy_distances
+    from lookalike.images.edits import EDITS
+    from lookalike.embeddings.compute import compute_embeddings
 
     compute_embeddings(imported, copies_encoder, "emb")
     index = ls.build_index(imported, "emb", brain_key="emb_sim")

@@ -6,7 +6,7 @@ from PIL import Image, ImageFile
 
 import imagefiles as files
 from lookalike.encoders.preprocessing import input_manifest, load_input, to_input
-from lookalike.images import UnreadableImageError, load_image
+from lookalike.images.decode import UnreadableImageError, load_image
 
 
 def test_jpeg_loads_as_rgb(tmp_path):

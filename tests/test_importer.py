@@ -8,7 +8,7 @@ import fiftyone as fo
 import pytest
 
 import imagefiles as files
-from lookalike.importer import ImageImportError, import_images
+from lookalike.images.folder_import import ImageImportError, import_images
 
 
 @pytest.fixture

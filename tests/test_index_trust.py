@@ -16,7 +16,7 @@ from cli_runner import run_cli
 from fiftyone import ViewField as F
 
 import lookalike.similarity as ls
-from lookalike.errors import (
+from lookalike.core.errors import (
     EmptyViewError,
     IncompleteIndexError,
     IndexSettingsError,

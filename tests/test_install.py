@@ -10,7 +10,7 @@ import sysconfig
 
 import pytest
 
-from lookalike.plugin_install import PLUGIN_FILES, PluginInstallError, install
+from lookalike.app.plugin_install import PLUGIN_FILES, PluginInstallError, install
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN = "@lookalike/similarity"

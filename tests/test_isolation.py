@@ -8,7 +8,7 @@ from fiftyone import ViewField as F
 import lookalike.curation as lc
 import lookalike.similarity as ls
 from lookalike.curation.isolation import isolation_threshold
-from lookalike.embeddings import compute_embeddings
+from lookalike.embeddings.compute import compute_embeddings
 
 
 def _groups_and_loners(rng, groups=40, size=5, loners=3, dim=64):

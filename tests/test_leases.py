@@ -12,7 +12,7 @@ import processes
 
 HOLD = """
 import os, sys, time, fiftyone as fo
-from lookalike import leases
+from lookalike.core import leases
 ds = fo.load_dataset(sys.argv[1])
 lease = leases.acquire(ds, "field:emb", job="holder", same=sys.argv[2] or None)
 open(sys.argv[3], "w").write("held")
@@ -36,8 +36,8 @@ def _hold_in_child(dataset, env, tmp_path, same=""):
 
 def test_a_live_holder_refuses_a_second_job_and_a_killed_one_is_taken_over(
         dataset, subprocess_env, tmp_path):
-    from lookalike import leases
-    from lookalike.errors import LeaseHeldError
+    from lookalike.core import leases
+    from lookalike.core.errors import LeaseHeldError
 
     proc = _hold_in_child(dataset, subprocess_env, tmp_path)
     try:
@@ -59,8 +59,8 @@ def test_a_live_holder_refuses_a_second_job_and_a_killed_one_is_taken_over(
 
 
 def test_the_same_job_kind_shares_and_the_last_release_frees(dataset, subprocess_env, tmp_path):
-    from lookalike import leases
-    from lookalike.errors import LeaseHeldError
+    from lookalike.core import leases
+    from lookalike.core.errors import LeaseHeldError
 
     proc = _hold_in_child(dataset, subprocess_env, tmp_path, same="enc-v1")
     try:
@@ -79,7 +79,7 @@ def test_the_same_job_kind_shares_and_the_last_release_frees(dataset, subprocess
 
 
 def test_an_expired_lease_of_another_machine_is_taken_over(dataset):
-    from lookalike import leases
+    from lookalike.core import leases
 
     past = datetime.datetime.utcnow() - datetime.timedelta(minutes=5)
     key = leases._key(dataset, "index:k")
@@ -94,7 +94,7 @@ def test_an_expired_lease_of_another_machine_is_taken_over(dataset):
 def test_waiting_gets_the_lease_when_the_holder_finishes(dataset):
     import threading
 
-    from lookalike import leases
+    from lookalike.core import leases
 
     first = leases.acquire(dataset, "curation:duplicates")
     threading.Timer(0.5, first.release).start()

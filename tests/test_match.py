@@ -26,10 +26,10 @@ import imagefiles as files
 import lookalike.curation as lc
 import lookalike.similarity as ls
 from lookalike.curation.match import _vote
-from lookalike.demo import UNIQUE_PHOTOS
-from lookalike.edits import apply_edit
-from lookalike.embeddings import compute_embeddings
-from lookalike.errors import (
+from lookalike.demo.dataset import UNIQUE_PHOTOS
+from lookalike.images.edits import apply_edit
+from lookalike.embeddings.compute import compute_embeddings
+from lookalike.core.errors import (
     CurationError,
     EmptyViewError,
     LeaseHeldError,
@@ -149,7 +149,7 @@ def test_unlabelled_digits_get_their_class_and_unseen_classes_no_match(digits):
     # The App's operator writes the same predictions; the panel shows its line.
     import fiftyone.operators as foo
 
-    from lookalike import overview
+    from lookalike.app import panel_rows as overview
 
     out = foo.execute_operator("@lookalike/similarity/match_labels", dataset=ds,
                                params=dict(brain_key="emb_sim", label_field="gt",
@@ -372,7 +372,7 @@ def test_two_copies_in_the_folder_import_once_and_verify_hook_downgrades(
     # The App's operator on the same folder: the table and the panel's rows of the last match.
     import fiftyone.operators as foo
 
-    from lookalike import overview
+    from lookalike.app import panel_rows as overview
 
     out = foo.execute_operator("@lookalike/similarity/match_images", dataset=ds,
                                params=dict(brain_key="emb_sim", directory=str(folder)))

@@ -9,7 +9,7 @@ import pytest
 import numpy as np
 
 from lookalike.curation import curate
-from lookalike.embeddings import default_field_name
+from lookalike.embeddings.compute import default_field_name
 from lookalike.encoders import autoencoder as ae
 from lookalike.encoders.data import load_images
 from lookalike.encoders.preprocessing import input_manifest
@@ -44,7 +44,7 @@ def test_curate_with_a_dotted_encoder_name_writes_a_top_level_field(
 def test_one_engine_choice_refused_in_one_line_by_index_and_duplicates(dataset_name):
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike.errors import IndexSettingsError
+    from lookalike.core.errors import IndexSettingsError
 
     ds = fo.Dataset(dataset_name)
     ds.add_samples([fo.Sample(filepath=f"/nowhere/{i}.png") for i in range(4)])

@@ -11,9 +11,9 @@ from fiftyone import ViewField as F
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike import overview
+from lookalike.app import panel_rows as overview
 from lookalike.curation.duplicates import KEPT_FIELD, KEPT_TAG
-from lookalike.embeddings import compute_embeddings
+from lookalike.embeddings.compute import compute_embeddings
 from test_app_http import PLUGIN, _execute, _panel
 
 

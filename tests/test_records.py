@@ -7,12 +7,12 @@ import fiftyone as fo
 import numpy as np
 
 import lookalike.similarity as ls
-from lookalike import fo_adapter
-from lookalike.curation import records
+from lookalike.core import fo_adapter
+from lookalike.similarity import records
 
 SAVE = """
 import sys, fiftyone as fo, lookalike.similarity as ls
-from lookalike.curation import records
+from lookalike.similarity import records
 ds = fo.load_dataset(sys.argv[1])
 records.save(ls.load_index(ds, "emb_sim"), "from_child", {"value": 2})
 """

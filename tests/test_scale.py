@@ -15,10 +15,10 @@ import pytest
 
 import lookalike.similarity as ls
 import processes
-from lookalike.errors import InvalidEmbeddingsError
+from lookalike.core.errors import InvalidEmbeddingsError
 from lookalike.similarity import artefacts
 from lookalike.similarity.engine import CompressedEngine, ExactEngine, IVFEngine, as_unit_matrix
-from lookalike.similarity.field import read_unit_vectors
+from lookalike.similarity.field_vectors import read_unit_vectors
 from lookalike.similarity.pairs import approximate_pairs, exact_pairs
 
 

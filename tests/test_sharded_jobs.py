@@ -14,9 +14,9 @@ from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import processes
-from lookalike.embeddings import compute_embeddings, field_record
+from lookalike.embeddings.compute import compute_embeddings, field_record
 from lookalike.encoders import load_encoder
-from lookalike.jobs import list_jobs, shard_views
+from lookalike.embeddings.shards import list_jobs, shard_views
 
 CHUNK = 20
 
@@ -65,7 +65,7 @@ def test_two_workers_finish_a_sharded_embedding_and_a_dead_workers_shard_is_requ
         return out.stdout.split()
 
     # One job per slice, the field's record written once before any is queued.
-    from lookalike.jobs import queue_embeddings
+    from lookalike.embeddings.shards import queue_embeddings
 
     ops = queue_embeddings(ds, copies_encoder, "emb", shards=4, batch_size=16, chunk_size=CHUNK)
     assert len(ops) == 4 and {op(o).run_state for o in ops} == {"queued"}
@@ -207,8 +207,8 @@ def test_local_features_are_sharded_over_workers_and_a_dead_workers_shard_is_fin
         dataset_name, demo_records, subprocess_env, tmp_path):
     """The features of geometric verification, queued like embeddings: one worker killed
     mid-shard, its shard re-queued, every image's features cached once and equal to one run's."""
-    from lookalike import verification
-    from lookalike.jobs import queue_features, requeue
+    from lookalike.images.decode import local_features as verification
+    from lookalike.embeddings.shards import queue_features, requeue
 
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:60]
     ds = fo.Dataset(dataset_name, persistent=True)

@@ -14,7 +14,7 @@ from lookalike.curation.thresholds import (
     rate_limit,
     two_sided_threshold,
 )
-from lookalike.errors import CalibrationError
+from lookalike.core.errors import CalibrationError
 
 RNG = np.random.default_rng(0)
 

@@ -15,11 +15,12 @@ import pytest
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike import cli, frameworks
-from lookalike.embeddings import compute_embeddings, field_record
+from lookalike import cli
+from lookalike.core import frameworks
+from lookalike.embeddings.compute import compute_embeddings, field_record
 from lookalike.encoders import import_encoder, import_keras, import_paddle_inference, load_encoder
 from lookalike.encoders.store import sha256
-from lookalike.errors import (
+from lookalike.core.errors import (
     CalibrationError,
     EmbeddingFieldError,
     EncoderStoreError,

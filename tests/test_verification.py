@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import imagefiles as files
-from lookalike import verification as V
-from lookalike.edits import edited_copy
+from lookalike.images.decode import local_features as V
+from lookalike.images.edits import edited_copy
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "brick", "motorcycle_left")
 
@@ -109,7 +109,7 @@ def test_cached_features_load_in_parallel_without_parsing_and_damage_is_recomput
 
 
 def test_the_inlier_threshold_holds_when_a_weak_encoder_puts_a_copy_farthest(tmp_path):
-    from lookalike.demo import skimage_photo_paths
+    from lookalike.demo.dataset import skimage_photo_paths
 
     names = sorted(n for n in skimage_photo_paths() if not n.startswith("motorcycle"))[:20]
     paths = [skimage_photo_paths()[n] for n in names]

@@ -6,7 +6,7 @@ import pytest
 
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike.errors import LookalikeError
+from lookalike.core.errors import LookalikeError
 
 DIM = 8
 

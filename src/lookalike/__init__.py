@@ -1,27 +1,65 @@
 """Lookalike: visual similarity search and dataset curation for FiftyOne.
 
-Importing this package is cheap: it never imports Paddle or TensorFlow (the
-FiftyOne App re-executes plugin modules on every request). Those frameworks are
-loaded on demand through :mod:`lookalike.frameworks`.
-
-Public API (loaded lazily on first attribute access)::
+One namespace for the main verbs, loaded on first use, so that ``import lookalike``
+imports neither FiftyOne nor Paddle nor TensorFlow (the App re-executes plugin
+modules on every request)::
 
     import lookalike as lk
-    report = lk.import_images("/path/to/images", "my-dataset")
-    dataset = lk.build_demo_dataset()
+    lk.import_images("/path/to/photos", "photos")
+    lk.train_encoder(dataset, "contrastive", "my-encoder")
+    lk.compute_embeddings(dataset, "my-encoder", "emb")
+    lk.build_index(dataset, "emb", "emb_sim")
+    view = lk.sort_by_similarity(dataset, "emb_sim", query_path="query.jpg")
+    lk.calibrate_threshold(dataset, "emb_sim")
+    report = lk.find_duplicates(dataset, "emb_sim")
+    lk.delete_duplicates(dataset, dry_run=False); lk.undelete(dataset, last=True)
+
+The layers, each importing only those below it (``tests/test_layers.py``):
+``core`` (errors, progress, leases, the FiftyOne adapter) < ``images`` < ``encoders``
+< ``embeddings`` < ``similarity`` < ``curation`` < ``demo``, ``app`` < ``cli``.
 """
+
+from lookalike import _moved
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute); resolved on first access so that `import lookalike`
-# stays free of FiftyOne, Paddle and TensorFlow.
+# verb -> (module, attribute), resolved on first access.
 _LAZY = {
-    "import_images": ("lookalike.importer", "import_images"),
-    "ImportReport": ("lookalike.importer", "ImportReport"),
-    "ImageImportError": ("lookalike.importer", "ImageImportError"),
-    "build_demo_dataset": ("lookalike.demo", "build_demo_dataset"),
-    "load_image": ("lookalike.images", "load_image"),
-    "UnreadableImageError": ("lookalike.images", "UnreadableImageError"),
+    # images
+    "import_images": ("lookalike.images.folder_import", "import_images"),
+    "ImportReport": ("lookalike.images.folder_import", "ImportReport"),
+    "ImageImportError": ("lookalike.images.folder_import", "ImageImportError"),
+    "load_image": ("lookalike.images.decode", "load_image"),
+    "UnreadableImageError": ("lookalike.images.decode", "UnreadableImageError"),
+    # encoders
+    "train_encoder": ("lookalike.encoders", "train_encoder"),
+    "load_encoder": ("lookalike.encoders", "load_encoder"),
+    "import_encoder": ("lookalike.encoders", "import_encoder"),
+    "list_encoders": ("lookalike.encoders", "list_encoders"),
+    "estimate_seconds": ("lookalike.encoders", "estimate_seconds"),
+    # embeddings
+    "compute_embeddings": ("lookalike.embeddings.compute", "compute_embeddings"),
+    # similarity
+    "build_index": ("lookalike.similarity", "build_index"),
+    "load_index": ("lookalike.similarity", "load_index"),
+    "sort_by_similarity": ("lookalike.similarity", "sort_by_similarity"),
+    "nearest": ("lookalike.similarity", "nearest"),
+    # curation
+    "calibrate_threshold": ("lookalike.curation", "calibrate_threshold"),
+    "get_calibration": ("lookalike.curation", "get_calibration"),
+    "find_duplicates": ("lookalike.curation", "find_duplicates"),
+    "duplicates_view": ("lookalike.curation", "duplicates_view"),
+    "delete_duplicates": ("lookalike.curation", "delete_duplicates"),
+    "undelete": ("lookalike.curation.journal", "restore"),
+    "flag_outliers": ("lookalike.curation", "flag_outliers"),
+    "match_images": ("lookalike.curation", "match_images"),
+    "match_labels": ("lookalike.curation", "match_labels"),
+    "find_leaks": ("lookalike.curation", "find_leaks"),
+    "evaluate_retrieval": ("lookalike.curation", "evaluate_retrieval"),
+    "visualize_embeddings": ("lookalike.curation", "visualize_embeddings"),
+    "curate": ("lookalike.curation", "curate"),
+    # the demo
+    "build_demo_dataset": ("lookalike.demo.dataset", "build_demo_dataset"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
@@ -37,3 +75,7 @@ def __getattr__(name):
     value = getattr(importlib.import_module(module_name), attr)
     globals()[name] = value
     return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -10,8 +10,8 @@ import time
 import traceback
 
 
-from lookalike import fo_adapter
-from lookalike.errors import LookalikeError, TrainingStopped, UsageError, one_line
+from lookalike.core import fo_adapter
+from lookalike.core.errors import LookalikeError, TrainingStopped, UsageError, one_line
 
 
 _OPEN_BARS = set()  # closed before an error line, which must start a line of its own
@@ -21,7 +21,7 @@ class _Progress:
     """A progress bar on stderr (stdout carries results only), ``leave=False``.
 
     The ``progress(fraction, label)`` callback of every long-running call
-    (:mod:`lookalike.progress`): the label is shown beside the bar. Shown even
+    (:mod:`lookalike.core.progress`): the label is shown beside the bar. Shown even
     when stderr is not a terminal: a log then records how far a job got.
     """
 
@@ -110,15 +110,8 @@ def _with_progress(fn, desc, **kwargs):
         return fn(**kwargs)
 
 
-def _plugin_dir():
-    """The repo root holding fiftyone.yml, when lookalike runs from a checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(os.path.dirname(here))
-    return root if os.path.isfile(os.path.join(root, "fiftyone.yml")) else None
-
-
 def cmd_demo(args):
-    from lookalike.demo import build_demo_dataset, summarize
+    from lookalike.demo.dataset import build_demo_dataset, summarize
 
     start = time.perf_counter()
     print("building the demo dataset from the images bundled with scikit-image and scikit-learn ...")
@@ -137,11 +130,11 @@ def cmd_demo(args):
     print("  ground truth fields:   source, ground_truth, gt_group, gt_edit, gt_unique")
     if not args.skip_training:
         from lookalike.encoders import default_store_dir
-        from lookalike.workflow import train_demo_encoders
+        from lookalike.demo.steps import train_demo_encoders
 
         print(f"\nencoders (model store: {default_store_dir()}):")
         train_demo_encoders(dataset, quick=args.quick, retrain=args.retrain)
-        from lookalike.workflow import copy_retrieval, embed_and_index_photos
+        from lookalike.demo.steps import copy_retrieval, embed_and_index_photos
 
         print("\nembeddings and similarity indexes (photos):")
         keys = embed_and_index_photos(dataset, quick=args.quick)
@@ -150,7 +143,7 @@ def cmd_demo(args):
         for key in keys:
             recall, n = copy_retrieval(dataset, key)
             print(f"  {key}: {recall:.3f} over {n} originals")
-        from lookalike.workflow import curate_digits, curate_photos
+        from lookalike.demo.steps import curate_digits, curate_photos
 
         print("\ncuration of the photos (label-free thresholds) against the demo's ground truth:")
         # The best index last: the dataset's tags, and so the App, show its results.
@@ -158,7 +151,7 @@ def cmd_demo(args):
             curate_photos(dataset, key)
         print("\nmetric learning on the digits (TF Similarity's calibration, open set):")
         curate_digits(dataset, quick=args.quick)
-        from lookalike.workflow import match_query_set
+        from lookalike.demo.steps import match_query_set
 
         print("\nthe query set held back from the dataset, matched against it:")
         match_query_set(dataset)
@@ -166,13 +159,15 @@ def cmd_demo(args):
               "nn_distance, no_match")
     print("\nopen it in the FiftyOne App (then http://localhost:5151):")
     print(f"  lookalike plugin install && fiftyone app launch {dataset.name} --wait -1")
-    if _plugin_dir():
+    from lookalike.app.plugin_install import checkout_root
+
+    if checkout_root():
         print("  or, in this checkout: make app")
     return 0
 
 
 def cmd_import(args):
-    from lookalike.importer import import_images
+    from lookalike.images.folder_import import import_images
 
     report = import_images(
         args.images,
@@ -251,7 +246,7 @@ def cmd_stop(args):
 
 
 def cmd_plugin_install(args):
-    from lookalike.plugin_install import install
+    from lookalike.app.plugin_install import install
 
     if args.dir is None:
         import fiftyone as fo
@@ -264,7 +259,7 @@ def cmd_plugin_install(args):
 
 
 def cmd_register_backend(args):
-    from lookalike.brain_registration import env_hides_backend, write_brain_config
+    from lookalike.similarity.registration import env_hides_backend, write_brain_config
 
     path, changed = write_brain_config(args.config)
     print(f"{'registered' if changed else 'already registered'}: fiftyone-brain similarity "
@@ -284,7 +279,7 @@ def _load_dataset(name):
 
 
 def cmd_embed(args):
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
 
     view = _load_dataset(args.dataset)
     if args.tag:
@@ -303,7 +298,7 @@ def cmd_embed(args):
 
 def _queue_shards(view, args):
     from lookalike.encoders import load_encoder
-    from lookalike.jobs import queue_embeddings
+    from lookalike.embeddings.shards import queue_embeddings
 
     encoder = load_encoder(args.encoder, flip_average=args.flip_average)
     ids = queue_embeddings(view, encoder, args.field, shards=args.shards,
@@ -330,7 +325,7 @@ def cmd_features(args):
     if args.tag:
         view = view.match_tags(args.tag)
     if args.delegate:
-        from lookalike.jobs import queue_features
+        from lookalike.embeddings.shards import queue_features
 
         ids = queue_features(view, shards=args.shards)
         for op_id in ids:
@@ -340,7 +335,7 @@ def cmd_features(args):
         return 0
     if args.shards != 1:
         raise UsageError("--shards runs on workers: add --delegate")
-    from lookalike.verification import cache_features
+    from lookalike.images.local_features import cache_features
 
     report = cache_features(view, progress=_Progress("local features"))
     print(f"local features of {report['images']} images cached"
@@ -351,7 +346,7 @@ def cmd_features(args):
 
 
 def cmd_jobs(args):
-    from lookalike.jobs import list_jobs, requeue
+    from lookalike.embeddings.shards import list_jobs, requeue
 
     if args.requeue:
         print(requeue(args.requeue))
@@ -384,7 +379,7 @@ def cmd_search(args):
     if not args.image and not args.sample_id:
         raise UsageError("give --image PATH or --sample-id ID")
     if args.image:
-        from lookalike.images import open_image
+        from lookalike.images.decode import open_image
 
         open_image(args.image).close()  # a missing or broken file, before loading the encoder
     if args.brain_key in dataset.list_brain_runs() and not ls.is_ours(dataset, args.brain_key):
@@ -409,7 +404,7 @@ def cmd_search(args):
 
 def _search_other_backend(dataset, args):
     """Another backend's run (LanceDB, Qdrant, ...): its neighbours, decided by our thresholds."""
-    from lookalike.similarity.external import lookup
+    from lookalike.curation.other_backends import lookup
 
     found = lookup(dataset, args.brain_key, query_ids=args.sample_id, query_path=args.image,
                    k=args.k, calibrated_by=args.calibrated_by)
@@ -709,7 +704,7 @@ def build_parser():
     from lookalike.encoders.foreign import NORMALIZATIONS
     from lookalike.similarity.engine import ENGINES
     from lookalike.similarity.pairs import APPROXIMATE_FROM
-    from lookalike.verification import VERIFY_UP_TO
+    from lookalike.images.local_features import VERIFY_UP_TO
 
     parser = _CommandParser(
         prog="lookalike",
@@ -982,7 +977,7 @@ def main(argv=None):
     unusable environment), 3 (training stopped on request), 1 (a bug), 130 (Ctrl-C)."""
     args = build_parser().parse_args(argv)
     _results_only_on_stdout()
-    from lookalike.database import ensure_mongod, quiet_mongodb_version_warning
+    from lookalike.core.database import ensure_mongod, quiet_mongodb_version_warning
 
     quiet_mongodb_version_warning()
     try:

@@ -36,7 +36,7 @@ from lookalike.curation.match import (
 from lookalike.curation.outliers import OutlierReport, flag_outliers, outliers_view
 from lookalike.curation.pipeline import CurationReport, curate
 from lookalike.curation.projection import visualize_embeddings
-from lookalike.errors import (
+from lookalike.core.errors import (
     CalibrationError,
     CurationError,
     MissingRecordError,

@@ -13,7 +13,7 @@ Two thresholds are saved:
 * ``duplicate_threshold``: pairs closer than this are near-duplicates. It is
   label-free in both cases. When the run knows its encoder: the distance that
   keeps ``duplicate_recall`` (95%) of synthetic edited copies of sampled
-  images (:mod:`lookalike.curation.copies`). Otherwise (embeddings from
+  images (:mod:`lookalike.curation.synthetic_copies`). Otherwise (embeddings from
   elsewhere): Otsu's split of the distances from each sample to its nearest
   neighbours, which separates a tight "copies" mode from ordinary neighbours
   when the data has copies.
@@ -26,15 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike import fo_adapter
-from lookalike.curation import records
+from lookalike.core import fo_adapter
+from lookalike.similarity import records
 from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
 from lookalike.curation.thresholds import FALSE_PAIR_TARGET
-from lookalike.edits import COPY_EDITS, VIEWPOINT_EDITS
-from lookalike.errors import CalibrationError, EmptyViewError
-from lookalike.labels import check_label_field, indexed_labels, pick_unknown_classes
-from lookalike.progress import stage
+from lookalike.images.edits import COPY_EDITS, VIEWPOINT_EDITS
+from lookalike.core.errors import CalibrationError, EmptyViewError
+from lookalike.core.labels import check_label_field, indexed_labels, pick_unknown_classes
+from lookalike.core.progress import stage
 from lookalike.similarity.distance import cosine_distance
 
 LABEL_METHODS = ("f1", "precision")  # need a label field; the first is the default
@@ -144,23 +144,18 @@ class Calibration(records.SavedResult):
 
 
 def otsu_threshold(values, bins=256):
-    """Otsu's threshold of ``values``: the split that maximises the between-class variance."""
+    """Otsu's threshold of ``values`` (scikit-image's), at the upper edge of its bin: the
+    distances of that bin count as near, as thresholds saved before have always done."""
+    from skimage.filters import threshold_otsu
+
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if len(v) < 2:
         raise CalibrationError("need at least 2 distances")
     if v.max() - v.min() < 1e-9:
         return float(v.max())
-    counts, edges = np.histogram(v, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(counts)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(counts * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    i = int(np.argmax(between[:-1]))
-    return float(edges[i + 1])
+    # scikit-image answers the bin's centre; half a bin more is its upper edge.
+    return float(threshold_otsu(v, nbins=bins) + (v.max() - v.min()) / (2 * bins))
 
 
 def _curve_dict(curve, chosen):
@@ -191,7 +186,7 @@ def duplicate_threshold(index, view_rows, nn_inds, nn_dists, labels=None, duplic
     neighbours ``nn_inds`` / ``nn_dists``; ``labels``: their labels (or None).
     ``extra``: record entries, among them the verification thresholds.
     """
-    from lookalike.curation.copies import copy_distances, junk_distances
+    from lookalike.curation.synthetic_copies import copy_distances, junk_distances
     from lookalike.curation.thresholds import two_sided_threshold
     from lookalike.encoders import EncoderStoreError
 
@@ -264,7 +259,7 @@ def negative_distances(index, view_rows, nn_inds, nn_dists, labels=None, verify_
 
     A dataset may hold real copies, and they are among the nearest neighbours:
     pairs within ``verify_below`` are checked by geometric verification
-    (``inliers``: the run's :class:`~lookalike.verification.InlierCalibration`;
+    (``inliers``: the run's :class:`~lookalike.images.local_features.InlierCalibration`;
     flipped too), and a verified pair shows one scene twice: not a negative.
     Nor is a pair verification cannot judge: one of whose images it does not
     confirm even against an edited copy of itself (flat, blurred, repetitive).
@@ -337,7 +332,7 @@ def negative_distances(index, view_rows, nn_inds, nn_dists, labels=None, verify_
 def _verification_judges(index, view_rows, inliers, rng, num_images=32, share=0.5):
     """Whether geometric verification can tell copies on this view: it confirms at least
     ``share`` of ``num_images`` sampled images against edited copies of themselves."""
-    from lookalike.verification import recognises_itself
+    from lookalike.images.local_features import recognises_itself
 
     rows = rng.choice(view_rows, min(num_images, len(view_rows)), replace=False)
     ids = [index.sample_ids[r] for r in rows]
@@ -353,8 +348,8 @@ def _unique_pairs(a, b):
 
 
 def _verified_pairs(index, pairs, min_inliers):
-    """``(same, unjudged)`` of pairs of index rows: see :func:`lookalike.verification.confirm_pairs`."""
-    from lookalike import verification
+    """``(same, unjudged)`` of pairs of index rows: see :func:`lookalike.images.local_features.confirm_pairs`."""
+    from lookalike.images.decode import local_features as verification
 
     rows = sorted({r for p in pairs for r in p})
     ids = [index.sample_ids[r] for r in rows]
@@ -365,9 +360,9 @@ def _verified_pairs(index, pairs, min_inliers):
 
 
 def _inlier_calibration(index, view_rows, seed, num_images=32):
-    """The run's :class:`~lookalike.verification.InlierCalibration` on sampled images of
+    """The run's :class:`~lookalike.images.local_features.InlierCalibration` on sampled images of
     the view, or None when they have no local features (flat, tiny: digits at 32 px)."""
-    from lookalike.verification import calibrate_inliers
+    from lookalike.images.local_features import calibrate_inliers
 
     ids = list(index.sample_ids)
     rng = np.random.default_rng(seed + 1)
@@ -578,10 +573,10 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
 
 def _junk_capped(index, gallery_rows, curve, i):
     """``(i, note)``: the chosen point of ``curve``, moved below the nearest junk image
-    (noise, flat colours, patterns: :func:`~lookalike.curation.copies.junk_images`) to a
+    (noise, flat colours, patterns: :func:`~lookalike.curation.synthetic_copies.junk_images`) to a
     labelled sample, so that nothing like them is ever a match. ``note`` says so
     ("" when the junk lies farther, or the run has no encoder to embed it)."""
-    from lookalike.curation.copies import junk_distances
+    from lookalike.curation.synthetic_copies import junk_distances
     from lookalike.encoders import EncoderStoreError
 
     try:

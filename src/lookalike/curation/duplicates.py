@@ -3,7 +3,7 @@
 The FiftyOne side of near-duplicates. Pairs come from the run's vectors, by the
 one pair search (:mod:`lookalike.similarity.pairs`, exact or faiss IVF), and
 from byte-identical files (same SHA-256, no encoder needed); pairs are joined
-and, unless turned off, from geometric verification (:mod:`lookalike.verification`):
+and, unless turned off, from geometric verification (:mod:`lookalike.images.local_features`):
 each sample's nearest neighbours within the looser candidate distance are
 checked with local features, and a pair with enough RANSAC inliers is a
 duplicate even when the embedding put it beyond the threshold -- the same
@@ -18,7 +18,7 @@ step with a dry run first.
 
 Writes never mix two runs: each run holds the lease ``curation:duplicates`` of
 the dataset, writes its groups under a run id (field ``dup_run``) and publishes
-that id in one atomic update (see :mod:`lookalike.curation.runs`); readers
+that id in one atomic update (see :mod:`lookalike.curation.published_runs`); readers
 trust only samples of the published run.
 
 Deletion re-derives the groups from the samples that exist at delete time (the
@@ -38,11 +38,12 @@ import numpy as np
 
 import os
 
-from lookalike import faults, fo_adapter, leases
-from lookalike.curation import records, runs
+from lookalike.core import faults, fo_adapter, leases
+from lookalike.similarity import records
+from lookalike.curation import published_runs as runs
 from lookalike.curation.keep import check_keep_policy, choose_kept, hash_pairs
-from lookalike.errors import CurationError, DeletionRefusedError
-from lookalike.progress import scaled
+from lookalike.core.errors import CurationError, DeletionRefusedError
+from lookalike.core.progress import scaled
 from lookalike.similarity.distance import cosine_distance
 from lookalike.similarity.engine import check_engine
 from lookalike.similarity.pairs import groups_from_pairs, split_at_weak_pairs, vector_pairs
@@ -139,7 +140,7 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
         verify ("auto"): geometric verification of each sample's ``candidates``
             nearest neighbours within the run's calibrated
             ``candidate_threshold``: True, False, or "auto" = on for views of
-            up to :data:`lookalike.verification.VERIFY_UP_TO` samples when the
+            up to :data:`lookalike.images.local_features.VERIFY_UP_TO` samples when the
             run's calibration found images with local features
         min_inliers (None): inliers that verify a pair; None = the run's
             calibrated ``min_inliers``
@@ -163,7 +164,7 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
 
 def _verification_settings(index, verify, min_inliers, candidates, num_samples):
     """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
-    from lookalike.verification import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
+    from lookalike.images.local_features import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
 
     if verify not in VERIFY_CHOICES:
         raise CurationError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
@@ -250,7 +251,7 @@ class Pairs:
 
     def inliers(self, a, b):
         """Inliers of two positions (computed once), None when verification did not run."""
-        from lookalike import verification
+        from lookalike.images.decode import local_features as verification
 
         if self.features is None:
             return None
@@ -266,7 +267,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
     The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
     writes nothing. ``progress`` runs to 0.85.
     """
-    from lookalike import verification
+    from lookalike.images.decode import local_features as verification
 
     check_engine(engine)
     if len(samples) == 0:
@@ -342,7 +343,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
 
 def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
                      min_inliers, candidates, progress):
-    from lookalike import verification
+    from lookalike.images.decode import local_features as verification
 
     check_keep_policy(keep)
     report_progress = progress or (lambda fraction, label: None)
@@ -537,7 +538,7 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
 
     The caller holds the lease. :func:`runs.write` stages the values, then
     applies and publishes them: a kill anywhere leaves the old results or,
-    rolled forward, the new ones (see :mod:`lookalike.curation.runs`).
+    rolled forward, the new ones (see :mod:`lookalike.curation.published_runs`).
     """
     import fiftyone as fo
 

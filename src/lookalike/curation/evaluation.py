@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike import fo_adapter
-from lookalike.curation import records
-from lookalike.errors import CurationError, EmptyViewError
-from lookalike.progress import stage
+from lookalike.core import fo_adapter
+from lookalike.similarity import records
+from lookalike.core.errors import CurationError, EmptyViewError
+from lookalike.core.progress import stage
 
 NO_MATCH = "no match"
 
@@ -120,7 +120,7 @@ def evaluate_retrieval(samples, brain_key, label_field, k=10, progress=None):
     """
     import lookalike.similarity as ls
     from lookalike.curation.neighbours import leave_one_out
-    from lookalike.labels import indexed_labels
+    from lookalike.core.labels import indexed_labels
 
     if int(k) < 1:
         raise CurationError(f"k must be at least 1, got {k}")

@@ -8,7 +8,7 @@ where the "percentile" method always flags its share.
 
 import numpy as np
 
-from lookalike.errors import CalibrationError
+from lookalike.core.errors import CalibrationError
 
 DEFAULT_K = 2.5  # robust standard deviations above the typical neighbour distance
 MAD_TO_SIGMA = 1.4826  # a normal distribution's standard deviation per MAD

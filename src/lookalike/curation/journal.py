@@ -22,14 +22,14 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from lookalike import fo_adapter
-from lookalike.errors import JournalError, UsageError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import JournalError, UsageError
 
 FORMAT = "lookalike-journal/1"
 
 
 def journal_dir(dataset):
-    from lookalike.paths import default_data_dir
+    from lookalike.core.paths import default_data_dir
 
     return os.path.join(default_data_dir(), "journal", fo_adapter.dataset_id(dataset))
 
@@ -136,8 +136,8 @@ class RestoreResult:
 
 def restore(dataset, path=None, last=False):
     """Inserts back the samples of journal ``path`` (or, with ``last``, the newest unrestored one)."""
-    from lookalike import leases
-    from lookalike.curation import runs
+    from lookalike.core import leases
+    from lookalike.curation import published_runs as runs
 
     check_flat(dataset)
     root = fo_adapter.root_dataset(dataset)

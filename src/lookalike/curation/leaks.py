@@ -11,7 +11,7 @@ Each leaking sample gets the tag ``leak``, ``leak_with`` (the file name of its
 nearest partner in another split) and ``leak_reason`` (why they are the same
 picture, as in ``dup_reason``). Like the other curation writes, a run holds the
 lease ``curation:leaks`` of the dataset and is staged, applied and published
-as one (:mod:`lookalike.curation.runs`); :func:`leaks_view` trusts only the
+as one (:mod:`lookalike.curation.published_runs`); :func:`leaks_view` trusts only the
 published run.
 """
 
@@ -19,16 +19,16 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from lookalike import fo_adapter, leases
-from lookalike.curation import runs
+from lookalike.core import fo_adapter, leases
+from lookalike.curation import published_runs as runs
 from lookalike.curation.duplicates import (
     DEFAULT_CANDIDATES,
     IDENTICAL,
     _reason,
     find_pairs,
 )
-from lookalike.errors import CurationError
-from lookalike.progress import scaled
+from lookalike.core.errors import CurationError
+from lookalike.core.progress import scaled
 
 SPLIT_TAGS = ("train", "val", "test")
 DEFAULT_TAG = "leak"

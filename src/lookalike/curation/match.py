@@ -52,13 +52,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lookalike import faults, fo_adapter, leases
-from lookalike.errors import CurationError, StaleRecordError
+from lookalike.core import faults, fo_adapter, leases
+from lookalike.core.errors import CurationError, StaleRecordError
 from lookalike.curation.calibrate import LABEL_FREE_METHODS
 from lookalike.curation.evaluation import NO_MATCH
 from lookalike.curation.thresholds import decide
 from lookalike.similarity.distance import cosine_distance
-from lookalike.errors import EmptyViewError, UsageError
+from lookalike.core.errors import EmptyViewError, UsageError
 
 STRATEGIES = ("nearest", "vote")
 VERIFY_CHOICES = ("auto", True, False)
@@ -170,8 +170,8 @@ def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nea
     """
     import fiftyone as fo
 
-    from lookalike.curation import records
-    from lookalike.labels import indexed_labels, label_path
+    from lookalike.similarity import records
+    from lookalike.core.labels import indexed_labels, label_path
     from lookalike.curation.neighbours import leave_one_out
 
     if strategy not in STRATEGIES:
@@ -329,7 +329,7 @@ class FolderMatchReport:
     add: str = "none"
     tag: str = None
     rows: list = field(default_factory=list)  # MatchRow, in folder order
-    unreadable: list = field(default_factory=list)  # lookalike.images.ImageFailure
+    unreadable: list = field(default_factory=list)  # lookalike.images.decode.ImageFailure
     added_ids: list = field(default_factory=list)
     seconds: float = 0.0
     warning: str = None  # the calibration's about its duplicate threshold
@@ -409,7 +409,7 @@ def _current_index(dataset, brain_key):
 
 def _calibration(index):
     """The fresh calibration, or one whose only change is samples of pending match batches."""
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     try:
         return records.load(index, "calibration")
@@ -425,7 +425,7 @@ def _state_without(index, tags):
     """The run's field state as if the samples tagged ``tags`` held no vector."""
     import fiftyone as fo
 
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     dataset = index.dataset
     state = records.field_state(index)
@@ -441,7 +441,7 @@ def _state_without(index, tags):
 
 def _carry_over(index, added, tag):
     """The calibration follows the grown field (see the module docstring for why it may)."""
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     record = dict(index.curation["calibration"])
     record["field_state"] = records.field_state(index)
@@ -454,7 +454,7 @@ def _carry_over(index, added, tag):
 def _mark_pending(index, tag):
     record = dict(index.curation["calibration"])
     record["pending_batches"] = sorted(set(record.get("pending_batches") or []) | {tag})
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     records.commit(index, {"calibration": record})
 
@@ -487,10 +487,10 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
         a :class:`FolderMatchReport`
     """
     import lookalike.similarity as ls
-    from lookalike.curation import records
-    from lookalike.labels import indexed_labels
+    from lookalike.similarity import records
+    from lookalike.core.labels import indexed_labels
     from lookalike.encoders import EncoderStoreError
-    from lookalike.importer import list_files
+    from lookalike.images.folder_import import list_files
 
     start = time.perf_counter()
     if add not in ADD_MODES:
@@ -603,7 +603,7 @@ def _verify_beyond(index, emb, rows, keep, geometric):
     """Rows beyond the duplicate threshold that geometric verification shows to copy one of
     their :data:`VERIFY_NEAREST` nearest samples within the candidate threshold become
     duplicates of the nearest such sample."""
-    from lookalike import verification
+    from lookalike.images.decode import local_features as verification
 
     todo = [n for n, r in enumerate(rows) if r.decision != "duplicate" and r.distance is not None
             and r.distance <= geometric["candidate_threshold"]]
@@ -702,7 +702,7 @@ def _flat_queries_are_new(rows, manifest):
     """A flat image (blank, one colour) is a duplicate or a match only of a flat sample:
     next to a photo with structure, its distance means nothing (see ``images.is_flat``)."""
     from lookalike.encoders.preprocessing import load_input
-    from lookalike.images import UnreadableImageError, is_flat
+    from lookalike.images.decode import UnreadableImageError, is_flat
 
     for r in rows:
         if r.decision == "new" or r.note == "already in the dataset" or r.verified:
@@ -743,7 +743,7 @@ def _within_batch(rows, embeddings, dup_threshold, add):
 
 def _import(dataset, index, encoder, report, embeddings, repair, tag, calibration):
     """Adds the chosen images as samples and their vectors to the field and the index."""
-    from lookalike.importer import _make_sample, probe_images
+    from lookalike.images.folder_import import _make_sample, probe_images
 
     if report.add == "new":
         chosen = [n for n, r in enumerate(report.rows) if r.decision == "new"]

@@ -6,7 +6,7 @@ a boolean field and tagged, and the view of them lists the most isolated first.
 
 Like ``find_duplicates``, a run holds the lease ``curation:outliers`` of the
 dataset, writes under a run id (field ``nn_run``) and publishes it atomically at
-the end (:mod:`lookalike.curation.runs`): after a kill the previous run stays
+the end (:mod:`lookalike.curation.published_runs`): after a kill the previous run stays
 published, and :func:`outliers_view` shows only the published run's samples.
 """
 
@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike import fo_adapter, leases
-from lookalike.curation import records, runs
+from lookalike.core import fo_adapter, leases
+from lookalike.similarity import records
+from lookalike.curation import published_runs as runs
 from lookalike.curation.neighbours import leave_one_out
-from lookalike.errors import CurationError
-from lookalike.progress import stage
+from lookalike.core.errors import CurationError
+from lookalike.core.progress import stage
 
 DEFAULT_TAG = "no_match"
 DISTANCE_FIELD = "nn_distance"
@@ -103,7 +104,7 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
             dataset.add_sample_field(name, ftype)
     order = np.argsort(-nn[flagged], kind="stable")
     outlier_ids = [ids[i] for i in np.flatnonzero(flagged)[order]]
-    # Staged, applied and published as one run (see lookalike.curation.runs).
+    # Staged, applied and published as one run (see lookalike.curation.published_runs).
     runs.write(samples, KIND, RUN_FIELD, ids,
                {DISTANCE_FIELD: dict(zip(ids, nn.tolist())),
                 FLAG_FIELD: dict(zip(ids, flagged.tolist()))},
@@ -123,7 +124,7 @@ def _unflag_verified(index, rows, flagged, whole, k=VERIFIED_NEIGHBOURS):
     that geometric verification confirms: the embedding put a copy far (a grayscale
     copy, say), but the library does show the image. Only where the run's
     calibration found that verification tells copies apart on it. Returns how many."""
-    from lookalike import verification
+    from lookalike.images.decode import local_features as verification
 
     calibration = (index.curation or {}).get("calibration") or {}
     min_inliers = calibration.get("min_inliers")

@@ -7,9 +7,9 @@ same encoder are skipped), so an interrupted run resumes where it stopped.
 import time
 from dataclasses import dataclass, field
 
-from lookalike import fo_adapter
-from lookalike.errors import CurationError
-from lookalike.progress import scaled
+from lookalike.core import fo_adapter
+from lookalike.core.errors import CurationError
+from lookalike.core.progress import scaled
 
 
 # Each step's share of curate's progress (embedding dominates when it runs).
@@ -63,7 +63,7 @@ def curate(samples, encoder=None, embeddings_field=None, brain_key=None, label_f
         encoder (None): an encoder name or object; None = ``embeddings_field``
             must already hold embeddings
         embeddings_field (None): where embeddings go (default
-            :func:`lookalike.embeddings.default_field_name`)
+            :func:`lookalike.embeddings.compute.default_field_name`)
         brain_key (None): the similarity run (default
             :func:`lookalike.similarity.default_brain_key`)
         label_field (None): calibrate and evaluate against these labels
@@ -79,7 +79,7 @@ def curate(samples, encoder=None, embeddings_field=None, brain_key=None, label_f
     from lookalike.curation.evaluation import evaluate_retrieval
     from lookalike.curation.figures import write_pngs
     from lookalike.curation.outliers import flag_outliers
-    from lookalike.embeddings import compute_embeddings, default_field_name
+    from lookalike.embeddings.compute import compute_embeddings, default_field_name
     from lookalike.encoders import load_encoder
     from lookalike.similarity import default_brain_key
 

@@ -6,8 +6,8 @@ from our stored vectors (UMAP by default; numba compiles UMAP on first use in
 a process, about 20 s).
 """
 
-from lookalike import fo_adapter
-from lookalike.errors import CurationError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import CurationError
 
 METHODS = ("umap", "tsne", "pca")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike.errors import CalibrationError
+from lookalike.core.errors import CalibrationError
 
 METRICS = ("precision", "recall", "f1")
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from lookalike.errors import CalibrationError
+from lookalike.core.errors import CalibrationError
 
 FALSE_PAIR_TARGET = 0.001  # at most 0.1% of each kind of negatives within the threshold
 EXCLUDE_AT = 0.05  # an edit whose median copy lies beyond this quantile of negatives is excluded

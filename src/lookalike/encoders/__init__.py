@@ -21,11 +21,12 @@ Nothing here imports Paddle or TensorFlow until an encoder is trained or loaded.
 import os
 from dataclasses import dataclass, field
 
-from lookalike import fo_adapter
+from lookalike.core import fo_adapter
 from lookalike.encoders import fiftyone_models
 from lookalike.encoders.fiftyone_models import register_model, unregister_model  # noqa: F401
 from lookalike.encoders.foreign import import_keras, import_paddle_inference  # noqa: F401
 from lookalike.encoders.store import (  # noqa: F401  (public API)
+    ImportResult,
     FOREIGN_KINDS,
     KINDS,
     EncoderStoreError,
@@ -95,7 +96,7 @@ def estimate_seconds(kind, step, num_images, image_size=None, epochs=1, trainer=
 class TrainResult:
     path: str
     manifest: dict
-    failures: list = field(default_factory=list)  # lookalike.images.ImageFailure: skipped images
+    failures: list = field(default_factory=list)  # lookalike.images.decode.ImageFailure: skipped images
 
     def summary(self):
         """One line, for the CLI and the App."""
@@ -119,7 +120,7 @@ def train_encoder(samples, kind, name, image_size=None, epochs=10, batch_size=No
     """Trains an encoder of ``kind`` on the images of ``samples`` (a FiftyOne dataset or view).
 
     Unreadable images are skipped and returned in ``result.failures``
-    (:class:`~lookalike.images.ImageFailure`). ``progress(fraction, label)`` runs
+    (:class:`~lookalike.images.decode.ImageFailure`). ``progress(fraction, label)`` runs
     over decoding the images, then the epochs; ``on_epoch(epoch, epochs,
     metrics)`` gets every finished epoch's metrics (``loss``, ``images_per_s``,
     ``val_loss`` where there is validation); ``should_stop()`` is polled between
@@ -129,7 +130,7 @@ def train_encoder(samples, kind, name, image_size=None, epochs=10, batch_size=No
     """
     from lookalike.encoders.data import load_samples_images
     from lookalike.encoders.preprocessing import input_manifest
-    from lookalike.progress import scaled
+    from lookalike.core.progress import scaled
 
     if kind not in KINDS:
         raise TrainingConfigError(f"unknown encoder kind {kind!r}; choose from {KINDS}")
@@ -143,7 +144,7 @@ def train_encoder(samples, kind, name, image_size=None, epochs=10, batch_size=No
     spec = input_manifest(kind, image_size)
     if kind == "metric":
         from lookalike.encoders import metric
-        from lookalike.labels import labelled_view
+        from lookalike.core.labels import labelled_view
 
         samples, labels = labelled_view(samples, label_field)
         loaded = load_samples_images(samples, spec, progress=loading)
@@ -205,22 +206,10 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, flip_average=Fal
 
         cls = ENCODER_CLASSES[kind]
     else:
-        from lookalike.encoders.keras import KerasEncoder as cls
+        from lookalike.encoders.keras_models import KerasEncoder as cls
     encoder = cls(path, manifest, **kwargs)
     encoder.flip_average = bool(flip_average)
     return encoder
-
-
-@dataclass
-class ImportResult:
-    path: str  # the encoder's directory in the store
-    left_behind: list = field(default_factory=list)  # what the source held but was not copied
-
-    @property
-    def note(self):
-        from lookalike.encoders.store import left_behind_note
-
-        return left_behind_note(self.left_behind)
 
 
 def import_encoder(path, name=None, store_dir=None, overwrite=False):
@@ -241,7 +230,7 @@ def import_encoder(path, name=None, store_dir=None, overwrite=False):
 
     import numpy as np
 
-    from lookalike import faults
+    from lookalike.core import faults
     from lookalike.encoders import store
 
     source = os.path.abspath(os.path.expanduser(path))

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from lookalike.edits import COPY_EDITS
+from lookalike.images.edits import COPY_EDITS
 from lookalike.encoders import store
 from lookalike.encoders.base import Encoder, l2_normalize
 from lookalike.encoders.preprocessing import PREPROCESSING
@@ -38,7 +38,7 @@ WEIGHTS = "autoencoder.npz"  # encoder + decoder, to reload the full model witho
 
 
 def _paddle():
-    from lookalike import frameworks
+    from lookalike.core import frameworks
 
     paddle = frameworks.paddle()
     # Paddle keeps its dynamic/static mode per thread, and a new thread starts
@@ -184,7 +184,7 @@ def train(
     """Trains the autoencoder on ``images`` ((N, S, S, 3) uint8 at ``image_size``).
 
     ``denoise``: the input of each step is an edited copy of the image (one of
-    :data:`lookalike.edits.COPY_EDITS` at random: crop, resize, rotation, flip,
+    :data:`lookalike.images.edits.COPY_EDITS` at random: crop, resize, rotation, flip,
     JPEG, lighting, grayscale, caption) and the target the image itself, still
     with the seed's L1 loss: an encoder that has to undo the edits embeds a
     copy near its original.
@@ -288,7 +288,7 @@ def edited_inputs(images, image_size, rng):
     """Each image (uint8 NHWC) as a random edit of itself, back at the input size (denoising)."""
     from PIL import Image
 
-    from lookalike.edits import edited_copy
+    from lookalike.images.edits import edited_copy
     from lookalike.encoders.preprocessing import input_manifest, to_input
 
     manifest = input_manifest(KIND, image_size)
@@ -314,7 +314,7 @@ def trained_with(trainer, paddle):
     if trainer == "paddle":
         device = "gpu" if paddle.device.get_device().startswith("gpu") else "cpu"
         return dict(framework="paddle", version=paddle.__version__, device=device)
-    from lookalike import frameworks
+    from lookalike.core import frameworks
 
     tf = frameworks.tensorflow()
     return dict(framework="tensorflow", version=tf.__version__, device="cpu",

@@ -22,8 +22,8 @@ convolutions are (in, out, H, W), Keras (H, W, out, in).
 
 import numpy as np
 
-from lookalike import frameworks
-from lookalike.encoders import keras
+from lookalike.core import frameworks
+from lookalike.encoders import keras_models as keras
 
 
 def build(channels, image_size):

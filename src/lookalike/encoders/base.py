@@ -3,7 +3,7 @@
 import numpy as np
 
 from lookalike.encoders.data import iter_batches
-from lookalike.progress import report
+from lookalike.core.progress import report
 
 
 def l2_normalize(x, eps=1e-12):
@@ -77,7 +77,7 @@ class Encoder:
         """Yields ``(indices, embeddings, failures)`` per batch of image files.
 
         ``indices`` index into ``paths``; ``failures`` lists an
-        :class:`~lookalike.images.ImageFailure` (with its ``sample_ids`` entry) for
+        :class:`~lookalike.images.decode.ImageFailure` (with its ``sample_ids`` entry) for
         each file that could not be read. Files go through the manifest's
         preprocessing (:mod:`lookalike.encoders.preprocessing`), decoded in threads
         while the model works on the previous batch.
@@ -90,7 +90,7 @@ class Encoder:
     def embed_paths(self, paths, batch_size=64, normalize=True, progress=None, num_workers=None):
         """Embeds image files; returns ``(embeddings, ok_indices, failures)``.
 
-        ``failures`` lists an :class:`~lookalike.images.ImageFailure` for each file
+        ``failures`` lists an :class:`~lookalike.images.decode.ImageFailure` for each file
         that could not be read. ``progress(fraction, label)``.
         """
         chunks, ok, failures = [], [], []

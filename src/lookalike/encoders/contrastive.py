@@ -7,20 +7,20 @@ pushes them away from the other images' views:
 
 * ``simclr`` (default): tfsim's ``SimCLRLoss`` (NT-Xent, ``temperature``) on the
   L2-normalised embeddings; there is no projection head, so the trained network
-  is exactly the metric kind's and :class:`~lookalike.encoders.keras.KerasEncoder`
+  is exactly the metric kind's and :class:`~lookalike.encoders.keras_models.KerasEncoder`
   loads it;
 * ``multisimilarity``: tfsim's ``MultiSimilarityLoss`` with pseudo-labels (each
   image is its own class).
 
 The random edits are drawn with NumPy from ``(seed, epoch, step)`` and applied
 with TensorFlow ops, so a resumed run sees the same views as an uninterrupted
-one. The network, epoch loop and checkpoints are :mod:`~lookalike.encoders.keras`'s.
+one. The network, epoch loop and checkpoints are :mod:`~lookalike.encoders.keras_models`'s.
 """
 
 import numpy as np
 
-from lookalike import frameworks
-from lookalike.encoders import keras
+from lookalike.core import frameworks
+from lookalike.encoders import keras_models as keras
 from lookalike.encoders.training import TrainingConfigError, TrainingJob
 
 KIND = "contrastive"

@@ -6,7 +6,7 @@ with the encoder's manifest (or, for a training run,
 only to the scale the encoder needs when the manifest says so.
 Pillow releases the GIL while decoding and resizing, so a thread pool keeps the
 model busy. Unreadable or missing files are skipped and returned as
-:class:`~lookalike.images.ImageFailure`; they never stop a job.
+:class:`~lookalike.images.decode.ImageFailure`; they never stop a job.
 """
 
 import os
@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike import progress as progress_
+from lookalike.core import progress as progress_
 from lookalike.encoders.preprocessing import load_input
-from lookalike.errors import EmptyViewError
-from lookalike.images import ImageFailure, UnreadableImageError
+from lookalike.core.errors import EmptyViewError
+from lookalike.images.decode import ImageFailure, UnreadableImageError
 
 
 @dataclass
@@ -83,7 +83,7 @@ def iter_batches(paths, manifest, batch_size, sample_ids=None, num_workers=None,
     """Yields ``(indices, images, failures)`` per batch while the next batches decode.
 
     ``indices`` index into ``paths`` for the images that decoded; ``failures``
-    lists an :class:`~lookalike.images.ImageFailure` for each that did not.
+    lists an :class:`~lookalike.images.decode.ImageFailure` for each that did not.
     """
     pool = ThreadPoolExecutor(_workers(num_workers))
     try:

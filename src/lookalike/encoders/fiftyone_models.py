@@ -19,7 +19,7 @@ HWC), as FiftyOne passes images to its models; its own transforms do the rest.
 import numpy as np
 
 from lookalike.encoders.base import Encoder
-from lookalike.errors import EncoderStoreError
+from lookalike.core.errors import EncoderStoreError
 
 PREFIX = "fo:"
 KIND = "fiftyone-model"

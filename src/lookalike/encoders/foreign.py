@@ -28,10 +28,10 @@ import tempfile
 
 import numpy as np
 
-from lookalike import faults, leases
+from lookalike.core import faults, leases
 from lookalike.encoders import store
 from lookalike.encoders.base import Encoder
-from lookalike.errors import EncoderStoreError
+from lookalike.core.errors import EncoderStoreError
 
 PADDLE_INFERENCE, KERAS = store.FOREIGN_KINDS
 
@@ -82,7 +82,7 @@ class PaddleInferenceEncoder(Encoder):
 
     def __init__(self, path, manifest, threads=None):
         super().__init__(path, manifest)
-        from lookalike import frameworks
+        from lookalike.core import frameworks
 
         paddle = frameworks.paddle()
         store.check_framework_version(manifest, paddle.__version__)
@@ -117,7 +117,7 @@ class PaddleInferenceEncoder(Encoder):
 
 def _load_keras_file(path):
     """The tf-keras model of a ``.keras`` file, in safe mode (no serialised code runs)."""
-    from lookalike import frameworks
+    from lookalike.core import frameworks
 
     tf = frameworks.tensorflow()
     try:
@@ -132,7 +132,7 @@ class KerasFileEncoder(Encoder):
 
     def __init__(self, path, manifest, batch_size=256):
         super().__init__(path, manifest)
-        from lookalike import frameworks
+        from lookalike.core import frameworks
 
         tf = frameworks.tensorflow()
         store.check_framework_version(manifest, tf.__version__)
@@ -172,11 +172,10 @@ def _paddle_files(directory):
 def _publish_checked(staging_model, manifest, files, name, store_dir, overwrite):
     """Writes the manifest, loads and runs the model on one blank image, records its output
     size, then publishes the folder as ``name``; returns the encoder's path."""
-    from lookalike.encoders import load_encoder
-
     manifest.setdefault("embedding_size", 0)
     store.write_manifest(staging_model, manifest, files)
-    encoder = load_encoder(staging_model)
+    encoder = ENCODER_CLASSES[manifest["kind"]](staging_model,
+                                                store.read_manifest(staging_model))
     out = encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8),
                         normalize=False)
     if out.shape[1] < 2:
@@ -214,16 +213,14 @@ def import_paddle_inference(directory, name, image_size, scale=IMAGENET["scale"]
                             mean=IMAGENET["mean"], std=IMAGENET["std"], output=None,
                             store_dir=None, overwrite=False):
     """Imports a Paddle Inference export (PaddleClas, PP-ShiTu, ``paddle.jit.save``) as encoder
-    ``name``; returns an :class:`~lookalike.encoders.ImportResult`.
+    ``name``; returns an :class:`~lookalike.encoders.store.ImportResult`.
 
     ``image_size``: the square input the model expects (PP-ShiTu: 224);
     ``scale``, ``mean``, ``std``: its input normalisation (default ImageNet's, as
     PaddleClas's ``inference.yml`` says); ``output``: the output tensor to use
     (default the first). The input must be NCHW with 3 channels.
     """
-    from lookalike import frameworks
-    from lookalike.encoders import ImportResult
-
+    from lookalike.core import frameworks
     source = os.path.abspath(os.path.expanduser(directory))
     if not os.path.isdir(source) or os.path.islink(source):
         raise EncoderStoreError(f"{source}: no such model folder (links are not followed)")
@@ -244,13 +241,13 @@ def import_paddle_inference(directory, name, image_size, scale=IMAGENET["scale"]
         return _publish_checked(model, manifest, [program, params], name, store_dir, overwrite)
 
     path = _staged_import(name, store_dir, overwrite, fill)
-    return ImportResult(path, store.left_behind_entries(source, {program, params}))
+    return store.ImportResult(path, store.left_behind_entries(source, {program, params}))
 
 
 def import_keras(path, name, image_size=None, scale=IDENTITY["scale"], mean=IDENTITY["mean"],
                  std=IDENTITY["std"], store_dir=None, overwrite=False):
     """Imports a Keras model saved as one ``.keras`` file (tf-keras) as encoder ``name``;
-    returns an :class:`~lookalike.encoders.ImportResult`.
+    returns an :class:`~lookalike.encoders.store.ImportResult`.
 
     The file is loaded in safe mode (a model holding serialised Python code, such
     as a ``Lambda`` layer, is refused). Its input must be ``(S, S, 3)`` images
@@ -258,9 +255,7 @@ def import_keras(path, name, image_size=None, scale=IDENTITY["scale"], mean=IDEN
     ``std``: the normalisation it expects outside itself (default none: pixels
     0..255, for a model that rescales inside).
     """
-    from lookalike import frameworks
-    from lookalike.encoders import ImportResult
-
+    from lookalike.core import frameworks
     source = os.path.abspath(os.path.expanduser(path))
     folder, file = os.path.split(source)
     if not file.endswith(".keras"):
@@ -288,7 +283,7 @@ def import_keras(path, name, image_size=None, scale=IDENTITY["scale"], mean=IDEN
             training_data=dict(dataset=None, imported_from=source))
         return _publish_checked(model, manifest, [KERAS_FILE], name, store_dir, overwrite)
 
-    return ImportResult(_staged_import(name, store_dir, overwrite, fill))
+    return store.ImportResult(_staged_import(name, store_dir, overwrite, fill))
 
 
 def detect_format(path):

@@ -1,9 +1,9 @@
-"""The metric kind: the seed's network (:mod:`~lookalike.encoders.keras`) trained on labelled images.
+"""The metric kind: the seed's network (:mod:`~lookalike.encoders.keras_models`) trained on labelled images.
 
 Training: class-balanced batches from tensorflow-similarity's
 ``MultiShotMemorySampler`` (``classes_per_batch`` x
 ``examples_per_class_per_batch``), a tfsim metric loss, Adam, and the shared
-epoch loop (:func:`~lookalike.encoders.keras.run_epochs`), so a run can stop
+epoch loop (:func:`~lookalike.encoders.keras_models.run_epochs`), so a run can stop
 between batches and resume exactly: batches and initial weights follow
 ``seed``. A stratified share of every class is held out to measure
 ``val_loss``; training stops early when it has not improved for ``patience``
@@ -17,10 +17,10 @@ import random
 
 import numpy as np
 
-from lookalike import frameworks
-from lookalike.encoders import keras
+from lookalike.core import frameworks
+from lookalike.encoders import keras_models as keras
 from lookalike.encoders.training import TrainingConfigError, TrainingJob
-from lookalike.labels import check_labels
+from lookalike.core.labels import check_labels
 
 KIND = "metric"
 LOSSES = ("multisimilarity", "triplet", "circle", "pn")

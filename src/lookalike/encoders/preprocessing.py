@@ -3,7 +3,7 @@
 Every encoder's manifest records ``image_size`` and ``preprocessing``: the resize
 and colour applied here, outside the network, and the scaling and layout its
 network applies itself (recorded for readers; :mod:`~lookalike.encoders.autoencoder`
-and :mod:`~lookalike.encoders.keras` apply them on the arrays made here).
+and :mod:`~lookalike.encoders.keras_models` apply them on the arrays made here).
 Embedding files, training and the synthetic copies that set the duplicate
 threshold all call :func:`to_input` with the encoder's manifest, so an encoder
 is never measured under another preprocessing than its own. A training run,
@@ -13,7 +13,7 @@ the manifest it will write.
 ``preprocessing["decode"]`` says how a file is decoded before that resize:
 ``"jpeg-draft"`` (every encoder trained since it existed) lets the JPEG decoder
 work at 1/2, 1/4 or 1/8 scale in the DCT domain, never below the input size
-(:func:`lookalike.images.open_image`'s ``min_side``), which decodes camera-sized
+(:func:`lookalike.images.decode.open_image`'s ``min_side``), which decodes camera-sized
 photos about 4x faster; other formats are decoded in full. A manifest without it
 (encoders saved before) means ``"full"``: those encoders keep making exactly
 the vectors their fields already hold. The decode is fixed by the manifest
@@ -23,8 +23,8 @@ field (whose record holds that version) never mixes two decodes.
 
 import numpy as np
 
-from lookalike.errors import EncoderStoreError
-from lookalike.images import load_image
+from lookalike.core.errors import EncoderStoreError
+from lookalike.images.decode import load_image
 
 # What each kind records; the decode is applied by load_decoded, the resize and
 # colour by to_input.
@@ -89,7 +89,7 @@ def load_decoded(path, manifest, headroom=1):
 def load_input(path, manifest):
     """:func:`to_input` of the image file ``path``, decoded as the manifest says.
 
-    Raises :class:`~lookalike.errors.UnreadableImageError` (path and reason) for
+    Raises :class:`~lookalike.core.errors.UnreadableImageError` (path and reason) for
     every file that is missing, not an image, over the pixel limit, truncated or
     corrupt.
     """

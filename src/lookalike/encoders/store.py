@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import dataclass, field
 
 FORMAT = "lookalike-encoder"
 FORMAT_VERSION = 1
@@ -48,7 +49,7 @@ REQUIRED_KEYS = (
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-from lookalike.errors import EncoderStoreError  # noqa: F401 (re-exported)
+from lookalike.core.errors import EncoderStoreError  # noqa: F401 (re-exported)
 
 
 def default_store_dir():
@@ -383,7 +384,7 @@ def publish(partial, final, overwrite=False):
                 f"an encoder named '{os.path.basename(final)}' exists: choose another name "
                 "or pass overwrite=True"
             )
-        from lookalike import faults
+        from lookalike.core import faults
 
         old = _old_dir(final)
         shutil.rmtree(old, ignore_errors=True)
@@ -394,3 +395,15 @@ def publish(partial, final, overwrite=False):
     else:
         os.replace(partial, final)
     return final
+
+
+@dataclass
+class ImportResult:
+    """What importing a model into the store gave: its folder, and what was left behind."""
+
+    path: str  # the encoder's directory in the store
+    left_behind: list = field(default_factory=list)  # what the source held but was not copied
+
+    @property
+    def note(self):
+        return left_behind_note(self.left_behind)

@@ -28,16 +28,16 @@ import time
 
 import numpy as np
 
-from lookalike import faults
+from lookalike.core import faults
 from lookalike.encoders import store
-from lookalike.progress import report
+from lookalike.core.progress import report
 
 STOP_FILE = "STOP"
 STATE_FILE = "state.json"
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
-from lookalike.errors import TrainingConfigError, TrainingStopped  # noqa: F401 (re-exported)
+from lookalike.core.errors import TrainingConfigError, TrainingStopped  # noqa: F401 (re-exported)
 
 
 class TrainingJob:

@@ -8,8 +8,8 @@
 
 import numpy as np
 
-from lookalike import faults, fo_adapter, leases
-from lookalike.errors import (  # noqa: F401 (IncompleteIndexError, NotOurIndexError re-exported)
+from lookalike.core import faults, fo_adapter, leases
+from lookalike.core.errors import (  # noqa: F401 (IncompleteIndexError, NotOurIndexError re-exported)
     EmptyViewError,
     IncompleteIndexError,
     IndexSettingsError,
@@ -18,8 +18,8 @@ from lookalike.errors import (  # noqa: F401 (IncompleteIndexError, NotOurIndexE
     SimilarityIndexError,
     UsageError,
 )
+from lookalike.similarity.registration import BACKEND_CLS  # noqa: F401 (re-exported)
 
-BACKEND_CLS = "lookalike.similarity.backend.LookalikeSimilarityConfig"
 # A build writes its run under this suffix and renames it only once complete.
 BUILDING_SUFFIX = "__lookalike_build"
 
@@ -64,7 +64,7 @@ def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwr
     (or the new one), and the next build clears what it left. A second build
     of the same key while one runs is refused (:class:`LeaseHeldError`).
     """
-    from lookalike.embeddings import field_record
+    from lookalike.embeddings.compute import field_record
     from lookalike.similarity import artefacts
     from lookalike.similarity.backend import LookalikeSimilarityConfig
 
@@ -257,7 +257,7 @@ def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25
     ``verify``: re-rank the ``k`` by geometric verification against the query
     image (one selected sample or ``query_path``): verified results first, most
     inliers first, then the others in distance order; each result's inliers go
-    to ``inliers_field`` (see :func:`lookalike.verification.rerank`).
+    to ``inliers_field`` (see :func:`lookalike.images.local_features.rerank`).
     """
     index = load_index(samples, brain_key)
     if k is not None and k < 1:
@@ -282,9 +282,9 @@ def verify_results(index, query_path, paths):
     ``inliers`` of each result with the image at ``query_path`` (features of
     the results are cached per dataset); ``order``: positions, verified first
     (at least the run's calibrated ``min_inliers``), see
-    :func:`lookalike.verification.rerank`.
+    :func:`lookalike.images.local_features.rerank`.
     """
-    from lookalike import verification
+    from lookalike.images.decode import local_features as verification
 
     query, reason = verification.extract_file(query_path)
     if query is None and reason != verification.FEATURELESS:

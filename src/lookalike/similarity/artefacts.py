@@ -3,7 +3,7 @@
 A new process (the App server, a worker) loads ``vectors.npy`` instead of
 reading and decoding every embedding from MongoDB. ``meta.json`` records which
 samples held a vector (their count and smallest and largest id) and the encoder
-version that wrote the field (see :mod:`lookalike.embeddings`); when any of
+version that wrote the field (see :mod:`lookalike.embeddings.compute`); when any of
 these differs now, the artefacts are stale and the index is rebuilt from the
 field. Lookalike's own writes refresh the artefacts at once. Edits made
 outside lookalike that keep all three (vectors overwritten in place, one
@@ -11,7 +11,7 @@ sample's vector swapped for another's) are not detected: call
 ``index.reload()`` after such edits.
 
 Location: ``<data dir>/indexes/<dataset id>/<build id>/`` (see
-:func:`lookalike.paths.default_data_dir`). The build id is recorded in the run's
+:func:`lookalike.core.paths.default_data_dir`). The build id is recorded in the run's
 config, so renaming a run (as :func:`lookalike.similarity.build_index` does when
 it swaps a new index in) keeps its artefacts without moving anything. Runs made
 before build ids use their brain key as the directory name.
@@ -29,8 +29,8 @@ import shutil
 
 import numpy as np
 
-from lookalike import fo_adapter, leases
-from lookalike.paths import default_data_dir
+from lookalike.core import fo_adapter, leases
+from lookalike.core.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def field_state(samples, field):
     # "sort by similarity", a tag) would make every cache look stale.
     import fiftyone as fo
 
-    from lookalike.embeddings import field_record
+    from lookalike.embeddings.compute import field_record
 
     count, first, last = samples.exists(field).aggregate(
         [fo.Count(), fo.Min("_id"), fo.Max("_id")])
@@ -140,7 +140,7 @@ def save(samples, name, field, matrix, sample_ids, engine=None):
 def stage_vectors(samples, name, shape):
     """A new float32 ``.npy`` file of ``shape`` in the artefacts ``name``, memory-mapped to write.
 
-    Reading a field into it (see :mod:`lookalike.similarity.field`) holds only
+    Reading a field into it (see :mod:`lookalike.similarity.field_vectors`) holds only
     a batch in memory; :func:`save` moves it into place as ``vectors.npy``, and
     :func:`discard_stage` removes one that is not saved. Files staged by dead
     processes of this host (killed while reading) are removed here and by

@@ -21,7 +21,6 @@ import logging
 import numbers
 import uuid
 
-import eta.core.utils as etau
 import numpy as np
 from fiftyone.brain.similarity import (
     DuplicatesMixin,
@@ -30,11 +29,11 @@ from fiftyone.brain.similarity import (
     SimilarityIndex,
 )
 
-from lookalike import faults, fo_adapter
-from lookalike.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
+from lookalike.core import faults, fo_adapter
+from lookalike.core.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
 from lookalike.similarity import artefacts
 from lookalike.similarity.distance import cosine_distance
-from lookalike.similarity.field import in_memory, read_unit_vectors
+from lookalike.similarity.field_vectors import in_memory, read_unit_vectors
 from lookalike.similarity.engine import (
     InvalidEmbeddingsError,
     as_unit_matrix,
@@ -120,7 +119,7 @@ class LookalikeSimilarity(Similarity):
         if self.config.encoder is None and self.config.embeddings_field:
             # fob.compute_similarity(backend="lookalike") names no encoder: record the
             # field's, as build_index does, so that query images can be embedded.
-            from lookalike.embeddings import field_record
+            from lookalike.embeddings.compute import field_record
 
             record = field_record(samples, self.config.embeddings_field) or {}
             self.config.encoder = record.get("encoder")
@@ -177,7 +176,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._ids_to_inds = None
         self._curr_ids_to_inds = None
         self.num_missing = 0
-        # Calibration, evaluation, ... saved with the run (see lookalike.curation.records).
+        # Calibration, evaluation, ... saved with the run (see lookalike.similarity.records).
         self.curation = {}
         faiss_index, cached = None, False
         if matrix is None:
@@ -370,7 +369,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _positions(self, sample_ids, allow_missing=True):
         """Rows of ``sample_ids`` in the index (in the given order)."""
-        if etau.is_str(sample_ids):
+        if isinstance(sample_ids, str):
             sample_ids = [sample_ids]
         index = self._get_ids_to_inds(full=True)
         missing = [i for i in sample_ids if i not in index]
@@ -474,7 +473,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         not verify pairs geometrically: its groups are curation's with
         ``verify=False, exact_files=False`` (both cut single bridging pairs).
         """
-        from lookalike.curation import records
+        from lookalike.similarity import records
 
         ids = np.asarray(self.current_sample_ids, dtype=str)
         keep = self._current_inds
@@ -515,7 +514,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """-> (unit query matrix or None, full_index, single_query)."""
         if query is None:
             return None, True, False
-        if etau.is_str(query):
+        if isinstance(query, str):
             query, single = [query], True
         else:
             arr = np.asarray(query)
@@ -567,7 +566,7 @@ def describe_samples(samples):
 def read_field(samples, field, allocate=in_memory):
     """(unit matrix, sample ids, number without a vector) of an embeddings field over ``samples``.
 
-    ``allocate``: see :func:`lookalike.similarity.field.read_unit_vectors`.
+    ``allocate``: see :func:`lookalike.similarity.field_vectors.read_unit_vectors`.
     """
     matrix, ids = read_unit_vectors(samples, field, allocate=allocate)
     missing = samples.count() - len(ids)
@@ -587,6 +586,6 @@ def write_vectors(dataset, field, sample_ids, vectors):
 
 
 # Whoever loads our backend classes can also name it: backend="lookalike".
-from lookalike.brain_registration import register as _register_backend  # noqa: E402
+from lookalike.similarity.registration import register as _register_backend  # noqa: E402
 
 _register_backend()

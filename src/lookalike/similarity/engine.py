@@ -13,7 +13,7 @@ Distances are cosine distances, ``1 - cos``, in [0, 2]
 
 import numpy as np
 
-from lookalike.errors import IndexSettingsError, InvalidEmbeddingsError  # noqa: F401 (re-exported)
+from lookalike.core.errors import IndexSettingsError, InvalidEmbeddingsError  # noqa: F401 (re-exported)
 from lookalike.similarity.distance import cosine_distance
 
 # The one choice of search: "exact" (BLAS), "approximate" (faiss IVF),

@@ -19,7 +19,7 @@ cuts single pairs that bridge two otherwise separate groups; both
 
 import numpy as np
 
-from lookalike.progress import report
+from lookalike.core.progress import report
 from lookalike.similarity.distance import cosine_distance, similarity_cutoff
 from lookalike.similarity.engine import check_engine, resolve_engine
 

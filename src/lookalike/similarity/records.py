@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 
-from lookalike.errors import CurationError, MissingRecordError, StaleRecordError
+from lookalike.core.errors import CurationError, MissingRecordError, StaleRecordError
 from lookalike.similarity import artefacts
 
 
@@ -42,7 +42,7 @@ def commit(index, changes):
     of them. So the save holds a lease on the run's records and merges into the
     records read back from the database, not into this process's copy.
     """
-    from lookalike import fo_adapter, leases
+    from lookalike.core import fo_adapter, leases
 
     dataset = fo_adapter.root_dataset(index.samples)
     with leases.hold(dataset, f"records:{index.key}", job="save curation records", wait=120,

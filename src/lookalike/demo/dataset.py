@@ -15,7 +15,7 @@ network:
 
 Ground-truth fields: ``source`` ("photo" | "digit"), ``ground_truth`` (the photo
 group or the digit, as a Classification), ``gt_group`` (photos: the original's
-name), ``gt_edit`` (photos: "original", an edit kind of :data:`lookalike.edits.EDITS`
+name), ``gt_edit`` (photos: "original", an edit kind of :data:`lookalike.images.edits.EDITS`
 or "other_view") and
 ``gt_unique`` (photos: True when the photo has no copy).
 """
@@ -27,7 +27,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from lookalike.edits import EDITS, JPEG_QUALITY, apply_edit
+from lookalike.images.edits import EDITS, JPEG_QUALITY, apply_edit
 
 DEFAULT_DATASET_NAME = "lookalike-demo"
 
@@ -126,7 +126,7 @@ def build_demo_dataset(name=DEFAULT_DATASET_NAME, data_dir=None, overwrite=True,
     Args:
         name: the dataset name
         data_dir: where the image files go (default: ``<data dir>/demo``, see
-            :func:`lookalike.paths.default_data_dir`)
+            :func:`lookalike.core.paths.default_data_dir`)
         overwrite: replace an existing dataset of that name (else: error)
         digits_size: side in pixels of the saved digit images (8 = as in sklearn)
         max_digits: keep only the first ``max_digits`` digits (tests)
@@ -137,8 +137,8 @@ def build_demo_dataset(name=DEFAULT_DATASET_NAME, data_dir=None, overwrite=True,
     """
     import fiftyone as fo
 
-    from lookalike.importer import ImageImportError, _make_sample, probe_images
-    from lookalike.paths import default_data_dir
+    from lookalike.images.folder_import import ImageImportError, _make_sample, probe_images
+    from lookalike.core.paths import default_data_dir
 
     if fo.dataset_exists(name) and not overwrite:
         raise ImageImportError(f"dataset '{name}' already exists (pass overwrite=True)")

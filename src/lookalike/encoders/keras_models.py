@@ -20,7 +20,7 @@ network is rebuilt from the manifest's ``architecture`` on load, so
 ``index``/``match``/``calibrate`` are never used (``match`` fails with NumPy
 2.4); lookalike indexes the embeddings itself.
 
-TensorFlow is reached through :mod:`lookalike.frameworks`, inside the functions.
+TensorFlow is reached through :mod:`lookalike.core.frameworks`, inside the functions.
 """
 
 import os
@@ -28,10 +28,10 @@ import time
 
 import numpy as np
 
-from lookalike import frameworks
+from lookalike.core import frameworks
 from lookalike.encoders import store
 from lookalike.encoders.base import Encoder, l2_normalize
-from lookalike.errors import TrainingConfigError
+from lookalike.core.errors import TrainingConfigError
 
 ARCHITECTURE = "tfsim_seed_convnet"
 WEIGHTS = "model.weights.h5"

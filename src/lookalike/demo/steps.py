@@ -86,7 +86,7 @@ PHOTO_INDEXES = (("demo-contrastive", "emb_contrastive"), ("demo-autoencoder", "
 def embed_and_index_photos(dataset, quick=False, log=print, store_dir=None):
     """Embeds the demo photos with each photo encoder and builds one index per field."""
     import lookalike.similarity as ls
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
 
     photos = dataset.match(F("source") == "photo")
@@ -231,7 +231,7 @@ def curate_digits(dataset, quick=False, log=print, store_dir=None):
     """The metric encoder on the digits: embed, index, open-set calibration, evaluation."""
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike.embeddings import compute_embeddings
+    from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
 
     digits = dataset.match(F("source") == "digit")
@@ -276,7 +276,7 @@ def write_query_set(dataset, query_dir, seed=99):
     import sklearn.datasets
     from PIL import Image
 
-    from lookalike.edits import apply_edit
+    from lookalike.images.edits import apply_edit
 
     if os.path.isdir(query_dir):
         shutil.rmtree(query_dir)  # ours: rebuilt so that no stale file lingers
@@ -327,7 +327,7 @@ def match_query_set(dataset, photo_key="emb_contrastive_sim", log=print):
     import os
 
     import lookalike.curation as lc
-    from lookalike.paths import default_data_dir
+    from lookalike.core.paths import default_data_dir
 
     data_dir = (dataset.info.get("lookalike_demo") or {}).get("data_dir") or os.path.join(
         default_data_dir(), "demo")

@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from lookalike.errors import UsageError
+from lookalike.core.errors import UsageError
 
 COPY_EDITS = (
     "crop",
@@ -31,7 +31,7 @@ EDITS = COPY_EDITS + VIEWPOINT_EDITS
 
 
 def _rgb(img):
-    from lookalike.images import to_rgb
+    from lookalike.images.decode import to_rgb
 
     return to_rgb(img)
 

@@ -64,7 +64,7 @@ def gray_array(image, max_side=MAX_SIDE):
     """A PIL image (any mode) -> uint8 grayscale array with its longer side <= ``max_side``."""
     from PIL import Image
 
-    from lookalike.images import to_rgb
+    from lookalike.images.decode import to_rgb
 
     img = to_rgb(image).convert("L")
     scale = max_side / max(img.size)
@@ -92,7 +92,7 @@ def extract_file(path, max_keypoints=MAX_KEYPOINTS, mirrored=False):
     """
     from PIL import ImageOps
 
-    from lookalike.images import UnreadableImageError, load_image
+    from lookalike.images.decode import UnreadableImageError, load_image
 
     try:
         img = load_image(path, MAX_SIDE)
@@ -152,8 +152,8 @@ def _spread(matched, points, share=MIN_SPREAD):
 # -- the per-dataset cache ---------------------------------------------------------
 
 def cache_dir(dataset):
-    from lookalike import fo_adapter
-    from lookalike.paths import default_data_dir
+    from lookalike.core import fo_adapter
+    from lookalike.core.paths import default_data_dir
 
     return os.path.join(default_data_dir(), "features", fo_adapter.dataset_id(dataset))
 
@@ -244,13 +244,13 @@ def cache_features(samples, progress=None, chunk=64):
 
     What ``find_duplicates`` and ``find_leaks`` with verification would compute
     on first use, ahead of time and in slices for many workers
-    (:func:`lookalike.jobs.queue_features`). Entries already cached are kept, so
+    (:func:`lookalike.embeddings.shards.queue_features`). Entries already cached are kept, so
     a rerun (or a second worker on the same files) only adds what is missing; an
     entry is written whole or not at all. Returns ``{"images", "cached_before"
     (found in the cache), "without": {path: reason}}``. ``chunk``: images between
     two progress reports. ``progress``: ``progress(fraction, label)``.
     """
-    from lookalike import faults, fo_adapter
+    from lookalike.core import faults, fo_adapter
 
     paths = samples.values("filepath")
     directory = cache_dir(fo_adapter.root_dataset(samples))
@@ -335,7 +335,7 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
     """The inlier count that verifies a pair, from synthetic viewpoint copies, label-free.
 
     Each readable image of ``paths`` is compared with a copy of itself seen from
-    another camera position (:func:`lookalike.edits.perspective`) and with the
+    another camera position (:func:`lookalike.images.edits.perspective`) and with the
     viewpoint copies of ``others`` other sampled images: unrelated pairs, one
     side warped like the copies. A sample of a dataset with duplicates holds
     some of them (on the demo a random pair is a copy 1 time in 24, with
@@ -352,8 +352,8 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
     """
     import random
 
-    from lookalike.edits import perspective
-    from lookalike.images import UnreadableImageError, load_image
+    from lookalike.images.edits import perspective
+    from lookalike.images.decode import UnreadableImageError, load_image
 
     def features_of(n_path):
         n, path = n_path
@@ -403,8 +403,8 @@ def recognises_itself(paths, min_inliers, seed=51, num_workers=None):
     no evidence of different images."""
     import random
 
-    from lookalike.edits import edited_copy
-    from lookalike.images import UnreadableImageError, load_image
+    from lookalike.images.edits import edited_copy
+    from lookalike.images.decode import UnreadableImageError, load_image
 
     def check(n_path):
         n, path = n_path

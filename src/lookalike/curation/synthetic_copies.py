@@ -3,7 +3,7 @@
 A label-free duplicate threshold should say "a copy is anything within the
 distance that crop, resize, rotation, flip, JPEG, brightness, grayscale and a
 text overlay move an image". So: take a seeded sample of the indexed images,
-make one edited copy per edit kind (:mod:`lookalike.edits`), embed originals and
+make one edited copy per edit kind (:mod:`lookalike.images.edits`), embed originals and
 copies with the run's own encoder and keep the distances. The threshold is the
 percentile of them that keeps the chosen share of copies.
 """
@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 
-from lookalike.edits import EDITS, edited_copy
+from lookalike.images.edits import EDITS, edited_copy
 from lookalike.similarity.distance import cosine_distance
 
 EDIT_HEADROOM = 4  # the edits shrink an image to 0.4 of its side at most
@@ -21,7 +21,7 @@ EDIT_HEADROOM = 4  # the edits shrink an image to 0.4 of its side at most
 def copy_distances(index, num_images=64, seed=51, edits=EDITS, progress=None):
     """``{edit: [distances]}`` between sampled indexed images and their edited copies."""
     from lookalike.encoders.preprocessing import load_decoded, load_input, to_input
-    from lookalike.images import UnreadableImageError
+    from lookalike.images.decode import UnreadableImageError
     from lookalike.similarity import encoder_of
 
     encoder = encoder_of(index)

@@ -5,6 +5,8 @@ The panel (and anything else) renders these; nothing here knows about the App.
 
 import os
 
+from lookalike.curation.index_choice import preferred_index, result_origin, when  # noqa: F401
+
 
 def encoder_rows(store_dir=None, dataset_name=None):
     """One row per saved encoder, with its training facts and preview images (autoencoders);
@@ -39,7 +41,7 @@ def encoder_rows(store_dir=None, dataset_name=None):
 def run_rows(dataset):
     """One row per lookalike similarity run: field, encoder, size, engine and record freshness."""
     import lookalike.similarity as ls
-    from lookalike.curation import records
+    from lookalike.similarity import records
 
     rows = []
     for key in ls.our_brain_keys(dataset):
@@ -66,7 +68,7 @@ def run_rows(dataset):
 def run_summary(dataset, brain_key):
     """Thresholds, metrics and figure specs of one run (whatever has been computed)."""
     import lookalike.similarity as ls
-    from lookalike.curation import records
+    from lookalike.similarity import records
     from lookalike.curation.calibrate import Calibration
     from lookalike.curation.evaluation import RetrievalEvaluation
     from lookalike.curation.figures import run_figures
@@ -89,20 +91,9 @@ def run_summary(dataset, brain_key):
                         f"{summary['num_duplicates']} tagged")
             else:
                 line = f"Outliers: {summary['num_outliers']} of {summary['num_searched']} tagged"
-            out["lines"].append(f"{line}, {_when(summary.get('saved_at'))}; "
+            out["lines"].append(f"{line}, {when(summary.get('saved_at'))}; "
                                 f"{_shown_or_replaced(dataset, name, brain_key)}")
     return out
-
-
-def _when(at):
-    """A time as the panel shows it: UTC, to the minute (``at``: a datetime or epoch seconds)."""
-    import datetime
-
-    if at is None:
-        return "time unknown"
-    if not isinstance(at, datetime.datetime):
-        at = datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc)
-    return at.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _shown_or_replaced(dataset, kind, brain_key):
@@ -111,57 +102,9 @@ def _shown_or_replaced(dataset, kind, brain_key):
     if shown and shown.get("brain_key") == brain_key:
         return "these are the tags in the dataset now"
     job = "find duplicates" if kind == "duplicates" else "flag outliers"
-    other = (f"index '{shown['brain_key']}' ({_when(shown.get('at'))})" if shown and
+    other = (f"index '{shown['brain_key']}' ({when(shown.get('at'))})" if shown and
              shown.get("brain_key") else "another run")
     return f"the dataset now shows {other}: {job} with this index to show these again"
-
-
-def result_origin(dataset, kind):
-    """``{"brain_key", "at", "text"}`` of the results of ``kind`` ("duplicates", "outliers",
-    "leaks") the dataset shows now, or None before any run."""
-    from lookalike.curation import runs
-
-    info = runs.published_info(dataset, kind)
-    if not info:
-        return None
-    key = info.get("brain_key")
-    by = f"index '{key}'" if key else ("byte-identical files" if kind == "duplicates"
-                                      else "an earlier version")
-    return {"brain_key": key, "at": info.get("at"),
-            "text": f"by {by}, {_when(info.get('at'))}"}
-
-
-def preferred_index(dataset, remembered=None):
-    """The index a form or the panel offers first, or None without one.
-
-    ``remembered`` (the one last used on this dataset) while it exists; else the
-    index whose duplicates or outliers the dataset shows now (the latest such
-    run); else the best-calibrated: a fresh calibration before a stale one, one
-    from labels before a label-free one, the most recent first.
-    """
-    import lookalike.similarity as ls
-    from lookalike.curation import records
-
-    keys = ls.our_brain_keys(dataset)
-    if remembered in keys:
-        return remembered
-    shown = [r for r in (result_origin(dataset, k) for k in ("duplicates", "outliers"))
-             if r and r["brain_key"] in keys]
-    if shown:
-        return max(shown, key=lambda r: r["at"])["brain_key"]
-
-    def rank(key):
-        try:
-            index = ls.load_index(dataset, key)
-        except Exception:  # noqa: BLE001 - an index that cannot load comes last
-            return (0, 0, 0.0)
-        cal = (index.curation or {}).get("calibration")
-        if not cal:
-            return (0, 0, 0.0)
-        return (1 + records.is_fresh(index, "calibration"), bool(cal.get("label_field")),
-                float(cal.get("saved_at") or 0.0))
-
-    return max(keys, key=rank) if keys else None
 
 
 def duplicate_group_rows(samples, limit=100):
@@ -266,7 +209,7 @@ def neighbour_rows(dataset, brain_key, sample_id, k=10):
     """The ``k`` nearest other samples of ``sample_id``: distances and geometric inliers.
 
     Verified neighbours (the same object or scene seen again) come first, as
-    :func:`lookalike.verification.rerank` orders them.
+    :func:`lookalike.images.local_features.rerank` orders them.
     """
     import lookalike.similarity as ls
 

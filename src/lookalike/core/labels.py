@@ -15,8 +15,8 @@ from collections import Counter
 
 import numpy as np
 
-from lookalike import fo_adapter
-from lookalike.errors import CalibrationError, TrainingConfigError, UsageError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import CalibrationError, TrainingConfigError, UsageError
 
 
 def _is_classification(field):

@@ -20,8 +20,9 @@ Two ways in, both idempotent:
 import json
 import os
 
-from lookalike.errors import BrainConfigError  # noqa: F401 (re-exported)
-from lookalike.similarity import BACKEND_CLS as CONFIG_CLS
+from lookalike.core.errors import BrainConfigError  # noqa: F401 (re-exported)
+# The config class FiftyOne's brain records in every run of ours.
+BACKEND_CLS = CONFIG_CLS = "lookalike.similarity.backend.LookalikeSimilarityConfig"
 
 BACKEND_NAME = "lookalike"
 

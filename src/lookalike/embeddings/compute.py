@@ -7,7 +7,7 @@ encoder version are skipped unless ``overwrite``; vectors are written chunk by
 chunk, so a job that dies keeps what it finished and a rerun does the rest.
 Unreadable images are listed and marked on the sample (``<field>_error``).
 
-Concurrency: a job holds the lease ``field:<name>`` (:mod:`lookalike.leases`)
+Concurrency: a job holds the lease ``field:<name>`` (:mod:`lookalike.core.leases`)
 from before it reads the field's record until its last write, shared only with
 jobs of the same encoder version, so two encoders can never both pass the
 record check. Each field's record is its own key, written with one atomic
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike import faults, fo_adapter, leases
-from lookalike.errors import EmbeddingFieldError  # noqa: F401 (re-exported)
-from lookalike.progress import report
+from lookalike.core import faults, fo_adapter, leases
+from lookalike.core.errors import EmbeddingFieldError  # noqa: F401 (re-exported)
+from lookalike.core.progress import report
 
 INFO_KEY = "lookalike_embeddings"
 
@@ -31,7 +31,7 @@ class EmbeddingReport:
     encoder: str
     embedded: int
     skipped_existing: int
-    failures: list = field(default_factory=list)  # lookalike.images.ImageFailure, with sample_id
+    failures: list = field(default_factory=list)  # lookalike.images.decode.ImageFailure, with sample_id
 
     def summary(self):
         """One line, for the CLI and the App."""
@@ -86,14 +86,7 @@ VECTOR_FIELD_TYPES = ("VectorField", "ArrayField")
 
 
 def _reserved_fields():
-    try:
-        import fiftyone as fo
-        from fiftyone.core.odm.sample import get_default_fields
-
-        own = get_default_fields(fo.core.odm.DatasetSampleDocument, include_private=True)
-    except (ImportError, AttributeError, TypeError):  # another FiftyOne version
-        own = ()
-    return RESERVED_FIELDS.union(own)
+    return RESERVED_FIELDS.union(fo_adapter.sample_document_fields())
 
 
 def _is_vector_field(field):
@@ -162,7 +155,7 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
         overwrite: recompute vectors that exist; with another encoder than the
             field's, the field is cleared on the whole dataset first (a field
             never mixes encoders)
-        progress: optional ``progress(fraction, label)`` (:mod:`lookalike.progress`)
+        progress: optional ``progress(fraction, label)`` (:mod:`lookalike.core.progress`)
         flip_average: average each embedding with its mirror image's (the
             encoder becomes ``<name>+flip``, its default field ``emb_<name>_flip``;
             twice the compute): a left-right flipped copy gets the same vector
@@ -200,7 +193,7 @@ def claim_field(samples, encoder, embeddings_field=None, overwrite=False):
     """Writes ``encoder``'s record on the field (checked as :func:`compute_embeddings` checks
     it) before any vector, so that jobs sharing the field only check it; returns the field.
 
-    ``lookalike.jobs`` calls it once before queueing the shards of one embedding.
+    ``lookalike.embeddings.shards`` calls it once before queueing the shards of one embedding.
     """
     from lookalike.encoders import load_encoder
     from lookalike.encoders.base import Encoder

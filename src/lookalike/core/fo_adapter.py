@@ -5,6 +5,9 @@ to check on a FiftyOne upgrade.
 """
 
 
+# The logger FiftyOne's connection code warns through (an internal module's name).
+DATABASE_LOGGER = "fiftyone.core.odm.database"
+
 def root_dataset(samples):
     """The dataset under a view (or the dataset itself).
 
@@ -135,3 +138,53 @@ def kneighbors(index, query, k):
     """
     ids, _, dists = index._kneighbors(query, k=k, return_dists=True)
     return ids, dists
+
+
+def db_collection(name):
+    """Our own collection ``name`` in FiftyOne's database (leases, published runs)."""
+    import fiftyone.core.odm.database as fod
+
+    return fod.get_db_conn()[name]
+
+
+def serialized_view(view):
+    """The view's stages as FiftyOne serializes them (a queued shard's identity)."""
+    return view._serialize()
+
+
+def delegated_operations():
+    """FiftyOne's delegated-operation service: the queue that workers claim jobs from."""
+    from fiftyone.operators.delegated import DelegatedOperationService
+
+    return DelegatedOperationService()
+
+
+def failed_result(error):
+    """An operation result marking a delegated run failed with ``error``."""
+    from fiftyone.operators.executor import ExecutionResult
+
+    return ExecutionResult(error=error)
+
+
+def sample_document_fields():
+    """The fields FiftyOne's own sample document declares (filepath, tags, ...), or ()."""
+    try:
+        import fiftyone as fo
+        from fiftyone.core.odm.sample import get_default_fields
+
+        return tuple(get_default_fields(fo.core.odm.DatasetSampleDocument, include_private=True))
+    except (ImportError, AttributeError, TypeError):  # another FiftyOne version
+        return ()
+
+
+def dataset_key(samples, what):
+    """``"<dataset id>/<what>"``: the key of a dataset's lease or record (an id survives
+    renames; views use their root dataset)."""
+    return f"{dataset_id(samples)}/{what}"
+
+
+def db_now():
+    """Now, as MongoDB stores times (naive UTC)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)

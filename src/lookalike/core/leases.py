@@ -27,7 +27,8 @@ import threading
 import time
 import uuid
 
-from lookalike.errors import LeaseHeldError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import LeaseHeldError
 
 COLLECTION = "lookalike_leases"
 TTL_S = float(os.environ.get("LOOKALIKE_LEASE_TTL_S", "60"))
@@ -35,20 +36,7 @@ _HOST = socket.gethostname()
 
 
 def _collection():
-    import fiftyone.core.odm.database as fod
-
-    return fod.get_db_conn()[COLLECTION]
-
-
-def _key(dataset, what):
-    # A dataset's id survives renames; views lease their root dataset.
-    from lookalike import fo_adapter
-
-    return f"{fo_adapter.dataset_id(dataset)}/{what}"
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return fo_adapter.db_collection(COLLECTION)
 
 
 def _pid_alive(holder):
@@ -81,7 +69,7 @@ def process_alive(host, pid):
 
 def is_alive(doc):
     """Whether a holder may still be writing (not expired, and a holder's pid exists)."""
-    if doc["expires"] < _now():
+    if doc["expires"] < fo_adapter.db_now():
         return False
     return any(_pid_alive(h) for h in doc.get("holders") or [doc])
 
@@ -100,7 +88,7 @@ def current(dataset, what):
 
 def last(dataset, what):
     """The lease document on ``what``, live or left by a holder that died; None once released."""
-    return _collection().find_one({"_id": _key(dataset, what)})
+    return _collection().find_one({"_id": fo_adapter.dataset_key(dataset, what)})
 
 
 def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
@@ -112,11 +100,11 @@ def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
     import pymongo.errors
 
     coll = _collection()
-    key = _key(dataset, what)
+    key = fo_adapter.dataset_key(dataset, what)
     owner = uuid.uuid4().hex
     deadline = time.monotonic() + wait
     while True:
-        now = _now()
+        now = fo_adapter.db_now()
         me = dict(host=_HOST, pid=os.getpid())
         doc = dict(_id=key, owner=owner, job=job, same=same, since=now,
                    expires=now + datetime.timedelta(seconds=TTL_S), holders=[me], **me)
@@ -158,7 +146,7 @@ class Lease:
         coll = _collection()
         while not self._stop.wait(TTL_S / 3):
             coll.update_one({"_id": self.key, "owner": self.owner},
-                            {"$set": {"expires": _now() + datetime.timedelta(seconds=TTL_S)}})
+                            {"$set": {"expires": fo_adapter.db_now() + datetime.timedelta(seconds=TTL_S)}})
 
     def release(self):
         self._stop.set()

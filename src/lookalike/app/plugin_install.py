@@ -23,8 +23,8 @@ import os
 import shutil
 import tempfile
 
-from lookalike import faults
-from lookalike.errors import PluginInstallError  # noqa: F401 (re-exported)
+from lookalike.core import faults
+from lookalike.core.errors import PluginInstallError  # noqa: F401 (re-exported)
 
 # Everything a FiftyOne plugin is: its manifest, its Python entry, its icon and
 # its Python requirements. Nothing else is ever put into a plugins directory.
@@ -32,11 +32,12 @@ PLUGIN_FILES = ("fiftyone.yml", "requirements.txt", "plugin", "assets")
 PLUGIN_NAME = "@lookalike/similarity"
 FOLDER = "lookalike"
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../lookalike
 
 
 def checkout_root():
     """The repository root when lookalike runs from a checkout, else None."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(PACKAGE_DIR))  # <root>/src/lookalike
     if all(os.path.exists(os.path.join(root, name)) for name in PLUGIN_FILES):
         return root
     return None
@@ -47,7 +48,7 @@ def source_dir():
     root = checkout_root()
     if root:
         return root
-    packaged = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugin_files")
+    packaged = os.path.join(PACKAGE_DIR, "plugin_files")
     if all(os.path.exists(os.path.join(packaged, name)) for name in PLUGIN_FILES):
         return packaged
     raise PluginInstallError(
@@ -75,7 +76,7 @@ def _inside(path, folder):
 def _served_by_mistake(plugins_dir):
     """Folders of ours that must never lie inside a plugins directory (it is served over HTTP)."""
     from lookalike.encoders.store import default_store_dir
-    from lookalike.paths import default_data_dir
+    from lookalike.core.paths import default_data_dir
 
     found = []
     for label, path in (("the data directory", default_data_dir()),

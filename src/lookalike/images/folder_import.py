@@ -3,7 +3,7 @@
 Every file is decoded before anything is written, so a truncated JPEG or a
 stray PDF is reported with its path and reason instead of surfacing later as a
 failed embedding. Valid images of unusual modes (16-bit, RGBA, palette, CMYK)
-are imported as they are; :mod:`lookalike.images` converts them to RGB on use.
+are imported as they are; :mod:`lookalike.images.decode` converts them to RGB on use.
 The dataset is only written once the whole folder has been checked, and a
 failure while writing removes what was written.
 """
@@ -14,18 +14,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from lookalike import faults
-from lookalike.images import (
+from lookalike.core import faults
+from lookalike.images.decode import (
     ImageFailure,
     UnreadableImageError,
     failure_lines,
     has_image_extension,
     open_image,
 )
-from lookalike.progress import report
+from lookalike.core.progress import report
 
 
-from lookalike.errors import ImageImportError  # noqa: F401 (re-exported)
+from lookalike.core.errors import ImageImportError  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -145,7 +145,7 @@ def import_images(
 
     Returns:
         an :class:`ImportReport`; files that are not images or cannot be decoded
-        are listed in ``report.failures`` (:class:`~lookalike.images.ImageFailure`).
+        are listed in ``report.failures`` (:class:`~lookalike.images.decode.ImageFailure`).
 
     Raises:
         ImageImportError: the folder is missing or holds no readable image, or
@@ -209,7 +209,7 @@ def _write_then_rename(samples, dataset_name, exists, persistent):
     the new one complete; :func:`_recover` (the next import) tidies up."""
     import fiftyone as fo
 
-    from lookalike import leases
+    from lookalike.core import leases
 
     uid = uuid.uuid4().hex[:8]
     # Not persistent while written: FiftyOne drops it if this process dies first.
@@ -247,7 +247,7 @@ def _recover(dataset_name):
     and a temporary dataset whose writer is gone is deleted."""
     import fiftyone as fo
 
-    from lookalike import leases
+    from lookalike.core import leases
 
     for name in fo.list_datasets():
         if name.startswith(dataset_name + _REPLACED):

@@ -24,7 +24,7 @@ import threading
 _lock = threading.RLock()
 
 
-from lookalike.errors import FrameworkError  # noqa: F401 (re-exported)
+from lookalike.core.errors import FrameworkError  # noqa: F401 (re-exported)
 
 
 def _installed(module):

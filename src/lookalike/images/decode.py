@@ -26,7 +26,7 @@ MAX_PIXELS_ENV = "LOOKALIKE_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 250_000_000
 
 
-from lookalike.errors import UnreadableImageError, UsageError  # noqa: E402,F401 (re-exported)
+from lookalike.core.errors import UnreadableImageError, UsageError  # noqa: E402,F401 (re-exported)
 
 
 @dataclass

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike import fo_adapter
-from lookalike.errors import SimilarityIndexError, UsageError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import SimilarityIndexError, UsageError
 from lookalike.similarity.distance import cosine_distance
 
 DECISIONS = ("duplicate", "match", "no match")
@@ -68,7 +68,7 @@ def external_index(samples, brain_key):
 def calibrated_index(samples, field, brain_key=None):
     """The lookalike index over ``field`` whose calibration applies (``brain_key``, or the preferred)."""
     import lookalike.similarity as ls
-    from lookalike.overview import preferred_index
+    from lookalike.curation.index_choice import preferred_index
 
     dataset = fo_adapter.root_dataset(samples)
     over_field = [k for k in ls.our_brain_keys(dataset)
@@ -95,7 +95,7 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     "duplicate", within the no-match threshold of a calibration on labels a
     "match", else "no match" (:func:`lookalike.curation.thresholds.decide`).
     """
-    from lookalike.curation import records
+    from lookalike.similarity import records
     from lookalike.similarity import embed_query_image
 
     index = external_index(samples, brain_key)

@@ -9,7 +9,7 @@ per disjoint slice of the view (:func:`queue_embeddings`):
 * the slices are ranges of sample ids, so each sample belongs to exactly one
   shard, whatever order workers take them in;
 * the field's encoder record is written once, before anything is queued
-  (:func:`lookalike.embeddings.claim_field`); every shard checks it, and the
+  (:func:`lookalike.embeddings.compute.claim_field`); every shard checks it, and the
   shards share the field's lease because they embed with the same encoder;
 * each shard resumes like any embedding: a rerun embeds only what is missing;
 * queueing again keeps the shards still pending (same slice, same settings) and
@@ -30,8 +30,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from lookalike import faults, fo_adapter, leases
-from lookalike.errors import UsageError
+from lookalike.core import faults, fo_adapter, leases
+from lookalike.core.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +76,11 @@ def queue_embeddings(samples, encoder, embeddings_field=None, shards=2, batch_si
     shares the database run them; each shard is a slice of ``samples`` by id.
     The encoder must be loadable by name there (the model store on shared
     storage: ``LOOKALIKE_MODELS_DIR``). ``chunk_size``: vectors per database
-    write in each shard (default :func:`~lookalike.embeddings.compute_embeddings`'s).
+    write in each shard (default :func:`~lookalike.embeddings.compute.compute_embeddings`'s).
     Raises where the field cannot take this encoder's vectors, before anything
     is queued.
     """
-    from lookalike.embeddings import claim_field
+    from lookalike.embeddings.compute import claim_field
     from lookalike.encoders import load_encoder
 
     shards = _check_shards(samples, shards, "embed")
@@ -95,7 +95,7 @@ def queue_features(samples, shards=2, chunk_size=None):
     """Queues the local features of ``samples`` (for geometric verification) as ``shards`` jobs.
 
     Each shard fills the dataset's feature cache
-    (:func:`lookalike.verification.cache_features`) for its slice; the cache
+    (:func:`lookalike.images.local_features.cache_features`) for its slice; the cache
     directory (``LOOKALIKE_DATA_DIR``) must be on storage every worker shares,
     like the media. ``chunk_size``: images between two progress reports.
     Returns the operations' ids.
@@ -123,10 +123,9 @@ def _queue(operator, samples, shards, what, label, params):
     id is returned.
     """
     import fiftyone.operators as foo
-    from fiftyone.operators.delegated import DelegatedOperationService
 
     views = shard_views(samples, shards)
-    service = DelegatedOperationService()
+    service = fo_adapter.delegated_operations()
     dataset = fo_adapter.root_dataset(samples)
     ids = []
     faults.point("jobs.queue_lease")
@@ -138,7 +137,7 @@ def _queue(operator, samples, shards, what, label, params):
         for k, view in enumerate(views, 1):
             shard = shard_name(what, k, len(views))
             shard_params = {**params, "shard": shard}
-            kept = pending.get(_job_key(shard_params, view._serialize()))
+            kept = pending.get(_job_key(shard_params, fo_adapter.serialized_view(view)))
             if kept:
                 logger.info("%s is queued already (%s): kept", shard, kept)
                 ids.append(kept)
@@ -218,10 +217,8 @@ def _worker_state(op, shard):
 
 def list_jobs(dataset_name=None, states=None):
     """Our delegated operations (newest first), with their workers' state: :class:`Job` rows."""
-    from fiftyone.operators.delegated import DelegatedOperationService
-
     rows = []
-    for op in DelegatedOperationService().list_operations(dataset_name=dataset_name):
+    for op in fo_adapter.delegated_operations().list_operations(dataset_name=dataset_name):
         if not str(op.operator).startswith(PLUGIN) or (states and op.run_state not in states):
             continue
         request = (op.context.request_params or {}) if op.context else {}
@@ -243,10 +240,7 @@ def requeue(op_id):
     The old operation is marked failed ("its worker died") so no worker waits on
     it; a job whose worker is alive, queued or completed is refused.
     """
-    from fiftyone.operators.delegated import DelegatedOperationService
-    from fiftyone.operators.executor import ExecutionResult
-
-    service = DelegatedOperationService()
+    service = fo_adapter.delegated_operations()
     try:
         op = service.get(_op_id(op_id))
     except Exception:  # noqa: BLE001 - not an ObjectId
@@ -263,8 +257,8 @@ def requeue(op_id):
         raise UsageError(f"job {op_id} is {job.state}: only a failed job or one whose worker "
                          "died can be queued again")
     if job.state == "running":
-        service.set_failed(op.id, result=ExecutionResult(
-            error=f"its worker died ({job.worker}); queued again"))
+        service.set_failed(op.id, result=fo_adapter.failed_result(
+            f"its worker died ({job.worker}); queued again"))
     new = service.rerun_operation(op.id)
     return str(new.id)
 

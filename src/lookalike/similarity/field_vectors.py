@@ -21,9 +21,9 @@ import zlib
 
 import numpy as np
 
-from lookalike import faults, fo_adapter
-from lookalike.errors import InvalidEmbeddingsError
-from lookalike.progress import report
+from lookalike.core import faults, fo_adapter
+from lookalike.core.errors import InvalidEmbeddingsError
+from lookalike.core.progress import report
 
 BATCH = 2000  # documents per cursor batch: about 2.5 MB of 256-d float32 vectors
 
@@ -104,7 +104,7 @@ def read_unit_vectors(samples, field, progress=None, batch=BATCH, allocate=in_me
     ``allocate(rows, dim)``: the float32 array to fill, called once with the
     number of vectors counted and their dimension (if more arrive than counted,
     or fewer, the matrix returned is in memory instead).
-    Raises :class:`~lookalike.errors.InvalidEmbeddingsError` (naming ``field``)
+    Raises :class:`~lookalike.core.errors.InvalidEmbeddingsError` (naming ``field``)
     for mixed dimensions, NaN or inf, or all-zero vectors.
     """
     expected = samples.exists(field).count()

@@ -27,11 +27,10 @@ The records live in the ``lookalike_curation`` collection of FiftyOne's
 database, keyed by ``<dataset id>/<kind>`` (ids survive renames).
 """
 
-import datetime
 import uuid
 
-from lookalike import fo_adapter
-from lookalike.errors import IncompleteCurationError
+from lookalike.core import fo_adapter
+from lookalike.core.errors import IncompleteCurationError
 
 COLLECTION = "lookalike_curation"
 STAGE = "lookalike_curation_stage"
@@ -40,23 +39,11 @@ JOBS = {"duplicates": "find_duplicates", "outliers": "flag_outliers", "leaks": "
 
 
 def _collection():
-    import fiftyone.core.odm.database as fod
-
-    return fod.get_db_conn()[COLLECTION]
+    return fo_adapter.db_collection(COLLECTION)
 
 
 def _stage():
-    import fiftyone.core.odm.database as fod
-
-    return fod.get_db_conn()[STAGE]
-
-
-def _key(dataset, kind):
-    return f"{fo_adapter.dataset_id(dataset)}/{kind}"
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return fo_adapter.db_collection(STAGE)
 
 
 def lease_name(kind):
@@ -70,16 +57,17 @@ def lease_label(dataset, kind):
 def begin(dataset, kind):
     """Marks a new run of ``kind`` as being written; returns its run id."""
     run = uuid.uuid4().hex[:16]
-    _collection().update_one({"_id": _key(dataset, kind)},
-                             {"$set": {"pending": run, "pending_since": _now()}}, upsert=True)
+    _collection().update_one({"_id": fo_adapter.dataset_key(dataset, kind)},
+                             {"$set": {"pending": run, "pending_since": fo_adapter.db_now()}},
+                             upsert=True)
     return run
 
 
 def publish(dataset, kind, run, **info):
     """Makes ``run`` the one readers trust, in one update (only if it is still the pending one)."""
     done = _collection().update_one(
-        {"_id": _key(dataset, kind), "pending": run},
-        {"$set": {"published": dict(info, run=run, at=_now()), "pending": None,
+        {"_id": fo_adapter.dataset_key(dataset, kind), "pending": run},
+        {"$set": {"published": dict(info, run=run, at=fo_adapter.db_now()), "pending": None,
                   "staged": None}})
     if not done.modified_count:
         raise IncompleteCurationError(
@@ -89,7 +77,7 @@ def publish(dataset, kind, run, **info):
 
 def record(dataset, kind):
     """``{"published": {...} | None, "pending": run id | None, "staged": {...} | None}``."""
-    doc = _collection().find_one({"_id": _key(dataset, kind)}) or {}
+    doc = _collection().find_one({"_id": fo_adapter.dataset_key(dataset, kind)}) or {}
     return {"published": doc.get("published"), "pending": doc.get("pending"),
             "staged": doc.get("staged")}
 
@@ -106,7 +94,7 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
     """
     from bson import ObjectId
 
-    from lookalike import faults
+    from lookalike.core import faults
 
     dataset = fo_adapter.root_dataset(samples)
     recover(dataset, kind, lease_held=True)
@@ -122,7 +110,7 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
             for sid in ids[start:start + _STAGE_BATCH]], ordered=False)
         faults.point(f"{kind}.staging")
     staged = dict(info, run=run, tag=tag, mark=mark, run_field=run_field, fields=sorted(values))
-    _collection().update_one({"_id": _key(dataset, kind), "pending": run},
+    _collection().update_one({"_id": fo_adapter.dataset_key(dataset, kind), "pending": run},
                              {"$set": {"staged": staged}})
     faults.point(f"{kind}.staged")
     _apply_and_publish(dataset, kind, staged)
@@ -130,7 +118,7 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
 
 
 def _apply_and_publish(dataset, kind, staged):
-    from lookalike import faults
+    from lookalike.core import faults
 
     run, tag, mark = staged["run"], staged["tag"], staged.get("mark")
     ours = [tag] + ([mark] if mark else [])
@@ -163,8 +151,8 @@ def recover(dataset, kind, lease_held=False):
     it was staged is dropped (old-complete). Without ``lease_held`` this takes
     the lease, and leaves a run that a live job is still writing alone (False).
     """
-    from lookalike import leases
-    from lookalike.errors import LeaseHeldError
+    from lookalike.core import leases
+    from lookalike.core.errors import LeaseHeldError
 
     state = record(dataset, kind)
     if state["pending"] is None:
@@ -183,7 +171,7 @@ def recover(dataset, kind, lease_held=False):
         _apply_and_publish(dataset, kind, staged)
     else:
         _stage().delete_many({"run": pending})
-        _collection().update_one({"_id": _key(dataset, kind), "pending": pending},
+        _collection().update_one({"_id": fo_adapter.dataset_key(dataset, kind), "pending": pending},
                                  {"$set": {"pending": None}})
     return True
 
@@ -222,7 +210,7 @@ def check_complete(dataset, kind, lease_held=False):
 
     ``lease_held``: the caller holds the lease of ``kind``, so a pending run is dead.
     """
-    from lookalike import leases
+    from lookalike.core import leases
 
     if recover(dataset, kind, lease_held=lease_held):
         return

@@ -1,0 +1,64 @@
+"""Which index a job offers first, and which run's results a dataset shows now.
+
+The App's forms and panel, the CLI and ``other_backends.lookup`` all choose with
+:func:`preferred_index`, so they offer the same index.
+"""
+
+
+def when(at):
+    """A time as the panel shows it: UTC, to the minute (``at``: a datetime or epoch seconds)."""
+    import datetime
+
+    if at is None:
+        return "time unknown"
+    if not isinstance(at, datetime.datetime):
+        at = datetime.datetime.fromtimestamp(float(at), datetime.timezone.utc)
+    return at.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def result_origin(dataset, kind):
+    """``{"brain_key", "at", "text"}`` of the results of ``kind`` ("duplicates", "outliers",
+    "leaks") the dataset shows now, or None before any run."""
+    from lookalike.curation import published_runs as runs
+
+    info = runs.published_info(dataset, kind)
+    if not info:
+        return None
+    key = info.get("brain_key")
+    by = f"index '{key}'" if key else ("byte-identical files" if kind == "duplicates"
+                                      else "an earlier version")
+    return {"brain_key": key, "at": info.get("at"),
+            "text": f"by {by}, {when(info.get('at'))}"}
+
+
+def preferred_index(dataset, remembered=None):
+    """The index a form or the panel offers first, or None without one.
+
+    ``remembered`` (the one last used on this dataset) while it exists; else the
+    index whose duplicates or outliers the dataset shows now (the latest such
+    run); else the best-calibrated: a fresh calibration before a stale one, one
+    from labels before a label-free one, the most recent first.
+    """
+    import lookalike.similarity as ls
+    from lookalike.similarity import records
+
+    keys = ls.our_brain_keys(dataset)
+    if remembered in keys:
+        return remembered
+    shown = [r for r in (result_origin(dataset, k) for k in ("duplicates", "outliers"))
+             if r and r["brain_key"] in keys]
+    if shown:
+        return max(shown, key=lambda r: r["at"])["brain_key"]
+
+    def rank(key):
+        try:
+            index = ls.load_index(dataset, key)
+        except Exception:  # noqa: BLE001 - an index that cannot load comes last
+            return (0, 0, 0.0)
+        cal = (index.curation or {}).get("calibration")
+        if not cal:
+            return (0, 0, 0.0)
+        return (1 + records.is_fresh(index, "calibration"), bool(cal.get("label_field")),
+                float(cal.get("saved_at") or 0.0))
+
+    return max(keys, key=rank) if keys else None
