@@ -404,7 +404,7 @@ def verification(args):
 
     import lookalike.curation as lc
     import lookalike.similarity as ls
-    from lookalike.images.decode import local_features as V
+    from lookalike.images import local_features as V
     from lookalike.demo.dataset import build_demo_dataset
     from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder

@@ -646,7 +646,8 @@ class DeleteDuplicates(forms.Operator):
     title = "Delete duplicates"
 
     def form(self, inputs, ctx):
-        from lookalike.curation.duplicates import DEFAULT_TAG, deletion_plan
+        from lookalike.curation.deletion import deletion_plan
+        from lookalike.curation.duplicates import DEFAULT_TAG
 
         tag = ctx.params.get("tag") or DEFAULT_TAG
         inputs.str("tag", label="Tag", default=DEFAULT_TAG)
@@ -673,11 +674,12 @@ class DeleteDuplicates(forms.Operator):
 
     def execute(self, ctx):
         import lookalike.curation as lc
-        from lookalike.curation.duplicates import DEFAULT_TAG, delete_planned
+        from lookalike.curation.deletion import delete_planned
+        from lookalike.curation.duplicates import DEFAULT_TAG
 
         tag = ctx.params.get("tag") or DEFAULT_TAG
         if not ctx.params.get("confirm"):
-            count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True)
+            count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True).count
             ctx.ops.notify(f"Dry run: {count} samples would be deleted; tick the confirmation",
                            variant="info")
             return {"deleted": 0, "would_delete": count}

@@ -403,7 +403,7 @@ def table_view(columns):
     return table
 
 
-# A folder match's rows (lookalike.curation.match), as the operator and the panel show them.
+# A folder match's rows (lookalike.curation.folder_matching), as the operator and the panel show them.
 MATCH_COLUMNS = (("file", "File"), ("decision", "Decision"), ("nearest_file", "Nearest sample"),
                  ("distance", "Distance"), ("label", "Label"))
 

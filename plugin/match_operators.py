@@ -1,6 +1,7 @@
 """Operators of the match workflow: label unlabelled samples, match a folder of new images.
 
-Forms and view changes only; the work is :mod:`lookalike.curation.match`.
+Forms and view changes only; the work is :mod:`lookalike.curation.label_matching` and
+:mod:`lookalike.curation.folder_matching`.
 """
 
 from fiftyone.operators.types import RiskLevel
@@ -24,7 +25,7 @@ class MatchLabels(forms.BackgroundOperator):
                ("int", "num_no_match", "No match"), ("float", "threshold", "No-match threshold"))
 
     def form(self, inputs, ctx):
-        from lookalike.curation.match import STRATEGIES, default_prediction_field
+        from lookalike.curation.label_matching import STRATEGIES, default_prediction_field
 
         forms.brain_key_input(inputs, ctx)
         field = forms.label_field_input(inputs, ctx, missing="No Classification field to match")
@@ -63,7 +64,7 @@ class MatchImages(forms.BackgroundOperator):
     outputs = (("str", "summary", "Result"), ("table", "rows", "Images", forms.MATCH_COLUMNS))
 
     def form(self, inputs, ctx):
-        from lookalike.curation.match import ADD_MODES
+        from lookalike.curation.folder_matching import ADD_MODES
 
         key = forms.brain_key_input(inputs, ctx)
         forms.saved_calibration_warning(inputs, ctx, key)

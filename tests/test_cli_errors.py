@@ -129,12 +129,12 @@ def test_a_second_index_build_while_one_runs_is_one_line(subprocess_env, indexed
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch):
-    import lookalike.cli as cli
+    import lookalike.cli.encoders as encoders_cli
 
     def broken(args):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_encoders", broken)
+    monkeypatch.setattr(encoders_cli, "cmd_encoders", broken)
     out = run_cli("encoders")
     assert out.returncode == 1 and out.stdout == ""
     assert _visible_lines(out.stderr) == [
@@ -155,8 +155,8 @@ def test_debug_prints_the_traceback_of_our_errors_too():
 LOGS = ("import logging, sys\n"
         "if sys.argv[1] == 'imported-first':\n"
         "    import fiftyone\n"
-        "from lookalike.cli import _results_only_on_stdout\n"
-        "_results_only_on_stdout()\n"
+        "from lookalike.cli.output import results_only_on_stdout\n"
+        "results_only_on_stdout()\n"
         "import fiftyone as fo, fiftyone.core.utils as fou\n"
         "logging.getLogger('fiftyone.migrations.runner').info('Migrating database to v9')\n"
         "logging.getLogger('fiftyone.core.odm.database').warning('a database warning')\n"

@@ -320,6 +320,6 @@ def test_byte_identical_files_and_keep_policies(dataset_name, demo_records, tmp_
     view = lc.duplicates_view(ds)
     assert view.values("dup_group") == [1, 1, 1, 1] and view.values("dup_distance")[0] == 0
     # Deleting is explicit: a dry run counts, then only the tagged samples go.
-    assert lc.delete_duplicates(ds, dry_run=True) == 3 and len(ds) == 9
-    assert lc.delete_duplicates(ds, dry_run=False) == 3 and len(ds) == 6
+    assert lc.delete_duplicates(ds, dry_run=True).count == 3 and len(ds) == 9
+    assert lc.delete_duplicates(ds, dry_run=False).count == 3 and len(ds) == 6
     assert all(os.path.exists(p) for p in (blurred, same, src, small))

@@ -20,7 +20,7 @@ import lookalike.curation as lc
 import lookalike.similarity as ls
 from lookalike.core import fo_adapter
 from lookalike.curation import journal, published_runs as runs
-from lookalike.curation.duplicates import delete_planned, deletion_plan
+from lookalike.curation.deletion import delete_planned, deletion_plan
 from lookalike.core.errors import (
     DeletionRefusedError,
     IncompleteCurationError,
@@ -47,10 +47,10 @@ print("OUTLIERS", lc.flag_outliers(ds, "sim", threshold=float(sys.argv[2])).num_
 
 DELETE = """
 import sys, fiftyone as fo
-from lookalike.curation import duplicates
-duplicates.DELETE_BATCH = 2  # several batches, so a kill can fall between two
+from lookalike.curation import deletion
+deletion.DELETE_BATCH = 2  # several batches, so a kill can fall between two
 ds = fo.load_dataset(sys.argv[1])
-print("DELETED", duplicates.delete_planned(ds).count)
+print("DELETED", deletion.delete_planned(ds).count)
 """
 
 
@@ -160,13 +160,16 @@ def test_deleted_kept_samples_never_empty_the_dataset(ds, subprocess_env):
     assert rc == 0 and "would delete 6 samples" in out[-1] and "left alone: 1" in out[0], err
     dry = lc.delete_duplicates(ds, dry_run=True)
     real = lc.delete_duplicates(ds, dry_run=False)
-    assert dry == real == 6 == plan.count and len(ds) == n - 6
+    assert dry.count == real.count == 6 == plan.count and len(ds) == n - 6
+    assert dry.plan.delete_ids == real.plan.delete_ids and dry.journal is None and real.journal
+    assert "would delete 6 samples tagged 'duplicate'" in dry.summary()
+    assert "undo with `lookalike undelete --dataset" in real.summary(ds.name)
     # One member of every group is left, the loners too, and every file stays.
     assert sorted(len(m) for m in _groups_left(ds).values()) == [1, 1, 1, 1]
     assert loner.id in ds.values("id") and len(ds.match_tags("duplicate")) == 1
     assert all(os.path.exists(p) for p in report.files.values())
     # Nothing explained is left: a second delete removes nothing at all.
-    assert lc.delete_duplicates(ds, dry_run=False) == 0 and len(ds) == n - 6
+    assert lc.delete_duplicates(ds, dry_run=False).count == 0 and len(ds) == n - 6
 
 
 def _state_of_samples(dataset):
@@ -195,7 +198,7 @@ def test_a_find_duplicates_killed_while_writing_leaves_the_old_or_the_new_run(
     n = len(ds)
     # The next look settles it: the old run stands, or the staged one is finished.
     expected = 8 if stands == "old" else 9
-    assert lc.delete_duplicates(ds, dry_run=True) == expected
+    assert lc.delete_duplicates(ds, dry_run=True).count == expected
     state = runs.record(ds, "duplicates")
     assert state["pending"] is None
     assert (state["published"]["run"] == old_run) == (stands == "old")
@@ -257,7 +260,7 @@ def test_a_second_find_duplicates_is_refused_while_one_writes(ds, subprocess_env
         holder.wait()
     # Its pid is gone: the next run takes the lease over at once and publishes.
     assert lc.find_duplicates(ds, "sim", threshold=0.01).num_groups == GROUPS
-    assert lc.delete_duplicates(ds, dry_run=True) == GROUPS * (SIZE - 1)
+    assert lc.delete_duplicates(ds, dry_run=True).count == GROUPS * (SIZE - 1)
 
 
 def test_delete_then_undelete_restores_the_same_documents(ds, tmp_path):

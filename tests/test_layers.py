@@ -135,3 +135,18 @@ def test_an_old_module_path_warns_and_is_the_moved_module():
     from lookalike.embeddings import compute_embeddings  # noqa: F401
     from lookalike.images import load_image  # noqa: F401
     from lookalike.demo import build_demo_dataset  # noqa: F401
+
+
+def test_every_readme_example_speaks_lk():
+    """The README's Python examples import ``lookalike as lk`` and every ``lk.<name>`` they
+    use exists."""
+    import lookalike as lk
+
+    readme = open(os.path.join(os.path.dirname(SRC), "README.md")).read()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    for block in blocks:
+        assert "import lookalike as lk" in block or "lookalike as lk" in block, block[:80]
+        assert not re.search(r"import lookalike\.\w+|from lookalike", block), block[:200]
+        for name in re.findall(r"\blk\.(\w+)", block):
+            assert hasattr(lk, name), f"README uses lk.{name}, which lookalike does not offer"

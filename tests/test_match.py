@@ -25,7 +25,7 @@ from PIL import Image
 import imagefiles as files
 import lookalike.curation as lc
 import lookalike.similarity as ls
-from lookalike.curation.match import _vote
+from lookalike.curation.label_matching import _vote
 from lookalike.demo.dataset import UNIQUE_PHOTOS
 from lookalike.images.edits import apply_edit
 from lookalike.embeddings.compute import compute_embeddings

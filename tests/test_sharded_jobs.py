@@ -207,7 +207,7 @@ def test_local_features_are_sharded_over_workers_and_a_dead_workers_shard_is_fin
         dataset_name, demo_records, subprocess_env, tmp_path):
     """The features of geometric verification, queued like embeddings: one worker killed
     mid-shard, its shard re-queued, every image's features cached once and equal to one run's."""
-    from lookalike.images.decode import local_features as verification
+    from lookalike.images import local_features as verification
     from lookalike.embeddings.shards import queue_features, requeue
 
     photos = [r["filepath"] for r in demo_records if r["source"] == "photo"][:60]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import imagefiles as files
-from lookalike.images.decode import local_features as V
+from lookalike.images import local_features as V
 from lookalike.images.edits import edited_copy
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "brick", "motorcycle_left")

@@ -19,7 +19,7 @@ The layers, each importing only those below it (``tests/test_layers.py``):
 < ``embeddings`` < ``similarity`` < ``curation`` < ``demo``, ``app`` < ``cli``.
 """
 
-from lookalike import _moved
+from lookalike import _moved  # noqa: F401  (old module paths keep working, with a warning)
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,9 @@ _LAZY = {
     "get_calibration": ("lookalike.curation", "get_calibration"),
     "find_duplicates": ("lookalike.curation", "find_duplicates"),
     "duplicates_view": ("lookalike.curation", "duplicates_view"),
+    "outliers_view": ("lookalike.curation", "outliers_view"),
+    "leaks_view": ("lookalike.curation", "leaks_view"),
+    "no_match_view": ("lookalike.curation", "no_match_view"),
     "delete_duplicates": ("lookalike.curation", "delete_duplicates"),
     "undelete": ("lookalike.curation.journal", "restore"),
     "flag_outliers": ("lookalike.curation", "flag_outliers"),

@@ -196,7 +196,7 @@ def folder_match_rows(rows, limit=100):
 
 def match_rows(dataset, limit=100):
     """The last label matching (a line) and folder match (a line and its first rows)."""
-    from lookalike.curation.match import last_record
+    from lookalike.curation.index_choice import latest_record as last_record
 
     labels, folder = last_record(dataset, "label_match"), last_record(dataset, "folder_match")
     rows = folder_match_rows((folder or {}).get("rows", []), limit)

@@ -18,21 +18,12 @@ fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
 """
 
 from lookalike.curation.calibrate import Calibration, calibrate_threshold, get_calibration
-from lookalike.curation.duplicates import (
-    DuplicateReport,
-    delete_duplicates,
-    duplicates_view,
-    find_duplicates,
-)
+from lookalike.curation.deletion import DeletionResult, delete_duplicates
+from lookalike.curation.duplicates import DuplicateReport, duplicates_view, find_duplicates
 from lookalike.curation.evaluation import RetrievalEvaluation, evaluate_retrieval
 from lookalike.curation.leaks import LeakReport, find_leaks, leaks_view
-from lookalike.curation.match import (
-    FolderMatchReport,
-    LabelMatchReport,
-    match_images,
-    match_labels,
-    no_match_view,
-)
+from lookalike.curation.folder_matching import FolderMatchReport, match_images
+from lookalike.curation.label_matching import LabelMatchReport, match_labels, no_match_view
 from lookalike.curation.outliers import OutlierReport, flag_outliers, outliers_view
 from lookalike.curation.pipeline import CurationReport, curate
 from lookalike.curation.projection import visualize_embeddings
@@ -48,6 +39,7 @@ __all__ = [
     "CalibrationError",
     "CurationError",
     "CurationReport",
+    "DeletionResult",
     "DuplicateReport",
     "FolderMatchReport",
     "LabelMatchReport",

@@ -349,7 +349,7 @@ def _unique_pairs(a, b):
 
 def _verified_pairs(index, pairs, min_inliers):
     """``(same, unjudged)`` of pairs of index rows: see :func:`lookalike.images.local_features.confirm_pairs`."""
-    from lookalike.images.decode import local_features as verification
+    from lookalike.images import local_features as verification
 
     rows = sorted({r for p in pairs for r in p})
     ids = [index.sample_ids[r] for r in rows]

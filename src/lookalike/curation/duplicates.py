@@ -1,52 +1,40 @@
-"""Near-duplicate groups on a dataset: found, written to sample fields and tags, deleted.
+"""Near-duplicate groups on a dataset: pairs joined into groups, written to sample fields
+and tags.
 
-The FiftyOne side of near-duplicates. Pairs come from the run's vectors, by the
-one pair search (:mod:`lookalike.similarity.pairs`, exact or faiss IVF), and
-from byte-identical files (same SHA-256, no encoder needed); pairs are joined
-and, unless turned off, from geometric verification (:mod:`lookalike.images.local_features`):
-each sample's nearest neighbours within the looser candidate distance are
-checked with local features, and a pair with enough RANSAC inliers is a
-duplicate even when the embedding put it beyond the threshold -- the same
-object photographed again from another viewpoint. Pairs are joined into groups
-(a single bridging pair never merges two groups, see
-:func:`~lookalike.similarity.pairs.groups_from_pairs`) and each group keeps one
-sample (``keep``: first, largest or sharpest, :mod:`lookalike.curation.keep`);
-every other member says why it is in the group (``dup_reason``: its embedding
-distance, its inliers or identical bytes, to the kept sample or to the member
-that links it), the others get a tag, and deleting them is a separate, explicit
-step with a dry run first.
+Pairs (:mod:`.duplicate_pairs`) are joined into groups (a single bridging pair
+never merges two groups, see :func:`~lookalike.similarity.pairs.groups_from_pairs`)
+and each group keeps one sample (``keep``: first, largest or sharpest,
+:mod:`lookalike.curation.keep`); every other member says why it is in the group
+(``dup_reason``: its embedding distance, its inliers or identical bytes, to the
+kept sample or to the member that links it), the others get a tag. Deleting
+them is a separate, explicit step (:mod:`.deletion`).
 
 Writes never mix two runs: each run holds the lease ``curation:duplicates`` of
 the dataset, writes its groups under a run id (field ``dup_run``) and publishes
-that id in one atomic update (see :mod:`lookalike.curation.published_runs`); readers
-trust only samples of the published run.
-
-Deletion re-derives the groups from the samples that exist at delete time (the
-published run's ``dup_group`` of each, not the tags alone). A group's kept
-sample is its member without the tag; the tagged members of a group whose kept
-sample still exists are deleted, so the last member of a group never goes. When
-groups lost their kept sample (deleted in the App, or concurrently) nothing is
-deleted and the count is reported; tags that no published group explains are
-never acted on. One function (:func:`deletion_plan`) computes what goes: the dry
-run reports it, the real run journals it (:mod:`lookalike.curation.journal`)
-and then deletes it.
+that id in one atomic update (see :mod:`lookalike.curation.published_runs`);
+readers trust only samples of the published run.
 """
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-import os
-
-from lookalike.core import faults, fo_adapter, leases
-from lookalike.similarity import records
+from lookalike.core import fo_adapter, leases
 from lookalike.curation import published_runs as runs
-from lookalike.curation.keep import check_keep_policy, choose_kept, hash_pairs
-from lookalike.core.errors import CurationError, DeletionRefusedError
-from lookalike.core.progress import scaled
-from lookalike.similarity.distance import cosine_distance
-from lookalike.similarity.engine import check_engine
-from lookalike.similarity.pairs import groups_from_pairs, split_at_weak_pairs, vector_pairs
+from lookalike.curation.duplicate_pairs import (
+    DEFAULT_CANDIDATES,
+    EMBEDDING,
+    IDENTICAL,
+    fill_features,
+    pair_reason,
+    find_pairs,
+    pair_key,
+    verify_all,
+)
+from lookalike.curation.keep import check_keep_policy, choose_kept
+from lookalike.similarity import records
+from lookalike.similarity.pairs import groups_from_pairs, split_at_weak_pairs
 
 DEFAULT_TAG = "duplicate"
 KEPT_TAG = "kept"  # the one sample of each group that stays: a badge on its tile
@@ -56,13 +44,8 @@ DISTANCE_FIELD = "dup_distance"
 INLIERS_FIELD = "dup_inliers"  # RANSAC inliers with the kept sample (verification on)
 REASON_FIELD = "dup_reason"  # why the sample is in its group, in words
 RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
-VERIFY_CHOICES = ("auto", True, False)
-DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification checks
-# How a pair joined: the reason kinds, in the order a group's reasons prefer them.
-IDENTICAL, EMBEDDING, VERIFIED = 0, 1, 2
 CHECK_NEAREST = 4  # embedding pairs per group member that verification checks
 KIND = "duplicates"
-DELETE_BATCH = 10_000  # samples per delete; a kill between batches is undone from the journal
 
 
 @dataclass
@@ -162,188 +145,9 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
                                 exact_files, verify, min_inliers, candidates, progress)
 
 
-def _verification_settings(index, verify, min_inliers, candidates, num_samples):
-    """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
-    from lookalike.images.local_features import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
-
-    if verify not in VERIFY_CHOICES:
-        raise CurationError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
-    if int(candidates) < 1:
-        raise CurationError(f"candidates must be at least 1, got {candidates}")
-    if verify is False:
-        return False, {"ran": False, "why_not": "turned off"}
-    if index is None:
-        if verify is True:
-            raise CurationError("geometric verification needs a similarity run: its nearest "
-                                "neighbours are the candidate pairs (give brain_key)")
-        return False, None
-    calibration = (index.curation or {}).get("calibration") or {}
-    if verify == "auto" and num_samples > VERIFY_UP_TO:
-        return False, {"ran": False, "why_not": f"{num_samples} samples, more than "
-                       f"{VERIFY_UP_TO} (pass verify=True to verify anyway)"}
-    if calibration.get("candidate_threshold") is None:
-        why = (f"run '{index.key}' has no verification thresholds: run calibrate_threshold"
-               f"{' again' if calibration else ''}")
-        if verify is True:
-            raise CurationError(f"cannot verify: {why}")
-        return False, {"ran": False, "why_not": why}
-    if verify == "auto" and calibration.get("min_inliers") is None:
-        return False, {"ran": False, "why_not": calibration.get("inlier_rule")}
-    if min_inliers is None:
-        min_inliers = calibration.get("min_inliers") or DEFAULT_MIN_INLIERS
-    if int(min_inliers) < 4:
-        raise CurationError(f"min_inliers must be at least 4 (a homography needs 4 points), "
-                            f"got {min_inliers}")
-    return True, {"ran": True, "min_inliers": int(min_inliers), "candidates": int(candidates),
-                  "candidate_threshold": records.check_threshold(
-                      calibration["candidate_threshold"])}
-
-
-def _candidate_pairs(index, rows, k, within, known):
-    """Positions ``(i, j)`` in ``rows`` of each row's ``k`` nearest neighbours within ``within``.
-
-    Pairs in ``known`` (``i * n + j`` codes, already duplicates) are left out.
-    """
-    from lookalike.curation.neighbours import leave_one_out
-
-    whole = len(rows) == index.total_index_size
-    inds, dists = leave_one_out(index.engine, rows=rows, k=min(k, len(rows) - 1),
-                                gallery=None if whole else rows)
-    position = np.full(index.total_index_size, -1, np.int64)
-    position[rows] = np.arange(len(rows))
-    a = np.repeat(np.arange(len(rows)), inds.shape[1])
-    b = np.where(inds >= 0, position[np.clip(inds, 0, None)], -1).ravel()
-    ok = (b >= 0) & (dists.ravel() <= within)
-    i, j = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
-    codes = np.unique(i * np.int64(len(rows)) + j)
-    codes = codes[~np.isin(codes, known)]
-    return codes // len(rows), codes % len(rows)
-
-
-@dataclass
-class Pairs:
-    """The duplicate pairs of a view, before grouping (see :func:`find_pairs`)."""
-
-    ids: list  # the view's sample ids; pairs hold positions in it
-    paths: list
-    i: np.ndarray
-    j: np.ndarray
-    kinds: np.ndarray  # IDENTICAL, EMBEDDING or VERIFIED
-    threshold: float
-    engine: str  # the pair search used, or "files"
-    verification: dict = None  # settings and counts (None: not asked for)
-    num_pairs: int = 0  # within the embedding threshold
-    num_exact: int = 0  # byte-identical files
-    num_verified: int = 0  # beyond the threshold, verified by local features
-    features: dict = None  # position -> Features or None (verification ran)
-    inliers_of: dict = field(default_factory=dict)  # (a, b), a < b -> inliers
-    vectors: np.ndarray = None  # of the samples in the run
-    row_in_vectors: dict = field(default_factory=dict)  # position -> row of vectors
-    cache: str = None  # the dataset's feature cache
-    warning: str = None  # the calibration's, when its duplicate threshold was used
-
-    def distance(self, a, b):
-        """Cosine distance of two positions, None when either has no vector."""
-        if a in self.row_in_vectors and b in self.row_in_vectors:
-            return float(cosine_distance(self.vectors[self.row_in_vectors[a]]
-                                         @ self.vectors[self.row_in_vectors[b]]))
-        return None
-
-    def inliers(self, a, b):
-        """Inliers of two positions (computed once), None when verification did not run."""
-        from lookalike.images.decode import local_features as verification
-
-        if self.features is None:
-            return None
-        _fill_features(self.features, [a, b], self.paths, verification, self.cache)
-        _verify_all(self.features, [(a, b)], self.inliers_of, verification)
-        return self.inliers_of[_key(a, b)]
-
-
-def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_files=True,
-               verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None):
-    """Every duplicate pair of ``samples``: within the threshold, verified, or identical files.
-
-    The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
-    writes nothing. ``progress`` runs to 0.85.
-    """
-    from lookalike.images.decode import local_features as verification
-
-    check_engine(engine)
-    if len(samples) == 0:
-        raise CurationError("the view is empty: there are no samples to search for duplicates")
-    report_progress = progress or (lambda fraction, label: None)
-    ids, paths = samples.values(["id", "filepath"])
-    position = {sid: n for n, sid in enumerate(ids)}
-    edges = []  # (i, j, kind) arrays, positions in ids
-    out = Pairs(ids, paths, None, None, None, 0.0, "files")
-
-    index = None
-    if brain_key is not None:
-        import lookalike.similarity as ls
-
-        index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
-    on, out.verification = _verification_settings(index, verify, min_inliers, candidates,
-                                                  len(ids))
-    if index is not None:
-        out.threshold = records.threshold(index, "duplicate_threshold", threshold)
-        out.warning = records.duplicate_warning(index, threshold)
-        rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
-        in_index = [position[sid] for sid in ids if sid in rows_of]
-        if len(in_index) < 2:
-            raise CurationError(f"fewer than 2 samples of this view are in run '{brain_key}': "
-                                "compute their embeddings and rebuild the index")
-        rows = np.array([rows_of[ids[p]] for p in in_index])
-        out.vectors = index.engine.matrix[rows]
-        reuse = index.engine if len(rows) == index.total_index_size else None
-        out.engine, i, j, _ = vector_pairs(out.vectors, out.threshold, engine, reuse=reuse,
-                                           progress=scaled(progress, 0.0, 0.5 if on else 0.8))
-        in_index = np.asarray(in_index)
-        edges.append((in_index[i], in_index[j], np.full(len(i), EMBEDDING)))
-        out.num_pairs = len(i)
-        out.row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
-        if on:
-            settings = out.verification
-            report_progress(0.5, "choosing candidate pairs for geometric verification")
-            ci, cj = _candidate_pairs(index, rows, settings["candidates"],
-                                      settings["candidate_threshold"],
-                                      i * np.int64(len(rows)) + j)
-            needed = np.unique(np.concatenate([ci, cj]))
-            out.features = {}  # absent: not computed
-            out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
-            found, missing = verification.compute_features(
-                [paths[in_index[r]] for r in needed], out.cache,
-                progress=scaled(progress, 0.5, 0.25))
-            for r, f in zip(needed, found):
-                out.features[int(in_index[r])] = f
-            ci, cj = in_index[ci], in_index[cj]
-            counts = verification.verify_pairs(out.features, ci, cj,
-                                               progress=scaled(progress, 0.75, 0.08))
-            counts = verification.verify_mirrored(out.features, ci, cj, counts,
-                                                  settings["min_inliers"], paths, out.cache)
-            ok = counts >= settings["min_inliers"]
-            edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
-            out.inliers_of = {_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
-            out.num_verified = int(ok.sum())
-            settings.update(num_candidates=int(len(ci)), num_featureless=len(missing))
-
-    if exact_files:
-        report_progress(0.85, "hashing files")
-        hi, hj, _ = hash_pairs(paths)
-        edges.append((np.asarray(hi, np.int64), np.asarray(hj, np.int64),
-                      np.full(len(hi), IDENTICAL)))
-        out.num_exact = len(hi)
-    if edges:
-        out.i, out.j, out.kinds = (np.concatenate(parts).astype(np.int64)
-                                   for parts in zip(*edges))
-    else:
-        out.i = out.j = out.kinds = np.zeros(0, np.int64)
-    return out
-
-
 def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
                      min_inliers, candidates, progress):
-    from lookalike.images.decode import local_features as verification
+    from lookalike.images import local_features as verification
 
     check_keep_policy(keep)
     report_progress = progress or (lambda fraction, label: None)
@@ -357,7 +161,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
     if features is not None:
         report_progress(0.88, f"checking the pairs inside {len(groups)} groups")
         cache = verification.cache_dir(fo_adapter.root_dataset(samples))
-        _fill_features(features, [p for g in groups for p in g], paths, verification, cache)
+        fill_features(features, [p for g in groups for p in g], paths, verification, cache)
 
         def mirrored_features(positions):
             got, _ = verification.compute_features([paths[p] for p in positions], cache,
@@ -372,7 +176,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
     ordered, distances, inlier_counts, reasons = [], {}, {}, {}
     kept_of = [choose_kept(group, keep, paths) for group in groups]
     if features is not None:  # each member's inliers with its kept sample, in parallel
-        _verify_all(features, [(p, kept) for g, kept in zip(groups, kept_of) for p in g
+        verify_all(features, [(p, kept) for g, kept in zip(groups, kept_of) for p in g
                                if p != kept], inliers_of, verification)
     for group, kept in zip(groups, kept_of):
         rest = sorted(p for p in group if p != kept)
@@ -380,7 +184,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
             # Files without a vector join only as identical bytes: distance 0.
             distances[p] = (distance(p, kept) if p != kept else None) or 0.0
             inlier_counts[p] = inliers(p, kept) if p != kept else None
-            reasons[p] = "kept" if p == kept else _reason(
+            reasons[p] = "kept" if p == kept else pair_reason(
                 kind, distance(p, via), inliers(p, via),
                 None if via == kept else os.path.basename(paths[via]))
         ordered.append([kept] + rest)
@@ -432,11 +236,11 @@ def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_i
     by_member = {m: sorted(edges, key=lambda e: d[e]) for m, edges in by_member.items()}
 
     def check(edges):
-        _verify_all(features, [(int(i[e]), int(j[e])) for e in edges], inliers_of,
+        verify_all(features, [(int(i[e]), int(j[e])) for e in edges], inliers_of,
                     verification)
 
     def holds(e):
-        return inliers_of[_key(i[e], j[e])] >= min_inliers
+        return inliers_of[pair_key(i[e], j[e])] >= min_inliers
 
     check([e for edges in by_member.values() for e in edges[:CHECK_NEAREST]])
     for edges in by_member.values():
@@ -461,18 +265,6 @@ def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_i
         for (_, e, _), c in zip(pairs, counts):
             strong[e] |= bool(c >= min_inliers)
     return split_at_weak_pairs(groups, i, j, strong, d)
-
-
-def _key(a, b):
-    return (int(min(a, b)), int(max(a, b)))
-
-
-def _verify_all(features, pairs, inliers_of, verification):
-    """Adds the inliers of every pair of positions not yet in ``inliers_of``, in parallel."""
-    todo = sorted({_key(a, b) for a, b in pairs} - set(inliers_of))
-    if todo:
-        counts = verification.verify_pairs(features, [a for a, _ in todo], [b for _, b in todo])
-        inliers_of.update(zip(todo, counts.tolist()))
 
 
 def _links(i, j, kinds):
@@ -506,25 +298,6 @@ def _reached_from(kept, members, link):
             seen.add(b)
             yield b, found[b][0], found[b][1]
         frontier = sorted(found)
-
-
-def _fill_features(features, group, paths, verification, cache):
-    """Features for members that verification did not need (for their inliers with the kept one)."""
-    todo = [p for p in group if p not in features]
-    if todo:
-        got, _ = verification.compute_features([paths[p] for p in todo], cache)
-        for p, f in zip(todo, got):
-            features[p] = f
-
-
-def _reason(kind, distance, inliers, via):
-    if kind == IDENTICAL:
-        text = "identical file"
-    elif kind == EMBEDDING:
-        text = f"distance {distance:.4f}"
-    else:
-        text = f"{inliers} inliers, distance {distance:.4f}"
-    return text if via is None else f"{text} to {via}"
 
 
 def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=None,
@@ -578,115 +351,3 @@ def duplicates_view(samples):
                                [(GROUP_FIELD, 1)] + kept + [(DISTANCE_FIELD, 1)])
 
 
-@dataclass
-class DeletionPlan:
-    """What :func:`delete_duplicates` deletes now, derived from the samples that exist now."""
-
-    tag: str
-    run: str  # the published find_duplicates run (None: none published yet)
-    delete_ids: list  # tagged members of groups whose kept sample still exists
-    num_groups: int  # groups that lose samples
-    lost_groups: list  # numbers of groups (with tagged members in the view) whose kept sample is gone
-    unexplained: int  # samples tagged ``tag`` in the view that no published group explains
-
-    @property
-    def count(self):
-        return len(self.delete_ids)
-
-    def check(self, dataset_name):
-        """Raises :class:`DeletionRefusedError` when groups lost their kept sample."""
-        if self.lost_groups:
-            n = len(self.lost_groups)
-            raise DeletionRefusedError(
-                f"{n} duplicate group{'s' if n > 1 else ''} of dataset '{dataset_name}' lost "
-                f"{'their' if n > 1 else 'its'} kept sample since find_duplicates ran (group"
-                f"{'s' if n > 1 else ''} {', '.join(map(str, self.lost_groups[:10]))}"
-                f"{', ...' if n > 10 else ''}): nothing deleted; run find_duplicates again")
-
-
-def deletion_plan(samples, tag=DEFAULT_TAG, lease_held=False):
-    """The samples of ``samples`` that deleting duplicates removes now (see the module docstring).
-
-    ``lease_held``: the caller holds the lease of the dataset's duplicates.
-    """
-    from fiftyone import ViewField as F
-
-    from lookalike.curation import journal
-
-    dataset = fo_adapter.root_dataset(samples)
-    journal.check_flat(dataset)
-    runs.check_complete(dataset, KIND, lease_held=lease_held)
-    run = runs.published_run(dataset, KIND)
-    in_view = set(samples.values("id"))
-    tagged_in_view = set(samples.match_tags(tag).values("id"))
-    members = {}
-    if run is not None and RUN_FIELD in dataset.get_field_schema():
-        # The whole dataset: a group's kept sample may lie outside the view.
-        ids, numbers, tags = dataset.match(F(RUN_FIELD) == run).values(
-            ["id", GROUP_FIELD, "tags"])
-        for sid, number, sample_tags in zip(ids, numbers, tags):
-            if number is not None:
-                members.setdefault(number, []).append((sid, tag in (sample_tags or [])))
-    delete_ids, lost, explained, touched = [], [], set(), 0
-    for number in sorted(members):
-        marked = [sid for sid, is_tagged in members[number] if is_tagged and sid in in_view]
-        explained.update(marked)
-        if not marked:
-            continue
-        if all(is_tagged for _, is_tagged in members[number]):
-            lost.append(number)
-            continue
-        delete_ids.extend(marked)
-        touched += 1
-    return DeletionPlan(tag=tag, run=run, delete_ids=delete_ids, num_groups=touched,
-                        lost_groups=lost, unexplained=len(tagged_in_view - explained))
-
-
-@dataclass
-class DeletionResult:
-    plan: DeletionPlan
-    journal: str  # the journal file of the deleted samples (None when nothing was deleted)
-
-    @property
-    def count(self):
-        return self.plan.count
-
-
-def delete_planned(samples, tag=DEFAULT_TAG):
-    """Deletes what :func:`deletion_plan` lists, after journaling it; returns a :class:`DeletionResult`.
-
-    Holds the lease of the dataset's duplicates, so no find_duplicates can
-    change the groups between the plan and the delete. Image files stay.
-    """
-    from lookalike.curation import journal
-
-    dataset = fo_adapter.root_dataset(samples)
-    with leases.hold(dataset, runs.lease_name(KIND), job="delete_duplicates",
-                     label=runs.lease_label(dataset, KIND)):
-        plan = deletion_plan(samples, tag, lease_held=True)
-        plan.check(dataset.name)
-        if not plan.delete_ids:
-            return DeletionResult(plan, None)
-        path = journal.write(dataset, plan.delete_ids, "delete_duplicates", run=plan.run,
-                             tag=tag)
-        faults.point("delete.after_journal")
-        for start in range(0, len(plan.delete_ids), DELETE_BATCH):
-            dataset.delete_samples(plan.delete_ids[start:start + DELETE_BATCH])
-            faults.point("delete.after_batch")
-    return DeletionResult(plan, path)
-
-
-def delete_duplicates(samples, tag=DEFAULT_TAG, dry_run=True):
-    """Deletes the tagged duplicates that the published groups explain (not their files).
-
-    With ``dry_run`` only counts them; both follow :func:`deletion_plan`, and
-    both raise :class:`DeletionRefusedError` when groups lost their kept sample.
-    A real run first writes a journal (``lookalike undelete`` restores it).
-
-    Returns the number of samples that are (or would be) deleted.
-    """
-    if dry_run:
-        plan = deletion_plan(samples, tag)
-        plan.check(fo_adapter.root_dataset(samples).name)
-        return plan.count
-    return delete_planned(samples, tag).count

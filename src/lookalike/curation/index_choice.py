@@ -62,3 +62,21 @@ def preferred_index(dataset, remembered=None):
                 float(cal.get("saved_at") or 0.0))
 
     return max(keys, key=rank) if keys else None
+
+
+def latest_record(samples, name):
+    """The most recent ``name`` record (a label or folder match, say) over the dataset's runs."""
+    import lookalike.similarity as ls
+
+    from lookalike.core import fo_adapter
+
+    dataset = fo_adapter.root_dataset(samples)
+    best = None
+    for key in ls.our_brain_keys(dataset):
+        try:
+            record = (ls.load_index(dataset, key).curation or {}).get(name)
+        except Exception:  # noqa: BLE001 - one broken run must not hide the others
+            continue
+        if record and (best is None or record.get("saved_at", 0) > best.get("saved_at", 0)):
+            best = record
+    return best

@@ -2,7 +2,7 @@
 
 fiftyone-brain's ``compute_leaky_splits`` flags pairs within a distance nobody
 calibrated. Here a leak is a duplicate pair as :func:`find_duplicates` finds
-them (:func:`~lookalike.curation.duplicates.find_pairs`: the run's calibrated,
+them (:func:`~lookalike.curation.duplicate_pairs.find_pairs`: the run's calibrated,
 label-free duplicate threshold, geometric verification, byte-identical files)
 whose two samples lie in different splits. Splits are tags (by default
 ``train``, ``val``, ``test``) or the values of a field.
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from lookalike.core import fo_adapter, leases
 from lookalike.curation import published_runs as runs
-from lookalike.curation.duplicates import (
+from lookalike.curation.duplicate_pairs import (
     DEFAULT_CANDIDATES,
     IDENTICAL,
-    _reason,
     find_pairs,
+    pair_reason,
 )
 from lookalike.core.errors import CurationError
 from lookalike.core.progress import scaled
@@ -137,7 +137,7 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
         if split[ids[a]] == split[ids[b]]:
             continue
         d = pairs.distance(a, b)
-        reason = _reason(kind, d, pairs.inliers(a, b), None)
+        reason = pair_reason(kind, d, pairs.inliers(a, b), None)
         leaks.append((ids[a], ids[b], reason))
         per_split[" / ".join(sorted((split[ids[a]], split[ids[b]])))] += 1
         closeness = -1.0 if kind == IDENTICAL else (d or 0.0)

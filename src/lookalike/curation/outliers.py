@@ -124,7 +124,7 @@ def _unflag_verified(index, rows, flagged, whole, k=VERIFIED_NEIGHBOURS):
     that geometric verification confirms: the embedding put a copy far (a grayscale
     copy, say), but the library does show the image. Only where the run's
     calibration found that verification tells copies apart on it. Returns how many."""
-    from lookalike.images.decode import local_features as verification
+    from lookalike.images import local_features as verification
 
     calibration = (index.curation or {}).get("calibration") or {}
     min_inliers = calibration.get("min_inliers")

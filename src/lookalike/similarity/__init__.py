@@ -284,7 +284,7 @@ def verify_results(index, query_path, paths):
     (at least the run's calibrated ``min_inliers``), see
     :func:`lookalike.images.local_features.rerank`.
     """
-    from lookalike.images.decode import local_features as verification
+    from lookalike.images import local_features as verification
 
     query, reason = verification.extract_file(query_path)
     if query is None and reason != verification.FEATURELESS:

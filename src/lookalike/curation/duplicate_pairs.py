@@ -1,0 +1,241 @@
+"""Every duplicate pair of a view: within the embedding threshold, verified by local
+features, or byte-identical files (:func:`find_pairs`).
+
+Pairs come from the run's vectors, by the one pair search
+(:mod:`lookalike.similarity.pairs`, exact or faiss IVF), from byte-identical
+files (same SHA-256, no encoder needed) and, unless turned off, from geometric
+verification (:mod:`lookalike.images.local_features`): each sample's nearest
+neighbours within the looser candidate distance are checked with local
+features, and a pair with enough RANSAC inliers is a duplicate even when the
+embedding put it beyond the threshold -- the same object photographed again
+from another viewpoint. Writes nothing: grouping is :mod:`.duplicates`, leaks
+across splits :mod:`.leaks`.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lookalike.core import fo_adapter
+from lookalike.core.errors import CurationError
+from lookalike.core.progress import scaled
+from lookalike.curation.keep import hash_pairs
+from lookalike.similarity import records
+from lookalike.similarity.distance import cosine_distance
+from lookalike.similarity.engine import check_engine
+from lookalike.similarity.pairs import vector_pairs
+
+VERIFY_CHOICES = ("auto", True, False)
+DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification checks
+# How a pair joined: the reason kinds, in the order a group's reasons prefer them.
+IDENTICAL, EMBEDDING, VERIFIED = 0, 1, 2
+
+
+def _verification_settings(index, verify, min_inliers, candidates, num_samples):
+    """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
+    from lookalike.images.local_features import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
+
+    if verify not in VERIFY_CHOICES:
+        raise CurationError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
+    if int(candidates) < 1:
+        raise CurationError(f"candidates must be at least 1, got {candidates}")
+    if verify is False:
+        return False, {"ran": False, "why_not": "turned off"}
+    if index is None:
+        if verify is True:
+            raise CurationError("geometric verification needs a similarity run: its nearest "
+                                "neighbours are the candidate pairs (give brain_key)")
+        return False, None
+    calibration = (index.curation or {}).get("calibration") or {}
+    if verify == "auto" and num_samples > VERIFY_UP_TO:
+        return False, {"ran": False, "why_not": f"{num_samples} samples, more than "
+                       f"{VERIFY_UP_TO} (pass verify=True to verify anyway)"}
+    if calibration.get("candidate_threshold") is None:
+        why = (f"run '{index.key}' has no verification thresholds: run calibrate_threshold"
+               f"{' again' if calibration else ''}")
+        if verify is True:
+            raise CurationError(f"cannot verify: {why}")
+        return False, {"ran": False, "why_not": why}
+    if verify == "auto" and calibration.get("min_inliers") is None:
+        return False, {"ran": False, "why_not": calibration.get("inlier_rule")}
+    if min_inliers is None:
+        min_inliers = calibration.get("min_inliers") or DEFAULT_MIN_INLIERS
+    if int(min_inliers) < 4:
+        raise CurationError(f"min_inliers must be at least 4 (a homography needs 4 points), "
+                            f"got {min_inliers}")
+    return True, {"ran": True, "min_inliers": int(min_inliers), "candidates": int(candidates),
+                  "candidate_threshold": records.check_threshold(
+                      calibration["candidate_threshold"])}
+
+
+def _candidate_pairs(index, rows, k, within, known):
+    """Positions ``(i, j)`` in ``rows`` of each row's ``k`` nearest neighbours within ``within``.
+
+    Pairs in ``known`` (``i * n + j`` codes, already duplicates) are left out.
+    """
+    from lookalike.curation.neighbours import leave_one_out
+
+    whole = len(rows) == index.total_index_size
+    inds, dists = leave_one_out(index.engine, rows=rows, k=min(k, len(rows) - 1),
+                                gallery=None if whole else rows)
+    position = np.full(index.total_index_size, -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    a = np.repeat(np.arange(len(rows)), inds.shape[1])
+    b = np.where(inds >= 0, position[np.clip(inds, 0, None)], -1).ravel()
+    ok = (b >= 0) & (dists.ravel() <= within)
+    i, j = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
+    codes = np.unique(i * np.int64(len(rows)) + j)
+    codes = codes[~np.isin(codes, known)]
+    return codes // len(rows), codes % len(rows)
+
+
+@dataclass
+class Pairs:
+    """The duplicate pairs of a view, before grouping (see :func:`find_pairs`)."""
+
+    ids: list  # the view's sample ids; pairs hold positions in it
+    paths: list
+    i: np.ndarray
+    j: np.ndarray
+    kinds: np.ndarray  # IDENTICAL, EMBEDDING or VERIFIED
+    threshold: float
+    engine: str  # the pair search used, or "files"
+    verification: dict = None  # settings and counts (None: not asked for)
+    num_pairs: int = 0  # within the embedding threshold
+    num_exact: int = 0  # byte-identical files
+    num_verified: int = 0  # beyond the threshold, verified by local features
+    features: dict = None  # position -> Features or None (verification ran)
+    inliers_of: dict = field(default_factory=dict)  # (a, b), a < b -> inliers
+    vectors: np.ndarray = None  # of the samples in the run
+    row_in_vectors: dict = field(default_factory=dict)  # position -> row of vectors
+    cache: str = None  # the dataset's feature cache
+    warning: str = None  # the calibration's, when its duplicate threshold was used
+
+    def distance(self, a, b):
+        """Cosine distance of two positions, None when either has no vector."""
+        if a in self.row_in_vectors and b in self.row_in_vectors:
+            return float(cosine_distance(self.vectors[self.row_in_vectors[a]]
+                                         @ self.vectors[self.row_in_vectors[b]]))
+        return None
+
+    def inliers(self, a, b):
+        """Inliers of two positions (computed once), None when verification did not run."""
+        from lookalike.images import local_features as verification
+
+        if self.features is None:
+            return None
+        fill_features(self.features, [a, b], self.paths, verification, self.cache)
+        verify_all(self.features, [(a, b)], self.inliers_of, verification)
+        return self.inliers_of[pair_key(a, b)]
+
+
+def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_files=True,
+               verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None):
+    """Every duplicate pair of ``samples``: within the threshold, verified, or identical files.
+
+    The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
+    writes nothing. ``progress`` runs to 0.85.
+    """
+    from lookalike.images import local_features as verification
+
+    check_engine(engine)
+    if len(samples) == 0:
+        raise CurationError("the view is empty: there are no samples to search for duplicates")
+    report_progress = progress or (lambda fraction, label: None)
+    ids, paths = samples.values(["id", "filepath"])
+    position = {sid: n for n, sid in enumerate(ids)}
+    edges = []  # (i, j, kind) arrays, positions in ids
+    out = Pairs(ids, paths, None, None, None, 0.0, "files")
+
+    index = None
+    if brain_key is not None:
+        import lookalike.similarity as ls
+
+        index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
+    on, out.verification = _verification_settings(index, verify, min_inliers, candidates,
+                                                  len(ids))
+    if index is not None:
+        out.threshold = records.threshold(index, "duplicate_threshold", threshold)
+        out.warning = records.duplicate_warning(index, threshold)
+        rows_of = {sid: r for r, sid in enumerate(index.sample_ids)}
+        in_index = [position[sid] for sid in ids if sid in rows_of]
+        if len(in_index) < 2:
+            raise CurationError(f"fewer than 2 samples of this view are in run '{brain_key}': "
+                                "compute their embeddings and rebuild the index")
+        rows = np.array([rows_of[ids[p]] for p in in_index])
+        out.vectors = index.engine.matrix[rows]
+        reuse = index.engine if len(rows) == index.total_index_size else None
+        out.engine, i, j, _ = vector_pairs(out.vectors, out.threshold, engine, reuse=reuse,
+                                           progress=scaled(progress, 0.0, 0.5 if on else 0.8))
+        in_index = np.asarray(in_index)
+        edges.append((in_index[i], in_index[j], np.full(len(i), EMBEDDING)))
+        out.num_pairs = len(i)
+        out.row_in_vectors = {int(p): r for r, p in enumerate(in_index)}
+        if on:
+            settings = out.verification
+            report_progress(0.5, "choosing candidate pairs for geometric verification")
+            ci, cj = _candidate_pairs(index, rows, settings["candidates"],
+                                      settings["candidate_threshold"],
+                                      i * np.int64(len(rows)) + j)
+            needed = np.unique(np.concatenate([ci, cj]))
+            out.features = {}  # absent: not computed
+            out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
+            found, missing = verification.compute_features(
+                [paths[in_index[r]] for r in needed], out.cache,
+                progress=scaled(progress, 0.5, 0.25))
+            for r, f in zip(needed, found):
+                out.features[int(in_index[r])] = f
+            ci, cj = in_index[ci], in_index[cj]
+            counts = verification.verify_pairs(out.features, ci, cj,
+                                               progress=scaled(progress, 0.75, 0.08))
+            counts = verification.verify_mirrored(out.features, ci, cj, counts,
+                                                  settings["min_inliers"], paths, out.cache)
+            ok = counts >= settings["min_inliers"]
+            edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
+            out.inliers_of = {pair_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
+            out.num_verified = int(ok.sum())
+            settings.update(num_candidates=int(len(ci)), num_featureless=len(missing))
+
+    if exact_files:
+        report_progress(0.85, "hashing files")
+        hi, hj, _ = hash_pairs(paths)
+        edges.append((np.asarray(hi, np.int64), np.asarray(hj, np.int64),
+                      np.full(len(hi), IDENTICAL)))
+        out.num_exact = len(hi)
+    if edges:
+        out.i, out.j, out.kinds = (np.concatenate(parts).astype(np.int64)
+                                   for parts in zip(*edges))
+    else:
+        out.i = out.j = out.kinds = np.zeros(0, np.int64)
+    return out
+
+
+def pair_key(a, b):
+    return (int(min(a, b)), int(max(a, b)))
+
+
+def verify_all(features, pairs, inliers_of, verification):
+    """Adds the inliers of every pair of positions not yet in ``inliers_of``, in parallel."""
+    todo = sorted({pair_key(a, b) for a, b in pairs} - set(inliers_of))
+    if todo:
+        counts = verification.verify_pairs(features, [a for a, _ in todo], [b for _, b in todo])
+        inliers_of.update(zip(todo, counts.tolist()))
+
+
+def fill_features(features, group, paths, verification, cache):
+    """Features for members that verification did not need (for their inliers with the kept one)."""
+    todo = [p for p in group if p not in features]
+    if todo:
+        got, _ = verification.compute_features([paths[p] for p in todo], cache)
+        for p, f in zip(todo, got):
+            features[p] = f
+
+
+def pair_reason(kind, distance, inliers, via):
+    if kind == IDENTICAL:
+        text = "identical file"
+    elif kind == EMBEDDING:
+        text = f"distance {distance:.4f}"
+    else:
+        text = f"{inliers} inliers, distance {distance:.4f}"
+    return text if via is None else f"{text} to {via}"
