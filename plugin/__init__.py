@@ -626,11 +626,7 @@ class FindDuplicates(forms.BackgroundOperator):
         if not ctx.delegated:
             ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
             forms.show_duplicate_fields(ctx)
-        by = f"Index '{report.brain_key}': " if report.brain_key else ""
-        ctx.ops.notify(f"{by}{report.num_groups} duplicate groups; {report.num_duplicates} samples "
-                       f"tagged 'duplicate'; {report.num_verified_pairs} pairs verified by local "
-                       "features" + (f". Warning: {report.warning}" if report.warning else ""),
-                       variant="warning" if report.warning else "success")
+        ctx.ops.notify(report.summary(), variant="warning" if report.warning else "success")
         out = forms.rounded(report.to_record())
         out["groups"] = [{"group": n, "size": len(g),
                           "kept": os.path.basename(report.files[g[0]])}

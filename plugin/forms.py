@@ -200,28 +200,26 @@ def labelled_choices(values, labels):
     return [(value, labels[value]) for value in values]
 
 
-# FiftyOne's execution store of the dataset: what the plugin remembers of it.
-STORE = "lookalike"
-
-
 def remembered_index(ctx):
-    """The index last used on this dataset (by any of our operators or the panel), or None."""
-    if ctx.dataset is None:
-        return None
-    return ctx.store(STORE).get("brain_key")
+    """The index the last job on this dataset used (any of our operators, the CLI), or None."""
+    from lookalike.curation.index_choice import remembered_index as remembered
+
+    return remembered(ctx.dataset) if ctx.dataset is not None else None
 
 
 def remember_index(ctx, brain_key):
     """Remembers ``brain_key`` as this dataset's last-used index (offered first next time)."""
+    from lookalike.curation.index_choice import remember_index as remember
+
     if brain_key and ctx.dataset is not None:
-        ctx.store(STORE).set("brain_key", brain_key)
+        remember(ctx.dataset, brain_key)
 
 
 def preferred_index(ctx):
     """The index offered first: the last used, else :func:`lookalike.curation.index_choice.preferred_index`."""
     from lookalike.curation.index_choice import preferred_index as preferred
 
-    return preferred(ctx.dataset, remembered_index(ctx)) if ctx.dataset is not None else None
+    return preferred(ctx.dataset) if ctx.dataset is not None else None
 
 
 def brain_key_input(inputs, ctx, none_choice=None):

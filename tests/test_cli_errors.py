@@ -200,7 +200,8 @@ def test_results_only_on_stdout_with_progress_on_stderr(subprocess_env, indexed,
     out = _cli(subprocess_env, "outliers", "--dataset", indexed.name, "--brain-key", "emb_sim",
                "--threshold", "0.5")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert re.match(rf"\d+ of {len(indexed)} samples are farther than 0.5000 ", out.stdout)
+    assert re.match(rf"\d+ of {len(indexed)} samples match nothing within the no-match "
+                    r"threshold 0.5000 \(index 'emb_sim'\)", out.stdout)
     assert "finding outliers" in out.stderr and "finding outliers" not in out.stdout
 
 

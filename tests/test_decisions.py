@@ -266,6 +266,10 @@ def test_a_threshold_that_cannot_separate_warns_every_job_that_acts_on_it(
 
         ran = run_cli("duplicates", "--dataset", ds.name, "--brain-key", "sim", "--verify", "off")
         assert ran.returncode == 0 and "unreliable: cannot separate" in ran.stdout, ran
+        # A job that ran with an index makes it the one offered first, in the App too.
+        from lookalike.curation.index_choice import preferred_index, remembered_index
+
+        assert remembered_index(ds) == "sim" and preferred_index(ds) == "sim"
         for operator in ("find_duplicates", "find_leaks", "match_images"):
             props = _form(operator, ds, {"brain_key": "sim"})["type"]["properties"]
             view = props["calibration_warning"]["view"]

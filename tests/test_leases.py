@@ -79,10 +79,10 @@ def test_the_same_job_kind_shares_and_the_last_release_frees(dataset, subprocess
 
 
 def test_an_expired_lease_of_another_machine_is_taken_over(dataset):
-    from lookalike.core import leases
+    from lookalike.core import fo_adapter, leases
 
     past = datetime.datetime.utcnow() - datetime.timedelta(minutes=5)
-    key = leases._key(dataset, "index:k")
+    key = fo_adapter.dataset_key(dataset, "index:k")
     leases._collection().insert_one(dict(
         _id=key, owner="x", job="gone", same=None, since=past, expires=past,
         holders=[dict(host="another-machine", pid=1)], host="another-machine", pid=1))

@@ -58,7 +58,9 @@ def main(argv=None):
     try:
         if getattr(args, "needs_database", True):
             ensure_mongod(install=False)
-        return args.func(args)
+        code = args.func(args)
+        _remember_index(args)
+        return code
     except TrainingStopped as e:
         return _fail(args, one_line(e), 3)
     except LookalikeError as e:
@@ -68,6 +70,16 @@ def main(argv=None):
     except Exception as e:  # a bug: one line, the traceback with --debug
         hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
         return _fail(args, f"error: {type(e).__name__}: {one_line(e)}{hint}", 1)
+
+
+def _remember_index(args):
+    """A command that ran with an index makes it the one the App and the CLI offer first."""
+    brain_key, name = getattr(args, "brain_key", None), getattr(args, "dataset", None)
+    if brain_key and name:
+        from lookalike.cli.arguments import load_dataset
+        from lookalike.curation.index_choice import remember_index
+
+        remember_index(load_dataset(name), brain_key)
 
 
 def _fail(args, line, code):

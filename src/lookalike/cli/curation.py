@@ -232,8 +232,7 @@ def cmd_outliers(args):
     report = flag_outliers(view, args.brain_key, threshold=args.threshold,
                            progress=Progress("finding outliers"))
     paths = dict(zip(*view.select(report.outlier_ids).values(["id", "filepath"])))
-    print(f"{report.num_outliers} of {report.num_searched} samples are farther than "
-          f"{report.threshold:.4f} from any other (tagged 'no_match'):")
+    print(f"{report.summary()} (tagged 'no_match'):")
     _print_outliers(report, paths, args.show)
     return 0
 

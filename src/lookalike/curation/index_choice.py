@@ -31,10 +31,32 @@ def result_origin(dataset, kind):
             "text": f"by {by}, {when(info.get('at'))}"}
 
 
+# dataset.info[INFO_KEY]: the index the last job on the dataset ran with.
+INFO_KEY = "lookalike_last_index"
+
+
+def remember_index(dataset, brain_key):
+    """Remembers ``brain_key`` as the index the last job on ``dataset`` used: the App's
+    forms and panel, the CLI and other backends' lookups then offer it first. Only a
+    job that ran with it should call this (looking at an index is not using it)."""
+    from lookalike.core import fo_adapter
+
+    if brain_key:
+        fo_adapter.set_info_key(dataset, INFO_KEY, brain_key)
+
+
+def remembered_index(dataset):
+    """The index the last job on ``dataset`` used, or None."""
+    from lookalike.core import fo_adapter
+
+    return fo_adapter.read_info_key(dataset, INFO_KEY)
+
+
 def preferred_index(dataset, remembered=None):
     """The index a form or the panel offers first, or None without one.
 
-    ``remembered`` (the one last used on this dataset) while it exists; else the
+    ``remembered`` (default: :func:`remembered_index`, the one the last job used) while it
+    exists; else the
     index whose duplicates or outliers the dataset shows now (the latest such
     run); else the best-calibrated: a fresh calibration before a stale one, one
     from labels before a label-free one, the most recent first.
@@ -43,6 +65,8 @@ def preferred_index(dataset, remembered=None):
     from lookalike.similarity import records
 
     keys = ls.our_brain_keys(dataset)
+    if remembered is None:
+        remembered = remembered_index(dataset)
     if remembered in keys:
         return remembered
     shown = [r for r in (result_origin(dataset, k) for k in ("duplicates", "outliers"))

@@ -110,13 +110,12 @@ def _check_replaceable(dataset, brain_key, overwrite):
 
 
 def _check_has_embeddings(samples, field):
-    from lookalike.similarity.backend import describe_samples
+    from lookalike.similarity.backend import describe_samples, no_embeddings
 
     if samples.count() == 0:
         raise EmptyViewError(f"{describe_samples(samples)} has no samples: nothing to index")
     if samples.count(field) == 0:
-        raise EmptyViewError(f"no sample of {describe_samples(samples)} has an embedding in "
-                             f"'{field}': compute embeddings first")
+        raise no_embeddings(samples, field)
 
 
 def _build(samples, config, brain_key):

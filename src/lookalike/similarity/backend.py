@@ -30,7 +30,12 @@ from fiftyone.brain.similarity import (
 )
 
 from lookalike.core import faults, fo_adapter
-from lookalike.core.errors import IncompleteIndexError, IndexSettingsError, SimilarityIndexError
+from lookalike.core.errors import (
+    EmptyViewError,
+    IncompleteIndexError,
+    IndexSettingsError,
+    SimilarityIndexError,
+)
 from lookalike.similarity import artefacts
 from lookalike.similarity.distance import cosine_distance
 from lookalike.similarity.field_vectors import in_memory, read_unit_vectors
@@ -574,10 +579,14 @@ def read_field(samples, field, allocate=in_memory):
         logger.warning("%d of %d samples have no '%s' embedding and are left out of the index",
                        missing, missing + len(ids), field)
     if not len(ids):
-        raise InvalidEmbeddingsError(
-            f"no sample of {describe_samples(samples)} has an embedding in '{field}': "
-            "compute embeddings first")
+        raise no_embeddings(samples, field)
     return matrix, ids, missing
+
+
+def no_embeddings(samples, field):
+    """The one error for an index over samples none of which holds a vector in ``field``."""
+    return EmptyViewError(f"no sample of {describe_samples(samples)} has an embedding in "
+                          f"'{field}': compute embeddings first")
 
 
 def write_vectors(dataset, field, sample_ids, vectors):
