@@ -108,6 +108,37 @@ def test_append_adds_only_new_files(mixed_folder, dataset_name):
     assert report.imported == 0 and len(fo.load_dataset(dataset_name)) == 5
 
 
+def test_append_through_a_symlinked_folder_adds_nothing_twice(mixed_folder, dataset_name,
+                                                              tmp_path):
+    import_images(str(mixed_folder / "cats"), dataset_name)
+    link = tmp_path / "link"
+    os.symlink(mixed_folder / "cats", link)
+    # The same files reached through the link are the dataset's samples already.
+    report = import_images(str(link), dataset_name, append=True)
+    assert report.imported == 0 and len(fo.load_dataset(dataset_name)) == 2
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_rotated_jpeg_gets_the_size_fiftyone_computes(tmp_path, dataset_name, orientation):
+    from PIL import Image
+
+    folder = tmp_path / "rotated"
+    folder.mkdir()
+    path = str(folder / "rotated.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # 6, 8: a quarter turn to view; 3: a half turn
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(path, exif=exif, quality=90)
+    files.write_jpeg(str(folder / "plain.jpg"))
+    import_images(str(folder), dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    for sample in ds:
+        built = fo.ImageMetadata.build_for(sample.filepath)
+        assert (sample.metadata.width, sample.metadata.height) == (built.width, built.height), \
+            sample.filepath
+    got = ds.match(fo.ViewField("filepath") == path).first().metadata
+    assert (got.width, got.height) == ((40, 60) if orientation in (6, 8) else (60, 40))
+
+
 def test_failure_while_writing_leaves_nothing_behind(mixed_folder, dataset_name, monkeypatch):
     import_images(str(mixed_folder / "cats"), dataset_name)
     real_add = fo.Dataset.add_samples

@@ -6,6 +6,8 @@ contrastive "copies" encoder on the demo photos. Real processes are killed
 (SIGKILL) while importing, and raced against each other.
 """
 
+import csv
+import json
 import os
 import random
 import shutil
@@ -412,6 +414,90 @@ def test_bad_folders_and_runs_are_one_line_errors(demo_records, copies_encoder, 
     lines = _error_lines(out)
     assert len(lines) == 1 and lines[0].startswith(
         f"lookalike match: error: {junk}: none of its 2 files is a readable image (e.g. a.txt: ")
+
+
+def test_the_csv_table_neutralises_cells_a_spreadsheet_would_run(demo_records, copies_encoder,
+                                                                 dataset_name, tmp_path):
+    from lookalike.core.paths import spreadsheet_cell
+
+    ds = _library(dataset_name, demo_records, copies_encoder)
+    folder = tmp_path / "formulas"
+    folder.mkdir()
+    for name in ("=SUM(1+2).png", "+1.jpg", "plain.jpg"):
+        files.write_jpeg(str(folder / name))
+    report = lc.match_images(ds, "emb_sim", str(folder), out=str(tmp_path / "table.csv"))
+    assert sorted(r.file for r in report.rows) == ["+1.jpg", "=SUM(1+2).png", "plain.jpg"]
+    with open(tmp_path / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["file"] for r in rows) == ["'+1.jpg", "'=SUM(1+2).png", "plain.jpg"]
+    assert all(r["path"].startswith(str(folder)) for r in rows)  # a path starts with "/"
+    # The JSON table keeps the names as they are: JSON is data, not a sheet.
+    report.write(str(tmp_path / "table.json"))
+    with open(tmp_path / "table.json") as f:
+        assert "=SUM(1+2).png" in {r["file"] for r in json.load(f)["rows"]}
+    assert [spreadsheet_cell(v) for v in ("-2", "@x", "\tx", "\rx", "a=b", 1.5, None, -1)] == \
+        ["'-2", "'@x", "'\tx", "'\rx", "a=b", 1.5, None, -1]
+
+
+def test_a_bad_out_is_refused_before_anything_is_embedded_or_imported(
+        demo_records, copies_encoder, dataset_name, tmp_path, monkeypatch):
+    ds = _library(dataset_name, demo_records, copies_encoder)
+    n = len(ds)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    shutil.copyfile(_sklearn_image("china.jpg"), folder / "china.jpg")  # new: --add imports it
+    missing = tmp_path / "nonexistent" / "dir"
+    (tmp_path / "dir.csv").mkdir()
+    for out, reason in ((tmp_path / "table.txt", "the table is written as .csv or .json"),
+                        (missing / "t.csv", f"no such folder {missing}"),
+                        (tmp_path / "dir.csv", "is a folder")):
+        calls = []
+        with pytest.raises(UsageError) as e:
+            lc.match_images(ds, "emb_sim", str(folder), add="new", out=str(out),
+                            progress=lambda f, label: calls.append(label))
+        assert str(e.value).startswith(f"{out}: ") and reason in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+        assert calls == [] and len(ds) == n  # nothing matched, nothing imported
+        ran = run_cli("match", "--dataset", ds.name, "--brain-key", "emb_sim", "--images",
+                      folder, "--add", "new", "--out", out)
+        assert ran.returncode == 2, ran.stderr[-2000:]
+        assert ran.stderr.splitlines() == [f"lookalike match: error: {e.value}"]
+        ds.reload()
+        assert len(ds) == n
+    assert not os.path.exists(missing)
+    # The default table lands in the working folder: an unwritable one is refused as early.
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UsageError, match="cannot write in"):
+            lc.match_images(ds, "emb_sim", str(folder), add="new", out=str(locked / "t.csv"))
+        assert len(ds) == n
+
+
+def test_a_folder_reached_through_a_symlink_is_already_in_the_dataset(
+        demo_records, copies_encoder, dataset_name, tmp_path):
+    ds = _library(dataset_name, demo_records, copies_encoder)
+    n = len(ds)
+    chelsea = next(r["filepath"] for r in demo_records if r["gt_group"] == "chelsea")
+    real = os.path.dirname(chelsea)  # every file in it is a sample of the library
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    id_of = dict(zip(*ds.values(["filepath", "id"])))
+    for add in ("all", "new"):
+        report = lc.match_images(ds, "emb_sim", str(link), add=add)
+        assert len(report.rows) == len(os.listdir(real)) and not report.unreadable
+        assert report.added_ids == [] and len(ds) == n, add
+        for row in report.rows:
+            assert row.path.startswith(str(link))
+            assert row.decision == "duplicate" and row.note == "already in the dataset", row
+            assert row.sample_id == id_of[os.path.join(real, row.file)]
+            assert row.distance == pytest.approx(0, abs=1e-5)
+
+
+def _sklearn_image(name):
+    import sklearn.datasets
+
+    return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", name)
 
 
 @pytest.mark.parametrize("point", ["match.after_import", "match.after_vectors"])

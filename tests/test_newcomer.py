@@ -62,7 +62,7 @@ def test_results_name_their_index_and_the_last_used_index_is_offered_first(app_s
                                                        "verify": "off"})
     notes = [r["params"]["message"] for r in dups_b["executor"]["requests"]
              if r["operator_uri"] == "notify"]
-    assert notes[0].startswith("Index 'b_sim': ")
+    assert "(index 'b_sim', duplicate threshold 0.3000" in notes[0]  # the report's summary
     assert dups_a["result"]["num_duplicates"] < dups_b["result"]["num_duplicates"]
     assert all("/" not in g["kept"] for g in dups_b["result"]["groups"])  # file names only
     state = _panel(url, photos, "on_load", {})

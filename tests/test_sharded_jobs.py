@@ -14,6 +14,8 @@ from bson import ObjectId
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import processes
+import pytest
+from cli_runner import run_cli
 from lookalike.embeddings.compute import compute_embeddings, field_record
 from lookalike.encoders import load_encoder
 from lookalike.embeddings.shards import list_jobs, shard_views
@@ -201,6 +203,74 @@ def test_the_embed_operator_queues_shards_for_the_workers(dataset_name, demo_rec
     finally:
         for q in queued:
             service.delete_operation(q.id)
+
+
+def test_jobs_name_their_dataset(dataset_name, demo_records):
+    from lookalike.embeddings.shards import queue_features
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:10]])
+    ops = queue_features(ds, shards=2)  # queued only: no worker runs them
+    service = DelegatedOperationService()
+    try:
+        jobs = list_jobs(dataset_name=ds.name)
+        assert sorted(j.id for j in jobs) == sorted(ops)
+        assert [j.dataset for j in jobs] == [ds.name, ds.name]
+        assert all(f"  {ds.name}  lookalike features:" in j.line() for j in jobs)
+        assert {j.id: j.dataset for j in list_jobs()}[ops[0]] == ds.name
+        listed = run_cli("jobs", "--dataset", ds.name)
+        assert listed.returncode == 0 and all(
+            f"{o}  queued  {ds.name}  lookalike features:" in listed.stdout for o in ops), listed
+    finally:
+        for o in ops:
+            service.delete_operation(ObjectId(o))
+
+
+def test_a_dead_job_is_queued_again_once(dataset_name, demo_records):
+    from lookalike.core import fo_adapter
+    from lookalike.core.errors import UsageError
+    from lookalike.embeddings.shards import queue_features, requeue
+
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=r["filepath"]) for r in demo_records[:10]])
+    [op] = queue_features(ds, shards=1)
+    service = fo_adapter.delegated_operations()
+    # As a worker that raised would leave it: failed, nothing running.
+    service.set_failed(ObjectId(op), result=fo_adapter.failed_result("the worker raised"))
+
+    def queued():
+        return [j.id for j in list_jobs(dataset_name=ds.name, states=("queued",))]
+
+    try:
+        again = requeue(op)
+        assert queued() == [again] and again != op
+        with pytest.raises(UsageError) as refused:
+            requeue(op)
+        assert str(refused.value) == (f"job {op} was queued again already, as {again}: "
+                                      f"follow that one (`lookalike jobs`)")
+        assert queued() == [again]
+        ran = run_cli("jobs", "--requeue", op)
+        assert ran.returncode == 2 and ran.stderr.splitlines() == [
+            f"lookalike jobs: error: {refused.value}"]
+        assert queued() == [again]
+        # The copy keeps the shard's own label; the old one says where it went.
+        labels = {j.id: j.label for j in list_jobs(dataset_name=ds.name)}
+        assert labels[again] == "lookalike features:1/1"
+        assert labels[op] == f"lookalike features:1/1 (queued again as {again})"
+        # Killed between queueing the copy and labelling the old job: the waiting copy
+        # (same slice, same settings) is found all the same.
+        service.set_label(ObjectId(op), "lookalike features:1/1")
+        with pytest.raises(UsageError, match=f"job {op}: its shard shard:features:1/1 is in "
+                                             f"the queue already, as {again}: "):
+            requeue(op)
+        assert queued() == [again]
+        # The copy, failed in its turn, can be queued again (once).
+        service.set_failed(ObjectId(again), result=fo_adapter.failed_result("raised again"))
+        third = requeue(again)
+        assert queued() == [third]
+    finally:
+        for job in list_jobs(dataset_name=ds.name):
+            service.delete_operation(ObjectId(job.id))
 
 
 def test_local_features_are_sharded_over_workers_and_a_dead_workers_shard_is_finished(

@@ -171,7 +171,7 @@ def _add_search(sub):
     search.add_argument("--calibrated-by", default=None, metavar="KEY",
                         help="for another backend's run (LanceDB, Qdrant, ...): the lookalike "
                              "index over the same field whose thresholds decide duplicate / "
-                             "match / no match (default: the preferred one)")
+                             "match / new (default: the preferred one)")
     search.set_defaults(func=cmd_search)
 
 

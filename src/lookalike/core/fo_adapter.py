@@ -159,6 +159,17 @@ def delegated_operations():
     return DelegatedOperationService()
 
 
+def operation_request(op):
+    """The request a delegated operation was queued with (``dataset_name``, ``params``, ``view``).
+
+    FiftyOne's operation document keeps the dataset's id only (``dataset_id``;
+    there is no ``dataset_name``); its name, the operator's parameters and the
+    view's stages are in the stored request (``context.request_params``), which
+    is also what ``list_operations(dataset_name=...)`` filters on.
+    """
+    return (op.context.request_params or {}) if op.context else {}
+
+
 def failed_result(error):
     """An operation result marking a delegated run failed with ``error``."""
     from fiftyone.operators.executor import ExecutionResult

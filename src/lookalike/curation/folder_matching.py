@@ -28,7 +28,6 @@ function ``verify(query_path, sample_path) -> bool`` that must confirm every
 duplicate.
 """
 
-import csv
 import json
 import os
 import time
@@ -43,6 +42,7 @@ from lookalike.core.errors import (
     StaleRecordError,
     UsageError,
 )
+from lookalike.core.paths import check_output_file, write_csv
 from lookalike.curation.thresholds import decide
 from lookalike.similarity.distance import cosine_distance
 
@@ -52,6 +52,7 @@ ADD_MODES = ("none", "new", "all")
 DECISIONS = ("duplicate", "match", "new")
 _FOLDER_RECORD = "folder_match"
 _PANEL_ROWS = 200  # rows of the last folder match kept with the run, for the panel
+TABLE_FORMATS = (".csv", ".json")
 
 
 @dataclass
@@ -127,22 +128,16 @@ class FolderMatchReport:
 
     def write(self, path):
         """Writes the table as CSV or JSON (by the extension); returns the path."""
-        path = os.path.abspath(os.path.expanduser(path))
+        path = check_output_file(path, TABLE_FORMATS)
         rows = self.table()
         columns = ["file", "decision", "nearest_path", "distance", "label", "label_distance",
                    "verified", "nearest_id", "sample_id", "note", "path"]
+        if path.lower().endswith(".csv"):
+            return write_csv(path, columns, rows)
         tmp = path + ".tmp"
-        if path.endswith(".json"):
-            with open(tmp, "w") as f:
-                json.dump({"summary": self.summary(), "counts": self.counts, "rows": rows}, f,
-                          indent=1)
-        elif path.endswith(".csv"):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, columns, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            raise UsageError(f"{path}: the table is written as .csv or .json")
+        with open(tmp, "w") as f:
+            json.dump({"summary": self.summary(), "counts": self.counts, "rows": rows}, f,
+                      indent=1)
         os.replace(tmp, path)
         return path
 
@@ -242,12 +237,14 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     import lookalike.similarity as ls
     from lookalike.core.labels import indexed_labels
     from lookalike.encoders import EncoderStoreError
-    from lookalike.images.folder_import import list_files
+    from lookalike.images.folder_import import list_files, samples_by_file
     from lookalike.similarity import records
 
     start = time.perf_counter()
     if add not in ADD_MODES:
         raise UsageError(f"add must be one of {ADD_MODES}, got {add!r}")
+    if out:  # refused before anything is embedded or imported, not after
+        out = check_output_file(out, TABLE_FORMATS)
     dataset = fo_adapter.root_dataset(samples)
     index = _current_index(dataset, brain_key)
     try:
@@ -290,7 +287,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
              if add != "none" else None)
     try:
         # Under the lease: which files are already samples is read after taking it.
-        known = dict(zip(*dataset.values(["filepath", "id"])))
+        known = samples_by_file(dataset)  # resolved paths: a symlinked folder is no new file
         pending = set(calibration.get("pending_batches") or [])
         pending_ids = set(dataset.match_tags(sorted(pending)).values("id")) if pending else set()
         embeddings, repair = [], []  # vectors of readable rows; (row, vector) to finish
@@ -398,7 +395,9 @@ def _verify_beyond(index, emb, rows, keep, geometric):
 
 def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_threshold, known,
             row_of, verify, geometric=None, manifest=None):
-    """One :class:`MatchRow` per embedded file."""
+    """One :class:`MatchRow` per embedded file; ``known``: {resolved path: sample id}."""
+    from lookalike.images.folder_import import resolved_paths
+
     engine, sample_ids = index.engine, index.sample_ids
     inds, dists = engine.knn(emb, 1, keep=keep)
     inds = np.asarray(inds)[:, 0]
@@ -410,9 +409,9 @@ def _decide(index, emb, paths, keep, label_rows, label_of, threshold, dup_thresh
         l_inds = label_rows[np.clip(np.asarray(l_inds)[:, 0], 0, None)]
         l_dists = np.asarray(l_dists, float)[:, 0]
     rows = []
-    for n, path in enumerate(paths):
+    for n, (path, real) in enumerate(zip(paths, resolved_paths(paths))):
         row = MatchRow(path=path, decision="new")
-        same = known.get(path)
+        same = known.get(real)
         if same is not None:
             # The file itself is a sample already (a rerun after importing it).
             row.sample_id = row.nearest_id = same

@@ -7,7 +7,7 @@ metric="cosine", ...)`` over the very field lookalike embedded. Its distances
 are then lookalike's distance, ``1 - cos`` (:mod:`lookalike.similarity.distance`),
 so the thresholds calibrated on a lookalike index over the same field apply to
 them unchanged: :func:`lookup` answers "nearest, and is it a duplicate, a match
-or no match" from the other engine. A run with another metric is refused in
+(with labels) or new" from the other engine, by the one decision rule. A run with another metric is refused in
 one line (a euclidean distance is not a cosine distance unless every vector
 is a unit vector, which nothing guarantees).
 
@@ -24,7 +24,7 @@ from lookalike.core import fo_adapter
 from lookalike.core.errors import SimilarityIndexError, UsageError
 from lookalike.similarity.distance import cosine_distance
 
-DECISIONS = ("duplicate", "match", "no match")
+DECISIONS = ("duplicate", "match", "new")  # thresholds.decide's
 
 
 @dataclass
@@ -92,8 +92,8 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     the encoder that wrote the field (the same version). ``calibrated_by``: the
     lookalike index over the same field whose calibrated thresholds decide
     (default: the preferred one). A distance within the duplicate threshold is a
-    "duplicate", within the no-match threshold of a calibration on labels a
-    "match", else "no match" (:func:`lookalike.curation.thresholds.decide`).
+    "duplicate", within the match threshold of a calibration on labels a "match",
+    else "new" (:func:`lookalike.curation.thresholds.decide`).
     """
     from lookalike.similarity import records
     from lookalike.similarity import embed_query_image
@@ -114,6 +114,4 @@ def lookup(samples, brain_key, query_ids=None, query_path=None, k=10, calibrated
     ids, dists = fo_adapter.kneighbors(index, query, int(k))
     # Their cosine distance is 1 - cos; clipped to [0, 2] as lookalike's own.
     dists = cosine_distance(1.0 - np.asarray(dists, np.float64))
-    words = {"duplicate": "duplicate", "match": "match", "new": "no match"}
-    return [Neighbour(str(i), float(d), words[decide(d, dup_t, d, match_t)])
-            for i, d in zip(ids, dists)]
+    return [Neighbour(str(i), float(d), decide(d, dup_t, d, match_t)) for i, d in zip(ids, dists)]

@@ -17,7 +17,7 @@ per disjoint slice of the view (:func:`queue_embeddings`):
 * a running shard holds a lease of its own (``shard:<field>:<k>/<n>``) renewed
   by its worker; :func:`list_jobs` reads it to tell a live worker from a dead one
   (``lookalike jobs``), and :func:`requeue` puts a dead worker's shard back in
-  the queue (never a live one's).
+  the queue (never a live one's), once: the old job's label names its copy.
 
 The local features of geometric verification are queued the same way
 (:func:`queue_features`): each shard fills the shared feature cache for its
@@ -28,6 +28,7 @@ Training stays one job: one model, trained where the GPU is.
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
 from lookalike.core import faults, fo_adapter, leases
@@ -129,10 +130,7 @@ def _queue(operator, samples, shards, what, label, params):
     dataset = fo_adapter.root_dataset(samples)
     ids = []
     faults.point("jobs.queue_lease")
-    # One queuer at a time per operator and dataset: a second waits, then keeps
-    # what the first queued (a queuer killed -9 is taken over at once).
-    with leases.hold(dataset, f"queue:{operator}", job="queue shards", wait=QUEUE_WAIT_S,
-                     label=f"the queue of {operator.split('/')[-1]} on '{dataset.name}'"):
+    with _queue_lease(dataset, operator):
         pending = _pending(operator, dataset.name)
         for k, view in enumerate(views, 1):
             shard = shard_name(what, k, len(views))
@@ -149,6 +147,13 @@ def _queue(operator, samples, shards, what, label, params):
             ids.append(str(op_id))
             faults.point("jobs.queued")
     return ids
+
+
+def _queue_lease(dataset, operator):
+    """One queuer (or requeuer) at a time per operator and dataset: a second waits, then
+    keeps what the first queued (a queuer killed -9 is taken over at once)."""
+    return leases.hold(dataset, f"queue:{operator}", job="queue shards", wait=QUEUE_WAIT_S,
+                       label=f"the queue of {operator.split('/')[-1]} on '{dataset.name}'")
 
 
 def _job_key(params, stages):
@@ -205,7 +210,7 @@ def _worker_state(op, shard):
         return ""
     import fiftyone as fo
 
-    name = op.context.request_params.get("dataset_name") if op.context else None
+    name = fo_adapter.operation_request(op).get("dataset_name")
     if not name or not fo.dataset_exists(name):
         return "gone (its dataset was deleted)"
     held = leases.last(fo.load_dataset(name), shard)
@@ -215,50 +220,91 @@ def _worker_state(op, shard):
     return f"{state} ({leases.describe(held)})"
 
 
+def _as_job(op):
+    """The :class:`Job` of one of our delegated operations; None for another plugin's."""
+    if not str(op.operator).startswith(PLUGIN):
+        return None
+    request = fo_adapter.operation_request(op)
+    params = request.get("params") or {}
+    shard = params.get("shard")
+    status = getattr(op, "status", None)
+    return Job(id=str(op.id), operator=op.operator.split("/")[-1],
+               dataset=request.get("dataset_name") or "", label=op.label or "",
+               state=op.run_state, worker=_worker_state(op, shard),
+               progress=getattr(status, "progress", None), queued_at=op.queued_at,
+               shard=shard, full_operator=str(op.operator), params=params,
+               stages=request.get("view") or [])
+
+
 def list_jobs(dataset_name=None, states=None):
     """Our delegated operations (newest first), with their workers' state: :class:`Job` rows."""
     rows = []
     for op in fo_adapter.delegated_operations().list_operations(dataset_name=dataset_name):
-        if not str(op.operator).startswith(PLUGIN) or (states and op.run_state not in states):
-            continue
-        request = (op.context.request_params or {}) if op.context else {}
-        params = request.get("params") or {}
-        shard = params.get("shard")
-        status = getattr(op, "status", None)
-        rows.append(Job(id=str(op.id), operator=op.operator.split("/")[-1],
-                        dataset=getattr(op, "dataset_name", None) or "", label=op.label or "",
-                        state=op.run_state, worker=_worker_state(op, shard),
-                        progress=getattr(status, "progress", None), queued_at=op.queued_at,
-                        shard=shard, full_operator=str(op.operator), params=params,
-                        stages=request.get("view") or []))
+        if not states or op.run_state in states:
+            job = _as_job(op)
+            if job is not None:
+                rows.append(job)
     return sorted(rows, key=lambda j: str(j.queued_at), reverse=True)
 
 
-def requeue(op_id):
-    """Puts a job whose worker died (or that failed) back in the queue; returns the new id.
+# The label a requeued job is left with names its copy (the copy keeps the old label).
+_REQUEUED_AS = re.compile(r"\(queued again as ([0-9a-f]{24})\)$")
 
-    The old operation is marked failed ("its worker died") so no worker waits on
-    it; a job whose worker is alive, queued or completed is refused.
-    """
-    service = fo_adapter.delegated_operations()
+
+def _job(op_id):
     try:
-        op = service.get(_op_id(op_id))
+        op = fo_adapter.delegated_operations().get(_op_id(op_id))
     except Exception:  # noqa: BLE001 - not an ObjectId
         op = None
     if op is None:
         raise UsageError(f"no delegated operation {op_id}")
-    job = next((j for j in list_jobs() if j.id == str(op.id)), None)
+    job = _as_job(op)
     if job is None:
         raise UsageError(f"operation {op_id} is not a lookalike job")
+    return job
+
+
+def _check_requeue(job, op_id):
     if job.state == "running" and not job.worker_gone:
         raise UsageError(f"job {op_id} is running and its worker is alive ({job.worker}): "
                          "leave it, or stop that worker first")
     if job.state not in ("running", "failed"):
         raise UsageError(f"job {op_id} is {job.state}: only a failed job or one whose worker "
                          "died can be queued again")
-    if job.state == "running":
-        service.set_failed(op.id, result=fo_adapter.failed_result(
-            f"its worker died ({job.worker}); queued again"))
-    new = service.rerun_operation(op.id)
-    return str(new.id)
+    done = _REQUEUED_AS.search(job.label)
+    if done:
+        raise UsageError(f"job {op_id} was queued again already, as {done.group(1)}: "
+                         "follow that one (`lookalike jobs`)")
 
+
+def requeue(op_id):
+    """Puts a job whose worker died (or that failed) back in the queue; returns the new id.
+
+    The old operation is marked failed ("its worker died") so no worker waits on
+    it; a job whose worker is alive, queued or completed is refused. Once only:
+    the old job's label then names its copy, and a job already queued again (or
+    a shard of the same slice and settings waiting in the queue) is refused.
+    """
+    import fiftyone as fo
+
+    job = _job(op_id)
+    _check_requeue(job, op_id)
+    if not job.dataset or not fo.dataset_exists(job.dataset):
+        raise UsageError(f"job {op_id}: its dataset '{job.dataset}' no longer exists")
+    service = fo_adapter.delegated_operations()
+    with _queue_lease(fo.load_dataset(job.dataset), job.full_operator):
+        job = _job(op_id)  # as it is now that no other queuer runs
+        _check_requeue(job, op_id)
+        if job.shard:
+            kept = _pending(job.full_operator, job.dataset).get(
+                _job_key(job.params, job.stages))
+            if kept:
+                raise UsageError(f"job {op_id}: its shard {job.shard} is in the queue already, "
+                                 f"as {kept}: follow that one (`lookalike jobs`)")
+        old = _op_id(job.id)
+        if job.state == "running":
+            service.set_failed(old, result=fo_adapter.failed_result(
+                f"its worker died ({job.worker}); queued again"))
+        new = service.rerun_operation(old)
+        service.set_label(old, f"{job.label} (queued again as {new.id})".strip())
+    return str(new.id)

@@ -168,6 +168,20 @@ def image_header_size(path):
         return img.size
 
 
+# EXIF orientations that turn the picture a quarter turn (transpose, 270, transverse, 90).
+_QUARTER_TURNS = frozenset((5, 6, 7, 8))
+
+
+def displayed_size(img):
+    """``(width, height)`` of ``img`` as shown: a JPEG whose EXIF orientation turns it a
+    quarter turn has its sides swapped. The same rule as FiftyOne's ``compute_metadata``
+    (JPEG only), so our sample metadata and FiftyOne's agree."""
+    w, h = img.size
+    if img.format == "JPEG" and img.getexif().get(0x0112) in _QUARTER_TURNS:
+        return h, w
+    return w, h
+
+
 def open_image(path, min_side=None):
     """Opens and fully decodes ``path``; returns the PIL image in its own mode.
 

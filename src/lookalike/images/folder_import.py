@@ -18,6 +18,7 @@ from lookalike.core import faults
 from lookalike.images.decode import (
     ImageFailure,
     UnreadableImageError,
+    displayed_size,
     failure_lines,
     has_image_extension,
     open_image,
@@ -67,6 +68,28 @@ def list_files(directory, recursive=True):
     return paths
 
 
+def resolved_paths(paths):
+    """Each path with its symlinks resolved, like ``os.path.realpath`` (folders resolved once)."""
+    folders, out = {}, []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        full = os.path.join(folders[folder], name)
+        out.append(os.path.realpath(full) if os.path.islink(full) else full)
+    return out
+
+
+def samples_by_file(samples):
+    """``{resolved file path: sample id}``: the files that are samples already.
+
+    Resolved on both sides, so a file reached through a symlinked folder is
+    known as the sample it is (compare ``resolved_paths`` of the candidates).
+    """
+    paths, ids = samples.values(["filepath", "id"])
+    return dict(zip(resolved_paths(paths), ids))
+
+
 def _probe(path):
     probe = _Probe(path=path)
     if not has_image_extension(path):
@@ -75,7 +98,7 @@ def _probe(path):
         return probe
     try:
         with open_image(path) as img:
-            probe.width, probe.height = img.size
+            probe.width, probe.height = displayed_size(img)
             probe.mode = img.mode
             probe.channels = len(img.getbands())
         probe.size_bytes = os.path.getsize(path)
@@ -171,8 +194,8 @@ def import_images(
     if not paths:
         raise ImageImportError(f"{directory}: the folder contains no files")
     if append and exists:
-        known = set(fo.load_dataset(dataset_name).values("filepath"))
-        paths = [p for p in paths if p not in known]
+        known = samples_by_file(fo.load_dataset(dataset_name))
+        paths = [p for p, real in zip(paths, resolved_paths(paths)) if real not in known]
 
     probes = probe_images(paths, progress=progress)
     good = [p for p in probes if not p.error]
