@@ -86,8 +86,9 @@ def test_results_name_their_index_and_the_last_used_index_is_offered_first(app_s
              if r["operator_uri"] == "notify"]
     assert notes[0].startswith("Duplicate group 1, the kept image first (by index 'b_sim', ")
     assert round(dups_b["result"]["threshold"], 4) == dups_b["result"]["threshold"]
-    # Without a remembered index: the one whose results the dataset shows.
-    assert overview.preferred_index(photos) == "b_sim"
+    # The remembered index lives with the dataset: the API and the CLI offer it too.
+    assert overview.preferred_index(photos) == "a_sim"
+    # Without one (or one since deleted): the one whose results the dataset shows.
     assert overview.preferred_index(photos, remembered="gone") == "b_sim"
 
 
