@@ -550,3 +550,27 @@ def test_two_imports_at_once_one_is_refused(demo_records, copies_encoder, query_
     assert len(ds) == n
     report = lc.match_images(ds, "emb_sim", folder, add="new")
     assert len(report.added_ids) == sum(1 for g in expected.values() if g is None)
+
+
+def test_a_table_is_written_whole_or_not_at_all_and_two_writers_never_share_a_temporary(
+        tmp_path):
+    import threading
+
+    from lookalike.core.paths import write_csv
+
+    path = str(tmp_path / "t.csv")
+    rows = {n: [{"file": f"w{n}_{i}.jpg", "decision": "new"} for i in range(2000)]
+            for n in range(4)}
+    threads = [threading.Thread(target=write_csv, args=(path, ["file", "decision"], rows[n]))
+               for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = open(path).read().splitlines()
+    assert len(lines) == 2001 and len({line.split("_")[0] for line in lines[1:]}) == 1
+    # A row that cannot be written: the old table stays, and no temporary is left.
+    with pytest.raises(AttributeError):
+        write_csv(path, ["file"], [{"file": "ok.jpg"}, None])
+    assert open(path).read().splitlines() == lines
+    assert sorted(os.listdir(tmp_path)) == ["t.csv"]

@@ -60,3 +60,16 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(f, _MovedFinder) for f in sys.meta_path):
     sys.meta_path.append(_MovedFinder())
+
+
+def forward_to(package, module_name):
+    """A package's ``__getattr__`` that gives the public names of ``module_name``: the
+    module the package was before it became one (``lookalike.images`` -> ``.decode``)."""
+    def __getattr__(name):
+        if name.startswith("_"):
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module_name), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    return __getattr__

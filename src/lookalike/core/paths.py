@@ -54,10 +54,16 @@ def spreadsheet_cell(value):
 def write_csv(path, columns, rows):
     """Writes ``rows`` (dicts; other keys ignored) as CSV, every text cell through
     :func:`spreadsheet_cell`; whole or not at all (a temporary file renamed)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
-    os.replace(tmp, path)
+    # A name of this process's own: two jobs writing one table never share a temporary.
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)  # nothing half-written is left beside the table
+        raise
     return path
