@@ -59,14 +59,19 @@ screenshots: setup browser
 plugin: setup
 	@$(VENV)/bin/lookalike plugin install --dir $(PLUGINS_DIR)
 
+# What the App and its workers run with: our plugin; the App may queue jobs for
+# `make worker` (FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS); no "oldest supported MongoDB"
+# warning on every start for the bundled mongod, which the tests run against
+# (FIFTYONE_DATABASE_VALIDATION; the lookalike CLI filters that one warning itself).
+FO_ENV := FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true FIFTYONE_DATABASE_VALIDATION=false
+
 # Runs jobs queued from the App (train, embed, ... with "delegated" on).
 worker: plugin
-	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone delegated launch
+	$(FO_ENV) $(VENV)/bin/fiftyone delegated launch
 
 # Opens the demo dataset in the App with this plugin loaded.
-# FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS lets the App queue jobs for `make worker`.
 app: plugin
-	FIFTYONE_PLUGINS_DIR=$(PLUGINS_DIR) FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
+	$(FO_ENV) $(VENV)/bin/fiftyone app launch lookalike-demo --address 127.0.0.1 --wait -1
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

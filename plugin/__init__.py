@@ -428,7 +428,7 @@ class SortBySimilarity(forms.Operator):
                                             prompt=True))
 
     def form(self, inputs, ctx):
-        forms.brain_key_input(inputs, ctx)
+        forms.brain_key_input(inputs, ctx, queries=ctx.selected or None)
         inputs.int("k", label="Number of results", min=1, default=25)
         n = len(ctx.selected or [])
         path = ctx.params.get("query_path")
@@ -574,7 +574,7 @@ class FlagOutliers(forms.BackgroundOperator):
                                   threshold=ctx.params.get("threshold"), tag=tag,
                                   progress=forms.progress(ctx))
         if not ctx.delegated:
-            ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+            forms.show_outliers(ctx, lc.outliers_view(ctx.dataset))
         ctx.ops.notify(f"{report.summary()} (tagged '{tag}')", variant="success")
         return forms.rounded(report.to_record())
 
@@ -624,8 +624,7 @@ class FindDuplicates(forms.BackgroundOperator):
                                     keep=ctx.params.get("keep", "first"), verify=verify,
                                     progress=forms.progress(ctx))
         if not ctx.delegated:
-            ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
-            forms.show_duplicate_fields(ctx)
+            forms.show_duplicates(ctx, lc.duplicates_view(ctx.dataset))
         ctx.ops.notify(report.summary(), variant="warning" if report.warning else "success")
         out = forms.rounded(report.to_record())
         out["groups"] = [{"group": n, "size": len(g),
@@ -665,8 +664,15 @@ class DeleteDuplicates(forms.Operator):
             label=f"This deletes {plan.count} samples tagged '{tag}' from {plan.num_groups} "
             "groups (each keeps its kept sample)",
             description="Their image files stay on disk. The deleted samples are journaled "
-            f"first: 'Lookalike: undelete samples' restores them.{left}"))
-        inputs.bool("confirm", label=f"Yes, delete {plan.count} samples", default=False)
+            f"first: 'Lookalike: undelete samples' restores them. Calibrations made with "
+            f"them become stale: recalibrate after deleting (undelete makes them fresh "
+            f"again).{left}"))
+        # Execute stays disabled until the box is ticked (an invalid form cannot run).
+        ticked = bool(ctx.params.get("confirm"))
+        inputs.bool("confirm", label=f"Yes, delete {plan.count} samples", default=False,
+                    invalid=not ticked,
+                    error_message=None if ticked else
+                    f"tick 'Yes, delete {plan.count} samples' to delete them")
 
     def execute(self, ctx):
         import lookalike.curation as lc
@@ -674,11 +680,9 @@ class DeleteDuplicates(forms.Operator):
         from lookalike.curation.duplicates import DEFAULT_TAG
 
         tag = ctx.params.get("tag") or DEFAULT_TAG
-        if not ctx.params.get("confirm"):
+        if not ctx.params.get("confirm"):  # the form refuses it first; a direct call too
             count = lc.delete_duplicates(ctx.dataset, tag=tag, dry_run=True).count
-            ctx.ops.notify(f"Dry run: {count} samples would be deleted; tick the confirmation",
-                           variant="info")
-            return {"deleted": 0, "would_delete": count}
+            raise UsageError(f"nothing deleted: {count} samples would be; confirm=True deletes them")
         result = delete_planned(ctx.dataset, tag=tag)
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"Deleted {result.count} samples tagged '{tag}'"
@@ -704,7 +708,7 @@ class Undelete(forms.Operator):
             forms.end_form(inputs, "nothing",
                            types.Notice(label="No deletion journal left to restore"))
         forms.choice_input(inputs, ctx, "journal",
-                           [(e.path, f"{e.created_at}: {e.num_samples} samples ({e.reason})")
+                           [(e.path, e.label())
                             for e in entries], "Deletion to undo", required=True)
 
     def execute(self, ctx):

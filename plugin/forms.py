@@ -43,8 +43,13 @@ class FormEnds(Exception):
 
 
 def end_form(inputs, name, notice):
-    """Adds ``notice`` (a ``types.Warning``, ``Notice``...) and ends the form there."""
-    inputs.view(name, notice)
+    """Adds ``notice`` (a ``types.Warning``, ``Notice``...) and ends the form there.
+
+    The form is then invalid, so the App keeps Execute disabled: a form that ended has
+    nothing to run, and a run would only meet the same refusal as an error.
+    """
+    why = ": ".join(t for t in (notice.label, getattr(notice, "description", None)) if t)
+    inputs.view(name, notice, invalid=True, error_message=why)
     raise FormEnds
 
 
@@ -222,26 +227,37 @@ def preferred_index(ctx):
     return preferred(ctx.dataset) if ctx.dataset is not None else None
 
 
-def brain_key_input(inputs, ctx, none_choice=None):
+def brain_key_input(inputs, ctx, none_choice=None, queries=None):
     """A dropdown of our similarity indexes, the preferred one first; returns the chosen key.
 
     ``none_choice`` labels an extra "" choice, for an operator that can do
     without an index. With no choice at all the form says so and ends.
+    ``queries``: sample ids the run queries by; indexes that hold them all come first,
+    and one that does not is refused in the form, before Execute.
     """
     import lookalike.similarity as ls
+    from lookalike.curation.index_choice import covering
 
     keys = ls.our_brain_keys(ctx.dataset) if ctx.dataset else []
     first = preferred_index(ctx) if keys else None
     last = remembered_index(ctx) if keys else None
+    holds = set(covering(ctx.dataset, keys, queries)) if queries and keys else set(keys)
     choices = [(k, f"{k} (last used)" if k == last else k)
-               for k in sorted(keys, key=lambda k: k != first)]
+               for k in sorted(keys, key=lambda k: (k not in holds, k != first))]
     if none_choice:
         choices.append(("", none_choice))
     if not choices:
         end_form(inputs, "none", types.Warning(
             label="No lookalike index yet: compute embeddings and build an index first"))
-    return choice_input(inputs, ctx, "brain_key", choices, "Similarity index",
-                        required=not none_choice)
+    key = choice_input(inputs, ctx, "brain_key", choices, "Similarity index",
+                       required=not none_choice)
+    if key and key not in holds:
+        n = len(queries)
+        end_form(inputs, "not_covered", types.Warning(
+            label=f"Index '{key}' does not hold the selected sample{'s' * (n != 1)}",
+            description=("choose an index built over them" if holds else
+                         "no index holds them: compute their embeddings and rebuild one")))
+    return key
 
 
 # A target this small is most likely a selection left over from browsing.
@@ -295,11 +311,32 @@ def label_fields(dataset):
     return sorted(dataset.get_field_schema(embedded_doc_type=fo.Label)) if dataset else []
 
 
-def show_duplicate_fields(ctx):
-    """The distance and inliers to the kept sample on each tile (the tags say which is kept)."""
-    from lookalike.curation.duplicates import DISTANCE_FIELD, INLIERS_FIELD
+def show(ctx, view, *fields):
+    """Shows ``view`` in the grid with the tags, ``fields`` and the labels on its tiles, and
+    nothing else: a view never shows another's values (an earlier search's distances
+    drawn over the outliers read as theirs)."""
+    ctx.ops.set_view(view)
+    present = ctx.dataset.get_field_schema()
+    ctx.ops.set_active_fields(["tags"] + [f for f in fields if f in present]
+                              + label_fields(ctx.dataset))
 
-    ctx.ops.set_active_fields(["tags", DISTANCE_FIELD, INLIERS_FIELD] + label_fields(ctx.dataset))
+
+def show_duplicates(ctx, view):
+    """A duplicates view: each tile says its group, and its distance and inliers to the kept
+    sample, in words (runs before that label: the two numbers)."""
+    from lookalike.curation.duplicates import DISTANCE_FIELD, INLIERS_FIELD, LABEL_FIELD
+
+    if LABEL_FIELD in ctx.dataset.get_field_schema():
+        show(ctx, view, LABEL_FIELD)
+    else:
+        show(ctx, view, DISTANCE_FIELD, INLIERS_FIELD)
+
+
+def show_outliers(ctx, view):
+    """An outliers view: the distance to the nearest neighbour on each tile."""
+    from lookalike.curation.outliers import DISTANCE_FIELD
+
+    show(ctx, view, DISTANCE_FIELD)
 
 
 def label_field_input(inputs, ctx, missing="This dataset has no Classification field",

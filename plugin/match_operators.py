@@ -87,7 +87,7 @@ class MatchImages(forms.BackgroundOperator):
         if report.added_ids and not ctx.delegated:
             from fiftyone import ViewField as F
 
-            ctx.ops.set_view(ctx.dataset.match(F("tags").contains(report.tag)))
+            forms.show(ctx, ctx.dataset.match(F("tags").contains(report.tag)))
         ctx.ops.notify(report.summary(), variant="warning" if report.warning else "success")
         return {"summary": report.summary(), "counts": report.counts, "tag": report.tag,
                 "added": len(report.added_ids),

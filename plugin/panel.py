@@ -16,19 +16,29 @@ from .forms import ICON, MATCH_COLUMNS, table_view
 
 PLUGIN = "@lookalike/similarity"
 # Two short rows, so that every button fits a half-width panel: set-up, then curation.
-OPERATOR_BUTTONS = (
-    (("train_encoder", "Train"),
-     ("compute_embeddings", "Embed"),
-     ("build_index", "Index"),
-     ("calibrate_threshold", "Calibrate"),
-     ("evaluate_retrieval", "Evaluate"),
-     ("visualize_embeddings", "Project")),
-    (("find_duplicates", "Duplicates"),
-     ("flag_outliers", "Outliers"),
-     ("find_leaks", "Leaks"),
-     ("match_labels", "Match labels"),
-     ("match_images", "Match new images")),
-)
+SETUP_BUTTONS = (("train_encoder", "Train"),
+                 ("compute_embeddings", "Embed"),
+                 ("build_index", "Index"),
+                 ("calibrate_threshold", "Calibrate"),
+                 ("evaluate_retrieval", "Evaluate"),
+                 ("visualize_embeddings", "Project"))
+CURATION_BUTTONS = (("find_duplicates", "Duplicates"),
+                    ("flag_outliers", "Outliers"),
+                    ("find_leaks", "Leaks"),
+                    ("match_labels", "Match labels"),
+                    ("match_images", "Match new images"))
+REVIEW_BUTTONS = (("sort_by_similarity", "Find similar"),
+                  ("delete_duplicates", "Delete duplicates"),
+                  ("undelete", "Undelete"))
+OPERATOR_BUTTONS = (SETUP_BUTTONS, CURATION_BUTTONS, REVIEW_BUTTONS)
+
+
+def button_rows(has_index):
+    """The rows of operator buttons, the ones a dataset needs next first: with an index,
+    curation and review lead; without one, set-up does."""
+    if has_index:
+        return (CURATION_BUTTONS, REVIEW_BUTTONS, SETUP_BUTTONS)
+    return OPERATOR_BUTTONS
 
 
 def _origin(dataset, kind):
@@ -90,8 +100,8 @@ class LookalikePanel(foo.Panel):
         rows = ctx.panel.state.run_keys or []
         row = ctx.params.get("row")
         if row is not None and 0 <= int(row) < len(rows):
+            # Looking at an index is not using it: only a job run with it is remembered.
             ctx.panel.state.run = rows[int(row)]
-            forms.remember_index(ctx, ctx.panel.state.run)  # the forms offer it first too
         self._refresh(ctx)
 
     def show_group(self, ctx):
@@ -105,8 +115,7 @@ class LookalikePanel(foo.Panel):
 
         # Only the published run's group of that number (older runs' values may linger).
         view = lc.duplicates_view(ctx.dataset).match(F("dup_group") == groups[int(row)])
-        ctx.ops.set_view(view)
-        forms.show_duplicate_fields(ctx)
+        forms.show_duplicates(ctx, view)
         ctx.ops.notify(f"Duplicate group {groups[int(row)]}, the kept image first"
                        f"{_origin(ctx.dataset, 'duplicates')}")
 
@@ -114,25 +123,30 @@ class LookalikePanel(foo.Panel):
         ids = ctx.panel.state.outlier_ids or []
         row = ctx.params.get("row")
         if row is not None and 0 <= int(row) < len(ids):
-            ctx.ops.set_view(ctx.dataset.select(ids[int(row)]))
+            forms.show_outliers(ctx, ctx.dataset.select(ids[int(row)]))
 
     def show_all_duplicates(self, ctx):
         import lookalike.curation as lc
+        from lookalike.curation.duplicates import GROUP_FIELD, KEPT_FIELD
 
-        ctx.ops.set_view(lc.duplicates_view(ctx.dataset))
-        forms.show_duplicate_fields(ctx)
+        # FiftyOne's dynamic groups: one tile per group (its kept image), the group's
+        # images in the modal's carousel: groups are visibly groups.
+        view = lc.duplicates_view(ctx.dataset)
+        if KEPT_FIELD in ctx.dataset.get_field_schema():
+            view = view.group_by(GROUP_FIELD, order_by=KEPT_FIELD, reverse=True)
+        forms.show_duplicates(ctx, view)
         ctx.ops.notify(f"Near-duplicate groups{_origin(ctx.dataset, 'duplicates')}")
 
     def show_all_outliers(self, ctx):
         import lookalike.curation as lc
 
-        ctx.ops.set_view(lc.outliers_view(ctx.dataset))
+        forms.show_outliers(ctx, lc.outliers_view(ctx.dataset))
         ctx.ops.notify(f"No-match outliers{_origin(ctx.dataset, 'outliers')}")
 
     def show_label_no_match(self, ctx):
         import lookalike.curation as lc
 
-        ctx.ops.set_view(lc.no_match_view(ctx.dataset))
+        forms.show(ctx, lc.no_match_view(ctx.dataset))
 
     # -- state ------------------------------------------------------------------
     def _refresh(self, ctx):
@@ -149,6 +163,7 @@ class LookalikePanel(foo.Panel):
             "(left: input, right: its reconstruction)" if previews else None)
         if ctx.dataset is None:
             state.runs, state.run_keys = [], []
+            state.next_step = overview.next_step(None, encoders, [], [])
             return
         runs = overview.run_rows(ctx.dataset)
         state.run_keys = [r["brain_key"] for r in runs]
@@ -173,6 +188,7 @@ class LookalikePanel(foo.Panel):
         outliers = overview.outlier_rows(ctx.dataset)
         state.outliers = [{k: v for k, v in r.items() if k != "id"} for r in outliers]
         state.outlier_ids = [r["id"] for r in outliers]
+        state.next_step = overview.next_step(ctx.dataset, encoders, runs, groups)
         matching = overview.match_rows(ctx.dataset)
         state.label_match, state.folder_match = matching["labels"], matching["folder"]
         state.folder_rows = matching["rows"]
@@ -196,7 +212,9 @@ class LookalikePanel(foo.Panel):
             return
         try:
             state.neighbours = overview.neighbour_rows(ctx.dataset, state.run, selected[0])
-            state.neighbours_title = f"Nearest neighbours of the selected sample ({state.run})"
+            state.neighbours_title = (f"Nearest neighbours of the selected sample "
+                                      f"({state.run}): those local features verify first, "
+                                      "most inliers first, then the others by distance")
         except ValueError as e:
             state.neighbours_title = f"No neighbours: {e}"
 
@@ -205,7 +223,10 @@ class LookalikePanel(foo.Panel):
         state = ctx.panel.state
         panel = types.Object()
         panel.md("**Lookalike**: train, embed, index, calibrate, curate", name="title")
-        for n, row in enumerate(OPERATOR_BUTTONS):
+        if state.next_step:
+            panel.md(f"**Next**: {state.next_step} Every operator is also in the operator "
+                     "browser (press the backtick key `` ` ``).", name="next_step")
+        for n, row in enumerate(button_rows(bool(state.runs))):
             buttons = panel.h_stack(f"actions_{n}", align_x="left", gap=1)
             for op, label in row:
                 buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
@@ -221,9 +242,10 @@ class LookalikePanel(foo.Panel):
 
         if state.neighbours_title:
             panel.md(f"**{state.neighbours_title}**", name="neighbours_title")
+            # The numbers first: a long file name must not push them out of a narrow panel.
             panel.list("neighbours", types.Object(),
-                       view=table_view([("file", "File"), ("distance", "Distance"),
-                                        ("inliers", "Inliers")]))
+                       view=table_view([("inliers", "Inliers"), ("distance", "Distance"),
+                                        ("file", "File")]))
 
         panel.md("**Similarity indexes**", name="runs_title")
         if state.runs:
@@ -244,7 +266,7 @@ class LookalikePanel(foo.Panel):
         if state.groups:
             groups = table_view([("group", "Group"), ("size", "Images"), ("kept", "Kept"),
                              ("max_distance", "Widest distance"),
-                             ("verified", "Verified by inliers")])
+                             ("fewest_inliers", "Fewest inliers")])
             groups.add_row_action("show_group", self.show_group, label="Show", icon="grid_view")
             panel.list("groups", types.Object(), view=groups)
             panel.btn("all_duplicates", label="Show all groups", on_click=self.show_all_duplicates)

@@ -15,7 +15,6 @@ that database at the end.
 import atexit
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,19 +37,6 @@ _STATE = {}
 # machines with the same number of cores should compute the same. Set before
 # TensorFlow is first imported; subprocesses inherit it.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-
-def _wait_for_port(port, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.1)
-    return False
 
 
 def _stop_mongod():
@@ -108,7 +94,7 @@ def _start_isolated_database():
     )
     _STATE["mongod"] = proc
     atexit.register(_stop_mongod)  # also when pytest dies before unconfigure
-    if not _wait_for_port(port, proc):
+    if not processes.wait_for_port(port, proc):
         _stop_mongod()
         pytest.exit("the test mongod did not start: see its log", returncode=3)
     os.environ["FIFTYONE_DATABASE_URI"] = f"mongodb://127.0.0.1:{port}"

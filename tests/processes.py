@@ -16,6 +16,47 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_port(port, proc, timeout=60):
+    """Whether ``proc`` listens on ``port`` within ``timeout`` seconds (False once it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Mongod:
+    """A ``mongod`` of one test's own, on its own port and folder: one the test may kill
+    with -9 and start again (the session's database stays up)."""
+
+    def __init__(self, dbpath, mongod_path):
+        self.dbpath, self.mongod_path, self.port = str(dbpath), mongod_path, free_port()
+        self.proc = None
+        os.makedirs(self.dbpath, exist_ok=True)
+        # Clients give up on an unreachable server after 3 s (MongoDB's default is 30 s).
+        self.uri = f"mongodb://127.0.0.1:{self.port}/?serverSelectionTimeoutMS=3000"
+
+    def start(self):
+        log = open(os.path.join(self.dbpath, "..", "mongod.log"), "a")
+        self.proc = subprocess.Popen(
+            [self.mongod_path, "--dbpath", self.dbpath, "--port", str(self.port),
+             "--bind_ip", "127.0.0.1", "--nounixsocket", "--quiet"],
+            stdout=log, stderr=subprocess.STDOUT)
+        assert wait_for_port(self.port, self.proc), "the test's mongod did not start"
+        return self
+
+    def crash(self):
+        kill(self.proc)
+
+    def stop(self):
+        stop(self.proc)
+
+
 def stop(proc, timeout=30):
     """SIGTERM, then SIGKILL if it does not exit within ``timeout`` seconds."""
     if proc is None or proc.poll() is not None:

@@ -2,6 +2,7 @@
 and fail in one line: against the real database, with real killed processes."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from lookalike.core.errors import (
     SimilarityIndexError,
     UsageError,
 )
+from lookalike.core import fo_adapter
 from lookalike.similarity import artefacts
 from lookalike.similarity.backend import LookalikeSimilarityConfig
 
@@ -91,7 +93,11 @@ def _assert_one_complete_index(dataset, key="k"):
     fresh.reload()
     assert fresh.list_brain_runs() == [key]
     build_id = fresh.get_brain_info(key).config.build_id
-    assert _build_dirs(fresh) == [build_id]
+    # Runs a rebuild replaced stay a while for readers in other processes, then go.
+    kept = {c.get("build_id") for _, _, c in fo_adapter.detached_brain_runs(fresh)}
+    assert set(_build_dirs(fresh)) - kept == {build_id}
+    ls.delete_superseded(fresh, grace_s=0)
+    assert _build_dirs(fresh) == [build_id] and not fo_adapter.detached_brain_runs(fresh)
     assert ls.load_index(fresh, key).total_index_size == len(fresh.exists("emb"))
 
 
@@ -156,12 +162,11 @@ def test_an_empty_view_is_one_line_and_writes_nothing(ds):
 
 # -- kills during a rebuild --------------------------------------------------------
 SWAP_POINTS = ["index.registered", "index.initialize", "index.artefacts_written",
-               "index.built", "index.swap.before_delete", "index.swap.deleted",
-               "index.swap.renamed"]
-# Points after which the old run is gone: the new index answers instead.
-NEW_ANSWERS = {"index.swap.deleted", "index.swap.renamed"}
+               "index.built", "index.swap.before", "index.swap.done"]
+# Points after which the key names the new run: the new index answers instead.
+NEW_ANSWERS = {"index.swap.done"}
 # One old and one new state also checked from a fresh process (each costs a FiftyOne start).
-FRESH_PROCESS_CHECK = {"index.artefacts_written", "index.swap.renamed"}
+FRESH_PROCESS_CHECK = {"index.artefacts_written", "index.swap.done"}
 
 
 @pytest.mark.parametrize("point", SWAP_POINTS)
@@ -362,3 +367,64 @@ def test_cli_index_and_search_fail_in_one_line(ds):
                   ds.first().id)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].endswith(ds.first().filepath)
+
+
+# -- readers in other processes while an index is rebuilt ------------------------------
+# A reader as the App is: one dataset object kept between queries; it asks through our
+# API (which re-reads the runs) and through FiftyOne's own sort (which the App calls).
+READER = """
+import json, os, sys, fiftyone as fo, lookalike.similarity as ls
+from lookalike.core import fo_adapter
+ds = fo.load_dataset(sys.argv[1]); query, stop = sys.argv[2], sys.argv[3]
+answers, errors = {}, []
+open(stop + ".ready-" + str(os.getpid()), "w").close()
+while not os.path.exists(stop):
+    for how in ("api", "sort"):
+        try:
+            if how == "api":
+                ids = ls.nearest(ds, "k", query_ids=[query], k=5)[0]
+            else:
+                fo_adapter.refresh_runs(ds)
+                ids = ds.sort_by_similarity(query, brain_key="k", k=5).values("id")
+            key = " ".join(sorted(ids))
+            answers[key] = answers.get(key, 0) + 1
+        except Exception as e:
+            errors.append(f"{how}: {type(e).__name__}: {e}")
+print("READ", json.dumps({"answers": answers, "errors": errors[:5], "num_errors": len(errors)}))
+"""
+
+
+def test_readers_in_other_processes_see_the_old_or_the_new_index_during_rebuilds(
+        ds, subprocess_env, tmp_path):
+    ls.build_index(ds, "emb", "k")
+    query = ds.values("id")[3]
+    answers = [_expected(ds, query, 5)]
+    stop = str(tmp_path / "stop")
+    readers = [subprocess.Popen([sys.executable, "-c", READER, ds.name, query, stop],
+                                env=subprocess_env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes.wait_for(lambda: len([n for n in os.listdir(tmp_path) if ".ready-" in n]) == 2,
+                       "the readers to start", procs=readers)
+    for seed in range(1, 9):  # eight rebuilds over other vectors, each swapped in
+        ds.set_values("emb", list(_unit(N, seed)))
+        answers.append(_expected(ds, query, 5))
+        ls.build_index(ds, "emb", "k")
+    open(stop, "w").close()
+    allowed = {" ".join(sorted(a)) for a in answers}
+    for reader in readers:
+        out, err = reader.communicate(timeout=300)
+        assert reader.returncode == 0, err[-3000:]
+        result = json.loads(out.split("READ", 1)[1])
+        assert result["num_errors"] == 0, result["errors"]
+        assert set(result["answers"]) <= allowed, result
+        assert sum(result["answers"].values()) > 10, result  # they did read meanwhile
+        assert "corrupted" not in err, err[-3000:]
+    _assert_one_complete_index(ds)
+
+
+def test_a_build_that_fails_leaves_no_building_run_behind(ds):
+    ds.set_values("emb", [np.full(D, np.nan, np.float32)] * N)  # vectors no index can take
+    with pytest.raises(Exception):
+        ls.build_index(ds, "emb", "k")
+    ds.reload()
+    assert ds.list_brain_runs() == []

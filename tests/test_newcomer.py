@@ -79,7 +79,9 @@ def test_results_name_their_index_and_the_last_used_index_is_offered_first(app_s
             f"{dups_a['result']['num_duplicates']} tagged") in state["summary"]
     assert "the dataset now shows index 'b_sim'" in state["summary"]
     assert [r["shown"] for r in state["runs"]] == ["▶", ""]
-    assert _brain_key_choice(url, photos)[0] == "a_sim"  # the panel's choice is remembered
+    # Looking at an index in the panel is not using it: the forms still offer the one the
+    # last job ran with.
+    assert _brain_key_choice(url, photos)[0] == "b_sim"
     # A group shown in the grid says which index found it; numbers come rounded.
     body = _panel(url, photos, "show_group", state, params={"row": 0}, raw=True)
     notes = [r["params"]["message"] for r in body["executor"]["requests"]
@@ -87,7 +89,7 @@ def test_results_name_their_index_and_the_last_used_index_is_offered_first(app_s
     assert notes[0].startswith("Duplicate group 1, the kept image first (by index 'b_sim', ")
     assert round(dups_b["result"]["threshold"], 4) == dups_b["result"]["threshold"]
     # The remembered index lives with the dataset: the API and the CLI offer it too.
-    assert overview.preferred_index(photos) == "a_sim"
+    assert overview.preferred_index(photos) == "b_sim"
     # Without one (or one since deleted): the one whose results the dataset shows.
     assert overview.preferred_index(photos, remembered="gone") == "b_sim"
 
@@ -160,8 +162,14 @@ def test_find_leaks_from_the_app_with_the_calibrated_threshold(app_server, photo
     assert result["num_leaks"] > 0 and result["splits"] == ["test", "train"]
     assert result["num_pairs"] == len(result["pairs"]) and "test / train" in result["summary"]
     assert all("/" not in r["file"] + r["other"] for r in result["pairs"])
+    # Which file is in which split, in the table and on the tiles (the tags, the reason).
+    assert all({r["split"], r["other_split"]} == {"train", "test"} for r in result["pairs"])
     assert len(photos.match_tags("leak")) == result["num_leaks"]
     assert any(r["operator_uri"] == "set_view" for r in out["executor"]["requests"])
+    active = [r["params"]["fields"] for r in out["executor"]["requests"]
+              if r["operator_uri"] == "set_active_fields"]
+    assert active and active[0][:2] == ["tags", "leak_reason"]
+    assert "similarity_dist" not in active[0]
     photos.reload()
     assert overview.result_origin(photos, "leaks")["brain_key"] == "a_sim"
     # Splits from a field, picked in the form among the string fields.
@@ -177,8 +185,11 @@ def test_find_leaks_from_the_app_with_the_calibrated_threshold(app_server, photo
         "operator_uri": f"{PLUGIN}/find_leaks", "dataset_name": photos.name, "view": [],
         "selected": [], "params": {"brain_key": "a_sim", "split_by": "field",
                                    "split_field": "fold"}}).json()
-    assert "only the split 'a'" in body["error_message"]
-    assert "\n" not in body["error_message"] and "Traceback" not in body["error_message"]
+    # The form says it before Execute, and Execute is refused as the form is invalid.
+    errors = body["validation_ctx"]["errors"]
+    assert body["error"] == "Validation error" and len(errors) == 1, body
+    assert "only the split 'a'" in errors[0]["error_message"]
+    assert "\n" not in errors[0]["error_message"] and "Traceback" not in str(body)
 
 
 def test_find_similar_shows_its_distances_on_the_tiles(app_server, photos):

@@ -89,11 +89,42 @@ def run_summary(dataset, brain_key):
             if name == "duplicates":
                 line = (f"Duplicates: {summary['num_groups']} groups, "
                         f"{summary['num_duplicates']} tagged")
+                gone = _deleted_since(dataset, brain_key, summary)
+                if gone:
+                    line += (f" ({gone}; undelete restores them)")
             else:
                 line = f"Outliers: {summary['num_outliers']} of {summary['num_searched']} tagged"
             out["lines"].append(f"{line}, {when(summary.get('saved_at'))}; "
                                 f"{_shown_or_replaced(dataset, name, brain_key)}")
     return out
+
+
+def _deleted_since(dataset, brain_key, summary):
+    """How the dataset's duplicates differ now from what the run tagged, in words
+    ("177 of them deleted since: 0 groups left"), or "" where nothing was deleted."""
+    from lookalike.curation.duplicates import GROUP_FIELD
+
+    shown = result_origin(dataset, "duplicates")
+    if not shown or shown.get("brain_key") != brain_key:
+        return ""
+    groups = [g for g in _groups_now(dataset)]
+    tagged = sum(len(members) - 1 for members in groups)
+    deleted = int(summary.get("num_duplicates") or 0) - tagged
+    if deleted <= 0 or GROUP_FIELD not in dataset.get_field_schema():
+        return ""
+    return f"{deleted} of them deleted since: {len(groups)} groups left"
+
+
+def _groups_now(samples):
+    """The published duplicate groups that still have 2 or more members, as lists of ids."""
+    from lookalike.curation.duplicates import GROUP_FIELD, duplicates_view
+
+    if GROUP_FIELD not in samples.get_field_schema():
+        return []
+    members = {}
+    for sid, g in zip(*duplicates_view(samples).values(["id", GROUP_FIELD])):
+        members.setdefault(g, []).append(sid)
+    return [m for m in members.values() if len(m) > 1]
 
 
 def _shown_or_replaced(dataset, kind, brain_key):
@@ -109,11 +140,12 @@ def _shown_or_replaced(dataset, kind, brain_key):
 
 def duplicate_group_rows(samples, limit=100):
     """One row per duplicate group (largest first): size, kept file, widest distance, and
-    how many members local features verified (inliers with the kept sample)."""
+    the fewest inliers a member has with the kept image (local features; "-" where
+    verification did not run)."""
     from lookalike.curation.duplicates import (
         DISTANCE_FIELD,
         GROUP_FIELD,
-        REASON_FIELD,
+        INLIERS_FIELD,
         duplicates_view,
     )
 
@@ -122,17 +154,23 @@ def duplicate_group_rows(samples, limit=100):
         return []
     view = duplicates_view(samples)  # only the published run's groups
     groups, dists, paths, tags = view.values([GROUP_FIELD, DISTANCE_FIELD, "filepath", "tags"])
-    reasons = view.values(REASON_FIELD) if REASON_FIELD in schema else [None] * len(groups)
+    inliers = view.values(INLIERS_FIELD) if INLIERS_FIELD in schema else [None] * len(groups)
     rows = {}
-    for g, d, p, t, why in zip(groups, dists, paths, tags, reasons):
+    for g, d, p, t, n in zip(groups, dists, paths, tags, inliers):
         row = rows.setdefault(g, {"group": int(g), "size": 0, "kept": None, "max_distance": 0.0,
-                                  "verified": 0})
+                                  "fewest_inliers": None})
         row["size"] += 1
         row["max_distance"] = round(max(row["max_distance"], float(d or 0.0)), 4)
-        row["verified"] += int(bool(why) and "inliers" in why)
         if "duplicate" not in (t or []):
             row["kept"] = os.path.basename(p)
-    return sorted(rows.values(), key=lambda r: r["group"])[:limit]
+        elif n is not None:
+            row["fewest_inliers"] = n if row["fewest_inliers"] is None else min(
+                row["fewest_inliers"], n)
+    for row in rows.values():
+        row["fewest_inliers"] = "-" if row["fewest_inliers"] is None else row["fewest_inliers"]
+    # A group whose duplicates were deleted is resolved: only its kept image is left.
+    return sorted((r for r in rows.values() if r["size"] > 1),
+                  key=lambda r: r["group"])[:limit]
 
 
 def group_member_rows(samples, sample_id):
@@ -223,3 +261,33 @@ def neighbour_rows(dataset, brain_key, sample_id, k=10):
              "distance": round(float(pairs[n][1]), 4), "inliers": int(counts[n])}
             for n in order]
 
+
+
+def next_step(dataset, encoders, runs, groups):
+    """The next useful step on ``dataset``, in one sentence (the panel leads with it).
+
+    ``encoders``, ``runs``, ``groups``: the panel's rows (:func:`encoder_rows`,
+    :func:`run_rows`, :func:`duplicate_group_rows`)."""
+    from lookalike.curation import journal
+    from lookalike.embeddings.compute import field_records
+
+    if dataset is None:
+        return "Open a dataset."
+    undo = [e for e in journal.list_journals(dataset) if e.restored_at is None]
+    if groups:
+        step = (f"Review the {len(groups)} duplicate groups below (Show), then Delete "
+                "duplicates; Find similar on a selected image.")
+    elif runs and not any(r.get("calibration") == "fresh" for r in runs):
+        step = "Calibrate an index (Calibrate), then Find duplicates and Outliers."
+    elif runs:
+        step = ("Find duplicates, Outliers or Leaks with an index; select an image and Find "
+                "similar.")
+    elif field_records(dataset):
+        step = "Build an index over the embeddings (Index)."
+    elif encoders:
+        step = "Embed the dataset with an encoder (Embed)."
+    else:
+        step = "Train an encoder on this dataset (Train), or load one."
+    if undo:
+        step += f" Undelete restores the {undo[0].num_samples} samples deleted last."
+    return step

@@ -67,9 +67,24 @@ def main(argv=None):
         return _fail(args, f"error: {one_line(e)}", 2)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", 130)
-    except Exception as e:  # a bug: one line, the traceback with --debug
-        hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
-        return _fail(args, f"error: {type(e).__name__}: {one_line(e)}{hint}", 1)
+    except Exception as e:
+        if not _database_unreachable(e):
+            return _fail_with_bug(args, e)
+        return _fail(args, f"error: the database did not answer ({type(e).__name__}): start it "
+                     "again and rerun; finished work is kept and the rerun completes the rest", 2)
+
+
+def _database_unreachable(error):
+    """Whether ``error`` says MongoDB went away (a crash, a restart): a reason, not a bug."""
+    import pymongo.errors
+
+    return isinstance(error, pymongo.errors.ConnectionFailure)  # timeouts, lost connections
+
+
+def _fail_with_bug(args, e):
+    """A bug: one line, the traceback with --debug."""
+    hint = "" if getattr(args, "debug", False) else " (run with --debug for the traceback)"
+    return _fail(args, f"error: {type(e).__name__}: {one_line(e)}{hint}", 1)
 
 
 def _remember_index(args):

@@ -6,39 +6,83 @@ import logging
 import os
 import sys
 import threading
+import time
 
 
 _OPEN_BARS = set()  # closed before an error line, which must start a line of its own
 
+# Where stderr is not a terminal (a log, a pipe, CI), a bar cannot redraw itself: progress
+# is written as whole lines instead, the first after LOG_AFTER seconds (a command that fails
+# or finishes sooner prints nothing but its result or its one error line), then one every
+# LOG_EVERY seconds, so that a log records how far a long job got.
+LOG_AFTER, LOG_EVERY = 10.0, 30.0
+
+
+def _on_terminal():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
+def _elapsed(seconds):
+    from tqdm import tqdm
+
+    return tqdm.format_interval(seconds)
+
+
+class _LogLines:
+    """Progress as whole lines on stderr, at most one every LOG_EVERY seconds (see above)."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        self.due = self.start + LOG_AFTER
+
+    def write(self, text):
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + LOG_EVERY
+        print(f"{text} ({_elapsed(now - self.start)})", file=sys.stderr, flush=True)
+
 
 class Progress:
-    """A progress bar on stderr (stdout carries results only), ``leave=False``.
+    """A progress bar on stderr (stdout carries results only), cleared when done.
 
     The ``progress(fraction, label)`` callback of every long-running call
-    (:mod:`lookalike.core.progress`): the label is shown beside the bar. Shown even
-    when stderr is not a terminal: a log then records how far a job got.
+    (:mod:`lookalike.core.progress`): the label is shown beside the bar. Where stderr
+    is not a terminal, whole lines now and then instead (see LOG_AFTER), so that a
+    log records how far a long job got and a short one leaves nothing behind.
     """
 
     def __init__(self, desc):
-        self.desc, self.bar = desc, None
+        self.desc, self.bar, self.lines = desc, None, None
 
     def __call__(self, fraction, label):
-        from tqdm import tqdm
+        if self.bar is None and self.lines is None:
+            if _on_terminal():
+                from tqdm import tqdm
 
-        if self.bar is None:
-            self.bar = tqdm(total=1.0, desc=self.desc, leave=False, file=sys.stderr, unit="",
-                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+                self.bar = tqdm(total=1.0, desc=self.desc, leave=False, file=sys.stderr,
+                                unit="", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                                    "{elapsed}{postfix}")
+            else:
+                self.lines = _LogLines()
             _OPEN_BARS.add(self)
-        self.bar.set_postfix_str(label, refresh=False)
-        self.bar.n = min(fraction, 1.0)
-        self.bar.refresh()
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.n = min(fraction, 1.0)
+            self.bar.refresh()
+        else:
+            self.lines.write(f"{self.desc}: {100 * min(max(fraction, 0.0), 1.0):3.0f}% {label}")
         if fraction >= 1.0:
             self.close()  # a later phase of the job starts a new bar
 
     def close(self):
         if self.bar is not None:
-            self.bar.close()
+            self.bar.close()  # leave=False: the line is erased
             self.bar = None
+        self.lines = None
         _OPEN_BARS.discard(self)
 
 
@@ -50,25 +94,32 @@ def close_open_bars():
 
 @contextlib.contextmanager
 def spinner(desc):
-    """The elapsed time on stderr, for a step that reports no progress of its own."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, desc=desc, bar_format="{desc} ... {elapsed}", leave=False,
-               file=sys.stderr)
+    """The elapsed time on stderr, for a step that reports no progress of its own (whole
+    lines now and then where stderr is not a terminal, as :class:`Progress`)."""
     stop = threading.Event()
+    if _on_terminal():
+        from tqdm import tqdm
 
-    def tick():
-        while not stop.wait(0.5):
-            bar.refresh()
+        bar = tqdm(total=None, desc=desc, bar_format="{desc} ... {elapsed}", leave=False,
+                   file=sys.stderr)
+        tick, wait = bar.refresh, 0.5
+    else:
+        bar, lines = None, _LogLines()
+        tick, wait = (lambda: lines.write(f"{desc} ...")), 1.0
 
-    thread = threading.Thread(target=tick, daemon=True)
+    def ticking():
+        while not stop.wait(wait):
+            tick()
+
+    thread = threading.Thread(target=ticking, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
-        bar.close()
+        if bar is not None:
+            bar.close()  # leave=False: the line is erased
 
 
 def results_only_on_stdout():

@@ -123,3 +123,19 @@ class TrainingStopped(LookalikeError, RuntimeError):
 
 class LeaseHeldError(LookalikeError, RuntimeError):
     """Another live job is writing the same field, index or curation results."""
+
+
+class FileWriteError(LookalikeError, OSError):
+    """A file that cannot be written: no space left, a quota, a read-only or forbidden folder.
+
+    An ``OSError`` still (``except OSError`` keeps working, ``errno`` and ``filename``
+    -- the folder -- are set), whose one line names the folder, what was being written
+    and the way on; nothing half-written is left.
+    """
+
+    def __str__(self):  # the line itself, not OSError's "[Errno n] ..." form
+        return str(self.args[0]) if self.args else ""
+
+
+class LeaseLostError(LookalikeError, RuntimeError):
+    """A job that could not renew its lease (the database went away) stopped writing."""

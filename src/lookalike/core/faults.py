@@ -4,12 +4,14 @@ Every job that writes calls :func:`point` at the moments a kill would hurt most
 (between two writes). Outside tests it costs one dictionary lookup. A test runs
 the job in a child process with::
 
-    LOOKALIKE_FAULT=<name>:<action>[:<nth>]   action: kill | pause | note
+    LOOKALIKE_FAULT=<name>:<action>[:<nth>]   action: kill | pause | hold | note
     LOOKALIKE_FAULT_FILE=/tmp/reached          (written when the point is reached)
 
 ``kill`` ends the process at once with SIGKILL (no clean-up runs, as with
 ``kill -9``); ``pause`` writes the file and sleeps until the test kills the
-process (or races a second job against it); ``note`` only writes the file
+process (or races a second job against it); ``hold`` writes the file and
+waits until the test removes it, then goes on (the test changes the world
+meanwhile: stops the database, starts a rival); ``note`` only writes the file
 (the test then knows the job got that far). ``nth`` (default 1) picks which
 passage through the point fires.
 """
@@ -42,3 +44,6 @@ def point(name):
     elif action == "pause":
         while True:  # until the test kills us
             time.sleep(0.2)
+    elif action == "hold":
+        while marker and os.path.exists(marker):  # until the test lets us go on
+            time.sleep(0.1)

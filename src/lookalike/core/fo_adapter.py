@@ -118,13 +118,17 @@ def project(samples, field, batch_size):
 
     Streams one field of a view in batches, straight from MongoDB: ``values()``
     would build every value (and a list of them) in memory first. The view's
-    own stages come first, so order and filters are the view's.
+    own stages come first, so the samples are the view's; they come in the order
+    of their ids, not the dataset's: the same samples give the same rows whatever
+    order they are stored in (samples that undelete restores come back at the
+    end of the dataset), so what is sampled from the rows is the same too.
     (``samples._handle_db_field`` and ``samples._pipeline``: private;
     ``values()`` builds its pipeline with them.)
     """
     db_path = samples._handle_db_field(field)
     pipeline = samples._pipeline(pipeline=[{"$match": {db_path: {"$ne": None}}},
-                                           {"$project": {db_path: True}}])
+                                           {"$project": {db_path: True}},
+                                           {"$sort": {"_id": 1}}])
     return db_path, sample_collection(samples).aggregate(pipeline, batchSize=batch_size,
                                                          allowDiskUse=True)
 
@@ -190,8 +194,19 @@ def sample_document_fields():
 
 def dataset_key(samples, what):
     """``"<dataset id>/<what>"``: the key of a dataset's lease or record (an id survives
-    renames; views use their root dataset)."""
+    renames; views use their root dataset). ``samples`` a str: a dataset *name*, which
+    may not exist yet (two imports creating one dataset): ``"name:<name>/<what>"``."""
+    if isinstance(samples, str):
+        return f"name:{samples}/{what}"
     return f"{dataset_id(samples)}/{what}"
+
+
+def dataset_ids():
+    """The ids (str) of every dataset in the database. (``datasets``: FiftyOne's own
+    collection; ``fo.list_datasets`` gives names only.)"""
+    import fiftyone.core.odm.database as fod
+
+    return {str(i) for i in fod.get_db_conn().datasets.distinct("_id")}
 
 
 def db_now():
@@ -199,3 +214,79 @@ def db_now():
     import datetime
 
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def exact_count(samples):
+    """How many samples ``samples`` holds, counted.
+
+    FiftyOne answers ``len(dataset)`` from MongoDB's estimated count, which after an
+    unclean shutdown of mongod can read 0 for a full dataset (until the collection is
+    validated); a count of a field that every sample has is always counted."""
+    return samples.count("_id")
+
+
+# -- swapping a brain run in ----------------------------------------------------------
+# FiftyOne's delete_brain_run + rename_brain_run leave a moment with no run under the
+# key (and, between deleting the run document and saving the dataset's, a reference
+# FiftyOne logs as "corrupted"): a reader in another process (the App) fails then.
+# The dataset document maps each brain key to a run document's id, so repointing the
+# key is one atomic write; the replaced run document is kept, marked detached, for
+# readers that read the old mapping an instant before, and deleted later.
+_DETACHED = "lookalike_detached_at"
+
+
+def swap_brain_run(samples, new_key, key, results=None):
+    """Makes ``key`` name the run now under ``new_key`` (which then goes), in one write.
+
+    ``results``: the new run's loaded results, renamed and cached under ``key`` (as
+    FiftyOne's rename does; ``_key`` and ``_brain_cache`` are private)."""
+    import fiftyone.core.odm.database as fod
+
+    dataset = root_dataset(samples)
+    refresh_runs(dataset)
+    runs = dataset._doc.brain_methods  # key -> RunDocument (private)
+    new_id, old = runs[new_key].id, runs.get(key)
+    db = fod.get_db_conn()
+    db.runs.update_one({"_id": new_id}, {"$set": {"key": key}})
+    if old is not None:  # marked first: a kill after it leaves it detached-to-be, still used
+        db.runs.update_one({"_id": old.id}, {"$set": {_DETACHED: db_now()}})
+    db.datasets.update_one({"_id": dataset._doc.id},
+                           {"$set": {f"brain_methods.{key}": new_id},
+                            "$unset": {f"brain_methods.{new_key}": ""}})
+    refresh_runs(dataset)
+    for k in (key, new_key):
+        forget_brain_results(dataset, k)
+    if results is not None:
+        results._key = key
+        dataset._brain_cache[key] = results
+
+
+def detached_brain_runs(samples, older_than_s=0.0):
+    """``[(run id, key, config dict)]`` of this dataset's runs that a swap replaced more than
+    ``older_than_s`` seconds ago and that no key names (a kill can leave a marked run
+    still named: it stays)."""
+    import datetime
+
+    import fiftyone.core.odm.database as fod
+
+    dataset = root_dataset(samples)
+    refresh_runs(dataset)
+    named = {doc.id for doc in dataset._doc.brain_methods.values() if hasattr(doc, "id")}
+    since = db_now() - datetime.timedelta(seconds=older_than_s)
+    docs = fod.get_db_conn().runs.find(
+        {"_dataset_id": dataset._doc.id, _DETACHED: {"$lte": since}}, {"config": 1, "key": 1})
+    return [(d["_id"], d.get("key"), d.get("config") or {}) for d in docs
+            if d["_id"] not in named]
+
+
+def delete_run_document(run_id):
+    """Deletes a detached run's document and its results (GridFS), as FiftyOne's own
+    delete_run does for a named one."""
+    from fiftyone.core.odm.runs import RunDocument
+
+    doc = RunDocument.objects(id=run_id).first()
+    if doc is None:
+        return
+    if doc.results:
+        doc.results.delete()
+    doc.delete()

@@ -60,7 +60,7 @@ def label_path(samples, label_field, error=UsageError):
     if isinstance(field, fo.StringField) and label_field not in NOT_LABELS:
         return label_field
     if label_field in NOT_LABELS and field is not None:
-        what = f"'{label_field}' is FiftyOne's {NOT_LABELS[label_field]}, not a label"
+        what = f"'{label_field}' holds {NOT_LABELS[label_field]}, not a label"
     elif field is None:
         what = f"'{fo_adapter.root_dataset(samples).name}' has no field '{label_field}'"
     elif isinstance(field, fo.EmbeddedDocumentField):
@@ -146,10 +146,11 @@ def labelled_view(samples, label_field):
             f"label field '{label_field}' {what}; metric learning needs a Classification "
             f"field (Classification fields: {choices})")
     labelled = samples.exists(f"{label_field}.label")
-    missing = len(samples) - len(labelled)
+    total = fo_adapter.exact_count(samples)
+    missing = total - len(labelled)
     labels = [str(label) for label in labelled.values(f"{label_field}.label")]
     if missing and labels:
-        warnings.warn(f"{missing} of {len(samples)} samples have no '{label_field}' label and "
+        warnings.warn(f"{missing} of {total} samples have no '{label_field}' label and "
                       "are left out of training")
     check_labels(labels, f"label field '{label_field}'", missing=missing)
     return labelled, labels

@@ -11,6 +11,14 @@ claim. While the job runs a thread renews the expiry; a job killed with -9
 stops renewing, and its lease is taken over once it expires, or at once when
 its pid is gone on this host.
 
+A job that cannot renew (the database went away) must stop writing before
+another job could take its lease over. Writers call :func:`check_held`
+between writes: it raises :class:`LeaseLostError` once the lease was taken
+over, or once the last renewal the database confirmed is older than half the
+TTL. A takeover needs the full TTL since that renewal, and a write begun
+before the half-TTL deadline ends within the client's server selection
+timeout (30 s, half the default TTL), so two jobs never write at once.
+
     with leases.hold(dataset, "field:emb_ae", job="compute_embeddings", same=encoder.version):
         ...write...
 
@@ -28,11 +36,12 @@ import time
 import uuid
 
 from lookalike.core import fo_adapter
-from lookalike.core.errors import LeaseHeldError
+from lookalike.core.errors import LeaseHeldError, LeaseLostError
 
 COLLECTION = "lookalike_leases"
 TTL_S = float(os.environ.get("LOOKALIKE_LEASE_TTL_S", "60"))
 _HOST = socket.gethostname()
+_held = {}  # thread id -> the leases that thread holds, checked by check_held()
 
 
 def _collection():
@@ -110,7 +119,7 @@ def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
                    expires=now + datetime.timedelta(seconds=TTL_S), holders=[me], **me)
         try:
             coll.insert_one(doc)
-            return Lease(key, owner)
+            return Lease(key, owner, label)
         except pymongo.errors.DuplicateKeyError:
             pass
         held = coll.find_one({"_id": key})
@@ -119,12 +128,12 @@ def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
         if not is_alive(held):
             # Take over a dead or expired lease, only if nobody else did first.
             if coll.find_one_and_replace({"_id": key, "owner": held["owner"]}, doc):
-                return Lease(key, owner)
+                return Lease(key, owner, label)
             continue
         if same is not None and held.get("same") == same:
             if coll.update_one({"_id": key, "owner": held["owner"]},
                                {"$push": {"holders": me}}).modified_count:
-                return Lease(key, held["owner"])
+                return Lease(key, held["owner"], label)
             continue
         if time.monotonic() >= deadline:
             raise LeaseHeldError(f"{label or what} is being written by {describe(held)}: "
@@ -135,24 +144,69 @@ def acquire(dataset, what, job=None, same=None, wait=0.0, label=None):
 class Lease:
     """A held lease; renewed by a background thread until :meth:`release`."""
 
-    def __init__(self, key, owner):
-        self.key, self.owner = key, owner
+    def __init__(self, key, owner, label=None):
+        self.key, self.owner, self.label = key, owner, label or key.split("/", 1)[-1]
         self._me = dict(host=_HOST, pid=os.getpid())
+        # Until when the database holds our claim, by this process's clock (conservative:
+        # measured from before the write that set the expiry).
+        self._confirmed_until = time.monotonic() + TTL_S
+        self.lost = None
         self._stop = threading.Event()
+        self._thread_id = threading.get_ident()
+        _held.setdefault(self._thread_id, []).append(self)
         self._thread = threading.Thread(target=self._renew, daemon=True)
         self._thread.start()
 
     def _renew(self):
-        coll = _collection()
-        while not self._stop.wait(TTL_S / 3):
-            coll.update_one({"_id": self.key, "owner": self.owner},
-                            {"$set": {"expires": fo_adapter.db_now() + datetime.timedelta(seconds=TTL_S)}})
+        # Never raises: a renewal that fails is retried until the claim would have
+        # expired; then the lease is lost and check() stops the writer with one line.
+        while not self._stop.wait(TTL_S / 4):
+            sent = time.monotonic()
+            try:
+                done = _collection().update_one(
+                    {"_id": self.key, "owner": self.owner},
+                    {"$set": {"expires": fo_adapter.db_now() + datetime.timedelta(seconds=TTL_S)}})
+            except Exception as e:  # the database is unreachable: retry, unless too late
+                if time.monotonic() > self._confirmed_until:
+                    self.lost = f"the database did not answer ({type(e).__name__})"
+                    return
+                continue
+            if not done.matched_count:
+                self.lost = "another job took it over after it expired"
+                return
+            self._confirmed_until = sent + TTL_S
+
+    def check(self):
+        """Raises :class:`LeaseLostError` unless this job may still write under the lease."""
+        if self.lost is None and time.monotonic() > self._confirmed_until - TTL_S / 2:
+            self.lost = "the database has not confirmed it for half its time to live"
+        if self.lost is not None:
+            raise LeaseLostError(
+                f"stopped writing {self.label}: this job lost its lease ({self.lost}), so "
+                "another job may write it now; nothing more was written: run again to finish")
 
     def release(self):
         self._stop.set()
-        coll = _collection()
-        coll.update_one({"_id": self.key, "owner": self.owner}, {"$pull": {"holders": self._me}})
-        coll.delete_one({"_id": self.key, "owner": self.owner, "holders": {"$size": 0}})
+        mine = _held.get(self._thread_id, [])
+        if self in mine:
+            mine.remove(self)
+        if not mine:
+            _held.pop(self._thread_id, None)
+        try:
+            coll = _collection()
+            coll.update_one({"_id": self.key, "owner": self.owner}, {"$pull": {"holders": self._me}})
+            coll.delete_one({"_id": self.key, "owner": self.owner, "holders": {"$size": 0}})
+        except Exception:
+            if self.lost is None:
+                raise
+            # A lost lease: the release cannot reach the database; the expiry frees it.
+
+
+def check_held():
+    """Raises :class:`LeaseLostError` if a lease the calling thread holds is lost: writers
+    call it before each write, so a job that lost its claim never writes again."""
+    for lease in list(_held.get(threading.get_ident(), ())):
+        lease.check()
 
 
 @contextlib.contextmanager

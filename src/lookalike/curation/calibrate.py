@@ -50,10 +50,13 @@ DUPLICATE_RULE_VERSION = 2
 
 def _view_rows(samples, index):
     """Rows of the index that hold samples of ``samples`` (an empty view is an error)."""
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise EmptyViewError("the view is empty: there are no samples to calibrate on")
     position = {sid: r for r, sid in enumerate(index.sample_ids)}
-    return np.array([position[s] for s in samples.values("id") if s in position], dtype=int)
+    # In the index's order (its rows are in id order), not the dataset's: what is sampled
+    # from them must not change when undelete puts samples back at the end.
+    return np.sort(np.array([position[s] for s in samples.values("id") if s in position],
+                            dtype=int))
 
 
 @dataclass

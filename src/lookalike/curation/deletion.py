@@ -139,6 +139,7 @@ def delete_planned(samples, tag=DEFAULT_TAG):
                              tag=tag)
         faults.point("delete.after_journal")
         for start in range(0, len(plan.delete_ids), DELETE_BATCH):
+            leases.check_held()
             dataset.delete_samples(plan.delete_ids[start:start + DELETE_BATCH])
             faults.point("delete.after_batch")
     return DeletionResult(plan, path)

@@ -139,7 +139,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
     from lookalike.images import local_features as verification
 
     check_engine(engine)
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise CurationError("the view is empty: there are no samples to search for duplicates")
     report_progress = progress or (lambda fraction, label: None)
     ids, paths = samples.values(["id", "filepath"])

@@ -43,6 +43,7 @@ GROUP_FIELD = "dup_group"
 DISTANCE_FIELD = "dup_distance"
 INLIERS_FIELD = "dup_inliers"  # RANSAC inliers with the kept sample (verification on)
 REASON_FIELD = "dup_reason"  # why the sample is in its group, in words
+LABEL_FIELD = "dup_label"  # what a tile shows: "group 3: kept", "group 3: 0.0012, 142 inliers"
 RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
 CHECK_NEAREST = 4  # embedding pairs per group member that verification checks
 KIND = "duplicates"
@@ -319,7 +320,8 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
     inliers, reasons = inliers or {}, reasons or {}
     for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
                         (INLIERS_FIELD, fo.IntField), (REASON_FIELD, fo.StringField),
-                        (KEPT_FIELD, fo.BooleanField), (RUN_FIELD, fo.StringField)):
+                        (KEPT_FIELD, fo.BooleanField), (RUN_FIELD, fo.StringField),
+                        (LABEL_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
     group_of, dist_of, inliers_of, reason_of, kept_of, tagged = {}, {}, {}, {}, {}, []
@@ -334,11 +336,28 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
                 reason_of[ids[p]] = reasons[p]
             if n > 0:
                 tagged.append(ids[p])
+    label_of = {sid: tile_label(group_of[sid], kept_of[sid], dist_of.get(sid),
+                                inliers_of.get(sid)) for sid in group_of}
     return runs.write(samples, KIND, RUN_FIELD, list(ids),
                       {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of, INLIERS_FIELD: inliers_of,
-                       REASON_FIELD: reason_of, KEPT_FIELD: kept_of}, tag, tagged,
+                       REASON_FIELD: reason_of, KEPT_FIELD: kept_of, LABEL_FIELD: label_of},
+                      tag, tagged,
                       marked=[ids[g[0]] for g in groups], mark=KEPT_TAG, brain_key=brain_key,
                       num_groups=len(groups), num_duplicates=len(tagged))
+
+
+def tile_label(group, kept, distance, inliers):
+    """A group member as a tile says it, labelled and rounded: "group 3: kept",
+    "group 3: distance 0.0012, 142 inliers" (raw floats mean nothing to a curator)."""
+    if kept:
+        return f"group {group}: kept"
+    if distance is None:
+        text = "distance ?"
+    elif distance < 5e-5:
+        text = "distance < 0.0001" if distance > 0 else "distance 0"
+    else:
+        text = f"distance {distance:.4f}"
+    return f"group {group}: {text}" + (f", {inliers} inliers" if inliers is not None else "")
 
 
 def duplicates_view(samples):

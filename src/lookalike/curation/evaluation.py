@@ -124,7 +124,7 @@ def evaluate_retrieval(samples, brain_key, label_field, k=10, progress=None):
 
     if int(k) < 1:
         raise CurationError(f"k must be at least 1, got {k}")
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise EmptyViewError("the view is empty: there are no samples to evaluate")
     index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
     rows, labels, missing = indexed_labels(samples, index, label_field, CurationError)

@@ -7,6 +7,8 @@ matplotlib: Plotly's own PNG export needs a Chrome install) show the same data.
 
 import os
 
+from lookalike.core.paths import check_output_folder
+
 THRESHOLD_COLOURS = {"no-match threshold": "#d62728", "duplicate threshold": "#2ca02c"}
 
 
@@ -162,5 +164,8 @@ def save_png(spec, path):
 
 def write_pngs(index, directory):
     """One PNG per available picture of the run; returns their paths."""
+    specs = run_figures(index)
+    if specs:
+        directory = check_output_folder(directory)
     return [save_png(spec, os.path.join(directory, f"{index.key}_{name}.png"))
-            for name, spec in run_figures(index).items()]
+            for name, spec in specs.items()]

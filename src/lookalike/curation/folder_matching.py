@@ -28,7 +28,6 @@ function ``verify(query_path, sample_path) -> bool`` that must confirm every
 duplicate.
 """
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from lookalike.core.errors import (
     StaleRecordError,
     UsageError,
 )
-from lookalike.core.paths import check_output_file, write_csv
+from lookalike.core.paths import check_output_file, write_csv, write_json
 from lookalike.curation.thresholds import decide
 from lookalike.similarity.distance import cosine_distance
 
@@ -134,12 +133,8 @@ class FolderMatchReport:
                    "verified", "nearest_id", "sample_id", "note", "path"]
         if path.lower().endswith(".csv"):
             return write_csv(path, columns, rows)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"summary": self.summary(), "counts": self.counts, "rows": rows}, f,
-                      indent=1)
-        os.replace(tmp, path)
-        return path
+        return write_json(path, {"summary": self.summary(), "counts": self.counts, "rows": rows},
+                          "the table", indent=1)
 
 
 def _current_index(dataset, brain_key):
@@ -237,7 +232,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     import lookalike.similarity as ls
     from lookalike.core.labels import indexed_labels
     from lookalike.encoders import EncoderStoreError
-    from lookalike.images.folder_import import list_files, samples_by_file
+    from lookalike.images.folder_import import ADD_LEASE, list_files, samples_by_file
     from lookalike.similarity import records
 
     start = time.perf_counter()
@@ -282,7 +277,7 @@ def match_images(samples, brain_key, directory, add="none", label_field=None, ve
     report = FolderMatchReport(directory=directory, brain_key=brain_key, threshold=threshold,
                                duplicate_threshold=dup_threshold, label_field=label_field,
                                add=add, tag=tag, warning=records.duplicate_warning(index))
-    lease = (leases.acquire(dataset, "match:import", job="match_images",
+    lease = (leases.acquire(dataset, ADD_LEASE, job="match_images",
                             label=f"importing into '{dataset.name}'")
              if add != "none" else None)
     try:

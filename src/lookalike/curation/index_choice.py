@@ -104,3 +104,22 @@ def latest_record(samples, name):
         if record and (best is None or record.get("saved_at", 0) > best.get("saved_at", 0)):
             best = record
     return best
+
+
+def covering(dataset, keys, sample_ids):
+    """The keys among ``keys`` whose index holds every one of ``sample_ids`` (a query by
+    samples needs their vectors: an index over other samples cannot answer it)."""
+    import numpy as np
+
+    import lookalike.similarity as ls
+
+    ids = np.asarray(list(sample_ids), dtype=str)
+    out = []
+    for key in keys:
+        try:
+            held = ls.load_index(dataset, key).sample_ids
+        except Exception:  # noqa: BLE001 - an index that cannot load covers nothing
+            continue
+        if np.isin(ids, held).all():
+            out.append(key)
+    return out

@@ -7,11 +7,16 @@ canonical extended JSON (``bson.json_util``: ObjectIds, dates, binary vectors
 and int/float kinds round-trip exactly). The file is written to a temporary
 name, fsynced and renamed into place (and the folder fsynced) before the first
 sample is deleted, so a kill at any point leaves either no journal and no
-deletion, or a complete journal.
+deletion, or a complete journal; a journal that cannot be written (a full disk)
+fails in one line and nothing is deleted.
 
 :func:`restore` inserts the journal's documents that are missing from the
 dataset (those still there are left alone, so a deletion killed half-way is
-undone without duplicates), then marks the journal restored (it is kept).
+undone without duplicates), then marks the journal restored (it is kept). The
+marked journal is written whole beside the old one *before* the first sample
+goes back, and renamed over it after the last: a full disk fails before
+anything is restored, and a restore cut short (killed, the database gone) is
+finished by a rerun, which skips the samples already back.
 Image files are never touched. Datasets with frames (video) or groups are
 refused: their samples are not one document each.
 """
@@ -22,16 +27,15 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from lookalike.core import fo_adapter
+from lookalike.core import faults, fo_adapter, paths
 from lookalike.core.errors import JournalError, UsageError
 
 FORMAT = "lookalike-journal/1"
+WHAT = "the deletion journal"  # how a write error names what it was writing
 
 
 def journal_dir(dataset):
-    from lookalike.core.paths import default_data_dir
-
-    return os.path.join(default_data_dir(), "journal", fo_adapter.dataset_id(dataset))
+    return os.path.join(paths.default_data_dir(), "journal", fo_adapter.dataset_id(dataset))
 
 
 def check_flat(dataset):
@@ -52,21 +56,6 @@ def _dumps(payload):
     return json_util.dumps(payload, json_options=json_util.CANONICAL_JSON_OPTIONS)
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    # The rename itself must be on disk before anything is deleted.
-    fd = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write(dataset, sample_ids, reason, **info):
     """Saves the documents of ``sample_ids`` (those that exist) to a new journal; returns its path."""
     from bson import ObjectId
@@ -79,13 +68,14 @@ def write(dataset, sample_ids, reason, **info):
     for start in range(0, len(oids), 10_000):
         docs.extend(coll.find({"_id": {"$in": oids[start:start + 10_000]}}))
     now = _now()
-    folder = journal_dir(root)
-    os.makedirs(folder, exist_ok=True)
+    folder = paths.make_folder(journal_dir(root), WHAT)
+    paths.remove_abandoned_temporaries(folder)
     path = os.path.join(folder, f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}.json")
     payload = dict(info, format=FORMAT, dataset_id=fo_adapter.dataset_id(root),
                    dataset_name=root.name, reason=reason, created_at=now.isoformat(),
                    restored_at=None, num_samples=len(docs), samples=docs)
-    _write_atomic(path, _dumps(payload))
+    # Fsynced, renamed, the rename fsynced: on disk before the first sample goes.
+    paths.write_file(path, _dumps(payload), WHAT)
     return path
 
 
@@ -112,6 +102,15 @@ class JournalEntry:
     num_samples: int
     reason: str
     restored_at: str = None
+
+    def label(self):
+        """How a person reads it: "2026-12-06 22:50:01 UTC: 177 samples (delete_duplicates)"."""
+        try:
+            when = datetime.datetime.fromisoformat(self.created_at)
+            when = f"{when.astimezone(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        except (TypeError, ValueError):
+            when = str(self.created_at)
+        return f"{when}: {self.num_samples} samples ({self.reason})"
 
 
 def list_journals(dataset):
@@ -165,10 +164,17 @@ def restore(dataset, path=None, last=False):
             there.update(d["_id"] for d in coll.find(
                 {"_id": {"$in": ids[start:start + 10_000]}}, {"_id": 1}))
         missing = [d for d in docs if d["_id"] not in there]
-        if missing:
-            _insert(coll, missing)
+        paths.remove_abandoned_temporaries(os.path.dirname(os.path.abspath(path)))
         payload["restored_at"] = _now().isoformat()
-        _write_atomic(path, _dumps(payload))
+        # The journal marked restored is written first (a full disk fails here, with
+        # nothing restored) and renamed into place once every sample is back.
+        with paths.StagedFile(path, WHAT) as marked:
+            with marked.open("w", encoding="utf-8") as f:
+                f.write(_dumps(payload))
+            if missing:
+                _insert(coll, missing)
+            faults.point("undelete.inserted")
+            marked.commit()
     root.reload()
     return RestoreResult(path, len(missing), len(there))
 

@@ -10,6 +10,11 @@ threshold (the vote is held among the neighbours within it), so the no-match
 rate is the calibrated one whatever the strategy. (TF Similarity's majority
 vote compares the *mean* of the k distances with a cutpoint calibrated for that
 matcher; ours is calibrated on nearest-neighbour distances only.)
+
+A run's predictions land whole, per field: staged, applied and published as one
+run (:mod:`lookalike.curation.published_runs`, kind ``match_labels.<field>``); a
+kill leaves the old predictions, or the new ones once anything looks again
+(:func:`settle`: a rerun, :func:`no_match_view`).
 """
 
 from dataclasses import asdict, dataclass, field
@@ -18,6 +23,7 @@ import numpy as np
 
 from lookalike.core import faults, fo_adapter, leases
 from lookalike.core.errors import CurationError, EmptyViewError
+from lookalike.curation import published_runs as runs
 from lookalike.curation.calibrate import LABEL_FREE_METHODS
 from lookalike.curation.evaluation import NO_MATCH
 from lookalike.curation.folder_matching import (  # the run as it is
@@ -192,12 +198,18 @@ def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nea
         counts[pred.label] = counts.get(pred.label, 0) + 1
         predictions[sid] = pred
 
+    kind = _run_kind(pred_field)
     with leases.hold(dataset, f"field:{pred_field}", job="match_labels",
-                     label=f"field '{pred_field}'"):
+                     label=f"field '{pred_field}'"), \
+            leases.hold(dataset, runs.lease_name(kind), job="match_labels",
+                        label=f"field '{pred_field}'"):
         _declare_prediction_field(dataset, pred_field)
         faults.point("match_labels.before_write")
-        # One call: each sample's prediction is replaced atomically.
-        dataset.set_values(pred_field, predictions, key_field="id")
+        # All or nothing: staged, then applied by one server-side command and published;
+        # a kill leaves the old predictions whole, or the new ones once rolled forward.
+        runs.write(dataset, kind, None, list(predictions),
+                   {pred_field: {sid: p.to_dict() for sid, p in predictions.items()}},
+                   None, ())
     report = LabelMatchReport(
         brain_key=brain_key, label_field=label_field, pred_field=pred_field,
         strategy=strategy, k=k, threshold=threshold, num_queries=len(queried),
@@ -207,6 +219,18 @@ def match_labels(samples, brain_key, label_field, pred_field=None, strategy="nea
     if progress:
         progress(1.0, "done")
     return report
+
+
+def _run_kind(pred_field):
+    """The published-run kind of the predictions in ``pred_field`` (one per field)."""
+    return f"match_labels.{pred_field}"
+
+
+def settle(samples, pred_field):
+    """Finishes what a killed ``match_labels`` into ``pred_field`` left: staged predictions
+    are applied (the new ones whole), unstaged ones dropped (the old ones stand); False
+    while a live job is still writing them."""
+    return runs.recover(fo_adapter.root_dataset(samples), _run_kind(pred_field))
 
 
 def _declare_prediction_field(dataset, pred_field):
@@ -234,6 +258,7 @@ def no_match_view(samples, pred_field=None):
     pred_field = pred_field or last_label_match_field(samples)
     if pred_field is None or pred_field not in samples.get_field_schema():
         raise CurationError("no label matching has run on this dataset yet: run match_labels")
+    settle(samples, pred_field)
     return samples.match(F(f"{pred_field}.no_match") == True).sort_by(  # noqa: E712
         f"{pred_field}.distance", reverse=True)
 

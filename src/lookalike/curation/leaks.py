@@ -47,6 +47,7 @@ class LeakReport:
     verification: dict = None
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
     warning: str = None  # the calibration's, when its duplicate threshold was used
+    split_of: dict = field(default_factory=dict)  # sample id -> its split, for printing
 
     @property
     def leak_ids(self):
@@ -74,8 +75,17 @@ class LeakReport:
 def split_of(samples, splits=SPLIT_TAGS):
     """``{sample id: split}`` of the samples in a split; ``splits``: tags, or a field's name."""
     if isinstance(splits, str):
-        if splits not in samples.get_field_schema():
+        import fiftyone as fo
+
+        from lookalike.similarity.field_vectors import field_holds
+
+        field = samples.get_field_schema().get(splits)
+        if field is None:
             raise CurationError(f"the view has no field '{splits}' to read the splits from")
+        if not isinstance(field, fo.StringField):
+            raise CurationError(f"field '{splits}' holds {field_holds(field)}, not split names: "
+                                "give a string field naming each sample's split (train, val, "
+                                "test, ...)")
         ids, values = samples.values(["id", splits])
         return {s: str(v) for s, v in zip(ids, values) if v is not None}
     splits = list(splits)
@@ -93,6 +103,32 @@ def split_of(samples, splits=SPLIT_TAGS):
         raise CurationError(f"{both} samples carry more than one of the split tags {splits}: "
                             "a sample belongs to one split")
     return out
+
+
+def check_splits(found, splits):
+    """Raises (one line) unless samples were ``found`` in at least 2 of ``splits``."""
+    if len(found) < 2:
+        held = f"only the split {found[0]!r}" if found else "no split"
+        named = (f"field '{splits}'" if isinstance(splits, str)
+                 else "the split tags " + ", ".join(splits))
+        raise CurationError(f"the view holds {held} of {named}: leaks need samples in at "
+                            "least 2 splits (tag them, or pick the field that names them)")
+
+
+def splits_present(samples, splits=SPLIT_TAGS):
+    """The splits that hold samples of ``samples`` (one aggregation: cheap enough for a form);
+    raises (one line) unless there are at least 2."""
+    if isinstance(splits, str):
+        split_of(samples.limit(0), splits)  # the field's checks
+        found = sorted(str(v) for v, n in samples.count_values(splits).items()
+                       if v is not None and n)
+    else:
+        if len(list(splits)) < 2:
+            raise CurationError(f"leaks need at least 2 splits, got {list(splits)}")
+        counts = samples.count_values("tags")
+        found = [name for name in splits if counts.get(name)]
+    check_splits(found, splits)
+    return found
 
 
 def find_leaks(samples, brain_key, splits=SPLIT_TAGS, threshold=None, verify="auto",
@@ -124,10 +160,7 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
 
     split = split_of(samples, splits)
     found = sorted(set(split.values()))
-    if len(found) < 2:
-        held = f"only the split {found[0]!r}" if found else "no split"
-        raise CurationError(f"the view holds {held} of {splits!r}: leaks need samples in at "
-                            "least 2 splits")
+    check_splits(found, splits)
     view = samples.select(list(split))
     pairs = find_pairs(view, brain_key, threshold, verify=verify, min_inliers=min_inliers,
                        candidates=candidates, progress=scaled(progress, 0.0, 0.9))
@@ -161,7 +194,8 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
     return LeakReport(splits=found, pairs=leaks, num_searched=len(ids),
                       per_split=dict(per_split), verification=pairs.verification,
                       warning=pairs.warning,
-                      files={s: paths[n] for n, s in enumerate(ids) if s in leaked})
+                      files={s: paths[n] for n, s in enumerate(ids) if s in leaked},
+                      split_of={s: split[s] for s in leaked})
 
 
 def leaks_view(samples):

@@ -80,7 +80,7 @@ def _flag_outliers(samples, brain_key, threshold, tag, progress):
     dataset = fo_adapter.root_dataset(samples)
     index = ls.load_index(dataset, brain_key)
     threshold = records.threshold(index, "threshold", threshold)
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise CurationError("the view is empty: there are no samples to check")
     if index.total_index_size < 2:
         raise CurationError(f"run '{brain_key}' holds fewer than 2 embeddings: nothing to compare")

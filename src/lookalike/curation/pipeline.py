@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from lookalike.core import fo_adapter
 from lookalike.core.errors import CurationError
+from lookalike.core.paths import check_output_folder
 from lookalike.core.progress import scaled
 
 
@@ -84,6 +85,8 @@ def curate(samples, encoder=None, embeddings_field=None, brain_key=None, label_f
     from lookalike.similarity import default_brain_key
 
     dataset = fo_adapter.root_dataset(samples)
+    if png_dir:
+        png_dir = check_output_folder(png_dir)  # before the work, not after it
     if encoder is not None and not hasattr(encoder, "embed"):
         encoder = load_encoder(encoder)
     if embeddings_field is None:

@@ -27,13 +27,12 @@ def visualize_embeddings(samples, embeddings_field, brain_key=None, method="umap
     from fiftyone import ViewField as F
 
     from lookalike.similarity.engine import as_unit_matrix
+    from lookalike.similarity.field_vectors import check_embeddings_field
 
     if method not in METHODS:
         raise CurationError(f"unknown method {method!r}; choose from {METHODS}")
     dataset = fo_adapter.root_dataset(samples)
-    if embeddings_field not in dataset.get_field_schema():
-        raise CurationError(f"'{dataset.name}' has no field '{embeddings_field}': compute "
-                         "embeddings first")
+    check_embeddings_field(dataset, embeddings_field, CurationError)
     view = samples.match(F(embeddings_field) != None)  # noqa: E711
     if len(view) < 3:
         raise CurationError(f"{len(view)} samples have '{embeddings_field}' embeddings: a "

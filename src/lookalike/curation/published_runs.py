@@ -29,7 +29,7 @@ database, keyed by ``<dataset id>/<kind>`` (ids survive renames).
 
 import uuid
 
-from lookalike.core import fo_adapter
+from lookalike.core import fo_adapter, leases
 from lookalike.core.errors import IncompleteCurationError
 
 COLLECTION = "lookalike_curation"
@@ -85,8 +85,11 @@ def record(dataset, kind):
 def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=None, **info):
     """Replaces the results of ``kind`` on the samples ``ids`` with one run's; returns its id.
 
-    ``values``: ``{field: {sample id: value}}`` (a missing id clears the field);
-    ``tagged``: the ids that get ``tag`` (the others of ``ids`` lose it);
+    ``values``: ``{field: {sample id: value}}`` (a missing id clears the field; values as
+    MongoDB holds them: a label's ``to_dict()``);
+    ``run_field``: the field that gets the run id (None: none does);
+    ``tagged``: the ids that get ``tag`` (the others of ``ids`` lose it; ``tag`` None: the
+    tags are left alone);
     ``marked``: the ids that get the second tag ``mark`` (the kept sample of a
     duplicate group), likewise; ``info``: what the published record keeps
     (counts, the brain key that made the run). The fields must be declared and
@@ -103,6 +106,7 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
     tagged, marked = set(tagged), set(marked)
     stage = _stage()
     for start in range(0, len(ids), _STAGE_BATCH):
+        leases.check_held()
         stage.insert_many([
             {"_id": f"{run}/{sid}", "run": run, "sample": ObjectId(sid),
              "v": {f: v.get(sid) for f, v in values.items()}, "t": sid in tagged,
@@ -121,14 +125,17 @@ def _apply_and_publish(dataset, kind, staged):
     from lookalike.core import faults
 
     run, tag, mark = staged["run"], staged["tag"], staged.get("mark")
-    ours = [tag] + ([mark] if mark else [])
-    without_ours = {"$filter": {"input": {"$ifNull": ["$tags", []]},
-                                "cond": {"$not": [{"$in": ["$$this", ours]}]}}}
     update = {f: f"$$new.v.{f}" for f in staged["fields"]}
-    update[staged["run_field"]] = run
-    update["tags"] = {"$concatArrays": [without_ours, {"$cond": ["$$new.t", [tag], []]}] + (
-        [{"$cond": [{"$ifNull": ["$$new.m", False]}, [mark], []]}] if mark else [])}
+    if staged["run_field"]:
+        update[staged["run_field"]] = run
+    if tag:
+        ours = [tag] + ([mark] if mark else [])
+        without_ours = {"$filter": {"input": {"$ifNull": ["$tags", []]},
+                                    "cond": {"$not": [{"$in": ["$$this", ours]}]}}}
+        update["tags"] = {"$concatArrays": [without_ours, {"$cond": ["$$new.t", [tag], []]}] + (
+            [{"$cond": [{"$ifNull": ["$$new.m", False]}, [mark], []]}] if mark else [])}
     update["last_modified_at"] = "$$NOW"
+    leases.check_held()
     # One server-side command; setting the same values twice is harmless, so an
     # interrupted one is simply run again. Samples deleted meanwhile are skipped.
     _stage().aggregate([
@@ -151,7 +158,6 @@ def recover(dataset, kind, lease_held=False):
     it was staged is dropped (old-complete). Without ``lease_held`` this takes
     the lease, and leaves a run that a live job is still writing alone (False).
     """
-    from lookalike.core import leases
     from lookalike.core.errors import LeaseHeldError
 
     state = record(dataset, kind)
@@ -210,7 +216,6 @@ def check_complete(dataset, kind, lease_held=False):
 
     ``lease_held``: the caller holds the lease of ``kind``, so a pending run is dead.
     """
-    from lookalike.core import leases
 
     if recover(dataset, kind, lease_held=lease_held):
         return

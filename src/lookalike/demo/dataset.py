@@ -27,6 +27,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from lookalike.core import fo_adapter
 from lookalike.images.edits import EDITS, JPEG_QUALITY, apply_edit
 
 DEFAULT_DATASET_NAME = "lookalike-demo"
@@ -138,11 +139,12 @@ def build_demo_dataset(name=DEFAULT_DATASET_NAME, data_dir=None, overwrite=True,
     import fiftyone as fo
 
     from lookalike.images.folder_import import ImageImportError, _make_sample, probe_images
-    from lookalike.core.paths import default_data_dir
+    from lookalike.core.paths import check_output_folder, default_data_dir
 
     if fo.dataset_exists(name) and not overwrite:
         raise ImageImportError(f"dataset '{name}' already exists (pass overwrite=True)")
-    data_dir = os.path.abspath(data_dir or os.path.join(default_data_dir(), "demo"))
+    data_dir = check_output_folder(data_dir or os.path.join(default_data_dir(), "demo"),
+                                   "the demo's images")
     records = write_demo_images(data_dir, digits_size=digits_size, max_digits=max_digits,
                                 seed=seed)
     probes = probe_images([r["filepath"] for r in records])
@@ -187,7 +189,7 @@ def summarize(dataset):
 
     photos = dataset.match(F("source") == "photo")
     return {
-        "samples": len(dataset),
+        "samples": fo_adapter.exact_count(dataset),
         "photos": len(photos),
         "photo_groups_with_copies": len(set(photos.match(F("gt_edit") != "original")
                                             .distinct("gt_group"))),

@@ -89,7 +89,7 @@ def _reserved_fields():
     return RESERVED_FIELDS.union(fo_adapter.sample_document_fields())
 
 
-def _is_vector_field(field):
+def is_vector_field(field):
     import fiftyone as fo
 
     return isinstance(field, (fo.VectorField, fo.ArrayField))
@@ -113,7 +113,7 @@ def check_writable(dataset, field_name, record=None, overwrite=False):
         raise EmbeddingFieldError(
             f"field '{field_name}' is not an embeddings field{kind}: it is one of FiftyOne's "
             "own sample fields, which embeddings never replace: choose another --field")
-    if field is not None and not _is_vector_field(field):
+    if field is not None and not is_vector_field(field):
         raise EmbeddingFieldError(
             f"field '{field_name}' is not an embeddings field{kind}: overwrite replaces "
             "embeddings, never another kind of field: choose another --field")
@@ -181,7 +181,7 @@ def compute_embeddings(samples, encoder, embeddings_field=None, batch_size=64, o
     dataset = fo_adapter.root_dataset(samples)
     field_name = embeddings_field or default_field_name(encoder)
     _check_field_name(field_name)
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise EmbeddingFieldError("the view is empty: there is nothing to embed")
     with leases.hold(dataset, f"field:{field_name}", job="compute_embeddings",
                      same=encoder.version, label=f"field '{field_name}'"):
@@ -231,7 +231,9 @@ def _claim_held(dataset, encoder, field_name, overwrite):
                 "overwrite=True to replace them all")
         # Cleared before the new record is written: a kill in between leaves the
         # old record over (some of) its own vectors, never the new one over old ones.
-        dataset.set_field(field_name, None).save()  # on the whole dataset: no mixing
+        # (A job killed between its record and its field list leaves no field to clear.)
+        if exists:
+            dataset.set_field(field_name, None).save()  # on the whole dataset: no mixing
     elif exists and record is None:
         dataset.set_field(field_name, None).save()
     if record != mine:
@@ -248,8 +250,8 @@ def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, over
         todo = samples
     else:
         todo = samples.exists(field_name, False)
-    skipped = len(samples) - len(todo)
-    ids, paths = todo.values(["id", "filepath"]) if len(todo) else ([], [])
+    skipped = fo_adapter.exact_count(samples) - fo_adapter.exact_count(todo)
+    ids, paths = todo.values(["id", "filepath"]) if fo_adapter.exact_count(todo) else ([], [])
     embedded, done, failures = 0, 0, []
     for start in range(0, len(ids), chunk_size):
         c_ids, c_paths = ids[start:start + chunk_size], paths[start:start + chunk_size]
@@ -266,6 +268,7 @@ def _embed_holding_lease(samples, dataset, encoder, field_name, batch_size, over
             report(progress, done, len(ids), f"embedded {done}/{len(ids)}")
         if start + chunk_size >= len(ids):
             faults.point("embed.before_final_write")
+        leases.check_held()
         if values:
             dataset.set_values(field_name, values, key_field="id")
         dataset.set_values(error_field, errors, key_field="id")

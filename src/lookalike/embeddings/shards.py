@@ -110,7 +110,7 @@ def _check_shards(samples, shards, verb):
     shards = int(shards)
     if not 1 <= shards <= MAX_SHARDS:
         raise UsageError(f"shards must be 1 to {MAX_SHARDS}, got {shards}")
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise UsageError(f"the view is empty: there is nothing to {verb}")
     return shards
 

@@ -110,7 +110,7 @@ LOADING_SHARE = 0.05
 
 def _source(samples, label_field=None):
     return dict(dataset=fo_adapter.root_dataset(samples).name,
-                view_stages=fo_adapter.view_stages(samples), num_samples=len(samples),
+                view_stages=fo_adapter.view_stages(samples), num_samples=fo_adapter.exact_count(samples),
                 label_field=label_field)
 
 
@@ -248,12 +248,13 @@ def import_encoder(path, name=None, store_dir=None, overwrite=False):
     # A folder of this import's own: not the training job's .<name>.partial, whose
     # checkpoints a resumable run of the same name still needs.
     staging = tempfile.mkdtemp(prefix=f".{name}.import-", dir=store_dir)
+    copy = os.path.join(staging, "encoder")
     try:
-        copy = os.path.join(staging, "encoder")
-        left = store.copy_listed_files(source, copy)
-        faults.point("import.copied")
-        encoder = load_encoder(copy)  # checksums verified on the copies, not the originals
-        encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
+        with store.naming_the_source((copy, source)):
+            left = store.copy_listed_files(source, copy)
+            faults.point("import.copied")
+            encoder = load_encoder(copy)  # checksums verified on the copies, not the originals
+            encoder.embed(np.zeros((1, encoder.image_size, encoder.image_size, 3), np.uint8))
         with open(os.path.join(copy, store.MANIFEST)) as f:
             manifest = json.load(f)
         manifest.update(name=name, imported_from=source, imported_at=store.now_iso())

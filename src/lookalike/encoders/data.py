@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lookalike.core import fo_adapter
 from lookalike.core import progress as progress_
 from lookalike.encoders.preprocessing import load_input
 from lookalike.core.errors import EmptyViewError
@@ -69,7 +70,7 @@ def load_images(paths, manifest, sample_ids=None, num_workers=None, progress=Non
 
 def load_samples_images(samples, manifest, num_workers=None, progress=None):
     """Decodes every image of a FiftyOne view; raises :class:`EmptyViewError` when none is usable."""
-    if len(samples) == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise EmptyViewError("the view is empty: there are no samples to train on")
     ids, paths = samples.values(["id", "filepath"])
     loaded = load_images(paths, manifest, ids, num_workers=num_workers, progress=progress)

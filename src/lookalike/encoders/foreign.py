@@ -115,16 +115,86 @@ class PaddleInferenceEncoder(Encoder):
         return _flat(self._output.copy_to_cpu())
 
 
+# Keras's own modules, as a .keras config names them ("keras.layers", "tf_keras.src...").
+_KERAS_PACKAGES = ("keras", "tf_keras")
+_KERAS_CONFIG_LIMIT = 64 * 2**20  # bytes of config.json read to check it
+
+
+def _foreign_code(config):
+    """``module.name`` of the first object in a ``.keras`` config that is not Keras's own,
+    else None. The compile config is skipped (never loaded: ``compile=False``)."""
+    import builtins
+
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(v for k, v in node.items() if k != "compile_config")
+        module, name = node.get("module"), node.get("class_name")
+        if "class_name" not in node or "module" not in node or module is None:
+            continue  # not a serialised object, or one Keras resolves by its own names
+        if name == "function":
+            name = node.get("config")
+        named = f"{module}.{name}"
+        if not isinstance(module, str) or not isinstance(name, str) or "." in name:
+            return named  # "os.system" as a name reaches os through a module's globals
+        if module == "builtins":
+            # Keras looks such a function up among its own first, then in Python's builtins.
+            if hasattr(builtins, name):
+                return named
+        elif module.split(".")[0] not in _KERAS_PACKAGES:
+            return named
+    return None
+
+
+def _check_keras_config(path):
+    """Refuses a ``.keras`` file whose config names code outside Keras, before Keras reads
+    it: Keras imports whatever module a config names (safe mode stops only serialised
+    lambdas), and importing a module runs its code."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo("config.json").file_size > _KERAS_CONFIG_LIMIT:
+                raise EncoderStoreError(f"{path}: its config.json is larger than "
+                                        f"{_KERAS_CONFIG_LIMIT // 2**20} MB: not a model")
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, RecursionError, zipfile.BadZipFile) as e:
+        raise EncoderStoreError(f"{path}: not a Keras model file (a zip archive with a "
+                                f"config.json: {_reason(e)})") from None
+    named = _foreign_code(config)
+    if named:
+        raise EncoderStoreError(f"{path}: refused: its config names {named}, which is not part "
+                                "of Keras (a model file may use only Keras's own layers and "
+                                "functions; loading it would run that code)")
+
+
+def _reason(error, limit=200):
+    """An exception's first line, shortened: Keras's reasons quote whole configs."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= limit else text[:limit].rstrip() + " ..."
+
+
 def _load_keras_file(path):
-    """The tf-keras model of a ``.keras`` file, in safe mode (no serialised code runs)."""
+    """The tf-keras model of a ``.keras`` file, in safe mode (no serialised code runs), once
+    its config names nothing outside Keras."""
     from lookalike.core import frameworks
 
+    _check_keras_config(path)
     tf = frameworks.tensorflow()
     try:
-        return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+        model = tf.keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as e:  # noqa: BLE001 - Keras raises many kinds for a file it refuses
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EncoderStoreError(f"{path}: Keras cannot load it in safe mode ({reason})") from None
+        raise EncoderStoreError(f"{path}: Keras cannot load it in safe mode "
+                                f"({_reason(e)})") from None
+    if not isinstance(model, tf.keras.Model):
+        raise EncoderStoreError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+    return model
 
 
 class KerasFileEncoder(Encoder):
@@ -229,6 +299,10 @@ def import_paddle_inference(directory, name, image_size, scale=IMAGENET["scale"]
     normalize = _normalization(scale, mean, std)
 
     def fill(model):
+        with store.naming_the_source((model, source)):
+            return fill_checked(model)
+
+    def fill_checked(model):
         for rel in (program, params):
             store.copy_regular_file(source, rel, os.path.join(model, rel))
         manifest = dict(
@@ -265,8 +339,16 @@ def import_keras(path, name, image_size=None, scale=IDENTITY["scale"], mean=IDEN
 
     def fill(model):
         target = os.path.join(model, KERAS_FILE)
+        with store.naming_the_source((target, source), (model, source)):
+            return fill_checked(model, target)
+
+    def fill_checked(model, target):
         store.copy_regular_file(folder, file, target)  # refuses a link
-        shape = tuple(_load_keras_file(target).input_shape)
+        loaded = _load_keras_file(target)
+        try:
+            shape = tuple(loaded.input_shape)
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            shape = ()  # a model without one defined input (subclassed, never built)
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
             raise EncoderStoreError(f"{source}: the model's input is {shape[1:]}; lookalike "
                                     "embeds square RGB images, (S, S, 3)")

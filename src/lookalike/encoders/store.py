@@ -23,6 +23,7 @@ half-written encoder under a valid name; the partial directory holds the
 checkpoints a resumed job starts from.
 """
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -49,7 +50,8 @@ REQUIRED_KEYS = (
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-from lookalike.core.errors import EncoderStoreError  # noqa: F401 (re-exported)
+from lookalike.core import paths
+from lookalike.core.errors import EncoderStoreError, LookalikeError  # noqa: F401 (re-exported)
 
 
 def default_store_dir():
@@ -169,10 +171,8 @@ def write_manifest(directory, manifest, files):
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ValueError(f"manifest lacks {missing}")  # a bug in our code, not user input
-    tmp = os.path.join(directory, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True, default=_json_default)
-    os.replace(tmp, os.path.join(directory, MANIFEST))
+    paths.write_json(os.path.join(directory, MANIFEST), manifest, "the encoder manifest",
+                     indent=2, sort_keys=True, default=_json_default)
     return manifest
 
 
@@ -395,6 +395,21 @@ def publish(partial, final, overwrite=False):
     else:
         os.replace(partial, final)
     return final
+
+
+@contextlib.contextmanager
+def naming_the_source(*renames):
+    """An import checks its copy in a staging folder of the store; the errors raised meanwhile
+    name the user's file or folder instead: each ``(staged path, user's path)`` of
+    ``renames`` is replaced in their message, in that order (the longer paths first)."""
+    try:
+        yield
+    except LookalikeError as e:
+        text = str(e)
+        for staged, source in renames:
+            text = text.replace(staged, source)
+        e.args = (text,)
+        raise
 
 
 @dataclass

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from lookalike.core import faults
+from lookalike.core import faults, paths
 from lookalike.encoders import store
 from lookalike.core.progress import report
 
@@ -118,9 +118,8 @@ class TrainingJob:
         then tells ``on_epoch`` and ``progress``."""
         epoch = len(self.history) + 1
         name = f"checkpoint-{epoch}.npz"
-        tmp = os.path.join(self.dir, "checkpoint.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, os.path.join(self.dir, name))
+        with paths.written_file(os.path.join(self.dir, name), "the training checkpoint") as f:
+            np.savez(f, **arrays)
         faults.point("train.after_checkpoint")
         metrics = {k: (float(v) if isinstance(v, (int, float, np.number)) else v)
                    for k, v in metrics.items()}
@@ -157,11 +156,9 @@ class TrainingJob:
             pass
 
     def _write_state(self):
-        tmp = os.path.join(self.dir, STATE_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"kind": self.kind, "settings": self.settings, "history": self.history,
-                       "checkpoint": self.checkpoint}, f, indent=2)
-        os.replace(tmp, os.path.join(self.dir, STATE_FILE))
+        paths.write_json(os.path.join(self.dir, STATE_FILE),
+                         {"kind": self.kind, "settings": self.settings, "history": self.history,
+                          "checkpoint": self.checkpoint}, "the training state", indent=2)
 
     # -- finishing ------------------------------------------------------------
     def finish(self, manifest, files):

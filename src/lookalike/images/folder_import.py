@@ -5,7 +5,9 @@ stray PDF is reported with its path and reason instead of surfacing later as a
 failed embedding. Valid images of unusual modes (16-bit, RGBA, palette, CMYK)
 are imported as they are; :mod:`lookalike.images.decode` converts them to RGB on use.
 The dataset is only written once the whole folder has been checked, and a
-failure while writing removes what was written.
+failure while writing removes what was written. One import of a dataset name runs
+at a time (a lease on the name). Appending adds whole samples in batches: a kill
+leaves some of the new files as samples, and a rerun adds exactly the others.
 """
 
 import mimetypes
@@ -174,14 +176,30 @@ def import_images(
         ImageImportError: the folder is missing or holds no readable image, or
         the dataset exists and neither ``overwrite`` nor ``append`` was given.
         Nothing is written in that case.
+        LeaseHeldError: another import of ``dataset_name`` is running, or (append) a
+        job is adding files to the dataset (``match --add``).
     """
-    import fiftyone as fo
+    from lookalike.core import leases
 
     if overwrite and append:
         raise ImageImportError("choose either overwrite or append, not both")
     if not dataset_name or not str(dataset_name).strip():
         raise ImageImportError("a dataset name is required")
     directory = os.path.abspath(os.path.expanduser(directory))
+    # One import of a name at a time (keyed by the name: the dataset may not exist yet):
+    # a second one is refused in one line, before it reads or writes anything.
+    with leases.hold(dataset_name, "import", job="import",
+                     label=f"dataset '{dataset_name}'"):
+        return _import_locked(directory, dataset_name, recursive, overwrite, append,
+                              labels_from_folders, persistent, progress)
+
+
+def _import_locked(directory, dataset_name, recursive, overwrite, append, labels_from_folders,
+                   persistent, progress):
+    import fiftyone as fo
+
+    from lookalike.core import leases
+
     _recover(dataset_name)
     exists = fo.dataset_exists(dataset_name)
     if exists and not (overwrite or append):
@@ -193,33 +211,61 @@ def import_images(
     paths = list_files(directory, recursive=recursive)
     if not paths:
         raise ImageImportError(f"{directory}: the folder contains no files")
-    if append and exists:
-        known = samples_by_file(fo.load_dataset(dataset_name))
-        paths = [p for p, real in zip(paths, resolved_paths(paths)) if real not in known]
-
-    probes = probe_images(paths, progress=progress)
-    good = [p for p in probes if not p.error]
-    failures = [ImageFailure(p.path, p.error) for p in probes if p.error]
-    if not good and not (append and exists):
-        listed = "\n".join(failure_lines(failures, 10))
-        raise ImageImportError(f"{directory}: no readable images among {len(paths)} files:\n{listed}")
-
-    samples = [_make_sample(p, directory, labels_from_folders) for p in good]
-    if append and exists:
-        from fiftyone import ViewField as F
-
-        dataset = fo.load_dataset(dataset_name)
-        try:
-            if samples:
-                dataset.add_samples(samples, progress=False)
-        except BaseException:
-            # add_samples writes in batches: remove whatever part of ours landed.
-            new_paths = [p.path for p in good]
-            dataset.delete_samples(dataset.match(F("filepath").is_in(new_paths)))
-            raise
-    else:
+    if not (append and exists):
+        probes = probe_images(paths, progress=progress)
+        good = [p for p in probes if not p.error]
+        failures = [ImageFailure(p.path, p.error) for p in probes if p.error]
+        if not good:
+            listed = "\n".join(failure_lines(failures, 10))
+            raise ImageImportError(
+                f"{directory}: no readable images among {len(paths)} files:\n{listed}")
+        samples = [_make_sample(p, directory, labels_from_folders) for p in good]
         _write_then_rename(samples, dataset_name, exists, persistent)
+        if exists:  # the replaced dataset's records and folders go with it
+            from lookalike.core import orphans
+
+            orphans.sweep()
+        return ImportReport(dataset_name=dataset_name, imported=len(samples), failures=failures)
+
+    dataset = fo.load_dataset(dataset_name)
+    # Adding files to a dataset: `match --add` does it too, under the same lease.
+    with leases.hold(dataset, ADD_LEASE, job="import", label=f"importing into '{dataset_name}'"):
+        # Under the lease: which files are samples already is read after taking it.
+        known = samples_by_file(dataset)
+        paths = [p for p, real in zip(paths, resolved_paths(paths)) if real not in known]
+        probes = probe_images(paths, progress=progress)
+        good = [p for p in probes if not p.error]
+        failures = [ImageFailure(p.path, p.error) for p in probes if p.error]
+        samples = [_make_sample(p, directory, labels_from_folders) for p in good]
+        _append(dataset, samples)
     return ImportReport(dataset_name=dataset_name, imported=len(samples), failures=failures)
+
+
+ADD_LEASE = "match:import"  # the lease of a job adding files to a dataset
+_APPEND_BATCH = 100
+
+
+def _append(dataset, samples):
+    """Adds ``samples`` in batches of whole samples. A kill between (or during) batches
+    leaves whole samples of some files and none of the others: a rerun adds exactly the
+    missing ones (files that are samples already are skipped). Any other failure removes
+    what was added."""
+    from fiftyone import ViewField as F
+
+    from lookalike.core import leases
+    from lookalike.core.errors import LeaseLostError
+
+    try:
+        for start in range(0, len(samples), _APPEND_BATCH):
+            leases.check_held()
+            dataset.add_samples(samples[start:start + _APPEND_BATCH], progress=False)
+            faults.point("importer.append_batch")
+    except LeaseLostError:
+        raise  # another job may have taken these files as samples already: keep them
+    except BaseException:
+        # add_samples writes in batches: remove whatever part of ours landed.
+        dataset.delete_samples(dataset.match(F("filepath").is_in([s.filepath for s in samples])))
+        raise
 
 
 _IMPORTING, _REPLACED = ".importing-", ".replaced-"

@@ -19,7 +19,6 @@ features: they are counted, and their pairs are left to the embedding.
 
 import hashlib
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -150,6 +149,8 @@ def _spread(matched, points, share=MIN_SPREAD):
 
 
 # -- the per-dataset cache ---------------------------------------------------------
+_CACHE_WHAT = "the local features cache"  # how a write error names what it was writing
+
 
 def cache_dir(dataset):
     from lookalike.core import fo_adapter
@@ -200,8 +201,13 @@ def _decode(data):
                     body[2 * count:].reshape(count, width).copy()), None
 
 
-def _cached(directory, path, mirrored=False):
-    """``(features or None, reason or None)``, from the cache or computed and cached."""
+def _cached(directory, path, mirrored=False, required=False):
+    """``(features or None, reason or None)``, from the cache or computed and cached.
+
+    An entry that cannot be written (a full disk, a read-only folder) is skipped:
+    the features are in hand. ``required`` (filling the cache is the job): it
+    raises :class:`~lookalike.core.errors.FileWriteError` instead.
+    """
     target = _cache_path(directory, path, mirrored) if directory else None
     if target is not None and os.path.exists(target):
         try:
@@ -211,24 +217,33 @@ def _cached(directory, path, mirrored=False):
             pass  # a damaged entry: recompute it
     features, reason = extract_file(path, mirrored=mirrored)
     if target is not None and (features is not None or reason == FEATURELESS):
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_encode(features))
-        os.replace(tmp, target)  # atomic: a killed job leaves no half entry
+        from lookalike.core import paths
+        from lookalike.core.errors import FileWriteError
+
+        try:
+            paths.make_folder(os.path.dirname(target), _CACHE_WHAT)
+            # Whole or absent: a killed job leaves no half entry (a cache: not fsynced,
+            # a damaged entry is recomputed).
+            paths.write_file(target, _encode(features), _CACHE_WHAT, durable=False)
+        except FileWriteError:
+            if required:
+                raise
     return features, reason
 
 
-def compute_features(paths, directory=None, num_workers=None, progress=None, mirrored=False):
+def compute_features(paths, directory=None, num_workers=None, progress=None, mirrored=False,
+                     cache_required=False):
     """Features (or None) for every path, with ``{position: reason}`` for those without.
 
     ``directory``: the cache (see :func:`cache_dir`); None computes without caching.
+    Entries that cannot be written are skipped, unless ``cache_required``.
     ``progress(fraction, label)``; ``mirrored``: of the images flipped left to right.
     """
     workers = num_workers or max(1, os.cpu_count() or 1)
     out, reasons = [None] * len(paths), {}
     with ThreadPoolExecutor(workers) as pool:
-        for n, (features, reason) in enumerate(pool.map(lambda p: _cached(directory, p, mirrored),
+        for n, (features, reason) in enumerate(pool.map(lambda p: _cached(directory, p, mirrored,
+                                                                                 cache_required),
                                                         paths)):
             out[n] = features
             if reason is not None:
@@ -259,7 +274,7 @@ def cache_features(samples, progress=None, chunk=64):
         part = paths[start:start + chunk]
         entries = [_cache_path(directory, p) for p in part]
         cached_before += sum(1 for e in entries if e and os.path.exists(e))
-        _, reasons = compute_features(part, directory)
+        _, reasons = compute_features(part, directory, cache_required=True)
         without.update({part[n]: why for n, why in reasons.items()})
         done = start + len(part)
         if progress:

@@ -67,6 +67,7 @@ def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwr
     from lookalike.embeddings.compute import field_record
     from lookalike.similarity import artefacts
     from lookalike.similarity.backend import LookalikeSimilarityConfig
+    from lookalike.similarity.field_vectors import check_embeddings_field
 
     dataset = fo_adapter.root_dataset(samples)
     brain_key = brain_key or default_brain_key(embeddings_field)
@@ -74,9 +75,7 @@ def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwr
             or brain_key.endswith(BUILDING_SUFFIX)):
         raise UsageError(f"brain key {brain_key!r} is not usable: use letters, digits and "
                          "underscores, not starting with a digit")
-    if embeddings_field not in dataset.get_field_schema():
-        raise UsageError(f"dataset '{dataset.name}' has no field '{embeddings_field}': "
-                         "compute embeddings first")
+    check_embeddings_field(dataset, embeddings_field)
     record = field_record(dataset, embeddings_field) or {}
     config = LookalikeSimilarityConfig(
         embeddings_field=embeddings_field, engine=engine, encoder=record.get("encoder"),
@@ -93,11 +92,27 @@ def build_index(samples, embeddings_field, brain_key=None, engine="auto", overwr
                 raise NotOurIndexError(f"brain key '{tmp}' belongs to another kind of run: "
                                        "choose another key")
             dataset.delete_brain_run(tmp)  # left by a killed build
+        delete_superseded(dataset)
         artefacts.remove_unreferenced_builds(dataset)
-        index = _build(samples, config, tmp)
+        try:
+            index = _build(samples, config, tmp)
+        except BaseException:
+            _discard_failed_build(dataset, tmp)
+            raise
         faults.point("index.built")
-        _swap_in(dataset, tmp, brain_key)
+        _swap_in(dataset, tmp, brain_key, index)
     return index
+
+
+def _discard_failed_build(dataset, tmp):
+    """A build that raised leaves no ``<key>__lookalike_build`` run behind (the App would
+    list it); a killed one is cleared by the next build."""
+    try:
+        fo_adapter.refresh_runs(dataset)
+        if tmp in dataset.list_brain_runs():
+            dataset.delete_brain_run(tmp)
+    except Exception:
+        pass  # the error that ended the build is the one to report
 
 
 def _check_replaceable(dataset, brain_key, overwrite):
@@ -112,7 +127,7 @@ def _check_replaceable(dataset, brain_key, overwrite):
 def _check_has_embeddings(samples, field):
     from lookalike.similarity.backend import describe_samples, no_embeddings
 
-    if samples.count() == 0:
+    if fo_adapter.exact_count(samples) == 0:
         raise EmptyViewError(f"{describe_samples(samples)} has no samples: nothing to index")
     if samples.count(field) == 0:
         raise no_embeddings(samples, field)
@@ -125,22 +140,39 @@ def _build(samples, config, brain_key):
     method.register_run(samples, brain_key, overwrite=False)
     index = method.initialize(samples, brain_key)  # reads the vectors, writes the artefacts
     faults.point("index.artefacts_written")
+    leases.check_held()
     method.save_run_results(samples, brain_key, index)
     return index
 
 
-def _swap_in(dataset, tmp, brain_key):
-    """Replaces ``brain_key`` by the complete run ``tmp``.
+# How long a run that a rebuild replaced is kept for readers that read the old mapping
+# (the App keeps a dataset's document in memory between requests).
+SUPERSEDED_GRACE_S = 120.0
 
-    A kill before the delete leaves the old index; after it, the new one under
-    ``tmp``, which :func:`load_index` (or the next build) renames.
+
+def _swap_in(dataset, tmp, brain_key, index):
+    """Makes ``brain_key`` name the complete run ``tmp``, in one atomic write.
+
+    Readers in other processes see the old index or the new one at every instant:
+    the old run is detached, not deleted, and :func:`delete_superseded` removes it
+    (and its artefacts) once no reader can still be using it. A kill before the
+    swap leaves the old index (the next build clears ``tmp``); after it, the new one.
     """
-    if brain_key in dataset.list_brain_runs():
-        faults.point("index.swap.before_delete")
-        dataset.delete_brain_run(brain_key)  # its artefacts go with it
-    faults.point("index.swap.deleted")
-    dataset.rename_brain_run(tmp, brain_key)  # the artefacts keep their build id
-    faults.point("index.swap.renamed")
+    leases.check_held()
+    faults.point("index.swap.before")
+    fo_adapter.swap_brain_run(dataset, tmp, brain_key, index)
+    faults.point("index.swap.done")
+    delete_superseded(dataset)
+
+
+def delete_superseded(dataset, grace_s=None):
+    """Deletes the runs (and artefacts) that rebuilds replaced over ``grace_s`` seconds ago."""
+    from lookalike.similarity import artefacts
+
+    grace_s = SUPERSEDED_GRACE_S if grace_s is None else grace_s
+    for run_id, key, config in fo_adapter.detached_brain_runs(dataset, older_than_s=grace_s):
+        artefacts.remove(dataset, config.get("build_id") or key)  # legacy: named by its key
+        fo_adapter.delete_run_document(run_id)
 
 
 def load_index(samples, brain_key):
@@ -275,6 +307,9 @@ def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25
                      inliers_field)
 
 
+VERIFY_WAIT_S = 60.0  # how long a verified sort waits for another writing its inliers field
+
+
 def verify_results(index, query_path, paths):
     """``(order, inliers)``: search results (image ``paths``) checked against the query image.
 
@@ -303,7 +338,19 @@ def _verified(samples, index, view, query_path, inliers_field):
     dataset = fo_adapter.root_dataset(samples)
     ids, paths = view.values(["id", "filepath"])
     order, counts = verify_results(index, query_path, paths)
-    if inliers_field not in dataset.get_field_schema():
-        dataset.add_sample_field(inliers_field, fo.IntField)
-    view.set_values(inliers_field, dict(zip(ids, counts.tolist())), key_field="id")
+    # Two sorts at once take turns to write their counts: the field never holds a mix of
+    # two queries' writes; the second waits for the first (a short write) or refuses.
+    faults.point("verified_sort.before_lease")
+    with leases.hold(dataset, f"field:{inliers_field}", job="sort_by_similarity",
+                     wait=VERIFY_WAIT_S, label=f"field '{inliers_field}'"):
+        if inliers_field not in dataset.get_field_schema():
+            # FiftyOne saves a dataset's whole field list: take turns with other jobs.
+            with leases.hold(dataset, "schema", job="sort_by_similarity", wait=120,
+                             label=f"the field list of dataset '{dataset.name}'"):
+                dataset.reload()
+                if inliers_field not in dataset.get_field_schema():
+                    dataset.add_sample_field(inliers_field, fo.IntField)
+        faults.point("verified_sort.writing")
+        leases.check_held()
+        view.set_values(inliers_field, dict(zip(ids, counts.tolist())), key_field="id")
     return samples.select([ids[n] for n in order], ordered=True)

@@ -21,6 +21,7 @@ view stored with the run), not the whole dataset.
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import shutil
 
 import numpy as np
 
-from lookalike.core import fo_adapter, leases
+from lookalike.core import faults, fo_adapter, leases, paths
 from lookalike.core.paths import default_data_dir
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ def remove_unreferenced_builds(dataset):
         return
     fo_adapter.refresh_runs(dataset)
     referenced = {run_directory_name(dataset, k) for k in dataset.list_brain_runs()}
+    # Runs a rebuild replaced are kept a while for readers, their artefacts with them.
+    referenced |= {config.get("build_id") or key
+                   for _, key, config in fo_adapter.detached_brain_runs(dataset)}
     for name in names:
         if name not in referenced:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -96,45 +100,102 @@ def field_state(samples, field):
     return {"count": int(count), "ids": [str(first), str(last)], "version": record.get("version")}
 
 
-def save(samples, name, field, matrix, sample_ids, engine=None):
+WHAT = "index artefacts"  # how a write error names what it was writing
+LEASE_WAIT_S = 120.0  # a save waits this long for another process saving the same artefacts
+
+
+def save(samples, name, field, matrix, sample_ids, engine=None, optional=False):
+    """Writes the artefacts ``name``: vectors, ids, meta (and the engine's faiss index).
+
+    Each file is written whole under a temporary name of this process and
+    renamed into place (:mod:`lookalike.core.paths`), under a lease on the
+    artefacts (:mod:`lookalike.core.leases`): two processes refreshing one stale
+    run save one after the other, never into each other's files. Every file is
+    written before the first is renamed into place: a save that fails (a full
+    disk: one :class:`~lookalike.core.errors.FileWriteError` line naming the
+    folder) leaves no temporary and the artefacts on disk as they were.
+
+    ``optional``: a cache for a reader (loading an index to search): returns
+    False, having written nothing, instead of raising when the folder cannot be
+    written or another process is saving them now. Returns True once saved.
+    """
+    from lookalike.core.errors import FileWriteError, LeaseHeldError
+
     path = build_path(samples, name)
-    os.makedirs(path, exist_ok=True)
-    # meta.json goes first and comes back last: a kill in between leaves no
-    # meta, read as missing (rebuilt from the field), never vectors of one
-    # save with ids of another.
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(path, "meta.json"))
+    created = not os.path.isdir(path)
+    try:
+        paths.make_folder(path, WHAT)
+        with leases.hold(fo_adapter.root_dataset(samples), f"artefacts:{name}",
+                         job="save_index_artefacts", wait=0.0 if optional else LEASE_WAIT_S,
+                         label=f"index artefacts {path}"):
+            _save(samples, path, field, matrix, sample_ids, engine)
+    except (FileWriteError, LeaseHeldError) as e:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty: a folder it made for nothing
+        if not optional:
+            raise
+        logger.info("index artefacts not saved (searching without them): %s", e)
+        return False
+    return True
+
+
+def _save(samples, path, field, matrix, sample_ids, engine):
+    _remove_abandoned_stages(path)
+    paths.remove_abandoned_temporaries(path)
     vectors = os.path.join(path, "vectors.npy")
-    tmp_v, tmp_i = os.path.join(path, "vectors.tmp.npy"), os.path.join(path, "ids.tmp.npy")
     # A compressed engine's matrix is a map of vectors.npy itself: nothing to
     # write; or a map of a staged file (see stage_vectors): moved into place.
     mapped = is_mapped_from(matrix, vectors)
     staged = _staged_file(matrix, path)
-    if staged:
-        memory_map_of(matrix).flush()
-        tmp_v = staged
-    elif not mapped:
-        np.save(tmp_v, np.ascontiguousarray(matrix, np.float32))
-    np.save(tmp_i, np.asarray(sample_ids, dtype="U24"))
     meta = dict(field=field, dim=int(matrix.shape[1]) if matrix.ndim == 2 else 0,
                 size=int(len(sample_ids)), **field_state(samples, field))
-    if not mapped:
-        os.replace(tmp_v, vectors)
-    os.replace(tmp_i, os.path.join(path, "ids.npy"))
-    with open(os.path.join(path, "meta.json.tmp"), "w") as f:
-        json.dump(meta, f)
-    os.replace(os.path.join(path, "meta.json.tmp"), os.path.join(path, "meta.json"))
-    faiss_path = os.path.join(path, "ivf.faiss")
-    if engine is not None and getattr(engine, "index", None) is not None:
-        import faiss
+    with contextlib.ExitStack() as stack:
+        # Every file written whole under a temporary name first: a full disk fails
+        # here, with the artefacts on disk untouched.
+        def stage(name, write, mode="wb"):
+            file = stack.enter_context(paths.StagedFile(os.path.join(path, name), WHAT))
+            with file.open(mode) as f:
+                write(f)
+            return file
 
-        faiss.write_index(engine.index, faiss_path + ".tmp")
-        os.replace(faiss_path + ".tmp", faiss_path)
-        with open(os.path.join(path, "ivf.json"), "w") as f:
-            json.dump({"nprobe": engine.nprobe, "ntotal": int(engine.index.ntotal),
-                       "engine": engine.name}, f)
-    elif os.path.exists(faiss_path):
-        os.remove(faiss_path)
+        new = []
+        if staged:
+            memory_map_of(matrix).flush()
+        elif not mapped:
+            new.append(stage("vectors.npy",
+                             lambda f: np.save(f, np.ascontiguousarray(matrix, np.float32))))
+        new.append(stage("ids.npy", lambda f: np.save(f, np.asarray(sample_ids, dtype="U24"))))
+        if engine is not None and getattr(engine, "index", None) is not None:
+            new.append(stage("ivf.faiss", lambda f: _write_faiss(engine.index, f)))
+            new.append(stage("ivf.json", lambda f: json.dump(
+                {"nprobe": engine.nprobe, "ntotal": int(engine.index.ntotal),
+                 "engine": engine.name}, f), mode="w"))
+        marker = stage("meta.json", lambda f: json.dump(meta, f), mode="w")
+        faults.point("artefacts.written")
+        # Then renamed into place (no space needed). meta.json goes first and comes
+        # back last: a kill in between leaves no meta, read as missing (rebuilt from
+        # the field), never vectors of one save with ids of another.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, "meta.json"))
+        if staged:
+            paths.replace_file(staged, vectors, WHAT)
+        for file in new:
+            file.commit()
+        if engine is None or getattr(engine, "index", None) is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, "ivf.faiss"))
+        marker.commit()
+
+
+def _write_faiss(index, f):
+    import faiss
+
+    writer = faiss.PyCallbackIOWriter(f.write)  # a full disk raises OSError through it
+    try:
+        faiss.write_index(index, writer)
+    finally:
+        del writer
 
 
 def stage_vectors(samples, name, shape):
@@ -146,11 +207,31 @@ def stage_vectors(samples, name, shape):
     processes of this host (killed while reading) are removed here and by
     :func:`load`.
     """
-    path = build_path(samples, name)
-    os.makedirs(path, exist_ok=True)
+    path = paths.make_folder(build_path(samples, name), WHAT)
     _remove_abandoned_stages(path)
     file = os.path.join(path, f"{STAGE_PREFIX}{leases.process_tag()}{secrets.token_hex(4)}.npy")
-    return np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
+    try:
+        matrix = np.lib.format.open_memmap(file, mode="w+", dtype=np.float32, shape=tuple(shape))
+        # The whole file claimed now: a disk too small fails here, in one line, not
+        # with SIGBUS when a write through the map finds no room.
+        _claim_space(file)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(file)
+        raise paths.write_error(e, path, WHAT) from e
+    return matrix
+
+
+def _claim_space(file):
+    """Allocates every block of ``file`` (where the system and file system can)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(file, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 def is_staged(matrix):

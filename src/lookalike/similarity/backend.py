@@ -32,6 +32,7 @@ from fiftyone.brain.similarity import (
 from lookalike.core import faults, fo_adapter
 from lookalike.core.errors import (
     EmptyViewError,
+    FileWriteError,
     IncompleteIndexError,
     IndexSettingsError,
     SimilarityIndexError,
@@ -171,8 +172,13 @@ class PendingSimilarityIndex(SimilarityIndex):
 class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     """A similarity index over an embeddings field, searched exactly in memory."""
 
-    def __init__(self, samples, config, brain_key, backend=None, matrix=None, sample_ids=None):
+    def __init__(self, samples, config, brain_key, backend=None, matrix=None, sample_ids=None,
+                 reading=False):
         self._dataset = fo_adapter.root_dataset(samples)
+        # Loaded to answer queries (a search, the App's sort): the artefacts it
+        # writes are a cache, skipped when they cannot be written (a full disk,
+        # another process saving them); a build must write them, or fail.
+        self._reading = reading
         # The samples the run was built on (its stored view): read, and checked
         # for staleness, instead of the whole dataset.
         self._source = samples
@@ -192,6 +198,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._engine = self._make_engine(matrix, faiss_index, save=not cached)
         SimilarityIndex.__init__(self, samples, config, brain_key, backend=backend)
         DuplicatesMixin.__init__(self)
+        self._reading = False  # later changes (add_to_index, reload) are writes
 
     @property
     def _brain_key(self):
@@ -224,7 +231,13 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
         def allocate(rows, dim):
             if name is not None and resolve_engine(config.engine, rows, dim=dim) == "compressed":
-                staged.append(artefacts.stage_vectors(self._source, name, (rows, dim)))
+                try:
+                    staged.append(artefacts.stage_vectors(self._source, name, (rows, dim)))
+                except FileWriteError as e:
+                    if not self._reading:
+                        raise
+                    logger.info("reading '%s' into memory: %s", config.embeddings_field, e)
+                    return in_memory(rows, dim)
                 return staged[-1]
             return in_memory(rows, dim)
 
@@ -254,10 +267,14 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 and resolve_engine(config.engine, len(matrix), dim=matrix.shape[1]) == "compressed")):
             # The compressed engine re-ranks from the vectors on disk: write
             # them first (or move the staged file read into place), then search
-            # a memory map of them.
-            artefacts.save(self._source, self._artefacts_name, config.embeddings_field, matrix,
-                           self._sample_ids)
-            matrix = artefacts.map_vectors(self._source, self._artefacts_name)
+            # a memory map of them; a reader that cannot write them searches
+            # them in memory.
+            if artefacts.save(self._source, self._artefacts_name, config.embeddings_field,
+                              matrix, self._sample_ids, optional=self._reading):
+                matrix = artefacts.map_vectors(self._source, self._artefacts_name)
+            elif artefacts.is_staged(matrix):
+                stage, matrix = matrix, np.array(matrix)
+                artefacts.discard_stage(stage)
         engine = make_engine(config.engine, matrix, **params)
         if save and persisted:
             self._save_artefacts(engine)
@@ -267,7 +284,8 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         engine = engine or self._engine
         if self._brain_key is not None and self.config_embeddings_field is not None:
             artefacts.save(self._source, self._artefacts_name, self.config_embeddings_field,
-                           engine.matrix, self._sample_ids, engine=engine)
+                           engine.matrix, self._sample_ids, engine=engine,
+                           optional=self._reading)
 
     @property
     def _artefacts_name(self):
@@ -557,7 +575,7 @@ class LookalikeSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             index = cls(samples, config, brain_key, matrix=as_unit_matrix(np.array(matrix)),
                         sample_ids=np.array(ids))
         else:
-            index = cls(samples, config, brain_key)
+            index = cls(samples, config, brain_key, reading=True)
         index.curation = d.get("curation") or {}
         return index
 
@@ -574,7 +592,7 @@ def read_field(samples, field, allocate=in_memory):
     ``allocate``: see :func:`lookalike.similarity.field_vectors.read_unit_vectors`.
     """
     matrix, ids = read_unit_vectors(samples, field, allocate=allocate)
-    missing = samples.count() - len(ids)
+    missing = fo_adapter.exact_count(samples) - len(ids)
     if missing:
         logger.warning("%d of %d samples have no '%s' embedding and are left out of the index",
                        missing, missing + len(ids), field)

@@ -22,10 +22,51 @@ import zlib
 import numpy as np
 
 from lookalike.core import faults, fo_adapter
-from lookalike.core.errors import InvalidEmbeddingsError
+from lookalike.core.errors import InvalidEmbeddingsError, UsageError
 from lookalike.core.progress import report
 
 BATCH = 2000  # documents per cursor batch: about 2.5 MB of 256-d float32 vectors
+
+
+def check_embeddings_field(samples, field, error=UsageError):
+    """The one rule for a field named as embeddings (to index, project, curate): a field of
+    the dataset that holds vectors (:func:`field_holds`). Else raises ``error`` in one line
+    naming the field and what it holds.
+    """
+    dataset = fo_adapter.root_dataset(samples)
+    schema = dataset.get_field_schema()
+    if field not in schema:
+        raise error(f"dataset '{dataset.name}' has no field '{field}': compute embeddings first")
+    holds = field_holds(schema[field])
+    if holds != "vectors":
+        raise error(f"field '{field}' holds {holds}, not embeddings: give a field of vectors "
+                    "(lookalike embed writes one)")
+
+
+def field_holds(field):
+    """What a FiftyOne field holds, in words: "vectors" for a vector or array field, a list
+    of numbers or an untyped list (vectors written by other tools); else "strings",
+    "ImageMetadata documents", "lists of strings", ..."""
+    import fiftyone as fo
+
+    from lookalike.embeddings.compute import is_vector_field
+
+    if is_vector_field(field):
+        return "vectors"
+    if isinstance(field, fo.ListField):
+        inner = field.field
+        if inner is None or isinstance(inner, (fo.FloatField, fo.IntField)):
+            return "vectors"
+        return f"lists of {field_holds(inner)}"
+    kinds = ((fo.StringField, "strings"), (fo.BooleanField, "true/false values"),
+             ((fo.IntField, fo.FloatField), "single numbers"), (fo.ObjectIdField, "ids"),
+             ((fo.DateTimeField, fo.DateField), "dates"), (fo.DictField, "dicts"))
+    for cls, kind in kinds:
+        if isinstance(field, cls):
+            return kind
+    if isinstance(field, fo.EmbeddedDocumentField):
+        return f"{field.document_type.__name__} documents"
+    return f"{type(field).__name__} values"
 
 
 class _Rows:
@@ -100,7 +141,7 @@ def in_memory(rows, dim):
 def read_unit_vectors(samples, field, progress=None, batch=BATCH, allocate=in_memory):
     """``(unit matrix, sample ids as str)`` of the samples of ``samples`` with a vector in ``field``.
 
-    Rows come in the order of ``samples``. ``progress``: ``progress(fraction, label)``.
+    Rows come in the order of the sample ids (:func:`lookalike.core.fo_adapter.project`). ``progress``: ``progress(fraction, label)``.
     ``allocate(rows, dim)``: the float32 array to fill, called once with the
     number of vectors counted and their dimension (if more arrive than counted,
     or fewer, the matrix returned is in memory instead).

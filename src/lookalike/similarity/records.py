@@ -42,7 +42,7 @@ def commit(index, changes):
     of them. So the save holds a lease on the run's records and merges into the
     records read back from the database, not into this process's copy.
     """
-    from lookalike.core import fo_adapter, leases
+    from lookalike.core import fo_adapter, leases, orphans
 
     dataset = fo_adapter.root_dataset(index.samples)
     with leases.hold(dataset, f"records:{index.key}", job="save curation records", wait=120,
@@ -50,6 +50,9 @@ def commit(index, changes):
         saved = fo_adapter.saved_brain_results(dataset, index.key) or {}
         index.curation = dict(saved.get("curation") or {}, **changes)
         index.save()
+    # What deleted datasets left beside them goes when records are next saved (a few
+    # queries; FiftyOne has no delete hook to do it at once).
+    orphans.sweep()
 
 
 def load(index, name, check_fresh=True):
