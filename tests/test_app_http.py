@@ -153,10 +153,15 @@ def test_every_curation_operator_runs_over_http_and_the_panel_shows_it(app_serve
     vis = _execute(url, photos, "visualize_embeddings", {"embeddings_field": "emb",
                                                          "method": "pca", "brain_key": "emb_pca"})
     assert vis["result"]["points"] == 45
-    # Deleting asks for a confirmation: without it, a dry-run count only.
+    # Deleting asks for a confirmation: without it the form is invalid (the App keeps
+    # Execute disabled) and says how many would go; nothing is deleted.
     tagged = len(photos.match_tags("duplicate"))
-    dry = _execute(url, photos, "delete_duplicates", {})["result"]
-    assert dry == {"deleted": 0, "would_delete": tagged} and len(photos) == 45
+    body = requests.post(f"{url}/operators/execute", timeout=300, json={
+        "operator_uri": f"{PLUGIN}/delete_duplicates", "dataset_name": photos.name, "view": [],
+        "selected": [], "params": {}}).json()
+    errors = body["validation_ctx"]["errors"]
+    assert errors[0]["error_message"] == f"tick 'Yes, delete {tagged} samples' to delete them"
+    assert len(photos) == 45
 
     # The panel's on_load lists the run, its thresholds and figures, the groups and outliers.
     state = _panel(url, photos, "on_load", {})

@@ -87,11 +87,11 @@ def test_operators_recover_planted_copies_and_unique_photos(demo):
               label_field="ground_truth", k=5).result
     assert 0.5 < ev["recall_at_1"] <= 1 and ev["confusion"]["classes"][-1] == "no match"
 
-    # Deleting asks for confirmation: without it, nothing goes.
+    # Deleting asks for confirmation: without it the form is invalid and nothing goes.
     n = len(demo)
-    out = _run("delete_duplicates", demo)
     tagged = len(demo.match_tags("duplicate"))
-    assert out.result == {"deleted": 0, "would_delete": tagged}
+    with pytest.raises(foo.executor.ExecutionError, match=f"tick 'Yes, delete {tagged} samples'"):
+        _run("delete_duplicates", demo)
     assert len(demo) == n
     # Confirmed, only the tagged samples go; their files stay.
     paths = demo.match_tags("duplicate").values("filepath")

@@ -76,15 +76,14 @@ def write_brain_config(path=None):
     if entry.get("config_cls") == CONFIG_CLS:
         return path, False
     entry["config_cls"] = CONFIG_CLS
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=4)
-            f.write("\n")
-        os.replace(tmp, path)
+    from lookalike.core import paths
+
+    try:  # whole to a temporary, renamed over the old file; a failed write leaves nothing
+        paths.make_folder(os.path.dirname(path), "the brain config")
+        paths.write_json(path, data, "the brain config", indent=4)
     except OSError as e:
-        raise BrainConfigError(f"{path}: cannot write the brain config: {e.strerror or e}") from None
+        raise BrainConfigError(f"{path}: cannot write the brain config: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
     return path, True
 
 
