@@ -31,6 +31,7 @@ REVIEW_BUTTONS = (("sort_by_similarity", "Find similar"),
                   ("delete_duplicates", "Delete duplicates"),
                   ("undelete", "Undelete"))
 OPERATOR_BUTTONS = (SETUP_BUTTONS, CURATION_BUTTONS, REVIEW_BUTTONS)
+BUTTON_LABELS = dict(b for row in OPERATOR_BUTTONS for b in row)
 
 
 def button_rows(has_index):
@@ -39,6 +40,20 @@ def button_rows(has_index):
     if has_index:
         return (CURATION_BUTTONS, REVIEW_BUTTONS, SETUP_BUTTONS)
     return OPERATOR_BUTTONS
+
+
+def _reason(error):
+    """The one-line reason at the end of the traceback that the App hands ``on_error``
+    (our operators raise ``Exception(<reason>)``, see ``plugin._one_line_errors``)."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return last[len("Exception: "):] if last.startswith("Exception: ") else last
+
+
+def _failed(ctx, what, reason=None):
+    """Says in the panel that ``what`` (a button's label, an event) failed and why in one
+    line; ``what`` None: nothing failed."""
+    ctx.panel.state.failure, ctx.panel.state.failure_reason = what, reason
 
 
 def _origin(dataset, kind):
@@ -75,7 +90,55 @@ class LookalikePanel(foo.Panel):
             "of **lookalike**. Select one sample to see its nearest neighbours.",
         )
 
+    # -- never raise --------------------------------------------------------------
+    def execute(self, ctx):
+        """Runs one panel event (and renders), never raising: the App turns a panel event
+        that fails into an "Uncaught Operator Error" that replaces the panel until the page
+        is reloaded. A failure is said in one line, in the panel and as a notification."""
+        method = ctx.params.get("__method__")
+        try:
+            return super().execute(ctx)
+        except Exception as e:  # noqa: BLE001 - whatever failed, the panel stays
+            if method in (None, "on_startup"):
+                raise
+            from lookalike.core.errors import one_line
+
+            reason = one_line(e)
+            _failed(ctx, method.replace("_", " ").capitalize(), reason)
+            ctx.ops.notify(reason, variant="error")
+            try:
+                output = self.render(ctx)
+            except Exception:  # noqa: BLE001 - the state cannot be drawn: the reason alone
+                output = types.Object()
+                output.view("failure", types.Error(label=f"{method} failed", description=reason))
+                output = types.Property(output)
+            ctx.ops.show_panel_output(output)
+            return None
+
     # -- events -----------------------------------------------------------------
+    def open_operator(self, ctx):
+        """A button's operator, in its form (``ctx.prompt``: a run that fails then comes
+        back to :meth:`operator_failed`; a button that ran the operator itself would let its
+        failure take the panel down)."""
+        op = ctx.params.get("operator")
+        if op not in BUTTON_LABELS:
+            from lookalike.core.errors import UsageError
+
+            raise UsageError(f"no such button: {op!r}")
+        _failed(ctx, None)
+        ctx.panel.state.prompted = op
+        ctx.prompt(f"{PLUGIN}/{op}", on_success=self.operator_done,
+                   on_error=self.operator_failed)
+
+    def operator_done(self, ctx):
+        _failed(ctx, None)
+        self._refresh(ctx)
+
+    def operator_failed(self, ctx):
+        _failed(ctx, BUTTON_LABELS.get(ctx.panel.state.prompted, "The operator"),
+                _reason(ctx.params.get("error")))
+        self._refresh(ctx)
+
     def on_load(self, ctx):
         self._refresh(ctx)
 
@@ -94,6 +157,7 @@ class LookalikePanel(foo.Panel):
         self._neighbours(ctx, ctx.current_sample)
 
     def refresh(self, ctx):
+        _failed(ctx, None)
         self._refresh(ctx)
 
     def choose_run(self, ctx):
@@ -229,9 +293,12 @@ class LookalikePanel(foo.Panel):
         for n, row in enumerate(button_rows(bool(state.runs))):
             buttons = panel.h_stack(f"actions_{n}", align_x="left", gap=1)
             for op, label in row:
-                buttons.btn(f"op_{op}", label=label, on_click=f"{PLUGIN}/{op}", prompt=True,
-                            variant="outlined")
+                buttons.btn(f"op_{op}", label=label, on_click=self.open_operator,
+                            params={"operator": op}, variant="outlined")
         buttons.btn("refresh", label="Refresh", on_click=self.refresh, variant="outlined")
+        if state.failure:
+            panel.view("failure", types.Error(label=f"{state.failure} failed",
+                                              description=state.failure_reason))
 
         if state.members_title:
             panel.md(f"**{state.members_title}**", name="members_title")

@@ -159,8 +159,7 @@ def test_every_curation_operator_runs_over_http_and_the_panel_shows_it(app_serve
     body = requests.post(f"{url}/operators/execute", timeout=300, json={
         "operator_uri": f"{PLUGIN}/delete_duplicates", "dataset_name": photos.name, "view": [],
         "selected": [], "params": {}}).json()
-    errors = body["validation_ctx"]["errors"]
-    assert errors[0]["error_message"] == f"tick 'Yes, delete {tagged} samples' to delete them"
+    assert f"tick 'Yes, delete {tagged} samples' to delete them" in str(body), body
     assert len(photos) == 45
 
     # The panel's on_load lists the run, its thresholds and figures, the groups and outliers.
