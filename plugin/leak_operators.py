@@ -73,12 +73,12 @@ class FindLeaks(forms.BackgroundOperator):
         else:
             inputs.str("split_tags", label="Split tags (comma-separated)",
                        default=", ".join(SPLIT_TAGS), required=True)
-        _check_splits(inputs, ctx, by)
         forms.threshold_input(inputs, ctx, key, "duplicate_threshold")
         forms.choice_input(inputs, ctx, "verify", forms.verify_choices(),
                            "Geometric verification", default="auto")
         forms.execution_notice(inputs, self, ctx)
         forms.dataset_target(inputs, ctx, "Search")
+        _check_splits(inputs, ctx, by)  # last: the form keeps its choices, Execute is off
 
     def execute(self, ctx):
         import os

@@ -68,11 +68,13 @@ def test_an_error_in_execute_reaches_the_app_as_one_line(app_server, indexed):
     # FiftyOne's traceback beside it ends in the same line, with no chain of causes.
     assert body["error"].rstrip().splitlines()[-1] == f"Exception: {message}"
     assert "During handling" not in body["error"] and "direct cause" not in body["error"]
-    # A bad brain key typed into the index form: the same one-line treatment.
+    # The index form on a field lookalike did not embed: the form ends with its reason and
+    # is invalid (the App keeps Execute disabled); a direct call is refused with it.
     body = _execute(app_server, indexed, "build_index",
                     {"embeddings_field": "emb", "brain_key": "not a key"})
-    assert "'not a key' is not usable" in body["error_message"]
-    assert "\n" not in body["error_message"]
+    said = " ".join(str(body.get(k) or "") for k in ("error", "error_message", "stack"))
+    assert "Validation error" in said and "No lookalike embeddings yet" in said, body
+    assert not body.get("result"), body
 
 
 def test_in_process_execution_shows_the_reason_too(indexed, tmp_path):

@@ -101,7 +101,7 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
             assert f"trained {name}: {kind}, 32 px" in out.stdout
             assert os.path.isfile(tmp_path / "models" / name / "manifest.json")
         assert "emb_contrastive: 205 embedded" in out.stdout
-        assert "index 'emb_autoencoder_sim' of 205 photos" in out.stdout
+        assert "index 'emb_seed_autoencoder_sim' of 205 photos" in out.stdout
         assert "emb_contrastive_sim: " in out.stdout.split("near-duplicate retrieval")[1]
         curation = out.stdout.split("curation of the photos")[1]
         assert "duplicate threshold" in curation and "pairs precision" in curation
@@ -127,6 +127,8 @@ def test_lookalike_demo_command(subprocess_env, tmp_path):
         for kind in ("duplicates", "outliers"):
             assert overview.result_origin(ds, kind)["brain_key"] == "emb_contrastive_sim"
         assert overview.preferred_index(ds) == "emb_contrastive_sim"
+        # FiftyOne's own similarity search lists brain keys alphabetically, the first chosen.
+        assert sorted(ds.list_brain_runs(type="similarity"))[0] == "emb_contrastive_sim"
     finally:
         if fo.dataset_exists("test-demo-cli"):
             fo.delete_dataset("test-demo-cli")

@@ -186,7 +186,8 @@ def test_find_leaks_from_the_app_with_the_calibrated_threshold(app_server, photo
         "selected": [], "params": {"brain_key": "a_sim", "split_by": "field",
                                    "split_field": "fold"}}).json()
     # The form says it before Execute, and Execute is refused as the form is invalid.
-    assert "Validation error" in str(body) and "only the split 'a'" in str(body), body
+    said = " ".join(str(body.get(k) or "") for k in ("error", "error_message", "stack"))
+    assert "Validation error" in said and "only the split 'a'" in said, body
     assert not body.get("result"), body
 
 

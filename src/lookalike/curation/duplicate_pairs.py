@@ -20,6 +20,8 @@ from lookalike.core import fo_adapter
 from lookalike.core.errors import CurationError
 from lookalike.core.progress import scaled
 from lookalike.curation.keep import hash_pairs
+from lookalike.curation.orientations import ORIENTATION_CANDIDATES, orientation_pairs
+from lookalike.images.feature_votes import VOTE_CANDIDATES, vote_pairs
 from lookalike.similarity import records
 from lookalike.similarity.distance import cosine_distance
 from lookalike.similarity.engine import check_engine
@@ -31,7 +33,8 @@ DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification check
 IDENTICAL, EMBEDDING, VERIFIED = 0, 1, 2
 
 
-def _verification_settings(index, verify, min_inliers, candidates, num_samples):
+def _verification_settings(index, verify, min_inliers, candidates, num_samples,
+                           orientations=True, feature_votes=False):
     """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
     from lookalike.images.local_features import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
 
@@ -65,7 +68,8 @@ def _verification_settings(index, verify, min_inliers, candidates, num_samples):
                             f"got {min_inliers}")
     return True, {"ran": True, "min_inliers": int(min_inliers), "candidates": int(candidates),
                   "candidate_threshold": records.check_threshold(
-                      calibration["candidate_threshold"])}
+                      calibration["candidate_threshold"]),
+                  "orientations": bool(orientations), "feature_votes": bool(feature_votes)}
 
 
 def _candidate_pairs(index, rows, k, within, known):
@@ -130,7 +134,8 @@ class Pairs:
 
 
 def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_files=True,
-               verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None):
+               verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None,
+               orientations=True, feature_votes=False):
     """Every duplicate pair of ``samples``: within the threshold, verified, or identical files.
 
     The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
@@ -153,7 +158,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
 
         index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
     on, out.verification = _verification_settings(index, verify, min_inliers, candidates,
-                                                  len(ids))
+                                                  len(ids), orientations, feature_votes)
     if index is not None:
         out.threshold = records.threshold(index, "duplicate_threshold", threshold)
         out.warning = records.duplicate_warning(index, threshold)
@@ -174,27 +179,43 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
         if on:
             settings = out.verification
             report_progress(0.5, "choosing candidate pairs for geometric verification")
+            known = i * np.int64(len(rows)) + j
             ci, cj = _candidate_pairs(index, rows, settings["candidates"],
-                                      settings["candidate_threshold"],
-                                      i * np.int64(len(rows)) + j)
-            needed = np.unique(np.concatenate([ci, cj]))
+                                      settings["candidate_threshold"], known)
+            row_paths = [paths[p] for p in in_index]
+            mirror = np.ones(len(ci), bool)  # retried mirrored when they fall short
+            num_embedding = len(ci)
+            if orientations:
+                report_progress(0.5, "embedding each image's quarter turns and transposes")
+                ti, tj, tm = orientation_pairs(index, rows, row_paths, ORIENTATION_CANDIDATES,
+                                               settings["candidate_threshold"])
+                ci, cj, mirror = _merge(len(rows), known, (ci, cj, mirror), (ti, tj, tm))
             out.features = {}  # absent: not computed
             out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
+            needed = (np.arange(len(rows)) if feature_votes
+                      else np.unique(np.concatenate([ci, cj])))
             found, missing = verification.compute_features(
-                [paths[in_index[r]] for r in needed], out.cache,
+                [row_paths[r] for r in needed], out.cache,
                 progress=scaled(progress, 0.5, 0.25))
             for r, f in zip(needed, found):
                 out.features[int(in_index[r])] = f
+            if feature_votes:
+                report_progress(0.75, "local features voting for candidate pairs")
+                vi, vj, _ = vote_pairs(found, VOTE_CANDIDATES)
+                ci, cj, mirror = _merge(len(rows), known, (ci, cj, mirror),
+                                        (vi, vj, np.zeros(len(vi), bool)))
             ci, cj = in_index[ci], in_index[cj]
             counts = verification.verify_pairs(out.features, ci, cj,
                                                progress=scaled(progress, 0.75, 0.08))
-            counts = verification.verify_mirrored(out.features, ci, cj, counts,
-                                                  settings["min_inliers"], paths, out.cache)
+            counts[mirror] = verification.verify_mirrored(
+                out.features, ci[mirror], cj[mirror], counts[mirror], settings["min_inliers"],
+                paths, out.cache)
             ok = counts >= settings["min_inliers"]
             edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
             out.inliers_of = {pair_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
             out.num_verified = int(ok.sum())
-            settings.update(num_candidates=int(len(ci)), num_featureless=len(missing))
+            settings.update(num_candidates=int(len(ci)), num_featureless=len(missing),
+                            num_other_candidates=int(len(ci) - num_embedding))
 
     if exact_files:
         report_progress(0.85, "hashing files")
@@ -208,6 +229,24 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
     else:
         out.i = out.j = out.kinds = np.zeros(0, np.int64)
     return out
+
+
+def _merge(n, known, first, more):
+    """``first`` (i, j, mirror) with the pairs of ``more`` not already in it or ``known``
+    (``i * n + j`` codes); a pair in both is retried mirrored if either says so."""
+    codes = first[0] * np.int64(n) + first[1]
+    extra = np.minimum(more[0], more[1]) * np.int64(n) + np.maximum(more[0], more[1])
+    keep = ~np.isin(extra, known) & (more[0] != more[1])
+    extra, flags = extra[keep], more[2][keep]
+    mirror = first[2].copy()
+    mirror[np.isin(codes, extra[flags])] = True
+    new = np.unique(extra[~np.isin(extra, codes)])
+    new_flags = np.zeros(len(new), bool)
+    if len(new):
+        mirror_codes = set(extra[flags].tolist())
+        new_flags = np.array([c in mirror_codes for c in new.tolist()], bool)
+    return (np.concatenate([first[0], new // n]), np.concatenate([first[1], new % n]),
+            np.concatenate([mirror, new_flags]))
 
 
 def pair_key(a, b):

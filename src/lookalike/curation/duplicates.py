@@ -104,7 +104,8 @@ class DuplicateReport:
 
 def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engine="auto",
                     tag=DEFAULT_TAG, exact_files=True, verify="auto", min_inliers=None,
-                    candidates=DEFAULT_CANDIDATES, progress=None):
+                    candidates=DEFAULT_CANDIDATES, progress=None, orientations=True,
+                    feature_votes=False):
     """Finds near-duplicate groups in ``samples``; writes ``dup_*`` fields and a tag.
 
     Args:
@@ -130,6 +131,15 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
             calibrated ``min_inliers``
         candidates (10): nearest neighbours per sample that verification checks
         progress (None): ``progress(fraction, label)``
+        orientations (True): with verification, also check the nearest
+            neighbours of each image turned by quarter turns and transposed
+            (:mod:`lookalike.curation.orientations`): rotated copies
+        feature_votes (False): with verification, also check the images that
+            share the most local features with each image, wherever the
+            embedding puts them (:mod:`lookalike.images.feature_votes`): crops,
+            rotations, screenshots. Off by default: verification still accepts
+            two different photos under the same caption or window frame, and the
+            votes bring such pairs (measured in ``benchmarks/copies.py``)
 
     Returns:
         a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
@@ -143,17 +153,18 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
     with leases.hold(dataset, runs.lease_name(KIND), job="find_duplicates",
                      label=runs.lease_label(dataset, KIND)):
         return _find_duplicates(samples, brain_key, threshold, keep, engine, tag,
-                                exact_files, verify, min_inliers, candidates, progress)
+                                exact_files, verify, min_inliers, candidates, progress,
+                                orientations, feature_votes)
 
 
 def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
-                     min_inliers, candidates, progress):
+                     min_inliers, candidates, progress, orientations=True, feature_votes=False):
     from lookalike.images import local_features as verification
 
     check_keep_policy(keep)
     report_progress = progress or (lambda fraction, label: None)
     pairs = find_pairs(samples, brain_key, threshold, engine, exact_files, verify, min_inliers,
-                       candidates, progress)
+                       candidates, progress, orientations, feature_votes)
     ids, paths, i, j, kinds = pairs.ids, pairs.paths, pairs.i, pairs.j, pairs.kinds
     features, inliers_of, settings = pairs.features, pairs.inliers_of, pairs.verification
     distance, inliers = pairs.distance, pairs.inliers

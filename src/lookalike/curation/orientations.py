@@ -1,0 +1,97 @@
+"""Quarter turns and transposes: candidate pairs from each image's turned embeddings.
+
+An encoder trained on upright photos puts a photo turned by 90 degrees far from
+it (a new arrangement of the same pixels). Each image is embedded again turned
+by 90 and 180 degrees and mirrored about both diagonals (transpose, transverse);
+a turned embedding's nearest neighbours in the run are candidates for
+geometric verification (SIFT is rotation-invariant; a transposed copy is also a
+mirror image, so those pairs are retried mirrored). These four cover every
+quarter turn and transpose of a pair, either way: a copy turned by 270 degrees
+is found by turning it by 90. The turns act on the encoder's input array, which
+is the file resized to a square, so a turned input is exactly the input of the
+turned file.
+
+Measured options (``benchmarks/copies.py``, ``docs/benchmarks.md``): this
+query-side search, a canonical orientation per image, and local-feature votes
+(:mod:`lookalike.images.feature_votes`).
+"""
+
+import numpy as np
+
+TURNS = ("rot90", "rot180", "transpose", "transverse")
+MIRRORED_TURNS = ("transpose", "transverse")  # a mirror image: verify mirrored too
+ORIENTATION_CANDIDATES = 2  # nearest neighbours of each turned embedding
+
+
+def turn(images, how):
+    """(N, H, W, C) arrays turned: ``how`` one of :data:`TURNS`."""
+    if how == "rot90":
+        return np.ascontiguousarray(np.rot90(images, 1, axes=(1, 2)))
+    if how == "rot180":
+        return np.ascontiguousarray(images[:, ::-1, ::-1])
+    if how == "transpose":
+        return np.ascontiguousarray(images.transpose(0, 2, 1, 3))
+    if how == "transverse":
+        return np.ascontiguousarray(images[:, ::-1, ::-1].transpose(0, 2, 1, 3))
+    raise ValueError(f"unknown turn {how!r}")
+
+
+def turned_vectors(encoder, paths, turns=TURNS, batch_size=64, progress=None):
+    """``(vectors, ok)``: ``{turn: (len(ok), D) unit vectors}`` of the files in ``paths``
+    that decode (positions ``ok``), each turned as :func:`turn` says."""
+    from lookalike.encoders.data import iter_batches
+
+    parts, ok = {t: [] for t in turns}, []
+    for idx, images, _ in iter_batches(paths, encoder.manifest, batch_size):
+        if not len(idx):
+            continue
+        for t in turns:
+            parts[t].append(encoder.embed(turn(np.asarray(images), t)))
+        ok.extend(idx)
+        if progress:
+            progress(len(ok) / max(len(paths), 1), f"turned embeddings of {len(ok)} images")
+    dim = encoder.embedding_size
+    return ({t: np.concatenate(p) if p else np.zeros((0, dim), np.float32)
+             for t, p in parts.items()}, np.asarray(ok, np.int64))
+
+
+def orientation_pairs(index, rows, paths, k, within, progress=None):
+    """``(i, j, mirrored)``: positions in ``rows`` of each image's turned embeddings'
+    ``k`` nearest neighbours in ``index`` (rows ``rows``, files ``paths``) within
+    ``within``; ``mirrored``: found by a mirrored turn (verify mirrored too).
+    An index whose encoder cannot embed a new image (a field lookalike did not
+    write, an encoder changed since) gets no turned pairs."""
+    from lookalike.core.errors import LookalikeError
+    from lookalike.similarity import encoder_of
+
+    empty = np.zeros(0, np.int64)
+    try:
+        encoder = encoder_of(index)
+    except LookalikeError:
+        return empty, empty, np.zeros(0, bool)
+    vectors, ok = turned_vectors(encoder, paths, progress=progress)
+    whole = len(rows) == index.total_index_size
+    position = np.full(index.total_index_size, -1, np.int64)
+    position[rows] = np.arange(len(rows))
+    kk = min(k + 1, len(rows))
+    i, j, mirrored = [], [], []
+    for t, v in vectors.items():
+        if not len(v):
+            continue
+        inds, dists = index.engine.knn(v, kk, keep=None if whole else np.asarray(rows))
+        inds = np.asarray(inds, np.int64)
+        b = (np.where(inds >= 0, position[np.clip(inds, 0, None)], -1) if whole
+             else inds)
+        a = np.repeat(ok[:, None], kk, axis=1)
+        good = (b >= 0) & (b != a) & (np.asarray(dists) <= within)
+        # the k nearest that are someone else
+        rank = np.cumsum(good, axis=1)
+        good &= rank <= k
+        i.append(a[good])
+        j.append(b[good])
+        mirrored.append(np.full(int(good.sum()), t in MIRRORED_TURNS))
+    if not i:
+        return empty, empty, np.zeros(0, bool)
+    i, j, mirrored = np.concatenate(i), np.concatenate(j), np.concatenate(mirrored)
+    lo, hi = np.minimum(i, j), np.maximum(i, j)
+    return lo, hi, mirrored

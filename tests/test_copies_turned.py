@@ -1,0 +1,118 @@
+"""Quarter-turned and transposed copies are duplicates by default (issue #28).
+
+The skimage photos, a few of them turned, transposed or cropped to 40% of their
+area, a real (small) encoder. An encoder trained on upright photos puts a turned
+copy far from its original; ``find_duplicates`` also queries each image's turned
+embeddings (``orientations``, on by default) and verifies what they find.
+Local-feature votes (``feature_votes``) find crops the embedding puts far away.
+"""
+
+import os
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+import lookalike.curation as lc
+import lookalike.similarity as ls
+from lookalike.curation.orientations import turn
+from lookalike.embeddings.compute import compute_embeddings
+from lookalike.images.decode import to_rgb
+from lookalike.images.feature_votes import vote_pairs
+from lookalike.images import local_features as V
+
+T = Image.Transpose
+COPIES = {  # file: (original, how)
+    "astronaut_rot90.png": ("astronaut", T.ROTATE_90),
+    "chelsea_transpose.png": ("chelsea", T.TRANSPOSE),
+    "coins_rot270.png": ("coins", T.ROTATE_270),
+    "motorcycle_left_transverse.png": ("motorcycle_left", T.TRANSVERSE),
+    "camera_crop40.png": ("camera", (0.2, 0.25, 0.8, 0.92)),  # 0.6 x 0.67 = 40% of the area
+    "chelsea_crop40.png": ("chelsea", (0.05, 0.3, 0.65, 0.97)),
+}
+
+
+@pytest.fixture(scope="module")
+def turned(copies_encoder, tmp_path_factory):
+    from lookalike.demo.dataset import skimage_photo_paths
+
+    root = tmp_path_factory.mktemp("turned")
+    photos = skimage_photo_paths()
+    records = [dict(filepath=p, gt_group=n.replace("motorcycle_right", "motorcycle_left"))
+               for n, p in photos.items()]
+    for name, (original, how) in COPIES.items():
+        with Image.open(photos[original]) as f:
+            img = to_rgb(f)
+        if isinstance(how, tuple):
+            w, h = img.size
+            img = img.crop((int(how[0] * w), int(how[1] * h), int(how[2] * w), int(how[3] * h)))
+        else:
+            img = img.transpose(how)
+        img.save(root / name)
+        records.append(dict(filepath=str(root / name), gt_group=original))
+    ds = fo.Dataset("test-copies-turned", overwrite=True)
+    ds.add_samples([fo.Sample(**r) for r in records])
+    compute_embeddings(ds, copies_encoder, "emb")
+    ls.build_index(ds, "emb", "sim")
+    lc.calibrate_threshold(ds, "sim")
+    yield ds
+    fo.delete_dataset("test-copies-turned")
+
+
+def _grouped(ds, report):
+    files = dict(zip(ds.values("id"), (os.path.basename(p) for p in ds.values("filepath"))))
+    truth = dict(zip(ds.values("id"), ds.values("gt_group")))
+    together = {files[s]: {files[o] for o in g} for g in report.groups for s in g}
+    wrong = [(files[a], files[b]) for g in report.groups for a in g for b in g
+             if a < b and truth[a] != truth[b]]
+    return together, wrong
+
+
+def test_turns_act_on_the_input_as_on_the_file():
+    x = np.arange(2 * 3 * 4 * 3).reshape(2, 3, 4, 3)
+    img = Image.fromarray(x[0].astype(np.uint8))
+    for how, op in (("rot90", T.ROTATE_90), ("rot180", T.ROTATE_180),
+                    ("transpose", T.TRANSPOSE), ("transverse", T.TRANSVERSE)):
+        assert np.array_equal(turn(x, how)[0], np.asarray(img.transpose(op))), how
+
+
+def test_turned_and_transposed_copies_are_duplicates_by_default(turned):
+    report = lc.find_duplicates(turned, "sim")
+    together, wrong = _grouped(turned, report)
+    assert wrong == []
+    for name, (original, how) in COPIES.items():
+        if not isinstance(how, tuple):
+            assert any(f.startswith(original + ".") for f in together.get(name, ())), \
+                (name, together.get(name))
+    # Without the turned queries the embedding alone does not bring them.
+    plain = lc.find_duplicates(turned, "sim", orientations=False)
+    together, _ = _grouped(turned, plain)
+    missed = [n for n, (o, how) in COPIES.items() if not isinstance(how, tuple)
+              and not any(f.startswith(o + ".") for f in together.get(n, ()))]
+    assert missed, "the turned copies were found without turning: this test shows nothing"
+    assert report.verification["num_other_candidates"] > 0
+    assert plain.verification["orientations"] is False
+
+
+def test_feature_votes_find_crops_of_40_percent(turned):
+    report = lc.find_duplicates(turned, "sim", feature_votes=True)
+    together, wrong = _grouped(turned, report)
+    assert wrong == []
+    for name in ("camera_crop40.png", "chelsea_crop40.png"):
+        original = COPIES[name][0]
+        assert any(f.startswith(original + ".") for f in together.get(name, ())), \
+            (name, together.get(name))
+
+
+def test_votes_rank_a_turned_crop_first():
+    from lookalike.demo.dataset import skimage_photo_paths
+
+    photos = skimage_photo_paths()
+    names = sorted(photos)
+    with Image.open(photos["astronaut"]) as f:
+        img = to_rgb(f)
+    copy = img.crop((100, 60, 420, 400)).transpose(T.ROTATE_90)
+    features = [V.extract(to_rgb(Image.open(photos[n]))) for n in names] + [V.extract(copy)]
+    i, j, _ = vote_pairs(features, k=1, rows=[len(names)])
+    assert list(zip(i.tolist(), j.tolist())) == [(names.index("astronaut"), len(names))]
