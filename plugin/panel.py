@@ -286,10 +286,12 @@ class LookalikePanel(foo.Panel):
     def render(self, ctx):
         state = ctx.panel.state
         panel = types.Object()
+        # A view's name binds it to the panel state of that name, which it then shows instead
+        # of its text: a formatted line is named apart from the state it formats.
         panel.md("**Lookalike**: train, embed, index, calibrate, curate", name="title")
         if state.next_step:
             panel.md(f"**Next**: {state.next_step} Every operator is also in the operator "
-                     "browser (press the backtick key `` ` ``).", name="next_step")
+                     "browser (press the backtick key `` ` ``).", name="next_step_line")
         for n, row in enumerate(button_rows(bool(state.runs))):
             buttons = panel.h_stack(f"actions_{n}", align_x="left", gap=1)
             for op, label in row:
@@ -301,14 +303,14 @@ class LookalikePanel(foo.Panel):
                                               description=state.failure_reason))
 
         if state.members_title:
-            panel.md(f"**{state.members_title}**", name="members_title")
+            panel.md(f"**{state.members_title}**", name="members_heading")
             panel.list("members", types.Object(),
                        view=table_view([("file", "File"), ("distance", "Distance to the kept"),
                                         ("inliers", "Inliers with the kept"),
                                         ("reason", "Why in the group")]))
 
         if state.neighbours_title:
-            panel.md(f"**{state.neighbours_title}**", name="neighbours_title")
+            panel.md(f"**{state.neighbours_title}**", name="neighbours_heading")
             # The numbers first: a long file name must not push them out of a narrow panel.
             panel.list("neighbours", types.Object(),
                        view=table_view([("inliers", "Inliers"), ("distance", "Distance"),
@@ -321,7 +323,7 @@ class LookalikePanel(foo.Panel):
                                ("calibration", "Calibration"), ("evaluation", "Evaluation")])
             runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
             panel.list("runs", types.Object(), view=runs)
-            panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary")
+            panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary_line")
             for name in state.figure_names or []:
                 panel.plot(f"fig_{name}", layout=state.get(f"layout_{name}") or {},
                            config={"displayModeBar": False, "scrollZoom": False})
@@ -350,11 +352,11 @@ class LookalikePanel(foo.Panel):
             panel.md("None flagged yet (Flag outliers).", name="no_outliers")
 
         if state.label_match:
-            panel.md(f"**Label matching**: {state.label_match}", name="label_match")
+            panel.md(f"**Label matching**: {state.label_match}", name="label_match_line")
             panel.btn("label_no_match", label="Show 'no match' samples",
                       on_click=self.show_label_no_match)
         if state.folder_match:
-            panel.md(f"**Last folder match**: {state.folder_match}", name="folder_match")
+            panel.md(f"**Last folder match**: {state.folder_match}", name="folder_match_line")
             panel.list("folder_rows", types.Object(), view=table_view(MATCH_COLUMNS))
 
         panel.md("**Encoders**", name="encoders_title")

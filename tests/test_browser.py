@@ -208,6 +208,9 @@ def test_the_panel_renders_its_tables_and_plots(page, shots):
     text = _wait_for(lambda: (lambda t: t if "emb_sim" in t else None)(panel.inner_text()),
                      what="the panel's index table", page=page, shots=shots)
     assert "Near-duplicate groups" in text and "Encoders" in text and "copies" in text
+    # Formatted lines show their text, not the bare state value they format.
+    assert "Next: " in text and "press the backtick key" in text, text[:600]
+    assert "emb_sim: " in text, text[:1500]
     _wait_for(lambda: panel.locator(".js-plotly-plot").count() >= 1,
               what="the nearest-neighbour histogram")
     page.screenshot(path=os.path.join(shots, "3-panel.png"))
