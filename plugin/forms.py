@@ -431,8 +431,12 @@ def verify_param(ctx):
 # -- outputs ------------------------------------------------------------------------
 
 def table_view(columns):
-    """A table of ``(key, label)`` columns."""
-    table = types.TableView()
+    """A table of ``(key, label)`` columns, as narrow as its cells allow.
+
+    The App gives every table a 650 px minimum width, which widens a half-width panel
+    and sends every paragraph in it off the edge: cells wrap instead.
+    """
+    table = types.TableView(componentsProps={"table": {"sx": {"minWidth": 0}}})
     for key, label in columns:
         table.add_column(key, label=label)
     return table

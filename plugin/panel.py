@@ -56,6 +56,15 @@ def _failed(ctx, what, reason=None):
     ctx.panel.state.failure, ctx.panel.state.failure_reason = what, reason
 
 
+def _run_facts(rows, brain_key):
+    """"(field emb, encoder copies, exact engine, evaluation: none)" for the index shown."""
+    row = next((r for r in rows or [] if r.get("brain_key") == brain_key), None)
+    if row is None:
+        return ""
+    return (f"(field {row.get('field')}, encoder {row.get('encoder')}, {row.get('engine')} "
+            f"engine, evaluation: {row.get('evaluation')})")
+
+
 def _origin(dataset, kind):
     """`` (by index 'K', <time>)``: where the results of ``kind`` shown now come from."""
     from lookalike.app import panel_rows as overview
@@ -219,7 +228,10 @@ class LookalikePanel(foo.Panel):
         state = ctx.panel.state
         encoders = overview.encoder_rows(
             dataset_name=ctx.dataset.name if ctx.dataset is not None else None)
-        state.encoders = [{k: v for k, v in r.items() if k != "previews"} for r in encoders]
+        state.encoders = [dict({k: v for k, v in r.items() if k != "previews"},
+                               about=f"{r['kind']}: {r['image_size']} px, "
+                               f"{r['embedding_size']} dimensions, {r['epochs']} epochs")
+                          for r in encoders]
         previews = [p for r in encoders if r["kind"] == "autoencoder" for p in r["previews"][:1]]
         state.preview = _media_url(previews[0]) if previews else None
         state.preview_caption = (
@@ -318,12 +330,14 @@ class LookalikePanel(foo.Panel):
 
         panel.md("**Similarity indexes**", name="runs_title")
         if state.runs:
-            runs = table_view([("shown", "Shown"), ("brain_key", "Brain key"), ("field", "Field"),
-                               ("encoder", "Encoder"), ("size", "Samples"), ("engine", "Engine"),
-                               ("calibration", "Calibration"), ("evaluation", "Evaluation")])
+            # Few columns, so the table fits a half-width panel (a wider one widens the whole
+            # panel and every paragraph runs off its edge); the rest is in the summary line.
+            runs = table_view([("shown", "Shown"), ("brain_key", "Brain key"), ("size", "Samples"),
+                               ("calibration", "Calibration")])
             runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
             panel.list("runs", types.Object(), view=runs)
-            panel.md(f"**{state.run}**: " + (state.summary or ""), name="summary_line")
+            panel.md(f"**{state.run}** {_run_facts(state.runs, state.run)}: "
+                     + (state.summary or ""), name="summary_line")
             for name in state.figure_names or []:
                 panel.plot(f"fig_{name}", layout=state.get(f"layout_{name}") or {},
                            config={"displayModeBar": False, "scrollZoom": False})
@@ -362,9 +376,8 @@ class LookalikePanel(foo.Panel):
         panel.md("**Encoders**", name="encoders_title")
         if state.encoders:
             panel.list("encoders", types.Object(), view=table_view([
-                ("name", "Name"), ("kind", "Kind"), ("image_size", "Pixels"),
-                ("embedding_size", "Dimensions"), ("epochs", "Epochs"),
-                ("training_data", "Trained on"), ("final_loss", "Final loss")]))
+                ("name", "Name"), ("about", "Kind"), ("training_data", "Trained on"),
+                ("final_loss", "Final loss")]))
         else:
             panel.md("No saved encoder yet (Train an encoder, or load one).", name="no_encoders")
         if state.preview:

@@ -196,7 +196,7 @@ def test_every_curation_operator_runs_over_http_and_the_panel_shows_it(app_serve
     assert "only one class ('x')" in body["error_message"]
     assert "Traceback" not in body["error_message"]
     # When the embeddings change, the form says the calibration is stale.
-    photos.set_values("emb", [None] * len(photos))
+    photos.limit(5).set_values("emb", [None] * 5)
     form = requests.post(f"{url}/operators/resolve-type", timeout=60, json={
         "operator_uri": f"{PLUGIN}/flag_outliers", "dataset_name": photos.name, "view": [],
         "selected": [], "params": {"brain_key": "emb_sim"}, "target": "inputs"}).json()

@@ -139,6 +139,19 @@ def _tile_badges(page, position):
         ".map(e => e.getAttribute('title') || e.textContent)")
 
 
+def _overflow(panel):
+    """How far (px) the panel's widest paragraph or table reaches past the panel's visible
+    edge (the box of the nearest ancestor that clips or scrolls)."""
+    return panel.evaluate("""el => {
+        let box = el;
+        while (box.parentElement && getComputedStyle(box).overflowX === 'visible')
+            box = box.parentElement;
+        const edge = Math.min(box.getBoundingClientRect().right, window.innerWidth);
+        const parts = Array.from(el.querySelectorAll('p, table'));
+        return Math.max(0, ...parts.map(p => p.getBoundingClientRect().right - edge));
+    }""")
+
+
 def _wait_for(condition, timeout=60, what="the App", page=None, shots=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -210,10 +223,12 @@ def test_the_panel_renders_its_tables_and_plots(page, shots):
     assert "Near-duplicate groups" in text and "Encoders" in text and "copies" in text
     # Formatted lines show their text, not the bare state value they format.
     assert "Next: " in text and "press the backtick key" in text, text[:600]
-    assert "emb_sim: " in text, text[:1500]
+    assert "emb_sim (field emb, encoder copies, exact engine" in text, text[:1500]
     _wait_for(lambda: panel.locator(".js-plotly-plot").count() >= 1,
               what="the nearest-neighbour histogram")
     page.screenshot(path=os.path.join(shots, "3-panel.png"))
+    # Half the window wide, every paragraph and table fits: none runs off the panel's edge.
+    assert _overflow(panel) <= 1, f"the panel's content runs {_overflow(panel)} px off its edge"
     # Its buttons open our operators' forms, with defaults read from the dataset.
     for button, title, shot in (("Train", "Train an encoder", "3a-train-form.png"),
                                 ("Embed", "Compute embeddings", "3b-embed-form.png"),
@@ -439,3 +454,124 @@ def test_an_operator_that_fails_leaves_the_panel_drawn_with_the_reason(page, bro
     page.get_by_text("Calibrate thresholds", exact=True).first.wait_for()
     page.get_by_role("button", name="Cancel").click()
     _wait_for(lambda: "Index failed" not in panel.inner_text(), what="the failure to clear")
+
+
+def _panel_button(page, panel, name):
+    """Clicks the panel's button ``name`` and returns the form it opens."""
+    panel.get_by_role("button", name=name, exact=True).click()
+    form = page.get_by_role("dialog")
+    form.wait_for()
+    return form
+
+
+def _refreshed(page, panel, condition, what, shots):
+    """The panel's text once ``condition(text)`` holds, pressing Refresh as a curator would."""
+    def ready():
+        panel.get_by_role("button", name="Refresh", exact=True).click()
+        time.sleep(1)
+        text = panel.inner_text()
+        return text if condition(text) else None
+
+    return _wait_for(ready, what=what, page=page, shots=shots)
+
+
+def _close_the_result(page):
+    """Closes the operator's result dialog, if the App shows one."""
+    time.sleep(1)
+    if page.get_by_role("dialog").count():
+        page.get_by_role("dialog").get_by_role("button", name="Close", exact=True).first.click()
+        page.get_by_role("dialog").wait_for(state="hidden")
+
+
+def _first_page(page):
+    """The labels of the grid's first tiles on the whole dataset (its order, as a user sees it)."""
+    _clear_view(page)
+    page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
+    return _wait_for(lambda: (lambda t: t if len(t) >= 12 else None)(_tile_labels(page)),
+                     what="the grid's first page")[:12]
+
+
+def test_delete_then_undelete_from_the_panel_gives_back_the_same_grid(page, browser_demo, shots):
+    """#27 cases 2-4: Execute stays disabled until the deletion is confirmed; after the
+    delete the panel says what is left and that calibrations are stale; Undelete puts every
+    sample back in its place: the same first page, the same order, the same calibration."""
+    photos = browser_demo.match(F("source") == "photo")
+    if not len(lc.duplicates_view(browser_demo).match_tags("duplicate")):
+        lc.find_duplicates(browser_demo, "emb_sim")  # this test alone (-k): groups first
+    order, grid = browser_demo.values("id"), _first_page(page)
+    calibration = lc.calibrate_threshold(photos, "emb_sim")
+    count = lc.delete_duplicates(browser_demo, dry_run=True).count
+    assert count > 0
+
+    panel = _open_the_panel(page)
+    form = _panel_button(page, panel, "Delete duplicates")
+    confirm = form.get_by_text(f"Yes, delete {count} samples", exact=True)
+    confirm.wait_for()
+    assert f"This deletes {count} samples" in form.inner_text()
+    assert "Calibrations made with them become stale" in form.inner_text()
+    execute = page.get_by_role("button", name="Execute")
+    _wait_for(execute.is_disabled, what="Execute disabled before the confirmation")
+    page.screenshot(path=os.path.join(shots, "14-delete-form-unconfirmed.png"))
+    confirm.click()
+    _wait_for(execute.is_enabled, what="Execute enabled once ticked", page=page, shots=shots)
+    execute.click()
+    _wait_for(lambda: len(browser_demo) == len(order) - count, what="the delete", page=page,
+              shots=shots)
+    _close_the_result(page)
+
+    text = _refreshed(page, panel, lambda t: "deleted since" in t,
+                      "the panel to say what the delete left", shots)
+    assert f"{count} of them deleted since: 0 groups left" in text, text[:2000]
+    assert "STALE, recalibrate" in text and "Undelete restores" in text
+    page.screenshot(path=os.path.join(shots, "15-panel-after-delete.png"))
+
+    form = _panel_button(page, panel, "Undelete")
+    form.get_by_text(f"{count} samples (delete_duplicates)").first.wait_for()
+    page.get_by_role("button", name="Execute").click()
+    _wait_for(lambda: len(browser_demo) == len(order), what="the undelete", page=page,
+              shots=shots)
+    _close_the_result(page)
+    text = _refreshed(page, panel, lambda t: "deleted since" not in t and "STALE" not in t,
+                      "the panel to forget the delete", shots)
+    assert browser_demo.values("id") == order
+    assert _first_page(page) == grid
+    again = lc.calibrate_threshold(photos, "emb_sim")
+    assert (again.threshold, again.duplicate_threshold) == (
+        calibration.threshold, calibration.duplicate_threshold)
+
+
+def test_showing_an_index_does_not_change_what_find_similar_offers(page, browser_demo, shots,
+                                                                   copies_encoder):
+    """#27 case 7: *Show* on an index over the digits is only looking; find similar on a
+    selected photo still offers the photos' index first (the digits' one does not hold it)."""
+    import lookalike.similarity as ls
+    from lookalike.embeddings.compute import compute_embeddings
+
+    digits = browser_demo.match(F("source") == "digit")
+    compute_embeddings(digits, copies_encoder, "emb_digits")
+    ls.build_index(digits, "emb_digits", "zz_digits_sim")
+    try:
+        _clear_view(page)
+        page.eval_on_selector('[data-cy="panel-tab-samples"]', "el => el.click()")
+        labels = _wait_for(lambda: _tile_labels(page), what="the grid's tiles")
+        photo = next(n for n, label in enumerate(labels) if "ground_truth: " in label
+                     and not label.split(": ")[1].isdigit())
+        page.locator('[data-cy="looker"]').nth(photo).hover()
+        page.locator('[title^="Click to select sample"]').nth(photo).evaluate("el => el.click()")
+        panel = _open_the_panel(page)
+        _refreshed(page, panel, lambda t: "zz_digits_sim" in t, "the second index", shots)
+        row = panel.get_by_role("row").filter(has_text="zz_digits_sim")
+        row.get_by_role("button").last.click()
+        _wait_for(lambda: "zz_digits_sim (field emb_digits" in panel.inner_text(),
+                  what="the panel to show the digits' index", page=page, shots=shots)
+        form = _panel_button(page, panel, "Find similar")
+        form.get_by_text("Similarity index").first.wait_for()
+        time.sleep(2)
+        page.screenshot(path=os.path.join(shots, "17-find-similar-defaults.png"))
+        # The dropdown shows its choice: the photos' index, not the one just looked at.
+        text = form.inner_text()
+        assert "emb_sim" in text and "zz_digits_sim" not in text, text
+        assert "does not hold" not in text
+        page.get_by_role("button", name="Cancel").click()
+    finally:
+        browser_demo.delete_brain_run("zz_digits_sim")

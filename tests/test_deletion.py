@@ -88,6 +88,11 @@ def _raw_docs(dataset):
     return sorted(fo_adapter.sample_collection(dataset).find({}), key=lambda d: d["_id"])
 
 
+def _order(dataset):
+    """The ids as FiftyOne lists them (the App's grid order)."""
+    return dataset.values("id")
+
+
 def _cli(env, *args):
     out = subprocess.run([sys.executable, "-m", "lookalike.cli", *args], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -265,7 +270,7 @@ def test_a_second_find_duplicates_is_refused_while_one_writes(ds, subprocess_env
 
 def test_delete_then_undelete_restores_the_same_documents(ds, tmp_path):
     lc.find_duplicates(ds, "sim", threshold=0.01)
-    before = _raw_docs(ds)
+    before, order = _raw_docs(ds), _order(ds)
     files = {p: os.stat(p).st_mtime_ns for p in ds.values("filepath")}
     result = delete_planned(ds)
     assert result.count == 8 and len(ds) == N - 8
@@ -276,6 +281,9 @@ def test_delete_then_undelete_restores_the_same_documents(ds, tmp_path):
     restored = journal.restore(ds, last=True)
     assert (restored.restored, restored.already_there, restored.path) == (8, 0, result.journal)
     assert _raw_docs(ds) == before  # ids, vectors, fields, tags: byte for byte
+    # Each back in its place: the grid's order is the order before the delete.
+    assert _order(ds) == order and restored.moved == N - 8 - 1
+    assert ds.values("position") == list(range(N))
     assert len(ds.match_tags("duplicate")) == 8
     assert {p: os.stat(p).st_mtime_ns for p in files} == files
     # The journal stays, marked restored; it is not restored twice.
@@ -322,6 +330,38 @@ def test_a_delete_killed_after_its_journal_is_undone_completely(
     assert out[0].startswith(f"restored {gone} samples from ") and (
         gone == 0 or f"({8 - gone} were still there)" in out[0])
     assert _raw_docs(ds) == before
+    assert ds.values("position") == list(range(N))
+
+
+UNDELETE = """
+import sys, fiftyone as fo
+from lookalike.curation import journal, sample_order
+sample_order.CHUNK = 3  # several chunks, so a kill can fall inside the move
+ds = fo.load_dataset(sys.argv[1])
+print("RESTORED", journal.restore(ds, last=True).restored)
+"""
+
+
+@pytest.mark.parametrize("fault", ["undelete.moved_out:kill:2", "undelete.inserted:kill"])
+def test_an_undelete_killed_while_putting_samples_back_loses_none_and_a_rerun_ends_it(
+        ds, subprocess_env, tmp_path, fault):
+    lc.find_duplicates(ds, "sim", threshold=0.01)
+    before, order = _raw_docs(ds), _order(ds)
+    delete_planned(ds)
+    rc, out, err = _child(subprocess_env, UNDELETE, ds.name, fault=fault,
+                          marker=tmp_path / "reached")
+    assert rc == -9, err[-3000:]
+    coll = fo_adapter.sample_collection(ds)
+    parked = coll.database[f"lookalike_parked.{coll.name}"]
+    # Killed with a chunk taken out: its samples wait in the parked collection, not lost.
+    if fault.startswith("undelete.moved_out"):
+        waiting = [d["_id"] for d in parked.find({}, {"_id": 1})]
+        assert waiting and not coll.count_documents({"_id": {"$in": waiting}})
+    assert not journal.list_journals(ds)[0].restored_at
+    rc, out, err = _cli(subprocess_env, "undelete", "--dataset", ds.name, "--last")
+    assert rc == 0 and len(out) == 1, err
+    assert _raw_docs(ds) == before and _order(ds) == order
+    assert "lookalike_parked." + coll.name not in coll.database.list_collection_names()
 
 
 def test_undelete_cli_lists_restores_and_refuses_in_one_line(ds, tmp_path):
@@ -335,7 +375,9 @@ def test_undelete_cli_lists_restores_and_refuses_in_one_line(ds, tmp_path):
     assert rc == 0 and len(out) == 1 and "8 samples" in out[0] and "not restored" in out[0]
     path = out[0].split()[0]
     rc, out, err = _cli_here("undelete", "--dataset", ds.name, "--journal", path)
-    assert rc == 0 and out == [f"restored 8 samples from {path}"] and len(ds) == N, err
+    assert rc == 0 and len(ds) == N and out == [
+        f"restored 8 samples from {path}; each back in its place (7 samples behind them "
+        "moved)"], err
     assert journal.list_journals(ds)[0].restored_at is not None
     # Errors: one line each, exit code 2 (more refusals are checked in-process above).
     rc, out, err = _cli_here("undelete", "--dataset", ds.name, "--journal", path)

@@ -89,6 +89,9 @@ def test_a_paddle_inference_export_embeds_like_its_own_model(tmp_path, store_dir
     view = ls.sort_by_similarity(ds, "pp_sim", query_path=photo_paths[3], k=3,
                                  dist_field="d")
     assert view.first().filepath == photo_paths[3] and view.first().d < 1e-5
+    # The App's view bar shows the results in order, not the query vector as a blob (#27).
+    assert [type(stage).__name__ for stage in view._stages] == ["Select"]
+    assert len(view) == 3 and view.values("d") == sorted(view.values("d"))
     # The label-free duplicate threshold from synthetic copies made through this model.
     import lookalike.curation as lc
 

@@ -211,9 +211,12 @@ def cmd_undelete(args):
             state = f"restored {e.restored_at}" if e.restored_at else "not restored"
             print(f"{e.path}  {e.num_samples} samples  {e.reason} {e.created_at}  {state}")
         return 0
-    result = journal.restore(dataset, path=args.journal, last=args.last)
+    result = journal.restore(dataset, path=args.journal, last=args.last,
+                             progress=Progress("undeleting"))
     print(f"restored {result.restored} samples from {result.path}"
-          + (f" ({result.already_there} were still there)" if result.already_there else ""))
+          + (f" ({result.already_there} were still there)" if result.already_there else "")
+          + (f"; each back in its place ({result.moved} samples behind them moved)"
+             if result.moved else ""))
     return 0
 
 

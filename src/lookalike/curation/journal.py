@@ -12,7 +12,9 @@ fails in one line and nothing is deleted.
 
 :func:`restore` inserts the journal's documents that are missing from the
 dataset (those still there are left alone, so a deletion killed half-way is
-undone without duplicates), then marks the journal restored (it is kept). The
+undone without duplicates), each after the sample it followed (the journal's
+``anchors``; :mod:`sample_order`), so the dataset's order is what it was; then
+it marks the journal restored (it is kept). The
 marked journal is written whole beside the old one *before* the first sample
 goes back, and renamed over it after the last: a full disk fails before
 anything is restored, and a restore cut short (killed, the database gone) is
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from lookalike.core import faults, fo_adapter, paths
 from lookalike.core.errors import JournalError, UsageError
+from lookalike.curation import sample_order
 
 FORMAT = "lookalike-journal/1"
 WHAT = "the deletion journal"  # how a write error names what it was writing
@@ -64,16 +67,20 @@ def write(dataset, sample_ids, reason, **info):
     root = fo_adapter.root_dataset(dataset)
     oids = [ObjectId(i) for i in sample_ids]
     coll = fo_adapter.sample_collection(root)
-    docs = []
+    found = {}
     for start in range(0, len(oids), 10_000):
-        docs.extend(coll.find({"_id": {"$in": oids[start:start + 10_000]}}))
+        found.update((d["_id"], d) for d in coll.find({"_id": {"$in": oids[start:start + 10_000]}}))
+    # In the dataset's order, each with the sample it follows (undelete puts it back there).
+    placed = sample_order.anchors(sample_order.natural_ids(coll), found)
+    docs = [found[oid] for oid, _ in placed]
     now = _now()
     folder = paths.make_folder(journal_dir(root), WHAT)
     paths.remove_abandoned_temporaries(folder)
     path = os.path.join(folder, f"{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}.json")
     payload = dict(info, format=FORMAT, dataset_id=fo_adapter.dataset_id(root),
                    dataset_name=root.name, reason=reason, created_at=now.isoformat(),
-                   restored_at=None, num_samples=len(docs), samples=docs)
+                   restored_at=None, num_samples=len(docs), samples=docs,
+                   anchors=[anchor for _, anchor in placed])
     # Fsynced, renamed, the rename fsynced: on disk before the first sample goes.
     paths.write_file(path, _dumps(payload), WHAT)
     return path
@@ -131,10 +138,14 @@ class RestoreResult:
     path: str
     restored: int  # documents inserted back
     already_there: int  # documents whose sample still existed (a deletion cut short)
+    moved: int = 0  # samples behind them taken out and put back, to restore the order
 
 
-def restore(dataset, path=None, last=False):
-    """Inserts back the samples of journal ``path`` (or, with ``last``, the newest unrestored one)."""
+def restore(dataset, path=None, last=False, progress=None):
+    """Inserts back the samples of journal ``path`` (or, with ``last``, the newest unrestored one).
+
+    Each goes back to its place in the dataset's order (:mod:`sample_order`).
+    """
     from lookalike.core import leases
     from lookalike.curation import published_runs as runs
 
@@ -158,6 +169,11 @@ def restore(dataset, path=None, last=False):
     with leases.hold(root, runs.lease_name("duplicates"), job="undelete",
                      label=runs.lease_label(root, "duplicates")):
         coll = fo_adapter.sample_collection(root)
+        cut_short = sample_order.unfinished(coll)
+        if cut_short and os.path.abspath(cut_short) != os.path.abspath(path):
+            raise JournalError(f"an undelete of {cut_short} was cut short: run it again first "
+                               "(its samples are being put back in their places)")
+        sample_order.recover_parked(coll)  # an undelete killed while moving samples
         ids = [d["_id"] for d in docs]
         there = set()
         for start in range(0, len(ids), 10_000):
@@ -171,12 +187,17 @@ def restore(dataset, path=None, last=False):
         with paths.StagedFile(path, WHAT) as marked:
             with marked.open("w", encoding="utf-8") as f:
                 f.write(_dumps(payload))
-            if missing:
+            moved = 0
+            if "anchors" in payload:
+                moved = sample_order.put_in_order(
+                    coll, list(zip(ids, payload["anchors"])), {d["_id"]: d for d in missing},
+                    os.path.abspath(path), progress=progress)
+            elif missing:  # a journal from before anchors: the samples go last
                 _insert(coll, missing)
             faults.point("undelete.inserted")
             marked.commit()
     root.reload()
-    return RestoreResult(path, len(missing), len(there))
+    return RestoreResult(path, len(missing), len(there), moved)
 
 
 def _insert(coll, docs):

@@ -199,8 +199,10 @@ def _load_results(dataset, key, named):
     config = dataset.get_brain_info(key).config
     try:
         index = dataset.load_brain_results(key)
-        if index is not None and getattr(index.config, "build_id", None) != config.build_id:
-            # Cached in this process, but another process has replaced the run since.
+        if index is not None and (getattr(index.config, "build_id", None) != config.build_id
+                                  or _behind(index)):
+            # Cached in this process, but another process has replaced the run since, or
+            # samples were deleted or restored since (the field is the index's source).
             fo_adapter.forget_brain_results(dataset, key)
             index = dataset.load_brain_results(key)
     except IncompleteIndexError:
@@ -208,6 +210,15 @@ def _load_results(dataset, key, named):
     if index is None:
         raise IncompleteIndexError(incomplete_message(dataset, named, config.embeddings_field))
     return index
+
+
+def _behind(index):
+    """True when the index's field now holds vectors for another number of samples than
+    the index has rows (one count on the server)."""
+    field = index.config.embeddings_field
+    if field is None:
+        return False
+    return fo_adapter.exact_count(index.samples.exists(field)) != index.total_index_size
 
 
 def _finish_interrupted_swap(dataset, brain_key):
@@ -289,6 +300,7 @@ def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25
     image (one selected sample or ``query_path``): verified results first, most
     inliers first, then the others in distance order; each result's inliers go
     to ``inliers_field`` (see :func:`lookalike.images.local_features.rerank`).
+    A query file's results come as a selection of the ``k`` samples in order.
     """
     index = load_index(samples, brain_key)
     if k is not None and k < 1:
@@ -299,7 +311,9 @@ def sort_by_similarity(samples, brain_key, query_ids=None, query_path=None, k=25
     view = samples.sort_by_similarity(query, k=k, reverse=reverse, brain_key=brain_key,
                                       dist_field=dist_field)
     if not verify:
-        return view
+        # A file's query is a vector, which the App's view bar would show as an encoded
+        # blob: the results, in order, read better (their distances are in dist_field).
+        return samples.select(view.values("id"), ordered=True) if query_path else view
     if not query_path and len(query_ids) != 1:
         raise UsageError("verified re-ranking compares images: select one sample or give a "
                          "query image file")
