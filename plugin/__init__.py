@@ -815,4 +815,7 @@ def register(p):
     from .feature_operators import ExtractFeatures
 
     p.register(ExtractFeatures)
+    from .dedupe_operators import CurateDataset
+
+    p.register(CurateDataset)
     p.register(LookalikePanel)

@@ -30,7 +30,8 @@ CURATION_BUTTONS = (("find_duplicates", "Duplicates"),
 REVIEW_BUTTONS = (("sort_by_similarity", "Find similar"),
                   ("delete_duplicates", "Delete duplicates"),
                   ("undelete", "Undelete"))
-OPERATOR_BUTTONS = (SETUP_BUTTONS, CURATION_BUTTONS, REVIEW_BUTTONS)
+ONE_JOB_BUTTONS = (("curate_dataset", "Curate all (one job)"),)
+OPERATOR_BUTTONS = (ONE_JOB_BUTTONS, SETUP_BUTTONS, CURATION_BUTTONS, REVIEW_BUTTONS)
 BUTTON_LABELS = dict(b for row in OPERATOR_BUTTONS for b in row)
 
 
@@ -38,7 +39,7 @@ def button_rows(has_index):
     """The rows of operator buttons, the ones a dataset needs next first: with an index,
     curation and review lead; without one, set-up does."""
     if has_index:
-        return (CURATION_BUTTONS, REVIEW_BUTTONS, SETUP_BUTTONS)
+        return (CURATION_BUTTONS, REVIEW_BUTTONS, SETUP_BUTTONS, ONE_JOB_BUTTONS)
     return OPERATOR_BUTTONS
 
 

@@ -476,11 +476,16 @@ def _refreshed(page, panel, condition, what, shots):
 
 
 def _close_the_result(page):
-    """Closes the operator's result dialog, if the App shows one."""
-    time.sleep(1)
-    if page.get_by_role("dialog").count():
-        page.get_by_role("dialog").get_by_role("button", name="Close", exact=True).first.click()
-        page.get_by_role("dialog").wait_for(state="hidden")
+    """Closes the operator's result dialog, once the App shows it (or finds none)."""
+    dialog = page.get_by_role("dialog")
+    close = dialog.get_by_role("button", name="Close", exact=True)
+
+    def settled():  # the form gone, or the result dialog with its Close button drawn
+        return "gone" if not dialog.count() else ("close" if close.count() else None)
+
+    if _wait_for(settled, what="the result dialog", page=page) == "close":
+        close.first.click()
+        dialog.wait_for(state="hidden")
 
 
 def _first_page(page):
@@ -575,3 +580,50 @@ def test_showing_an_index_does_not_change_what_find_similar_offers(page, browser
         page.get_by_role("button", name="Cancel").click()
     finally:
         browser_demo.delete_brain_run("zz_digits_sim")
+
+
+def test_match_a_folder_from_the_panel_names_copies_and_new_images(page, browser_demo, shots,
+                                                                 tmp_path):
+    """The newcomer's walk ends by matching a folder of new images: the result table says
+    which are copies of samples (duplicate) and which are new; an unreadable file is named."""
+    import shutil
+
+    import sklearn.datasets
+    from PIL import Image
+
+    originals = browser_demo.match((F("source") == "photo") & (F("gt_edit") == "original"))
+    copied = originals.first()
+    with Image.open(copied.filepath) as img:
+        img.convert("RGB").resize((img.width * 3 // 4, img.height * 3 // 4)).save(
+            tmp_path / "new_copy.jpg", quality=85)
+    shutil.copyfile(os.path.join(os.path.dirname(sklearn.datasets.__file__), "images",
+                                 "china.jpg"), tmp_path / "unseen_china.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole jpeg")
+
+    _clear_view(page)
+    panel = _open_the_panel(page)
+    form = _panel_button(page, panel, "Match new images")
+    folder = form.get_by_text("Folder of new images").first.locator("xpath=following::input[1]")
+    folder.wait_for()
+    for _ in range(3):  # the form re-renders while it resolves: type until it stays
+        time.sleep(1)
+        folder.click()
+        folder.fill(str(tmp_path))
+        folder.press("Tab")
+        time.sleep(1)
+        if folder.input_value() == str(tmp_path):
+            break
+    _target_the_whole_dataset(page)
+    page.get_by_role("button", name="Execute").click()
+    result = page.get_by_role("dialog")
+    _wait_for(lambda: "unseen_china.jpg" in result.inner_text(), timeout=120,
+              what="the folder's result table", page=page, shots=shots)
+    time.sleep(1)
+    page.screenshot(path=os.path.join(shots, "18-match-a-folder.png"))
+    text = result.inner_text()
+    assert "Traceback" not in text
+    table = " ".join(text.split())
+    assert "new_copy.jpg duplicate" in table, table[:2000]
+    assert "unseen_china.jpg new" in table, table[:2000]
+    assert "broken.jpg unreadable: " in table and "1 unreadable file skipped" in table
+    _close_the_result(page)

@@ -75,7 +75,7 @@ def test_import_images_operator_reports_bad_input(tmp_path, dataset_name):
 LONG_RUNNING = ("import_images", "train_encoder", "compute_embeddings", "build_index",
                 "calibrate_threshold", "find_duplicates", "flag_outliers", "evaluate_retrieval",
                 "visualize_embeddings", "match_labels", "match_images", "find_leaks",
-                "extract_features")
+                "extract_features", "curate_dataset")
 RISK_LEVELS = {"sort_by_similarity": "low", "extract_features": "low", "delete_duplicates": "high",
                "import_images": "high"}
 
@@ -106,8 +106,10 @@ def test_long_operators_offer_the_apps_execute_or_schedule():
         long_running = op.name in LONG_RUNNING
         assert options["allow_immediate_execution"], op.name
         assert options["allow_delegated_execution"] == long_running, op.name
-        # Only training preselects Schedule; the rest are quick on small datasets.
-        assert options["default_choice_to_delegated"] == (op.name == "train_encoder"), op.name
+        # Only training (and the one job that trains) preselects Schedule; the rest are
+        # quick on small datasets.
+        assert options["default_choice_to_delegated"] == (
+            op.name in ("train_encoder", "curate_dataset")), op.name
 
 
 def test_every_operator_declares_its_risk_level():

@@ -61,6 +61,7 @@ _LAZY = {
     "evaluate_retrieval": ("lookalike.curation", "evaluate_retrieval"),
     "visualize_embeddings": ("lookalike.curation", "visualize_embeddings"),
     "curate": ("lookalike.curation", "curate"),
+    "dedupe": ("lookalike.curation", "dedupe"),
     # the demo
     "build_demo_dataset": ("lookalike.demo.dataset", "build_demo_dataset"),
 }

@@ -226,7 +226,10 @@ def outlier_rows(samples, limit=100):
 
 def folder_match_rows(rows, limit=100):
     """The first ``limit`` rows of a folder match's table (``MatchReport.table()``), for display."""
-    return [{"file": r["file"], "decision": r["decision"],
+    return [{"file": r["file"],
+             # An unreadable file says why ("unreadable: not an image file ...").
+             "decision": (f"{r['decision']}: {r['note']}" if r["decision"] == "unreadable"
+                          and r.get("note") else r["decision"]),
              "nearest_file": os.path.basename(r.get("nearest_path") or "") or None,
              "distance": None if r.get("distance") is None else round(float(r["distance"]), 4),
              "label": r.get("label")} for r in rows[:limit]]
@@ -287,7 +290,9 @@ def next_step(dataset, encoders, runs, groups):
     elif encoders:
         step = "Embed the dataset with an encoder (Embed)."
     else:
-        step = "Train an encoder on this dataset (Train), or load one."
+        step = ("Curate all (one job): it trains an encoder on a sample of this dataset, then "
+                "embeds, indexes, calibrates and finds duplicates and outliers; or step by "
+                "step: Train an encoder (Train), or load one.")
     if undo:
         step += f" Undelete restores the {undo[0].num_samples} samples deleted last."
     return step

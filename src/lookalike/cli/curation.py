@@ -1,6 +1,6 @@
-"""Curation on a similarity run: ``lookalike curate``, ``calibrate``, ``duplicates`` (and
-``--delete``), ``leaks``, ``undelete``, ``outliers``, ``evaluate``, ``figures`` and
-``visualize``."""
+"""Curation on a similarity run: ``lookalike dedupe`` (a folder in one command), ``curate``,
+``calibrate``, ``duplicates`` (and ``--delete``), ``leaks``, ``undelete``, ``outliers``,
+``evaluate``, ``figures`` and ``visualize``."""
 
 from lookalike.cli.arguments import at_least, brain_args, dataset_view, load_dataset
 from lookalike.cli.output import Progress, spinner, with_progress
@@ -11,6 +11,7 @@ def add_commands(sub):
     """The group's commands, in the order of `lookalike --help`. Each _add_* imports the
     package's own constants for its choices (each validated where it is used), so that
     `import lookalike.cli` stays light."""
+    _add_dedupe(sub)
     _add_curate(sub)
     _add_calibrate(sub)
     _add_duplicates(sub)
@@ -20,6 +21,53 @@ def add_commands(sub):
     _add_evaluate(sub)
     _add_figures(sub)
     _add_visualize(sub)
+
+
+def _add_dedupe(sub):
+    from lookalike.curation.dedupe import SAMPLE_SIZE, TRAINING
+
+    ded = sub.add_parser("dedupe", help="a folder to duplicate groups in one command: import, "
+                         "train an encoder if needed, embed, index, calibrate, find duplicates "
+                         "and outliers")
+    ded.add_argument("directory", help="folder of images (searched recursively)")
+    ded.add_argument("--dataset", default=None,
+                     help="dataset name (default: the folder's name); an existing one gets "
+                     "only the new files")
+    ded.add_argument("--encoder", default=None,
+                     help="encoder to embed with (default: train '<dataset>-dedupe' once)")
+    ded.add_argument("--sample-size", type=at_least(2), default=SAMPLE_SIZE,
+                     help=f"images the encoder trains on (default {SAMPLE_SIZE})")
+    ded.add_argument("--epochs", type=at_least(1), default=TRAINING["epochs"])
+    ded.add_argument("--delete", action="store_true",
+                     help="then delete the tagged duplicates (a dry run without --yes)")
+    ded.add_argument("--yes", action="store_true", help="confirm --delete")
+    ded.add_argument("--show-groups", type=at_least(0), default=10,
+                     help="groups and outliers printed")
+    ded.set_defaults(func=cmd_dedupe)
+
+
+def cmd_dedupe(args):
+    from lookalike.curation.dedupe import dedupe
+
+    if args.yes and not args.delete:
+        raise UsageError("--yes confirms --delete: give both")
+    report = with_progress(dedupe, "deduplicating", source=args.directory,
+                           dataset_name=args.dataset, encoder=args.encoder,
+                           sample_size=args.sample_size, epochs=args.epochs)
+    print(report.summary())
+    curation = report.curation
+    print(f"\nduplicate groups ({curation.duplicates.num_groups}):")
+    _print_groups(curation.duplicates, args.show_groups)
+    dataset = load_dataset(report.dataset_name)
+    paths = dict(zip(*dataset.select(curation.outliers.outlier_ids).values(["id", "filepath"])))
+    print(f"\nno-match outliers ({curation.outliers.num_outliers}), most isolated first:")
+    _print_outliers(curation.outliers, paths, args.show_groups)
+    if args.delete:
+        args.dataset = report.dataset_name
+        _delete_duplicates(dataset, args)
+    print(f"\nreview them in the App: lookalike plugin install && fiftyone app launch "
+          f"{report.dataset_name} (the Lookalike panel: + beside the grid's tabs)")
+    return 0
 
 
 def _add_curate(sub):

@@ -19,6 +19,7 @@ fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
 
 from lookalike.curation.calibrate import Calibration, calibrate_threshold, get_calibration
 from lookalike.curation.deletion import DeletionResult, delete_duplicates
+from lookalike.curation.dedupe import DedupeReport, dedupe
 from lookalike.curation.duplicates import DuplicateReport, duplicates_view, find_duplicates
 from lookalike.curation.evaluation import RetrievalEvaluation, evaluate_retrieval
 from lookalike.curation.leaks import LeakReport, find_leaks, leaks_view
@@ -39,6 +40,7 @@ __all__ = [
     "CalibrationError",
     "CurationError",
     "CurationReport",
+    "DedupeReport",
     "DeletionResult",
     "DuplicateReport",
     "FolderMatchReport",
@@ -50,6 +52,7 @@ __all__ = [
     "StaleRecordError",
     "calibrate_threshold",
     "curate",
+    "dedupe",
     "delete_duplicates",
     "duplicates_view",
     "evaluate_retrieval",

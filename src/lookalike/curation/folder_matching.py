@@ -111,7 +111,8 @@ class FolderMatchReport:
             text += f", {c['match']} match a '{self.label_field}' label"
         text += f", {c['new']} new"
         if self.unreadable:
-            text += f"; {len(self.unreadable)} unreadable files skipped"
+            n = len(self.unreadable)
+            text += f"; {n} unreadable file{'s' * (n != 1)} skipped"
         if self.add != "none":
             text += (f"; imported {len(self.added_ids)} ({self.add}) tagged '{self.tag}'"
                      if self.added_ids else "; nothing imported")

@@ -1,0 +1,134 @@
+"""One command from a folder to duplicate groups (#29): ``lookalike dedupe DIR``, ``lk.dedupe``.
+
+Real image files (the demo's photos and their planted copies), a real database, a real
+contrastive encoder trained by the call itself.
+"""
+
+import collections
+import os
+import shutil
+
+import fiftyone as fo
+
+import lookalike as lk
+from cli_runner import run_cli
+
+
+def _form(uri, dataset_name, params):
+    """The operator's input form as the App asks for it (POST /operators/resolve-type)."""
+    import asyncio
+
+    from fiftyone.operators.executor import resolve_type
+    from fiftyone.operators.registry import OperatorRegistry
+
+    request = {"operator_uri": uri, "target": "inputs", "dataset_name": dataset_name,
+               "params": params, "selected": []}
+    return asyncio.run(resolve_type(OperatorRegistry(), uri, request)).to_json()["type"][
+        "properties"]
+
+
+def _photos(demo_records, groups):
+    return [r for r in demo_records if r["source"] == "photo" and r["gt_group"] in groups]
+
+
+def _copy_into(folder, records):
+    for r in records:
+        shutil.copyfile(r["filepath"], folder / os.path.basename(r["filepath"]))
+    return records
+
+
+def _groups(demo_records):
+    return sorted({r["gt_group"] for r in demo_records if r["source"] == "photo"})
+
+
+def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
+        demo_records, store_dir, dataset_name, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    groups = _groups(demo_records)
+    first = _copy_into(folder, _photos(demo_records, groups[:3]))
+    (folder / "notes.txt").write_text("not an image")
+    stages = []
+    report = lk.dedupe(str(folder), dataset_name=dataset_name, sample_size=12, epochs=1,
+                       progress=lambda fraction, label: stages.append(fraction))
+    assert report.dataset_name == dataset_name and report.encoder == f"{dataset_name}-dedupe"
+    assert report.imported.imported == len(first) and len(report.imported.failures) == 1
+    # Trained here, on a sample of 12 of the images; then every image embedded and indexed.
+    assert report.trained is not None and report.trained.manifest["num_training_images"] == 12
+    curation = report.curation
+    assert curation.embedded == len(first) and curation.num_indexed == len(first)
+    assert curation.calibration is not None and curation.duplicates is not None
+    assert stages and stages == sorted(stages) and stages[-1] <= 1.0
+    assert {"import", "train", "embed", "index", "calibrate", "duplicates"} <= set(
+        report.seconds)
+    assert "encoder" in report.summary() and "trained" in report.summary()
+
+    # New photos arrive: only they are imported and embedded; the encoder is reused.
+    second = _copy_into(folder, _photos(demo_records, groups[3:4]))
+    again = lk.dedupe(str(folder), dataset_name=dataset_name, sample_size=12, epochs=1)
+    assert again.imported.imported == len(second) and again.trained is None
+    assert again.curation.embedding.embedded == len(second)
+    assert again.curation.embedding.skipped_existing == len(first)
+    assert again.curation.num_indexed == len(first) + len(second)
+    assert len(fo.load_dataset(dataset_name)) == len(first) + len(second)
+    assert f"encoder '{dataset_name}-dedupe': reused (trained by an earlier dedupe)" in \
+        again.summary()
+
+
+def test_cli_dedupe_with_an_encoder_groups_the_planted_copies(
+        demo_records, copies_encoder, dataset_name, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    records = _copy_into(folder, _photos(demo_records, _groups(demo_records)[:8]))
+    group_of = {os.path.basename(r["filepath"]): r["gt_group"] for r in records}
+    out = run_cli("dedupe", str(folder), "--dataset", dataset_name, "--encoder", copies_encoder)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"import: {len(records)} new images into '{dataset_name}'"
+    assert lines[1] == f"encoder '{copies_encoder}': given"
+    assert any(line.startswith("duplicate groups (") for line in lines)
+    assert lines[-1].startswith(f"review them in the App: lookalike plugin install && "
+                                f"fiftyone app launch {dataset_name}")
+    # The groups are the planted copies: each group's members are copies of one photo.
+    ds = fo.load_dataset(dataset_name)
+    members = collections.defaultdict(list)
+    for path, group in zip(*ds.exists("dup_group").values(["filepath", "dup_group"])):
+        members[group].append(group_of[os.path.basename(path)])
+    assert len(members) >= 6, dict(members)
+    grouped = sum(len(m) for m in members.values())
+    pure = sum(collections.Counter(m).most_common(1)[0][1] for m in members.values())
+    assert pure >= 0.9 * grouped, dict(members)
+
+
+def test_cli_dedupe_refuses_in_one_line(tmp_path):
+    out = run_cli("dedupe", str(tmp_path / "nope"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "nope" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("dedupe", str(tmp_path), "--yes")
+    assert out.returncode == 2 and "--yes confirms --delete" in out.stderr
+
+
+def test_the_one_job_operator_curates_the_dataset_with_a_saved_encoder(
+        demo_records, copies_encoder, dataset_name, tmp_path):
+    """The App's "Curate this dataset": the form offers training on a sample first where
+    this dataset has no encoder of its own, or a saved one; the run does every step."""
+    import fiftyone.operators as foo
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    records = _copy_into(folder, _photos(demo_records, _groups(demo_records)[:3]))
+    lk.import_images(str(folder), dataset_name)
+    ds = fo.load_dataset(dataset_name)
+    uri = "@lookalike/similarity/curate_dataset"
+    # The form: training "<dataset>-dedupe" on a sample is the default, saved encoders follow.
+    props = _form(uri, dataset_name, {})
+    choices = [c["value"] for c in props["encoder"]["view"]["choices"]]
+    assert props["encoder"]["default"] == "" and choices[0] == "" and copies_encoder in choices
+    assert props["sample_size"]["default"] == 1000 and "epochs" in props
+    props = _form(uri, dataset_name, {"encoder": copies_encoder})
+    assert "sample_size" not in props  # nothing to train
+    result = foo.execute_operator(uri, dataset=ds, params={"encoder": copies_encoder}).result
+    assert f"encoder '{copies_encoder}': given" in result["summary"], result
+    ds.reload()
+    assert len(ds.exists(f"emb_{copies_encoder}")) == len(records)
+    assert len(ds.exists("dup_group")) > 0 and ds.list_brain_runs()
