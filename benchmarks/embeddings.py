@@ -42,7 +42,12 @@ def main():
     args = parser.parse_args()
     import conftest
 
+    from lookalike.encoders import default_store_dir
+
+    users_store = default_store_dir()  # named encoders (make demo's), before the tests' set-up
     conftest._start_isolated_database()
+    if args.encoder:
+        os.environ["LOOKALIKE_MODELS_DIR"] = users_store
     import fiftyone as fo
 
     from lookalike.core.database import quiet_mongodb_version_warning

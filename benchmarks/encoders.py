@@ -47,7 +47,7 @@ def n_batches(size):
 
 
 def paddle_autoencoder(size, batch, width, results, tmp):
-    from lookalike.encoders import autoencoder as ae
+    from lookalike.encoders import autoencoder as ae, store
 
     paddle = ae._paddle()
     model = ae.build(width)
@@ -78,7 +78,10 @@ def paddle_autoencoder(size, batch, width, results, tmp):
     ae.save_model_files(directory, model, size, "gap")
     manifest = dict(name="bench", kind="autoencoder", image_size=size, embedding_size=ae.channels(width)[2],
                     framework="paddle", framework_version=paddle.__version__,
-                    architecture={"width": width, "embedding": "gap"}, files={})
+                    architecture={"width": width, "embedding": "gap"},
+                    # Every model file checksummed, as the store writes them (loads verify it).
+                    files={rel: store.sha256(os.path.join(directory, rel))
+                           for rel in os.listdir(directory)})
     fast = ae.AutoencoderEncoder(directory, manifest)
     results.append(("autoencoder", size, "embed", "paddle inference (oneDNN)",
                     batch / timed(lambda: fast.embed(images), nb)))

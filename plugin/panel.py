@@ -83,7 +83,9 @@ def _plotly(spec):
 
     fig = json.loads(to_plotly(spec).to_json())
     fig["layout"].pop("template", None)  # the App's own theme
-    fig["layout"].update(height=320, paper_bgcolor="rgba(0,0,0,0)",
+    # A fixed 500 px: a plot sized by the App keeps the width of the panel it was first
+    # drawn in, and a wider plot than the panel widens every paragraph past its edge.
+    fig["layout"].update(width=500, height=320, autosize=False, paper_bgcolor="rgba(0,0,0,0)",
                          plot_bgcolor="rgba(0,0,0,0)", font={"color": "#aaa"})
     return fig
 
@@ -248,6 +250,7 @@ class LookalikePanel(foo.Panel):
             state.run = forms.preferred_index(ctx)
         for r in runs:
             r["shown"] = "▶" if r["brain_key"] == state.run else ""
+            r["index"] = f"{r['shown']} {r['brain_key']}".strip()  # one column: narrow
         state.runs = runs
         summary = overview.run_summary(ctx.dataset, state.run) if state.run else None
         state.summary = "\n\n".join(summary["lines"]) if summary else None
@@ -333,7 +336,7 @@ class LookalikePanel(foo.Panel):
         if state.runs:
             # Few columns, so the table fits a half-width panel (a wider one widens the whole
             # panel and every paragraph runs off its edge); the rest is in the summary line.
-            runs = table_view([("shown", "Shown"), ("brain_key", "Brain key"), ("size", "Samples"),
+            runs = table_view([("index", "Index (▶ shown)"), ("size", "Samples"),
                                ("calibration", "Calibration")])
             runs.add_row_action("choose_run", self.choose_run, label="Show", icon="visibility")
             panel.list("runs", types.Object(), view=runs)

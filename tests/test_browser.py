@@ -529,6 +529,8 @@ def test_delete_then_undelete_from_the_panel_gives_back_the_same_grid(page, brow
     assert f"{count} of them deleted since: 0 groups left" in text, text[:2000]
     assert "STALE, recalibrate" in text and "Undelete restores" in text
     page.screenshot(path=os.path.join(shots, "15-panel-after-delete.png"))
+    # Beside FiftyOne's own Similarity Search panel too, nothing runs off the panel's edge.
+    assert _overflow(panel) <= 1, f"the panel's content runs {_overflow(panel)} px off its edge"
 
     form = _panel_button(page, panel, "Undelete")
     form.get_by_text(f"{count} samples (delete_duplicates)").first.wait_for()
