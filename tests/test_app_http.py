@@ -81,7 +81,7 @@ OPERATORS = ("import_images", "train_encoder", "load_encoder", "compute_embeddin
              "build_index", "sort_by_similarity", "calibrate_threshold", "flag_outliers",
              "find_duplicates", "delete_duplicates", "undelete", "evaluate_retrieval",
              "visualize_embeddings", "match_labels", "match_images", "find_leaks",
-             "extract_features")
+             "extract_features", "curate_dataset")
 
 
 # Immediate only: they answer in moments.
@@ -128,7 +128,8 @@ def test_the_panel_and_every_operator_are_listed_with_forms(app_server, photos):
                                       "params": {}}).json()
         assert options["allow_immediate_execution"], name
         assert options["allow_delegated_execution"] == (name not in QUICK), name
-        assert options["default_choice_to_delegated"] == (name == "train_encoder"), name
+        assert options["default_choice_to_delegated"] == (
+            name in ("train_encoder", "curate_dataset")), name
         assert config["risk_level"] in ("low", "medium", "high"), name  # each declared
 
 
