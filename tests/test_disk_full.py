@@ -286,7 +286,8 @@ def test_an_undelete_on_a_full_disk_restores_nothing_and_a_rerun_restores_all(
     assert _files(small_disk) == files
     _free(small_disk)
     rc, out, err = _cli(env, "undelete", "--dataset", ds.name, "--last")
-    assert rc == 0 and out == [f"restored {deleted.count} samples from {deleted.journal}"], err
+    assert rc == 0 and out[0].startswith(f"restored {deleted.count} samples from {deleted.journal}") and \
+        len(out) == 1, err
     assert _raw_docs(ds) == before  # every sample once, byte for byte
     assert journal.load(deleted.journal)["restored_at"]
     assert _temporaries(small_disk) == []
