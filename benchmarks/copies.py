@@ -1,7 +1,7 @@
 """Copies by relation kind: what ``find_duplicates`` finds, and its false pairs (issue #28).
 
     .venv/bin/python benchmarks/copies.py              # everything (about 10 minutes, 2 cores)
-    .venv/bin/python benchmarks/copies.py --modes before after
+    .venv/bin/python benchmarks/copies.py --no-options   # only the modes (about 8 minutes)
 
 Images: the photos shipped in ``skimage/data`` (nothing downloaded). Each photo
 with copies gets one copy of every kind of :data:`KINDS` (the parameters seeded
@@ -50,12 +50,14 @@ KINDS = ORIENTATION_KINDS + (
     "combination",  # crop 50% + quarter turn + JPEG q30 / border + posterise + text
     "perspective",  # another shot of a plane (synthetic: edits.perspective)
 )
-MODES = {
+MODES = {  # find_duplicates' arguments; "agreement": the agreement check's minimum (0: off)
     "no verification": dict(verify=False),
-    "before": dict(orientations=False, feature_votes=False),
-    "after (default: +orientations)": dict(),
-    "+feature votes": dict(orientations=False, feature_votes=True),
-    "+orientations +feature votes": dict(orientations=True, feature_votes=True),
+    "before (no orientations, no votes)": dict(orientations=False, feature_votes=False,
+                                               agreement=0.0),
+    "+orientations (stop 34 default)": dict(feature_votes=False, agreement=0.0),
+    "+orientations +agreement": dict(feature_votes=False),
+    "+orientations +votes, no agreement": dict(feature_votes=True, agreement=0.0),
+    "default (+orientations +votes +agreement)": dict(),
 }
 
 
@@ -385,10 +387,10 @@ def costs(ds, timings, out):
     desc = [rootsift(f.descriptors) for f in have]
     total = sum(len(d) for d in desc)
     t = time.perf_counter()
-    _, index = vocabulary(desc)
+    vocab = vocabulary(desc)
     vocab_s = time.perf_counter() - t
     t = time.perf_counter()
-    words = image_words(index, desc)
+    words = image_words(vocab, desc)
     assign_s = time.perf_counter() - t
     t = time.perf_counter()
     vote_pairs(features, VOTE_CANDIDATES)
@@ -416,9 +418,10 @@ def costs(ds, timings, out):
          1000 * timings["turned"] / n, big * timings["turned"] / n),
         ("plain embedding, for scale (this encoder)", 1000 * timings["embed"] / n,
          big * timings["embed"] / n),
-        ("vocabulary (k-means, sample capped at 64 per word)", 1000 * vocab_s / n, None),
-        ("quantising descriptors (flat search over the words)", 1000 * assign_s / n,
-         big * assign_s / n * big_k / K),
+        ("vocabulary (two-level k-means, sample capped at 64 per word)", 1000 * vocab_s / n,
+         None),
+        ("quantising descriptors (64 cells, then the words of one cell)", 1000 * assign_s / n,
+         big * assign_s / n * (64 + big_k / 64) / (64 + K / 64)),
         ("votes (sparse tf-idf product, top 5)", 1000 * vote_s / n,
          big * vote_s / n * df_big / max(1, n * mean_words / K)),
         ("verification per candidate pair (ms per pair)", 1000 * pair_s, None),
@@ -426,8 +429,9 @@ def costs(ds, timings, out):
     for name, ms, at in rows:
         out.append(f"| {name} | {ms:.2f} | "
                    + ("" if at is None else f"{at / 60:.1f} min") + " |")
-    out.append(f"\nAt 100,000 images the vocabulary would have {big_k} words (a k-means on "
-               f"{64 * big_k:,} sampled descriptors: measure it, not extrapolated here); the "
+    out.append(f"\nAt 100,000 images the vocabulary would have {big_k} words (two-level "
+               f"k-means on {64 * big_k:,} sampled descriptors: measure it, not extrapolated "
+               "here); the "
                "quantising line scales with the words, the votes line with the postings each "
                f"image meets (about {df_big:.0f} images per word). Verification: each image's "
                "new candidates (up to 8 from turns, 5 from votes) at the per-pair cost above.")
@@ -438,6 +442,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--keep", action="store_true", help="keep the image folder")
+    parser.add_argument("--no-options", action="store_true",
+                        help="only the modes' table: not the orientation options and costs")
     args = parser.parse_args()
 
     import conftest  # the tests' isolated mongod and model store
@@ -473,10 +479,13 @@ def main():
         ids, groups, unique = ds.values(["id", "gt_group", "gt_unique"])
         truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
         rows, out = [], []
+        default_agreement = V.MIN_AGREEMENT
         for mode in args.modes:
             shutil.rmtree(V.cache_dir(ds), ignore_errors=True)
             t = time.perf_counter()
-            report = lc.find_duplicates(ds, "sim", **MODES[mode])
+            settings = dict(MODES[mode])
+            V.MIN_AGREEMENT = settings.pop("agreement", default_agreement)
+            report = lc.find_duplicates(ds, "sim", **settings)
             seconds = time.perf_counter() - t
             predicted = group_of(ids, report.groups)
             scores = pair_scores(predicted, truth)
@@ -503,7 +512,10 @@ def main():
         out.append("| candidate pairs verified | " + " | ".join(str(r[5]) for r in rows) + " |")
         out.append("| find_duplicates, s (features from an empty cache) | " + " | ".join(
             f"{r[4]:.1f}" for r in rows) + " |")
+        V.MIN_AGREEMENT = default_agreement
         print("\n".join(out), flush=True)
+        if args.no_options:
+            return
         index = ls.load_index(ds, "sim")
         timings = orientation_options(ds, index, cal, out)
         costs(ds, timings, out)

@@ -26,6 +26,7 @@ from lookalike.curation.duplicate_pairs import (
     DEFAULT_CANDIDATES,
     EMBEDDING,
     IDENTICAL,
+    TURNED,
     fill_features,
     pair_reason,
     find_pairs,
@@ -95,6 +96,9 @@ class DuplicateReport:
             text += (f"; geometric verification of {v['num_candidates']} candidate pairs "
                      f"(within {v['candidate_threshold']:.4f}, >= {v['min_inliers']} inliers) "
                      f"added {self.num_verified_pairs} pairs")
+            if v.get("num_turned"):
+                text += (f"; {v['num_turned']} pairs are a quarter turn or transpose of each "
+                         "other within the threshold")
         elif v:
             text += f"; no geometric verification ({v['why_not']})"
         if self.warning:
@@ -105,7 +109,7 @@ class DuplicateReport:
 def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engine="auto",
                     tag=DEFAULT_TAG, exact_files=True, verify="auto", min_inliers=None,
                     candidates=DEFAULT_CANDIDATES, progress=None, orientations=True,
-                    feature_votes=False):
+                    feature_votes="auto"):
     """Finds near-duplicate groups in ``samples``; writes ``dup_*`` fields and a tag.
 
     Args:
@@ -134,12 +138,12 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
         orientations (True): with verification, also check the nearest
             neighbours of each image turned by quarter turns and transposed
             (:mod:`lookalike.curation.orientations`): rotated copies
-        feature_votes (False): with verification, also check the images that
+        feature_votes ("auto"): with verification, also check the images that
             share the most local features with each image, wherever the
             embedding puts them (:mod:`lookalike.images.feature_votes`): crops,
-            rotations, screenshots. Off by default: verification still accepts
-            two different photos under the same caption or window frame, and the
-            votes bring such pairs (measured in ``benchmarks/copies.py``)
+            rotations, screenshots. True, False, or "auto" = on for views of up
+            to :data:`lookalike.images.feature_votes.VOTE_UP_TO` samples (votes
+            need every image's local features, not only the candidates')
 
     Returns:
         a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
@@ -158,7 +162,7 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
 
 
 def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
-                     min_inliers, candidates, progress, orientations=True, feature_votes=False):
+                     min_inliers, candidates, progress, orientations=True, feature_votes="auto"):
     from lookalike.images import local_features as verification
 
     check_keep_policy(keep)
@@ -181,7 +185,8 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
             return dict(zip(positions, got))
 
         groups = _split_unverified(groups, i, j, kinds, features, inliers_of, distance,
-                                   settings["min_inliers"], verification, mirrored_features)
+                                   settings["min_inliers"], verification, mirrored_features,
+                                   pairs.turned_of)
     report_progress(0.9, f"choosing the kept sample of {len(groups)} groups")
 
     link = _links(i, j, kinds)
@@ -198,7 +203,8 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
             inlier_counts[p] = inliers(p, kept) if p != kept else None
             reasons[p] = "kept" if p == kept else pair_reason(
                 kind, distance(p, via), inliers(p, via),
-                None if via == kept else os.path.basename(paths[via]))
+                None if via == kept else os.path.basename(paths[via]),
+                pairs.turned_of.get(pair_key(p, via)))
         ordered.append([kept] + rest)
     ordered.sort(key=lambda g: (-len(g), g[0]))
 
@@ -222,7 +228,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
 
 
 def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_inliers,
-                      verification, mirrored_features):
+                      verification, mirrored_features, turned_of=None):
     """Groups split where only pairs that local features do not confirm join their parts.
 
     A pair is *strong* when its files are identical, it was verified, or it is
@@ -234,13 +240,19 @@ def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_i
     with their nearest partner's part
     (:func:`~lookalike.similarity.pairs.split_at_weak_pairs`). Textures the
     encoder confuses (the demo's grass and gravel) are joined by weak pairs only.
-    ``inliers_of`` ({(i, j): inliers}) gets the counts of the pairs checked.
+    ``inliers_of`` ({(i, j): inliers}) gets the counts of the pairs checked. A
+    TURNED pair (``turned_of``: {(i, j): (turn, distance)}) is an embedding pair
+    like the others, at its turned distance (the encoder confuses turned textures
+    as it confuses upright ones).
     """
-    d = np.array([distance(int(a), int(b)) or 0.0 for a, b in zip(i, j)])
-    strong = kinds != EMBEDDING
+    turned_of = turned_of or {}
+    d = np.array([turned_of[pair_key(a, b)][1] if k == TURNED else
+                  distance(int(a), int(b)) or 0.0 for a, b, k in zip(i, j, kinds)])
+    weak = (kinds == EMBEDDING) | (kinds == TURNED)
+    strong = ~weak
     grouped = {p for g in groups for p in g}
     by_member = {}
-    for e in np.flatnonzero(kinds == EMBEDDING):
+    for e in np.flatnonzero(weak):
         a, b = int(i[e]), int(j[e])
         if a in grouped and b in grouped:
             by_member.setdefault(a, []).append(e)

@@ -56,25 +56,28 @@ def turned_vectors(encoder, paths, turns=TURNS, batch_size=64, progress=None):
 
 
 def orientation_pairs(index, rows, paths, k, within, progress=None):
-    """``(i, j, mirrored)``: positions in ``rows`` of each image's turned embeddings'
-    ``k`` nearest neighbours in ``index`` (rows ``rows``, files ``paths``) within
-    ``within``; ``mirrored``: found by a mirrored turn (verify mirrored too).
+    """``(i, j, mirrored, distance, turned)``: positions in ``rows`` of each image's turned
+    embeddings' ``k`` nearest neighbours in ``index`` (rows ``rows``, files ``paths``)
+    within ``within``; ``mirrored``: found by a mirrored turn (verify mirrored too);
+    ``distance``: of the turned embedding (of ``i`` or ``j``) to the other; ``turned``:
+    the turn (one of :data:`TURNS`). A pair found by several turns keeps its nearest.
     An index whose encoder cannot embed a new image (a field lookalike did not
     write, an encoder changed since) gets no turned pairs."""
     from lookalike.core.errors import LookalikeError
     from lookalike.similarity import encoder_of
 
     empty = np.zeros(0, np.int64)
+    nothing = (empty, empty, np.zeros(0, bool), np.zeros(0, np.float32), np.zeros(0, "<U10"))
     try:
         encoder = encoder_of(index)
     except LookalikeError:
-        return empty, empty, np.zeros(0, bool)
+        return nothing
     vectors, ok = turned_vectors(encoder, paths, progress=progress)
     whole = len(rows) == index.total_index_size
     position = np.full(index.total_index_size, -1, np.int64)
     position[rows] = np.arange(len(rows))
     kk = min(k + 1, len(rows))
-    i, j, mirrored = [], [], []
+    i, j, mirrored, distance, turned = [], [], [], [], []
     for t, v in vectors.items():
         if not len(v):
             continue
@@ -90,8 +93,18 @@ def orientation_pairs(index, rows, paths, k, within, progress=None):
         i.append(a[good])
         j.append(b[good])
         mirrored.append(np.full(int(good.sum()), t in MIRRORED_TURNS))
+        distance.append(np.asarray(dists, np.float32)[good])
+        turned.append(np.full(int(good.sum()), t, "<U10"))
     if not i:
-        return empty, empty, np.zeros(0, bool)
-    i, j, mirrored = np.concatenate(i), np.concatenate(j), np.concatenate(mirrored)
+        return nothing
+    i, j, mirrored, distance, turned = (np.concatenate(x)
+                                        for x in (i, j, mirrored, distance, turned))
     lo, hi = np.minimum(i, j), np.maximum(i, j)
-    return lo, hi, mirrored
+    order = np.lexsort((distance, hi, lo))  # each pair's nearest turn first
+    lo, hi, mirrored, distance, turned = (x[order] for x in (lo, hi, mirrored, distance, turned))
+    first = np.ones(len(lo), bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    # A pair is retried mirrored when any of its turns was a mirror image.
+    codes = lo * np.int64(len(rows)) + hi
+    any_mirrored = np.isin(codes, codes[mirrored])
+    return lo[first], hi[first], any_mirrored[first], distance[first], turned[first]

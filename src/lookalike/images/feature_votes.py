@@ -13,19 +13,24 @@ spatial verification of :mod:`.local_features` decides. SIFT is invariant to
 rotation and scale, so a rotated, cropped or rescaled copy is voted for wherever
 its embedding lands.
 
-Off by default in ``find_duplicates`` (``feature_votes=True``): the votes bring
-different photos under one caption or window frame together, and verification
-accepts those (``benchmarks/copies.py``, ``docs/benchmarks.md``). The vocabulary
-and the votes are computed per call from the cached features; their cost grows
-faster than the images (see the same page).
+On in ``find_duplicates`` for views of up to :data:`VOTE_UP_TO` images
+(``feature_votes="auto"``): votes need the local features of every image, not
+only of the candidate pairs (about 20 ms per image on 2 cores, cached). The votes
+also bring different photos under one caption or window frame together:
+verification's agreement check turns those down
+(:func:`lookalike.images.local_features.agreement`; ``benchmarks/copies.py``,
+``docs/benchmarks.md``). The vocabulary and the votes are computed per call
+from the cached features.
 """
 
 import numpy as np
 
 VOTE_CANDIDATES = 5  # best-voted others per image that verification checks
+VOTE_UP_TO = 5_000  # feature_votes="auto": views up to this size (every image's features)
 MIN_WORDS, MAX_WORDS = 1024, 16384
 DESCRIPTORS_PER_WORD = 16  # vocabulary size: descriptors / this, a power of 2 in the bounds
 TRAIN_PER_WORD = 64  # k-means sample: this many descriptors per word at most
+COARSE_WORDS = 64  # the vocabulary tree's first level (see Vocabulary)
 # Words in more images than this share (and than COMMON_MIN images) are ignored: stop words.
 COMMON_SHARE, COMMON_MIN = 0.05, 5
 
@@ -43,11 +48,60 @@ def num_words(num_descriptors):
     return int(np.clip(2 ** int(np.round(np.log2(target))), MIN_WORDS, MAX_WORDS))
 
 
-def vocabulary(descriptor_sets, words=None, seed=51):
-    """``(centroids, faiss index)`` of a visual vocabulary learnt from ``descriptor_sets``
-    (RootSIFT arrays), or None when they hold fewer descriptors than words."""
+class Vocabulary:
+    """Visual words in two levels (a vocabulary tree): :data:`COARSE_WORDS` k-means
+    centroids, each cell split again by a k-means of its own descriptors.
+
+    A flat k-means of 8,192 words costs descriptors x words per iteration (24 s
+    for the 98,000 descriptors of ``benchmarks/copies.py`` on 2 cores); two levels
+    cost descriptors x (64 + 128), and quantising searches 64 + 128 centroids
+    instead of 8,192. Word ids are ``offsets[cell] + fine word``.
+    """
+
+    def __init__(self, coarse, fine):
+        self.coarse = coarse  # (C, D) centroids
+        self.fine = fine  # per cell: (k, D) centroids
+        sizes = [len(f) for f in fine]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.size = int(sum(sizes))
+
+    def __len__(self):
+        return self.size
+
+    def words(self, descriptors):
+        """The word of each descriptor (an int64 array)."""
+        d = np.ascontiguousarray(descriptors, np.float32)
+        cells = _nearest(self.coarse, d)
+        out = np.empty(len(d), np.int64)
+        for c in np.unique(cells):
+            members = np.flatnonzero(cells == c)
+            out[members] = self.offsets[c] + _nearest(self.fine[c], d[members])
+        return out
+
+
+def _nearest(centroids, points):
     import faiss
 
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    return index.search(points, 1)[1][:, 0].astype(np.int64)
+
+
+def _kmeans(points, k, seed):
+    import faiss
+
+    if len(points) <= k:  # every point its own word
+        return np.ascontiguousarray(points, np.float32)
+    kmeans = faiss.Kmeans(points.shape[1], k, niter=12, seed=seed, verbose=False,
+                          max_points_per_centroid=TRAIN_PER_WORD, min_points_per_centroid=1)
+    kmeans.train(np.ascontiguousarray(points, np.float32))
+    return kmeans.centroids
+
+
+def vocabulary(descriptor_sets, words=None, seed=51):
+    """A :class:`Vocabulary` of about ``words`` words (default :func:`num_words`) learnt
+    from ``descriptor_sets`` (RootSIFT arrays), or None when they hold fewer
+    descriptors than twice the words."""
     total = sum(len(d) for d in descriptor_sets)
     words = words or num_words(total)
     if total < 2 * words:
@@ -61,23 +115,25 @@ def vocabulary(descriptor_sets, words=None, seed=51):
         sample = np.concatenate([d[rng.random(len(d)) < keep] for d in descriptor_sets])
     else:
         sample = np.concatenate(descriptor_sets)
-    kmeans = faiss.Kmeans(sample.shape[1], words, niter=12, seed=seed, verbose=False,
-                          max_points_per_centroid=TRAIN_PER_WORD, min_points_per_centroid=1)
-    kmeans.train(np.ascontiguousarray(sample, np.float32))
-    index = faiss.IndexFlatL2(sample.shape[1])
-    index.add(kmeans.centroids)
-    return kmeans.centroids, index
+    sample = np.ascontiguousarray(sample, np.float32)
+    cells = min(COARSE_WORDS, words)
+    coarse = _kmeans(sample, cells, seed)
+    assigned = _nearest(coarse, sample)
+    per_cell = max(1, words // cells)
+    fine = [_kmeans(sample[assigned == c], per_cell, seed + c) if (assigned == c).any()
+            else coarse[c:c + 1] for c in range(len(coarse))]
+    return Vocabulary(coarse, fine)
 
 
-def image_words(index, descriptor_sets):
-    """Each image's set of visual words (a sorted int array), descriptors quantised in one search."""
+def image_words(vocab, descriptor_sets):
+    """Each image's set of visual words (a sorted int array), all descriptors quantised at once."""
     sizes = [len(d) for d in descriptor_sets]
     if not sum(sizes):
         return [np.zeros(0, np.int64) for _ in sizes]
-    _, nearest = index.search(np.ascontiguousarray(np.concatenate(descriptor_sets), np.float32), 1)
+    nearest = vocab.words(np.concatenate(descriptor_sets))
     out, start = [], 0
     for n in sizes:
-        out.append(np.unique(nearest[start:start + n, 0]))
+        out.append(np.unique(nearest[start:start + n]))
         start += n
     return out
 
@@ -97,15 +153,14 @@ def vote_pairs(features, k=VOTE_CANDIDATES, seed=51, rows=None):
     if len(have) < 2:
         return empty, empty, np.zeros(0, np.float32)
     descriptors = [rootsift(features[n].descriptors) for n in have]
-    built = vocabulary(descriptors, seed=seed)
-    if built is None:
+    vocab = vocabulary(descriptors, seed=seed)
+    if vocab is None:
         return empty, empty, np.zeros(0, np.float32)
-    centroids, index = built
-    words = image_words(index, descriptors)
+    words = image_words(vocab, descriptors)
     cols = np.concatenate(words)
     row_of = np.repeat(np.arange(len(have)), [len(w) for w in words])
     x = sparse.csr_matrix((np.ones(len(cols), np.float32), (row_of, cols)),
-                          shape=(len(have), len(centroids)))
+                          shape=(len(have), len(vocab)))
     df = np.asarray(x.sum(axis=0)).ravel()
     common = df > max(COMMON_MIN, COMMON_SHARE * len(have))
     idf = np.where(common | (df == 0), 0.0, np.log(len(have) / np.maximum(df, 1))).astype(

@@ -38,6 +38,15 @@ MIN_INLIERS_FLOOR = 12
 # may be copies after all without moving it.
 CHANCE_PERCENTILE = 95
 DEFAULT_MIN_INLIERS = 15  # verify=True where the calibration found no local features
+# The agreement check (see agreement): thumbnails' longer side, cells, blur, what a flat
+# cell is (grey-level std), what an agreeing cell is, and how much must agree.
+THUMB_SIDE = 128
+CELL_PX = 12
+BLUR_PX = 1.0
+FLAT_STD = 4.0
+CELL_NCC = 0.5
+MIN_CELLS = 6
+MIN_AGREEMENT = 0.65
 # verify="auto" verifies views up to this size (features ~23 ms per image, each
 # candidate pair ~1.3 ms: about 5 minutes per 10,000 images on 2 cores).
 VERIFY_UP_TO = 20_000
@@ -47,6 +56,9 @@ VERIFY_UP_TO = 20_000
 class Features:
     points: np.ndarray  # (N, 2) float32, in the scaled image's pixels
     descriptors: np.ndarray  # (N, 128) float32
+    # The image in grey, longer side THUMB_SIDE, for the agreement check (None: not kept).
+    thumb: np.ndarray = None
+    thumb_scale: float = 1.0  # thumbnail pixels per point pixel
 
     def __len__(self):
         return len(self.points)
@@ -77,11 +89,17 @@ def extract(image, max_keypoints=MAX_KEYPOINTS, max_side=MAX_SIDE):
     """SIFT features of a PIL image, or None when it has too few keypoints."""
     cv2 = _cv2()
     sift = cv2.SIFT_create(nfeatures=max_keypoints)
-    keypoints, descriptors = sift.detectAndCompute(gray_array(image, max_side), None)
+    gray = gray_array(image, max_side)
+    keypoints, descriptors = sift.detectAndCompute(gray, None)
     if descriptors is None or len(keypoints) < MIN_KEYPOINTS:
         return None
     points = np.array([k.pt for k in keypoints], np.float32)
-    return Features(points, descriptors.astype(np.float32))
+    scale = min(1.0, THUMB_SIDE / max(gray.shape))
+    thumb = gray if scale == 1.0 else cv2.resize(
+        gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))),
+        interpolation=cv2.INTER_AREA)
+    return Features(points, descriptors.astype(np.float32), np.ascontiguousarray(thumb),
+                    thumb.shape[1] / gray.shape[1])
 
 
 def extract_file(path, max_keypoints=MAX_KEYPOINTS, mirrored=False):
@@ -104,16 +122,26 @@ def extract_file(path, max_keypoints=MAX_KEYPOINTS, mirrored=False):
 
 
 def inliers(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
-    """RANSAC-homography inliers among mutual ratio-test matches of two feature sets."""
-    if a is None or b is None or len(a) < 4 or len(b) < 4:
+    """RANSAC-homography inliers among mutual ratio-test matches of two feature sets; 0 when
+    they do not span the pictures or the pictures disagree where they overlap."""
+    count, homography, matched = match(a, b, ratio, ransac_px)
+    if count and agreement(a, b, homography, matched) < MIN_AGREEMENT:
         return 0
+    return count
+
+
+def match(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
+    """``(inliers, homography from a's points to b's, (a's inlier points, b's))``:
+    ``(0, None, None)`` when the inliers do not span a fifth of both pictures."""
+    if a is None or b is None or len(a) < 4 or len(b) < 4:
+        return 0, None, None
     cv2 = _cv2()
     matcher = cv2.BFMatcher(cv2.NORM_L2)
     forward = [(m[0].queryIdx, m[0].trainIdx) for m in
                matcher.knnMatch(a.descriptors, b.descriptors, k=2)
                if len(m) == 2 and m[0].distance < ratio * m[1].distance]
     if len(forward) < 4:
-        return 0
+        return 0, None, None
     # One-to-one: the way back, for the matched points of b only (unrelated
     # pairs pass the ratio test rarely, so this is a small search).
     targets = sorted({j for _, j in forward})
@@ -122,17 +150,90 @@ def inliers(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
                if len(m) == 2 and m[0].distance < ratio * m[1].distance}
     pairs = [(i, j) for i, j in forward if best_ba.get(j) == i]
     if len(pairs) < 4:
-        return 0
+        return 0, None, None
     src = a.points[[i for i, _ in pairs]]
     dst = b.points[[j for _, j in pairs]]
-    _, mask = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2), cv2.RANSAC,
-                                 ransac_px)
-    if mask is None:
-        return 0
+    homography, mask = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2),
+                                          cv2.RANSAC, ransac_px)
+    if mask is None or homography is None:
+        return 0, None, None
     held = mask.ravel().astype(bool)
     if not (_spread(src[held], a.points) and _spread(dst[held], b.points)):
-        return 0
-    return int(held.sum())
+        return 0, None, None
+    return int(held.sum()), homography, (src[held], dst[held])
+
+
+def agreement(a, b, homography, matched=None):
+    """Share of the pictures' overlap where they agree, once ``a`` is warped onto ``b``.
+
+    Inliers say that some points match; a shared caption, logo or window frame
+    around two different photos matches as well as a whole picture does, and
+    spans it (measured: 180 verified pairs of different photos under one meme
+    caption, ``benchmarks/copies.py``). So the overlap is cut into cells and each
+    cell where either picture has texture is compared (blurred grey levels,
+    normalised correlation, so contrast, posterising and JPEG do not matter):
+    an edited copy agrees almost everywhere (a sticker or a caption on one side
+    disagrees in its own cells), two photos in one frame only in the frame's.
+    Both ways (a onto b and b onto a), the way with more cells counted: a crop
+    fills its own frame but a small part of its original's. 1.0 when either
+    side has no thumbnail or the overlap has too few textured cells to judge.
+    """
+    if a.thumb is None or b.thumb is None or homography is None:
+        return 1.0
+    to_b = _thumb_homography(a, b, homography)
+    try:
+        to_a = np.linalg.inv(to_b)
+    except np.linalg.LinAlgError:
+        return 0.0
+    near_a = near_b = None
+    if matched is not None:
+        near_a, near_b = (np.asarray(m, np.float64) * f.thumb_scale
+                          for m, f in zip(matched, (a, b)))
+    best = max((_cell_agreement(a.thumb, b.thumb, to_b, near_b),
+                _cell_agreement(b.thumb, a.thumb, to_a, near_a)), key=lambda got: got[1])
+    agreeing, counted = best
+    return 1.0 if counted < MIN_CELLS else agreeing / counted
+
+
+def _thumb_homography(a, b, homography):
+    """``homography`` (between point pixels) between the thumbnails' pixels instead."""
+    def scaling(s):
+        return np.diag([s, s, 1.0])
+
+    return scaling(b.thumb_scale) @ np.asarray(homography, np.float64) @ scaling(
+        1.0 / a.thumb_scale)
+
+
+def _cell_agreement(source, target, homography, matched=None):
+    """``(agreeing cells, cells counted)`` of ``source`` warped onto ``target``; cells
+    holding a point of ``matched`` (target pixels) are not counted."""
+    cv2 = _cv2()
+    h, w = target.shape
+    warped = cv2.warpPerspective(source, homography, (w, h), flags=cv2.INTER_LINEAR)
+    inside = cv2.warpPerspective(np.full(source.shape, 255, np.uint8), homography, (w, h),
+                                 flags=cv2.INTER_NEAREST) == 255
+    x = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), BLUR_PX)
+    y = cv2.GaussianBlur(target.astype(np.float32), (0, 0), BLUR_PX)
+    rows, cols = h // CELL_PX, w // CELL_PX
+    if not rows or not cols:
+        return 0, 0
+    def cells(image):
+        return image[:rows * CELL_PX, :cols * CELL_PX].reshape(
+            rows, CELL_PX, cols, CELL_PX).swapaxes(1, 2).reshape(rows * cols, -1)
+
+    full = cells(inside).mean(axis=1) >= 0.95  # cells wholly inside the overlap
+    if matched is not None and len(matched):
+        r = np.clip((matched[:, 1] // CELL_PX).astype(int), 0, None)
+        c = np.clip((matched[:, 0] // CELL_PX).astype(int), 0, None)
+        keep = (r < rows) & (c < cols)
+        full[r[keep] * cols + c[keep]] = False
+    cx, cy = cells(x)[full], cells(y)[full]
+    sx, sy = cx.std(axis=1), cy.std(axis=1)
+    textured = (sx >= FLAT_STD) | (sy >= FLAT_STD)
+    both = (sx >= FLAT_STD) & (sy >= FLAT_STD)
+    ncc = ((cx - cx.mean(axis=1, keepdims=True)) * (cy - cy.mean(axis=1, keepdims=True))
+           ).mean(axis=1) / np.maximum(sx * sy, 1e-6)
+    return int((both & (ncc >= CELL_NCC)).sum()), int(textured.sum())
 
 
 def _spread(matched, points, share=MIN_SPREAD):
@@ -159,12 +260,15 @@ def cache_dir(dataset):
     return os.path.join(default_data_dir(), "features", fo_adapter.dataset_id(dataset))
 
 
-# An entry is our own small binary: magic, count, width, then the float32 points
-# and descriptors (count -1: featureless). Not .npz: np.load parses each header
-# with ast, and CPython 3.11's AST constructor is not thread-safe (gh-106905:
-# "AST constructor recursion depth mismatch" when features load in parallel).
-_MAGIC = b"LKSIFT1\0"
-_HEADER = np.dtype([("count", "<i4"), ("width", "<i4")])
+# An entry is our own small binary: magic, count, width, the thumbnail's height, width
+# and scale, then the float32 points and descriptors and the uint8 thumbnail (count -1:
+# featureless). Not .npz: np.load parses each header with ast, and CPython 3.11's AST
+# constructor is not thread-safe (gh-106905: "AST constructor recursion depth mismatch"
+# when features load in parallel). An entry of an older format reads as damaged, so it
+# is recomputed.
+_MAGIC = b"LKSIFT2\0"
+_HEADER = np.dtype([("count", "<i4"), ("width", "<i4"), ("thumb_h", "<i4"), ("thumb_w", "<i4"),
+                    ("thumb_scale", "<f4")])
 
 
 def _cache_path(directory, path, mirrored=False):
@@ -180,25 +284,32 @@ def _cache_path(directory, path, mirrored=False):
 
 def _encode(features):
     if features is None:
-        return _MAGIC + np.array([(-1, 0)], _HEADER).tobytes()
+        return _MAGIC + np.array([(-1, 0, 0, 0, 0.0)], _HEADER).tobytes()
     points = np.ascontiguousarray(features.points, "<f4")
     descriptors = np.ascontiguousarray(features.descriptors, "<f4")
-    return (_MAGIC + np.array([(len(points), descriptors.shape[1])], _HEADER).tobytes()
-            + points.tobytes() + descriptors.tobytes())
+    thumb = (np.zeros((0, 0), np.uint8) if features.thumb is None
+             else np.ascontiguousarray(features.thumb, np.uint8))
+    return (_MAGIC + np.array([(len(points), descriptors.shape[1], *thumb.shape,
+                                features.thumb_scale)], _HEADER).tobytes()
+            + points.tobytes() + descriptors.tobytes() + thumb.tobytes())
 
 
 def _decode(data):
     """``(features or None, reason or None)`` of an entry; ValueError when damaged."""
     if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _HEADER.itemsize:
         raise ValueError("not a feature entry")
-    count, width = np.frombuffer(data, _HEADER, 1, len(_MAGIC))[0].tolist()
+    count, width, th, tw, scale = np.frombuffer(data, _HEADER, 1, len(_MAGIC))[0].tolist()
     if count == -1:
         return None, FEATURELESS
-    body = np.frombuffer(data, "<f4", offset=len(_MAGIC) + _HEADER.itemsize)
-    if count < 0 or width < 1 or body.size != count * (2 + width):
+    start = len(_MAGIC) + _HEADER.itemsize
+    floats = count * (2 + width)
+    if count < 0 or width < 1 or th < 0 or tw < 0 or len(data) != start + 4 * floats + th * tw:
         raise ValueError("a truncated feature entry")
+    body = np.frombuffer(data, "<f4", floats, start)
+    thumb = (np.frombuffer(data, np.uint8, th * tw, start + 4 * floats).reshape(th, tw).copy()
+             if th * tw else None)
     return Features(body[:2 * count].reshape(count, 2).copy(),
-                    body[2 * count:].reshape(count, width).copy()), None
+                    body[2 * count:].reshape(count, width).copy(), thumb, float(scale)), None
 
 
 def _cached(directory, path, mirrored=False, required=False):
