@@ -139,3 +139,29 @@ def test_votes_rank_a_turned_crop_first():
     features = [V.extract(to_rgb(Image.open(photos[n]))) for n in names] + [V.extract(copy)]
     i, j, _ = vote_pairs(features, k=1, rows=[len(names)])
     assert list(zip(i.tolist(), j.tolist())) == [(names.index("astronaut"), len(names))]
+
+
+def test_a_close_turned_pair_that_verification_can_judge_and_rejects_is_no_duplicate(tmp_path):
+    # The rule's "no": two unrelated photos with local features whose turned embeddings
+    # happen to fall within a loose threshold (a weak encoder) are not a TURNED pair;
+    # a featureless image's close turn is (verification cannot judge it).
+    from lookalike.curation.duplicate_pairs import TURNED, Pairs, _turned_edges
+    from lookalike.demo.dataset import skimage_photo_paths
+
+    photos = skimage_photo_paths()
+    flat = str(tmp_path / "flat.png")
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(flat)
+    paths = [photos["astronaut"], photos["coffee"], flat]
+    features, _ = V.compute_features(paths)
+    assert features[0] is not None and features[1] is not None and features[2] is None
+    out = Pairs(list("abc"), paths, None, None, None, 0.1, "exact")
+    out.features = dict(enumerate(features))
+    out.inliers_of = {(0, 1): V.inliers(features[0], features[1]), (0, 2): 0}
+    assert out.inliers_of[(0, 1)] < 12
+    edges = []
+    close = (np.array([0, 0]), np.array([1, 2]), np.array(["rot90", "rot90"]),
+             np.array([0.05, 0.05]))
+    _turned_edges(out, edges, np.arange(3), close, 12, V)
+    (a, b, kinds), = edges
+    assert list(zip(a.tolist(), b.tolist())) == [(0, 2)] and set(kinds.tolist()) == {TURNED}
+    assert out.num_turned == 1 and out.turned_of == {(0, 2): ("rot90", 0.05)}
