@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   builds the offline demo dataset and runs the main job on it
 #   make test   runs the default tier of the tests (own MongoDB, real models, real
-#               images, all in one process: a few minutes)
+#               images; no test starts a process of its own: a few minutes)
 #   make test-system  the tests that start processes: CLIs killed and raced, workers,
 #               App servers, the browser, the wheel install (CI runs both tiers)
 PYTHON ?= python3
@@ -9,6 +9,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lookalike-installed
 PYTEST_ARGS ?=
+# Test files run in parallel worker processes (pytest-xdist), a file's tests in one
+# worker (its module fixtures built once); each worker starts its own mongod. Two
+# workers nearly halve a tier on 2 cores: much of a test is waiting on processes and
+# the database. TEST_WORKERS=0 runs a tier in one process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # The App serves its plugins directory over HTTP: it holds a copy of the
 # plugin's files only, never the checkout itself.
 PLUGINS_DIR := $(CURDIR)/build/plugins
@@ -29,10 +35,10 @@ demo: setup
 	$(VENV)/bin/lookalike demo
 
 test: setup
-	$(PY) -m pytest -m "not system" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not system" $(XDIST) $(PYTEST_ARGS)
 
 test-system: setup browser
-	$(PY) -m pytest -m system $(PYTEST_ARGS)
+	$(PY) -m pytest -m system $(XDIST) $(PYTEST_ARGS)
 
 test-all: test test-system
 

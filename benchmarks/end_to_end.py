@@ -17,11 +17,9 @@ earlier scenes), and, beside it, ``imagehash``'s perceptual hash (pHash, a Hammi
 distance of at most 10 bits: imagededup's default for it), each file opened as its
 README does (``pip install imagehash`` if missing; the row is skipped otherwise).
 
-Known flaw (seen in the first run, 2026-12-07): the scenes share regions of the same
-25 photos, so two "different" scenes can hold the same crop of one photo, which
-geometric verification rightly matches: lookalike's precision here is understated.
-The scenes need content of their own (drawn shapes or noise over the tiles) before
-its precision means anything.
+The photos are few (25), so two scenes can hold the same crop of one photo, which
+geometric verification rightly matches; 40 translucent random shapes over each scene
+give it content of its own (the first run, without them, had such false pairs).
 """
 
 import argparse
@@ -75,8 +73,30 @@ def _scene(photos, side, rng):
         tile = img.crop((left, top, left + cw, top + ch)).resize(
             (box[2] - box[0], box[3] - box[1]), Image.Resampling.BILINEAR)
         out.paste(tile, box[:2])
+    out = _marks(out, rng)
     out = ImageEnhance.Color(out).enhance(rng.uniform(0.6, 1.4))
     return ImageEnhance.Brightness(out).enhance(rng.uniform(0.8, 1.2))
+
+
+def _marks(img, rng, count=40):
+    """Translucent random shapes all over ``img``: content of the scene's own, so that two
+    scenes holding crops of one photo do not show the same picture (the photos are few)."""
+    from PIL import Image, ImageDraw
+
+    w, h = img.size
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for _ in range(count):
+        x, y = rng.uniform(0, w), rng.uniform(0, h)
+        r = rng.uniform(0.03, 0.12) * min(w, h)
+        fill = tuple(rng.randint(0, 255) for _ in range(3)) + (rng.randint(110, 200),)
+        shape = rng.choice(("ellipse", "rectangle", "polygon"))
+        if shape == "polygon":
+            draw.polygon([(x + rng.uniform(-r, r), y + rng.uniform(-r, r)) for _ in range(5)],
+                         fill=fill)
+        else:
+            getattr(draw, shape)((x - r, y - r * rng.uniform(0.4, 1), x + r, y + r), fill=fill)
+    return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
 def _copy(img, kind, rng):

@@ -108,6 +108,15 @@ SYSTEM_FIXTURES = {"subprocess_env", "app_server"}
 TIMEOUT_S = {"default": 120, "system": 600}
 
 
+# The files that take longest (measured with --durations, 2026-12-07), started first: with
+# test files spread over parallel workers (`make test`), a long file started last would
+# run alone at the end.
+LONG_FILES_FIRST = ("test_browser.py", "test_demo.py", "test_match.py", "test_sharded_jobs.py",
+                    "test_concurrency.py", "test_trust_fields.py", "test_decisions.py",
+                    "test_faults_jobs.py", "test_isolation.py", "test_dedupe.py",
+                    "test_curation_demo.py", "test_newcomer.py", "test_deletion.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SYSTEM_FIXTURES & set(item.fixturenames):
@@ -115,6 +124,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("timeout") is None:
             tier = "system" if item.get_closest_marker("system") else "default"
             item.add_marker(pytest.mark.timeout(TIMEOUT_S[tier]))
+    rank = {name: n for n, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order kept
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ The cache is ``.cache/test-encoders`` in the checkout, or ``$LOOKALIKE_TEST_CACH
 Tests *about* training train for real; this is for tests that only need an encoder.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -67,8 +68,19 @@ def cached_encoder(name, settings, train):
 
     entry = os.path.join(cache_root(), cache_key(name, settings))
     folder = os.path.join(entry, name)
+    os.makedirs(cache_root(), exist_ok=True)
+    # Parallel test workers (pytest-xdist) wanting one encoder: one trains, the others wait
+    # for it instead of training it again.
+    with open(entry + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _train_once(name, train, entry, folder)
+    import_encoder(folder, name=name, store_dir=os.environ["LOOKALIKE_MODELS_DIR"],
+                   overwrite=True)
+    return name
+
+
+def _train_once(name, train, entry, folder):
     if not os.path.isfile(os.path.join(folder, "manifest.json")):
-        os.makedirs(cache_root(), exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_root())
         train(os.path.join(staging, "store"))
         os.makedirs(os.path.join(staging, "entry"))
@@ -78,6 +90,3 @@ def cached_encoder(name, settings, train):
         except OSError:  # another run published it first: use theirs
             pass
         shutil.rmtree(staging, ignore_errors=True)
-    import_encoder(folder, name=name, store_dir=os.environ["LOOKALIKE_MODELS_DIR"],
-                   overwrite=True)
-    return name

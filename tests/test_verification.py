@@ -159,3 +159,31 @@ def test_the_inlier_threshold_holds_when_a_weak_encoder_puts_a_copy_farthest(tmp
     assert result.min_inliers <= 2 * 10  # ...and did not set the chance level
     assert "95th percentile" in result.rule
     assert result.copy_recall >= 0.6
+
+
+def test_an_image_recognises_itself_whatever_list_it_is_in_and_the_answer_is_cached(
+        photo_files, tmp_path):
+    from PIL import Image
+
+    photos = [photo_files[n] for n in ("astronaut", "chelsea", "coffee")]
+    flat = str(tmp_path / "flat.png")
+    Image.new("RGB", (200, 150), (120, 120, 120)).save(flat)
+    cache = str(tmp_path / "cache")
+    forward = V.recognises_itself(photos + [flat], V.MIN_INLIERS_FLOOR, cache=cache)
+    assert forward.tolist() == [True, True, True, False]
+    # The edit is drawn from the file, not its position: the same answers reversed, and
+    # without a cache.
+    backward = V.recognises_itself([flat] + photos[::-1], V.MIN_INLIERS_FLOOR)
+    assert backward.tolist() == forward.tolist()[::-1]
+    # The counts are kept beside the features: an entry that says 0 inliers is believed
+    # (a later job reads it instead of recomputing), a damaged one is recomputed.
+    entries = sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
+    assert len(entries) == 4 and all(e.endswith(".self51") for e in entries), entries
+    entry = V._cache_path(cache, photos[0])[:-len(".sift")] + ".self51"
+    assert entry in entries
+    with open(entry, "wb") as f:
+        f.write(np.array([0], "<i4").tobytes())
+    assert not V.recognises_itself([photos[0]], V.MIN_INLIERS_FLOOR, cache=cache)[0]
+    with open(entry, "wb") as f:
+        f.write(b"\x01")
+    assert V.recognises_itself([photos[0]], V.MIN_INLIERS_FLOOR, cache=cache)[0]

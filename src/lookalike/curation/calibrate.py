@@ -335,12 +335,13 @@ def negative_distances(index, view_rows, nn_inds, nn_dists, labels=None, verify_
 def _verification_judges(index, view_rows, inliers, rng, num_images=32, share=0.5):
     """Whether geometric verification can tell copies on this view: it confirms at least
     ``share`` of ``num_images`` sampled images against edited copies of themselves."""
-    from lookalike.images.local_features import recognises_itself
+    from lookalike.images.local_features import cache_dir, recognises_itself
 
     rows = rng.choice(view_rows, min(num_images, len(view_rows)), replace=False)
     ids = [index.sample_ids[r] for r in rows]
     paths = index.dataset.select(ids).values("filepath")
-    return bool(len(paths)) and bool(recognises_itself(paths, inliers.min_inliers).mean() >= share)
+    return bool(len(paths)) and bool(recognises_itself(
+        paths, inliers.min_inliers, cache=cache_dir(index.dataset)).mean() >= share)
 
 
 def _unique_pairs(a, b):

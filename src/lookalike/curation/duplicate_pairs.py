@@ -270,7 +270,7 @@ def _turned_edges(out, edges, in_index, turned_close, min_inliers, verification)
     if unsure.any():
         images = sorted({int(p) for p in np.concatenate([a[unsure], b[unsure]])})
         judged = dict(zip(images, verification.recognises_itself(
-            [out.paths[p] for p in images], min_inliers)))
+            [out.paths[p] for p in images], min_inliers, cache=out.cache)))
         blind |= unsure & np.array([not (judged.get(int(x), True) and judged.get(int(y), True))
                                     for x, y in zip(a, b)], bool)
     keep = blind & ~verified

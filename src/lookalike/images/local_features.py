@@ -522,29 +522,56 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
     return result
 
 
-def recognises_itself(paths, min_inliers, seed=51, num_workers=None):
+def recognises_itself(paths, min_inliers, seed=51, num_workers=None, cache=None):
     """For each image file, whether verification confirms it against an edited copy of
     itself (cropped, shrunk, re-encoded). Where it does not (flat, blurred, repetitive
     or synthetic images), its failing to verify a pair says nothing: such pairs are
-    no evidence of different images."""
-    import random
+    no evidence of different images.
 
-    from lookalike.images.edits import edited_copy
-    from lookalike.images.decode import UnreadableImageError, load_image
-
-    def check(n_path):
-        n, path = n_path
-        try:
-            img = load_image(path, MAX_SIDE).convert("RGB")
-        except UnreadableImageError:
-            return False
-        rng = random.Random(seed + n)
-        copy = edited_copy(edited_copy(img, "crop", rng), "resize", rng)
-        return inliers(extract(img), extract(copy)) >= min_inliers
-
+    The edit is drawn from the file's name and ``seed``, so a file gets one answer
+    whatever list it comes in; ``cache`` (see :func:`cache_dir`) keeps each file's
+    inlier count beside its features, so a later job (calibration, then duplicates)
+    does not redo it."""
     workers = num_workers or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        return np.array(list(pool.map(check, enumerate(paths))), bool)
+        counts = list(pool.map(lambda p: _self_inliers(p, seed, cache), paths))
+    return np.array(counts, int) >= min_inliers
+
+
+def _self_inliers(path, seed, cache):
+    """Inliers of ``path`` against its edited copy; -1 when it cannot be read."""
+    import random
+    import zlib
+
+    from lookalike.images.decode import UnreadableImageError, load_image
+    from lookalike.images.edits import edited_copy
+
+    entry = _cache_path(cache, path) if cache else None
+    entry = entry and f"{entry[:-len('.sift')]}.self{int(seed)}"
+    if entry and os.path.exists(entry):
+        try:
+            with open(entry, "rb") as f:
+                return int(np.frombuffer(f.read(), "<i4", 1)[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a damaged entry: recompute it
+    try:
+        img = load_image(path, MAX_SIDE).convert("RGB")
+    except UnreadableImageError:
+        return -1
+    rng = random.Random(int(seed) * 1_000_003 + zlib.crc32(os.path.basename(path).encode()))
+    copy = edited_copy(edited_copy(img, "crop", rng), "resize", rng)
+    count = int(inliers(extract(img), extract(copy)))
+    if entry:
+        from lookalike.core import paths
+        from lookalike.core.errors import FileWriteError
+
+        try:
+            paths.make_folder(os.path.dirname(entry), _CACHE_WHAT)
+            paths.write_file(entry, np.array([count], "<i4").tobytes(), _CACHE_WHAT,
+                             durable=False)
+        except FileWriteError:
+            pass  # a cache: the count is in hand
+    return count
 
 
 def confirm_pairs(paths, pairs, min_inliers, cache=None, judge=False):
@@ -563,7 +590,8 @@ def confirm_pairs(paths, pairs, min_inliers, cache=None, judge=False):
     if not judge:
         return same, set()
     doubtful = sorted({k for p in pairs if p not in same for k in p if paths.get(k)})
-    judged = dict(zip(doubtful, recognises_itself([paths[k] for k in doubtful], min_inliers)))
+    judged = dict(zip(doubtful, recognises_itself([paths[k] for k in doubtful], min_inliers,
+                                                  cache=cache)))
     unjudged = {p for p in pairs if p not in same
                 and not (judged.get(p[0], False) and judged.get(p[1], False))}
     return same, unjudged
