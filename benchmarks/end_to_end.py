@@ -260,6 +260,19 @@ def main():
         rows.append(("lookalike dedupe (empty dataset, no encoder)", len(truth), total,
                      report.seconds, scores, peak_mb()))
         print(report.summary(), flush=True)
+        # What lookalike.curation.dedupe.SECONDS_PER_IMAGE holds, from this run.
+        print("seconds per image: " + ", ".join(
+            f"{k} {v / len(truth):.4f}" for k, v in report.seconds.items()), flush=True)
+        if report.trained is not None:
+            from lookalike.curation.dedupe import SAMPLE_SIZE, TRAINING
+            from lookalike.encoders import estimate_seconds
+
+            sample = min(len(truth), SAMPLE_SIZE)
+            fit = estimate_seconds("contrastive", "train", sample,
+                                   image_size=TRAINING["image_size"], epochs=TRAINING["epochs"])
+            print(f"training: {report.seconds['train']:.0f} s, the fit's estimate {fit:.0f} s: "
+                  f"overhead {(report.seconds['train'] - fit) / sample:.4f} s per sampled image",
+                  flush=True)
 
         if args.rerun:
             late = random.Random(7).sample(range(args.images), args.rerun // 10)

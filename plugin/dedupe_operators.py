@@ -5,6 +5,7 @@ dataset (once: later runs reuse it) or use a saved one, then embed, index, calib
 find duplicates and flag outliers, under one progress bar.
 """
 
+import fiftyone.operators.types as types
 from fiftyone.operators.types import RiskLevel
 
 from . import forms
@@ -20,7 +21,7 @@ class CurateDataset(forms.BackgroundOperator):
     outputs = (("str", "summary", "Result"),)
 
     def form(self, inputs, ctx):
-        from lookalike.curation.dedupe import SAMPLE_SIZE, TRAINING, encoder_name
+        from lookalike.curation.dedupe import SAMPLE_SIZE, TRAINING, encoder_name, estimate_line
 
         own = encoder_name(ctx.dataset.name) if ctx.dataset is not None else None
         saved = forms.encoder_choices()
@@ -33,8 +34,29 @@ class CurateDataset(forms.BackgroundOperator):
             inputs.int("sample_size", label="Train on up to this many images", min=2,
                        default=SAMPLE_SIZE)
             inputs.int("epochs", label="Training epochs", min=1, default=TRAINING["epochs"])
+        line = estimate_line(self._estimate(ctx)) if ctx.dataset is not None else None
+        if line:
+            inputs.view("estimate", types.Notice(label=line))
         forms.execution_notice(inputs, self, ctx)
         forms.dataset_target(inputs, ctx, "Curate")
+
+    def _estimate(self, ctx):
+        from lookalike.curation.dedupe import SAMPLE_SIZE, estimate_seconds
+        from lookalike.embeddings.compute import default_field_name
+
+        view = ctx.target_view()
+        encoder = ctx.params.get("encoder") or None
+        count = view.count()
+        embedded = 0
+        if encoder and view.has_field(default_field_name(encoder)):
+            embedded = view.exists(default_field_name(encoder)).count()
+        return estimate_seconds(count, count - embedded, train=encoder is None,
+                                sample_size=ctx.params.get("sample_size") or SAMPLE_SIZE,
+                                epochs=ctx.params.get("epochs"))
+
+    def estimated_seconds(self, ctx):
+        stages = self._estimate(ctx)
+        return sum(stages.values()) if stages else None
 
     def execute(self, ctx):
         import lookalike.curation as lc

@@ -5,13 +5,18 @@ contrastive encoder trained by the call itself.
 """
 
 import collections
+import importlib
 import os
 import shutil
 
 import fiftyone as fo
+import pytest
 
 import lookalike as lk
 from cli_runner import run_cli
+
+# The module (lookalike.curation's "dedupe" is the function).
+dedupe_module = importlib.import_module("lookalike.curation.dedupe")
 
 
 def _form(uri, dataset_name, params):
@@ -48,9 +53,10 @@ def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
     groups = _groups(demo_records)
     first = _copy_into(folder, _photos(demo_records, groups[:3]))
     (folder / "notes.txt").write_text("not an image")
-    stages = []
+    stages, labels = [], []
     report = lk.dedupe(str(folder), dataset_name=dataset_name, sample_size=12, epochs=1,
-                       progress=lambda fraction, label: stages.append(fraction))
+                       progress=lambda fraction, label: (stages.append(fraction),
+                                                         labels.append(label)))
     assert report.dataset_name == dataset_name and report.encoder == f"{dataset_name}-dedupe"
     assert report.imported.imported == len(first) and len(report.imported.failures) == 1
     # Trained here, on a sample of 12 of the images; then every image embedded and indexed.
@@ -62,6 +68,15 @@ def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
     assert {"import", "train", "embed", "index", "calibrate", "duplicates"} <= set(
         report.seconds)
     assert "encoder" in report.summary() and "trained" in report.summary()
+    # Before the work, an estimate of every stage after the import: training included,
+    # every image to embed; shown while it runs and kept in the summary.
+    per_image = dedupe_module.SECONDS_PER_IMAGE
+    assert list(report.estimate) == ["train", "embed", "index", "calibrate", "duplicates",
+                                     "outliers"]
+    assert report.estimate["embed"] == pytest.approx(len(first) * per_image["embed"])
+    line = dedupe_module.estimate_line(report.estimate)
+    assert line in labels and line.startswith("estimated on this CPU: about ")
+    assert "estimated beforehand on this CPU: about " in report.summary()
 
     # New photos arrive: only they are imported and embedded; the encoder is reused.
     second = _copy_into(folder, _photos(demo_records, groups[3:4]))
@@ -73,6 +88,9 @@ def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
     assert len(fo.load_dataset(dataset_name)) == len(first) + len(second)
     assert f"encoder '{dataset_name}-dedupe': reused (trained by an earlier dedupe)" in \
         again.summary()
+    # The rerun's estimate: no training, only the new images to embed.
+    assert "train" not in again.estimate
+    assert again.estimate["embed"] == pytest.approx(len(second) * per_image["embed"])
 
 
 def test_cli_dedupe_with_an_encoder_groups_the_planted_copies(
@@ -125,8 +143,13 @@ def test_the_one_job_operator_curates_the_dataset_with_a_saved_encoder(
     choices = [c["value"] for c in props["encoder"]["view"]["choices"]]
     assert props["encoder"]["default"] == "" and choices[0] == "" and copies_encoder in choices
     assert props["sample_size"]["default"] == 1000 and "epochs" in props
+    # The form says how long it would take, training included.
+    expected = dedupe_module.estimate_line(dedupe_module.estimate_seconds(len(records)))
+    assert props["estimate"]["view"]["label"] == expected, props["estimate"]
     props = _form(uri, dataset_name, {"encoder": copies_encoder})
     assert "sample_size" not in props  # nothing to train
+    assert props["estimate"]["view"]["label"] == dedupe_module.estimate_line(
+        dedupe_module.estimate_seconds(len(records), train=False))
     result = foo.execute_operator(uri, dataset=ds, params={"encoder": copies_encoder}).result
     assert f"encoder '{copies_encoder}': given" in result["summary"], result
     ds.reload()

@@ -26,6 +26,63 @@ TRAINING = dict(image_size=32, epochs=20, batch_size=64)
 _SHARES = dict(import_=0.1, train=0.45, curate=0.45)
 
 
+# Seconds per image of each stage on 2 quiet cores, for camera-size JPEGs (3000 x 2000,
+# quality 90), from benchmarks/end_to_end.py (1,112 images, then 109 more; 2026-12-07).
+# "duplicates" is in two parts: every image (candidate pairs, feature votes up to
+# VOTE_UP_TO images, verification) and each new image (its local features, then cached).
+# "train_overhead": what training took per sampled image beyond the fit's own rate
+# (lookalike.encoders.estimate_seconds): decoding, augmenting, checkpoints. Calibration
+# samples a fixed number of images: a constant. Smaller files go faster.
+SECONDS_PER_IMAGE = {"import": 0.0129, "train_overhead": 0.1665, "embed": 0.0066,
+                     "index": 0.0001, "duplicates": 0.040, "new_features": 0.029,
+                     "outliers": 0.0009}
+CALIBRATE_SECONDS = 20.0
+
+
+def estimate_seconds(num_images, num_to_embed=None, train=True, sample_size=SAMPLE_SIZE,
+                     epochs=None, num_to_import=0):
+    """``{stage: seconds}`` of a :func:`dedupe` run on this CPU, before it starts.
+
+    ``num_images``: the dataset's images after the import; ``num_to_embed``: those
+    without an embedding yet (default all); ``train``: whether an encoder will be
+    trained (on up to ``sample_size`` of them); ``num_to_import``: files of a folder
+    the dataset lacks. From :data:`SECONDS_PER_IMAGE` and the training rate of
+    :func:`lookalike.encoders.estimate_seconds`; None where those do not apply (a
+    visible CUDA device).
+    """
+    from lookalike.encoders import estimate_seconds as encoder_seconds
+
+    n = max(0, int(num_images))
+    embed = n if num_to_embed is None else max(0, int(num_to_embed))
+    out = {}
+    if num_to_import:
+        out["import"] = int(num_to_import) * SECONDS_PER_IMAGE["import"]
+    if train:
+        sample = min(n, int(sample_size)) if sample_size else n
+        fit = encoder_seconds("contrastive", "train", sample, image_size=TRAINING["image_size"],
+                              epochs=int(epochs or TRAINING["epochs"]))
+        if fit is None:
+            return None
+        out["train"] = fit + sample * SECONDS_PER_IMAGE["train_overhead"]
+    out["embed"] = embed * SECONDS_PER_IMAGE["embed"]
+    out["index"] = n * SECONDS_PER_IMAGE["index"]
+    out["calibrate"] = CALIBRATE_SECONDS if n else 0.0
+    out["duplicates"] = (n * SECONDS_PER_IMAGE["duplicates"]
+                         + embed * SECONDS_PER_IMAGE["new_features"])
+    out["outliers"] = n * SECONDS_PER_IMAGE["outliers"]
+    return out
+
+
+def estimate_line(stages):
+    """``stages`` (of :func:`estimate_seconds`) in one line, or None."""
+    if not stages:
+        return None
+    total = sum(stages.values())
+    about = f"{total / 60:.0f} min" if total >= 90 else f"{max(1, round(total))} s"
+    return (f"estimated on this CPU: about {about} ("
+            + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()) + ")")
+
+
 @dataclass
 class DedupeReport:
     dataset_name: str
@@ -35,6 +92,7 @@ class DedupeReport:
     reused: bool = False  # the encoder an earlier dedupe of this dataset trained
     curation: object = None  # CurationReport
     seconds: dict = field(default_factory=dict)
+    estimate: dict = None  # estimate_seconds before the stages after the import, or None
 
     def summary(self):
         """A line per stage, for the CLI and the App."""
@@ -51,6 +109,9 @@ class DedupeReport:
         lines.append(self.curation.summary())
         lines.append("seconds per stage: " + ", ".join(
             f"{k} {v}" for k, v in self.seconds.items()))
+        if self.estimate:
+            lines.append(estimate_line(self.estimate).replace("estimated", "estimated beforehand",
+                                                              1))
         return "\n".join(lines)
 
 
@@ -77,6 +138,7 @@ def dedupe(source, dataset_name=None, encoder=None, sample_size=SAMPLE_SIZE, epo
     import fiftyone as fo
 
     from lookalike.curation.pipeline import curate
+    from lookalike.embeddings.compute import default_field_name
     from lookalike.encoders import list_encoders, load_encoder, train_encoder
     from lookalike.images.folder_import import import_images
 
@@ -97,23 +159,30 @@ def dedupe(source, dataset_name=None, encoder=None, sample_size=SAMPLE_SIZE, epo
         samples = source
     dataset = fo_adapter.root_dataset(samples)
     done = _SHARES["import_"]
+    given = encoder is not None
 
     reused = False
     if encoder is None:
         encoder = encoder_name(dataset.name)
         reused = encoder in {m["name"] for m in list_encoders(store_dir)}
-        if not reused:
-            start = time.perf_counter()
-            count = fo_adapter.exact_count(samples)
-            view = samples.take(int(sample_size), seed=51) if sample_size and \
-                count > int(sample_size) else samples
-            settings = dict(TRAINING, epochs=int(epochs or TRAINING["epochs"]))
-            trained = train_encoder(view, "contrastive", encoder, store_dir=store_dir,
-                                    progress=scaled(progress, done, _SHARES["train"]),
-                                    **settings)
-            seconds["train"] = round(time.perf_counter() - start, 2)
+    count = fo_adapter.exact_count(samples)
+    emb_field = default_field_name(encoder)
+    to_embed = count - (samples.exists(emb_field).count() if samples.has_field(emb_field) else 0)
+    estimate = estimate_seconds(count, to_embed, train=not given and not reused,
+                                sample_size=sample_size, epochs=epochs)
+    if progress is not None and estimate:
+        progress(done, estimate_line(estimate))
+    if not given and not reused:
+        start = time.perf_counter()
+        view = samples.take(int(sample_size), seed=51) if sample_size and \
+            count > int(sample_size) else samples
+        settings = dict(TRAINING, epochs=int(epochs or TRAINING["epochs"]))
+        trained = train_encoder(view, "contrastive", encoder, store_dir=store_dir,
+                                progress=scaled(progress, done, _SHARES["train"]), **settings)
+        seconds["train"] = round(time.perf_counter() - start, 2)
     done += _SHARES["train"]
     model = load_encoder(encoder, store_dir=store_dir)
     curation = curate(samples, model, progress=scaled(progress, done, _SHARES["curate"]))
     seconds.update(curation.seconds)
-    return DedupeReport(dataset.name, encoder, imported, trained, reused, curation, seconds)
+    return DedupeReport(dataset.name, encoder, imported, trained, reused, curation, seconds,
+                        estimate)
