@@ -41,18 +41,11 @@ class CurateDataset(forms.BackgroundOperator):
         forms.dataset_target(inputs, ctx, "Curate")
 
     def _estimate(self, ctx):
-        from lookalike.curation.dedupe import SAMPLE_SIZE, estimate_seconds
-        from lookalike.embeddings.compute import default_field_name
+        from lookalike.curation.dedupe import SAMPLE_SIZE, estimate_run
 
-        view = ctx.target_view()
-        encoder = ctx.params.get("encoder") or None
-        count = view.count()
-        embedded = 0
-        if encoder and view.has_field(default_field_name(encoder)):
-            embedded = view.exists(default_field_name(encoder)).count()
-        return estimate_seconds(count, count - embedded, train=encoder is None,
-                                sample_size=ctx.params.get("sample_size") or SAMPLE_SIZE,
-                                epochs=ctx.params.get("epochs"))
+        return estimate_run(ctx.target_view(), ctx.params.get("encoder") or None,
+                            sample_size=ctx.params.get("sample_size") or SAMPLE_SIZE,
+                            epochs=ctx.params.get("epochs"))
 
     def estimated_seconds(self, ctx):
         stages = self._estimate(ctx)

@@ -179,7 +179,7 @@ def test_an_image_recognises_itself_whatever_list_it_is_in_and_the_answer_is_cac
     # (a later job reads it instead of recomputing), a damaged one is recomputed.
     entries = sorted(os.path.join(d, n) for d, _, names in os.walk(cache) for n in names)
     assert len(entries) == 4 and all(e.endswith(".self51") for e in entries), entries
-    entry = V._cache_path(cache, photos[0])[:-len(".sift")] + ".self51"
+    entry = V._cache_path(cache, photos[0], suffix=".self51")
     assert entry in entries
     with open(entry, "wb") as f:
         f.write(np.array([0], "<i4").tobytes())

@@ -73,6 +73,23 @@ def estimate_seconds(num_images, num_to_embed=None, train=True, sample_size=SAMP
     return out
 
 
+def estimate_run(samples, encoder=None, sample_size=SAMPLE_SIZE, epochs=None, store_dir=None):
+    """:func:`estimate_seconds` of :func:`dedupe` on ``samples`` (imported already) with
+    ``encoder`` (None: this dataset's own, trained unless an earlier dedupe did)."""
+    from lookalike.embeddings.compute import default_field_name
+    from lookalike.encoders import list_encoders
+
+    train = False
+    if encoder is None:
+        encoder = encoder_name(fo_adapter.root_dataset(samples).name)
+        train = encoder not in {m["name"] for m in list_encoders(store_dir)}
+    count = fo_adapter.exact_count(samples)
+    field_name = default_field_name(encoder)
+    embedded = samples.exists(field_name).count() if samples.has_field(field_name) else 0
+    return estimate_seconds(count, count - embedded, train=train, sample_size=sample_size,
+                            epochs=epochs)
+
+
 def estimate_line(stages):
     """``stages`` (of :func:`estimate_seconds`) in one line, or None."""
     if not stages:
@@ -138,7 +155,6 @@ def dedupe(source, dataset_name=None, encoder=None, sample_size=SAMPLE_SIZE, epo
     import fiftyone as fo
 
     from lookalike.curation.pipeline import curate
-    from lookalike.embeddings.compute import default_field_name
     from lookalike.encoders import list_encoders, load_encoder, train_encoder
     from lookalike.images.folder_import import import_images
 
@@ -159,27 +175,24 @@ def dedupe(source, dataset_name=None, encoder=None, sample_size=SAMPLE_SIZE, epo
         samples = source
     dataset = fo_adapter.root_dataset(samples)
     done = _SHARES["import_"]
-    given = encoder is not None
+    estimate = estimate_run(samples, encoder, sample_size, epochs, store_dir)
+    if progress is not None and estimate:
+        progress(done, estimate_line(estimate))
 
     reused = False
     if encoder is None:
         encoder = encoder_name(dataset.name)
         reused = encoder in {m["name"] for m in list_encoders(store_dir)}
-    count = fo_adapter.exact_count(samples)
-    emb_field = default_field_name(encoder)
-    to_embed = count - (samples.exists(emb_field).count() if samples.has_field(emb_field) else 0)
-    estimate = estimate_seconds(count, to_embed, train=not given and not reused,
-                                sample_size=sample_size, epochs=epochs)
-    if progress is not None and estimate:
-        progress(done, estimate_line(estimate))
-    if not given and not reused:
-        start = time.perf_counter()
-        view = samples.take(int(sample_size), seed=51) if sample_size and \
-            count > int(sample_size) else samples
-        settings = dict(TRAINING, epochs=int(epochs or TRAINING["epochs"]))
-        trained = train_encoder(view, "contrastive", encoder, store_dir=store_dir,
-                                progress=scaled(progress, done, _SHARES["train"]), **settings)
-        seconds["train"] = round(time.perf_counter() - start, 2)
+        if not reused:
+            start = time.perf_counter()
+            count = fo_adapter.exact_count(samples)
+            view = samples.take(int(sample_size), seed=51) if sample_size and \
+                count > int(sample_size) else samples
+            settings = dict(TRAINING, epochs=int(epochs or TRAINING["epochs"]))
+            trained = train_encoder(view, "contrastive", encoder, store_dir=store_dir,
+                                    progress=scaled(progress, done, _SHARES["train"]),
+                                    **settings)
+            seconds["train"] = round(time.perf_counter() - start, 2)
     done += _SHARES["train"]
     model = load_encoder(encoder, store_dir=store_dir)
     curation = curate(samples, model, progress=scaled(progress, done, _SHARES["curate"]))

@@ -271,7 +271,7 @@ _HEADER = np.dtype([("count", "<i4"), ("width", "<i4"), ("thumb_h", "<i4"), ("th
                     ("thumb_scale", "<f4")])
 
 
-def _cache_path(directory, path, mirrored=False):
+def _cache_path(directory, path, mirrored=False, suffix=".sift"):
     try:
         st = os.stat(path)
     except OSError:
@@ -279,7 +279,7 @@ def _cache_path(directory, path, mirrored=False):
     key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|"
                        f"{MAX_SIDE}|{MAX_KEYPOINTS}|{'mirrored' if mirrored else ''}"
                        .encode()).hexdigest()
-    return os.path.join(directory, key[:2], key + ".sift")
+    return os.path.join(directory, key[:2], key + suffix)
 
 
 def _encode(features):
@@ -328,18 +328,24 @@ def _cached(directory, path, mirrored=False, required=False):
             pass  # a damaged entry: recompute it
     features, reason = extract_file(path, mirrored=mirrored)
     if target is not None and (features is not None or reason == FEATURELESS):
-        from lookalike.core import paths
-        from lookalike.core.errors import FileWriteError
-
-        try:
-            paths.make_folder(os.path.dirname(target), _CACHE_WHAT)
-            # Whole or absent: a killed job leaves no half entry (a cache: not fsynced,
-            # a damaged entry is recomputed).
-            paths.write_file(target, _encode(features), _CACHE_WHAT, durable=False)
-        except FileWriteError:
-            if required:
-                raise
+        _write_entry(target, _encode(features), required)
     return features, reason
+
+
+def _write_entry(target, data, required=False):
+    """Writes a cache entry; one that cannot be written (a full disk, a read-only folder)
+    is skipped, unless ``required`` (it raises :class:`~lookalike.core.errors.FileWriteError`)."""
+    from lookalike.core import paths
+    from lookalike.core.errors import FileWriteError
+
+    try:
+        paths.make_folder(os.path.dirname(target), _CACHE_WHAT)
+        # Whole or absent: a killed job leaves no half entry (a cache: not fsynced,
+        # a damaged entry is recomputed).
+        paths.write_file(target, data, _CACHE_WHAT, durable=False)
+    except FileWriteError:
+        if required:
+            raise
 
 
 def compute_features(paths, directory=None, num_workers=None, progress=None, mirrored=False,
@@ -546,8 +552,7 @@ def _self_inliers(path, seed, cache):
     from lookalike.images.decode import UnreadableImageError, load_image
     from lookalike.images.edits import edited_copy
 
-    entry = _cache_path(cache, path) if cache else None
-    entry = entry and f"{entry[:-len('.sift')]}.self{int(seed)}"
+    entry = _cache_path(cache, path, suffix=f".self{int(seed)}") if cache else None
     if entry and os.path.exists(entry):
         try:
             with open(entry, "rb") as f:
@@ -562,15 +567,7 @@ def _self_inliers(path, seed, cache):
     copy = edited_copy(edited_copy(img, "crop", rng), "resize", rng)
     count = int(inliers(extract(img), extract(copy)))
     if entry:
-        from lookalike.core import paths
-        from lookalike.core.errors import FileWriteError
-
-        try:
-            paths.make_folder(os.path.dirname(entry), _CACHE_WHAT)
-            paths.write_file(entry, np.array([count], "<i4").tobytes(), _CACHE_WHAT,
-                             durable=False)
-        except FileWriteError:
-            pass  # a cache: the count is in hand
+        _write_entry(entry, np.array([count], "<i4").tobytes())
     return count
 
 
