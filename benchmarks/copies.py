@@ -50,14 +50,19 @@ KINDS = ORIENTATION_KINDS + (
     "combination",  # crop 50% + quarter turn + JPEG q30 / border + posterise + text
     "perspective",  # another shot of a plane (synthetic: edits.perspective)
 )
-MODES = {  # find_duplicates' arguments; "agreement": the agreement check's minimum (0: off)
+# find_duplicates' arguments; "agreement": the agreement check's minimum (0: off);
+# "containment": False turns off the search for crops of featureless images
+MODES = {
     "no verification": dict(verify=False),
     "before (no orientations, no votes)": dict(orientations=False, feature_votes=False,
-                                               agreement=0.0),
-    "+orientations (stop 34 default)": dict(feature_votes=False, agreement=0.0),
-    "+orientations +agreement": dict(feature_votes=False),
-    "+orientations +votes, no agreement": dict(feature_votes=True, agreement=0.0),
-    "default (+orientations +votes +agreement)": dict(),
+                                               agreement=0.0, containment=False),
+    "+orientations (stop 34 default)": dict(feature_votes=False, agreement=0.0,
+                                            containment=False),
+    "+orientations +agreement": dict(feature_votes=False, containment=False),
+    "+orientations +votes, no agreement": dict(feature_votes=True, agreement=0.0,
+                                               containment=False),
+    "+orientations +votes +agreement (stop 35 default)": dict(containment=False),
+    "default (+containment)": dict(),
 }
 
 
@@ -458,6 +463,7 @@ def main():
     import lookalike.similarity as ls
     from lookalike.demo.steps import group_of, pair_scores, relation_recall
     from lookalike.embeddings.compute import compute_embeddings
+    from lookalike.curation import duplicate_pairs
     from lookalike.images import local_features as V
 
     tmp = tempfile.mkdtemp(prefix="lookalike-bench-copies-")
@@ -480,11 +486,14 @@ def main():
         truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
         rows, out = [], []
         default_agreement = V.MIN_AGREEMENT
+        default_contained = duplicate_pairs._contained_edges
         for mode in args.modes:
             shutil.rmtree(V.cache_dir(ds), ignore_errors=True)
             t = time.perf_counter()
             settings = dict(MODES[mode])
             V.MIN_AGREEMENT = settings.pop("agreement", default_agreement)
+            duplicate_pairs._contained_edges = (default_contained if settings.pop(
+                "containment", True) else lambda *args: None)
             report = lc.find_duplicates(ds, "sim", **settings)
             seconds = time.perf_counter() - t
             predicted = group_of(ids, report.groups)
@@ -494,6 +503,7 @@ def main():
             rows.append((mode, relation_recall(ds, predicted), scores, wrong, seconds,
                          v.get("num_candidates", 0)))
             print(f"  {mode}: {seconds:.1f} s, {v.get('num_candidates', 0)} candidates, "
+                  f"{v.get('num_blind')} blind, {v.get('num_containment_checked')} checked inside, "
                   f"P {scores['precision']:.3f} R {scores['recall']:.3f}, "
                   f"{len(wrong)} false pairs {wrong[:6]}", flush=True)
         kinds = list(KINDS) + ["other_shot"]
@@ -512,7 +522,7 @@ def main():
         out.append("| candidate pairs verified | " + " | ".join(str(r[5]) for r in rows) + " |")
         out.append("| find_duplicates, s (features from an empty cache) | " + " | ".join(
             f"{r[4]:.1f}" for r in rows) + " |")
-        V.MIN_AGREEMENT = default_agreement
+        V.MIN_AGREEMENT, duplicate_pairs._contained_edges = default_agreement, default_contained
         print("\n".join(out), flush=True)
         if args.no_options:
             return

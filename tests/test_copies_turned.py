@@ -1,10 +1,11 @@
-"""Quarter-turned and transposed copies are duplicates by default (issue #28).
+"""Quarter-turned and transposed copies, and crops, are duplicates by default (issue #28).
 
-The skimage photos, a few of them turned, transposed or cropped to 40% of their
-area, a real (small) encoder. An encoder trained on upright photos puts a turned
+The skimage photos, a few of them turned, transposed or cropped to 40% or 30% of
+their area, a real (small) encoder. An encoder trained on upright photos puts a turned
 copy far from its original; ``find_duplicates`` also queries each image's turned
 embeddings (``orientations``, on by default) and verifies what they find.
-Local-feature votes (``feature_votes``) find crops the embedding puts far away.
+Local-feature votes (``feature_votes``) find crops the embedding puts far away;
+crops of photos without local features are found inside them.
 """
 
 import os
@@ -33,7 +34,12 @@ COPIES = {  # file: (original, how)
     "clock_motion_rot90.png": ("clock_motion", T.ROTATE_90),
     "camera_crop40.png": ("camera", (0.2, 0.25, 0.8, 0.92)),  # 0.6 x 0.67 = 40% of the area
     "chelsea_crop40.png": ("chelsea", (0.05, 0.3, 0.65, 0.97)),
+    # No local features to verify (a colour chart, a silhouette): found inside their
+    # photo instead (lookalike.images.containment). 0.55 x 0.55 = 30% of the area.
+    "color_crop30.png": ("color", (0.2, 0.15, 0.75, 0.7)),
+    "horse_crop30.png": ("horse", (0.2, 0.15, 0.75, 0.7)),
 }
+FEATURELESS_CROPS = ("color_crop30.png", "horse_crop30.png")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +132,31 @@ def test_feature_votes_find_crops_of_40_percent_by_default(turned, monkeypatch):
     assert lc.find_duplicates(turned, "sim").verification["feature_votes"] is False
     with pytest.raises(lc.CurationError, match="feature_votes must be one of"):
         lc.find_duplicates(turned, "sim", feature_votes="yes")
+
+
+def test_crops_of_photos_without_local_features_are_found_inside_them(turned, monkeypatch):
+    from lookalike.curation import duplicate_pairs
+
+    report = lc.find_duplicates(turned, "sim")
+    together, wrong = _grouped(turned, report)
+    reason = {os.path.basename(report.files[s]): r for s, r in report.reasons.items()}
+    assert all(reason[a].startswith("distance ") or reason[b].startswith("distance ")
+               for a, b in wrong), [(a, b, reason[a], reason[b]) for a, b in wrong]
+    for name in FEATURELESS_CROPS:
+        original = COPIES[name][0]
+        partner = next((f for f in together.get(name, ()) if f.startswith(original + ".")),
+                       None)
+        assert partner, (name, together.get(name))
+        why = reason[partner] if reason[name] == "kept" else reason[name]
+        assert why.startswith("one found inside the other (correlation 0.9"), why
+    assert report.verification["num_contained"] >= len(FEATURELESS_CROPS)
+    assert "one picture was found inside the other" in report.summary()
+    # Without the search the embedding and local features leave them apart.
+    monkeypatch.setattr(duplicate_pairs, "_contained_edges", lambda *args: None)
+    together, _ = _grouped(turned, lc.find_duplicates(turned, "sim"))
+    for name in FEATURELESS_CROPS:
+        assert not any(f.startswith(COPIES[name][0] + ".") for f in together.get(name, ())), \
+            (name, together.get(name))
 
 
 def test_votes_rank_a_turned_crop_first():

@@ -32,7 +32,8 @@ DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification check
 # How a pair joined: the reason kinds, in the order a group's reasons prefer them.
 # TURNED: one image's quarter turn or transpose is within the duplicate threshold of
 # the other (a photo that lost its EXIF orientation) and verification cannot judge.
-IDENTICAL, EMBEDDING, VERIFIED, TURNED = 0, 1, 2, 3
+# CONTAINED: one picture found inside the other where verification cannot judge.
+IDENTICAL, EMBEDDING, VERIFIED, TURNED, CONTAINED = 0, 1, 2, 3, 4
 
 
 def _verification_settings(index, verify, min_inliers, candidates, num_samples,
@@ -81,7 +82,8 @@ def _verification_settings(index, verify, min_inliers, candidates, num_samples,
 
 
 def _candidate_pairs(index, rows, k, within, known):
-    """Positions ``(i, j)`` in ``rows`` of each row's ``k`` nearest neighbours within ``within``.
+    """Positions ``(i, j)`` in ``rows`` of each row's ``k`` nearest neighbours within
+    ``within``, and ``(i, j)`` of those beyond it (for :func:`_contained_edges`).
 
     Pairs in ``known`` (``i * n + j`` codes, already duplicates) are left out.
     """
@@ -94,11 +96,13 @@ def _candidate_pairs(index, rows, k, within, known):
     position[rows] = np.arange(len(rows))
     a = np.repeat(np.arange(len(rows)), inds.shape[1])
     b = np.where(inds >= 0, position[np.clip(inds, 0, None)], -1).ravel()
-    ok = (b >= 0) & (dists.ravel() <= within)
-    i, j = np.minimum(a, b)[ok], np.maximum(a, b)[ok]
-    codes = np.unique(i * np.int64(len(rows)) + j)
+    found, near = b >= 0, dists.ravel() <= within
+    i, j = np.minimum(a, b), np.maximum(a, b)
+    codes = np.unique(i[found & near] * np.int64(len(rows)) + j[found & near])
     codes = codes[~np.isin(codes, known)]
-    return codes // len(rows), codes % len(rows)
+    far = np.unique(i[found & ~near] * np.int64(len(rows)) + j[found & ~near])
+    far = far[~np.isin(far, known) & ~np.isin(far, codes)]
+    return codes // len(rows), codes % len(rows), (far // len(rows), far % len(rows))
 
 
 @dataclass
@@ -109,7 +113,7 @@ class Pairs:
     paths: list
     i: np.ndarray
     j: np.ndarray
-    kinds: np.ndarray  # IDENTICAL, EMBEDDING, VERIFIED or TURNED
+    kinds: np.ndarray  # IDENTICAL, EMBEDDING, VERIFIED, TURNED or CONTAINED
     threshold: float
     engine: str  # the pair search used, or "files"
     verification: dict = None  # settings and counts (None: not asked for)
@@ -118,6 +122,8 @@ class Pairs:
     num_verified: int = 0  # beyond the threshold, verified by local features
     num_turned: int = 0  # a turn of one within the threshold of the other, unverifiable
     turned_of: dict = field(default_factory=dict)  # (a, b), a < b -> (turn, distance)
+    num_contained: int = 0  # one found inside the other, unverifiable
+    contained_of: dict = field(default_factory=dict)  # (a, b), a < b -> correlation
     features: dict = None  # position -> Features or None (verification ran)
     inliers_of: dict = field(default_factory=dict)  # (a, b), a < b -> inliers
     vectors: np.ndarray = None  # of the samples in the run
@@ -190,8 +196,8 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
             settings = out.verification
             report_progress(0.5, "choosing candidate pairs for geometric verification")
             known = i * np.int64(len(rows)) + j
-            ci, cj = _candidate_pairs(index, rows, settings["candidates"],
-                                      settings["candidate_threshold"], known)
+            ci, cj, beyond = _candidate_pairs(index, rows, settings["candidates"],
+                                              settings["candidate_threshold"], known)
             row_paths = [paths[p] for p in in_index]
             mirror = np.ones(len(ci), bool)  # retried mirrored when they fall short
             num_embedding = len(ci)
@@ -229,10 +235,14 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
             if orientations:
                 _turned_edges(out, edges, in_index, turned_close, settings["min_inliers"],
                               verification)
+            report_progress(0.83, "looking for crops of images without local features")
+            _contained_edges(out, edges, (ci[~ok], cj[~ok]),
+                             (in_index[beyond[0]], in_index[beyond[1]]),
+                             settings["min_inliers"], verification)
             out.num_verified = int(ok.sum())
             settings.update(num_candidates=int(len(ci)), num_featureless=len(missing),
                             num_other_candidates=int(len(ci) - num_embedding),
-                            num_turned=out.num_turned)
+                            num_turned=out.num_turned, num_contained=out.num_contained)
 
     if exact_files:
         report_progress(0.85, "hashing files")
@@ -246,6 +256,50 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
     else:
         out.i = out.j = out.kinds = np.zeros(0, np.int64)
     return out
+
+
+def _blind(out, images, min_inliers, verification):
+    """The positions of ``images`` whose local features cannot judge a pair: none at all
+    (flat, blurred, tiny), or not confirmed even against an edited copy of themselves
+    (:func:`~lookalike.images.local_features.recognises_itself`, cached)."""
+    images = sorted({int(p) for p in images})
+    # Features absent from out.features were not computed: that says nothing.
+    blind = {p for p in images if p in out.features and out.features[p] is None}
+    unsure = [p for p in images if p not in blind]
+    if unsure:
+        judged = verification.recognises_itself([out.paths[p] for p in unsure], min_inliers,
+                                                cache=out.cache)
+        blind |= {p for p, ok in zip(unsure, judged) if not ok}
+    return blind
+
+
+def _contained_edges(out, edges, unverified, beyond, min_inliers, verification):
+    """CONTAINED pairs: one picture found inside the other
+    (:mod:`lookalike.images.containment`) where local features cannot judge either.
+
+    Checked: the candidate pairs that did not verify, and each such image's nearest
+    neighbours beyond the candidate distance (``beyond``: a crop of a featureless
+    photo embeds far from it, 0.29 for a chessboard's 30% crop), where one of the two
+    is blind (:func:`_blind`). An image with a verified pair is not blind.
+    """
+    from lookalike.images import containment
+
+    a, b = (np.concatenate([x, y]).astype(np.int64) for x, y in zip(unverified, beyond))
+    seen = {int(p) for key in out.inliers_of if out.inliers_of[key] >= min_inliers
+            for p in key}
+    edge_ends = np.concatenate([a, b])
+    blind = _blind(out, [p for p in edge_ends.tolist() if p not in seen], min_inliers,
+                   verification)
+    check = np.array([int(x) in blind or int(y) in blind for x, y in zip(a, b)], bool)
+    a, b = a[check], b[check]
+    out.verification.update(num_blind=len(blind), num_containment_checked=int(len(a)))
+    scores = containment.pair_scores(out.paths, list(zip(a.tolist(), b.tolist()))) if len(
+        a) else np.zeros(0)
+    keep = scores >= containment.MIN_SCORE
+    edges.append((a[keep], b[keep], np.full(int(keep.sum()), CONTAINED)))
+    out.contained_of = {pair_key(x, y): float(v) for x, y, v in
+                        zip(a[keep], b[keep], scores[keep])}
+    out.num_contained = int(keep.sum())
 
 
 def _turned_edges(out, edges, in_index, turned_close, min_inliers, verification):
@@ -264,16 +318,10 @@ def _turned_edges(out, edges, in_index, turned_close, min_inliers, verification)
     a, b = in_index[a], in_index[b]
     verified = np.array([out.inliers_of.get(pair_key(x, y), 0) >= min_inliers
                          for x, y in zip(a, b)], bool)
-    blind = np.array([out.features.get(int(x)) is None or out.features.get(int(y)) is None
-                      for x, y in zip(a, b)], bool)
-    unsure = ~blind & ~verified
-    if unsure.any():
-        images = sorted({int(p) for p in np.concatenate([a[unsure], b[unsure]])})
-        judged = dict(zip(images, verification.recognises_itself(
-            [out.paths[p] for p in images], min_inliers, cache=out.cache)))
-        blind |= unsure & np.array([not (judged.get(int(x), True) and judged.get(int(y), True))
-                                    for x, y in zip(a, b)], bool)
-    keep = blind & ~verified
+    blind = _blind(out, np.concatenate([a[~verified], b[~verified]]).tolist(), min_inliers,
+                   verification)
+    keep = ~verified & np.array([int(x) in blind or int(y) in blind for x, y in zip(a, b)],
+                                bool)
     edges.append((a[keep], b[keep], np.full(int(keep.sum()), TURNED)))
     out.turned_of = {pair_key(x, y): (str(t), float(d))
                      for x, y, t, d in zip(a[keep], b[keep], turns[keep], dists[keep])}
@@ -323,10 +371,13 @@ def fill_features(features, group, paths, verification, cache):
             features[p] = f
 
 
-def pair_reason(kind, distance, inliers, via, turned=None):
-    """Why a pair is a duplicate, in words; ``turned``: ``(turn, distance)`` of a TURNED pair."""
+def pair_reason(kind, distance, inliers, via, turned=None, contained=None):
+    """Why a pair is a duplicate, in words; ``turned``: ``(turn, distance)`` of a TURNED
+    pair, ``contained``: the correlation of a CONTAINED one."""
     if kind == IDENTICAL:
         text = "identical file"
+    elif kind == CONTAINED:
+        text = f"one found inside the other (correlation {contained:.3f})"
     elif kind == EMBEDDING:
         text = f"distance {distance:.4f}"
     elif kind == TURNED:

@@ -99,6 +99,9 @@ class DuplicateReport:
             if v.get("num_turned"):
                 text += (f"; {v['num_turned']} pairs are a quarter turn or transpose of each "
                          "other within the threshold")
+            if v.get("num_contained"):
+                text += (f"; in {v['num_contained']} pairs without local features one "
+                         "picture was found inside the other")
         elif v:
             text += f"; no geometric verification ({v['why_not']})"
         if self.warning:
@@ -204,7 +207,7 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
             reasons[p] = "kept" if p == kept else pair_reason(
                 kind, distance(p, via), inliers(p, via),
                 None if via == kept else os.path.basename(paths[via]),
-                pairs.turned_of.get(pair_key(p, via)))
+                pairs.turned_of.get(pair_key(p, via)), pairs.contained_of.get(pair_key(p, via)))
         ordered.append([kept] + rest)
     ordered.sort(key=lambda g: (-len(g), g[0]))
 

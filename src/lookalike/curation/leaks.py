@@ -25,6 +25,7 @@ from lookalike.curation.duplicate_pairs import (
     DEFAULT_CANDIDATES,
     IDENTICAL,
     find_pairs,
+    pair_key,
     pair_reason,
 )
 from lookalike.core.errors import CurationError
@@ -170,7 +171,9 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
         if split[ids[a]] == split[ids[b]]:
             continue
         d = pairs.distance(a, b)
-        reason = pair_reason(kind, d, pairs.inliers(a, b), None)
+        key = pair_key(a, b)
+        reason = pair_reason(kind, d, pairs.inliers(a, b), None, pairs.turned_of.get(key),
+                             pairs.contained_of.get(key))
         leaks.append((ids[a], ids[b], reason))
         per_split[" / ".join(sorted((split[ids[a]], split[ids[b]])))] += 1
         closeness = -1.0 if kind == IDENTICAL else (d or 0.0)
