@@ -159,6 +159,26 @@ def test_crops_of_photos_without_local_features_are_found_inside_them(turned, mo
             (name, together.get(name))
 
 
+def test_a_turned_or_contained_copy_in_another_split_is_a_leak_with_its_reason(turned):
+    """find_leaks counts the same pairs as find_duplicates, with their reasons (a turned
+    pair across splits used to fail: its reason had no turn to name)."""
+    files = [os.path.basename(p) for p in turned.values("filepath")]
+    test = {"clock_motion_rot90.png", "color_crop30.png", "horse_crop30.png"}
+    splits = ["test" if f in test else "train" for f in files]
+    turned.set_values("tags", [[s] for s in splits])
+    try:
+        report = lc.find_leaks(turned, "sim")
+    finally:
+        turned.set_values("tags", [[] for _ in files])
+    by_file = dict(zip(turned.values("id"), files))
+    reasons = {frozenset((by_file[a], by_file[b])): r for a, b, r in report.pairs}
+    assert reasons[frozenset(("clock_motion.png", "clock_motion_rot90.png"))].startswith(
+        "turned a quarter, distance "), reasons
+    for name in ("color_crop30.png", "horse_crop30.png"):
+        pair = frozenset((name, COPIES[name][0] + ".png"))
+        assert reasons[pair].startswith("one found inside the other"), reasons
+
+
 def test_votes_rank_a_turned_crop_first():
     from lookalike.demo.dataset import skimage_photo_paths
 

@@ -167,11 +167,15 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
                        candidates=candidates, progress=scaled(progress, 0.0, 0.9))
     ids, paths = pairs.ids, pairs.paths
     leaks, partner, per_split = [], {}, Counter()
+    strongest = {}  # a pair found several ways counts once, by its strongest reason
     for a, b, kind in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.kinds.tolist()):
-        if split[ids[a]] == split[ids[b]]:
-            continue
-        d = pairs.distance(a, b)
+        strongest[pair_key(a, b)] = min(kind, strongest.get(pair_key(a, b), kind))
+    for a, b, kind in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.kinds.tolist()):
         key = pair_key(a, b)
+        if split[ids[a]] == split[ids[b]] or strongest.get(key) != kind:
+            continue
+        del strongest[key]  # the same pair twice by the same way: once
+        d = pairs.distance(a, b)
         reason = pair_reason(kind, d, pairs.inliers(a, b), None, pairs.turned_of.get(key),
                              pairs.contained_of.get(key))
         leaks.append((ids[a], ids[b], reason))
