@@ -37,8 +37,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -m "not system" $(XDIST) $(PYTEST_ARGS)
 
+# The browser walks run first and alone: beside a second worker's load the App's forms
+# re-render slower than Chromium types into them (CI at stops 36 and 37 lost the folder
+# typed into "Match new images"); they ran alone, and passed, before the gate went parallel.
+ALONE_TESTS := tests/test_browser.py
+
 test-system: setup browser
-	$(PY) -m pytest -m system $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest -m system $(ALONE_TESTS) $(PYTEST_ARGS)
+	$(PY) -m pytest -m system $(XDIST) --ignore=$(ALONE_TESTS) $(PYTEST_ARGS)
 
 test-all: test test-system
 

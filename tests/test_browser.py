@@ -164,25 +164,28 @@ def _wait_for(condition, timeout=60, what="the App", page=None, shots=None):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _type_until_it_stays(field, value, timeout=120):
+def _type_until_it_stays(field, value, timeout=240):
     """Types ``value`` into a form field that re-renders while the form resolves, until it
     keeps it. No click: under load a re-render can sit over the field and a click then waits
     on it for a minute (CI, stop 36); focus and fill need no pointer."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
     deadline = time.monotonic() + timeout
+    seen = None
     while time.monotonic() < deadline:
         time.sleep(1)
         try:
-            field.focus(timeout=10_000)
-            field.fill(value, timeout=10_000)
-            field.press("Tab", timeout=10_000)
-            time.sleep(1)
-            if field.input_value(timeout=10_000) == value:
+            field.focus(timeout=30_000)
+            field.fill(value, timeout=30_000)
+            field.press("Tab", timeout=30_000)
+            time.sleep(2)
+            seen = field.input_value(timeout=30_000)
+            if seen == value:
                 return
-        except PlaywrightTimeoutError:
-            continue
-    raise AssertionError(f"timed out after {timeout} s: the form's field would not keep {value!r}")
+        except PlaywrightTimeoutError as e:
+            seen = f"no answer: {str(e).splitlines()[0]}"
+    raise AssertionError(f"timed out after {timeout} s: the form's field would not keep "
+                         f"{value!r} (last: {seen!r})")
 
 
 def _select_and_search(page, label):
