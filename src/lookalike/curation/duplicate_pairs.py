@@ -277,10 +277,11 @@ def _contained_edges(out, edges, unverified, beyond, min_inliers, verification):
     """CONTAINED pairs: one picture found inside the other
     (:mod:`lookalike.images.containment`) where local features cannot judge either.
 
-    Checked: the candidate pairs that did not verify, and each such image's nearest
-    neighbours beyond the candidate distance (``beyond``: a crop of a featureless
-    photo embeds far from it, 0.29 for a chessboard's 30% crop), where one of the two
-    is blind (:func:`_blind`). An image with a verified pair is not blind.
+    Checked: the candidate pairs that did not verify, and the nearest-neighbour pairs
+    beyond the candidate distance (``beyond``: a crop of a featureless photo embeds far
+    from it, 0.29 for a chessboard's 30% crop), where one of the two is blind
+    (:func:`_blind`). An image with a verified pair is not blind; every other image at
+    an end of these pairs is self-checked once (cached): the first run's main cost.
     """
     from lookalike.images import containment
 
