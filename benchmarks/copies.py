@@ -7,9 +7,12 @@ Images: the photos shipped in ``skimage/data`` (nothing downloaded). Each photo
 with copies gets one copy of every kind of :data:`KINDS` (the parameters seeded
 per photo; where a kind names two edits, photos alternate between them); 4 photos
 get none (distractors only); ``motorcycle_right`` is the real other shot of
-``motorcycle_left`` (a stereo pair: a camera moved in 3-D). Every image is a
-distractor for every other group: a *false pair* is a predicted group holding two
-images of different photos.
+``motorcycle_left`` (a stereo pair: a camera moved in 3-D). Rendered rooms
+(:func:`write_scenes`, :mod:`lookalike.demo.scenes`, papered with posters drawn here)
+are scenes shot by six cameras each, with a backdrop room per room that shares only
+its back wall: another shot of a scene is its own relation (``shot_groups``), scored
+apart from the duplicates. Every image is a distractor for every other group: a
+*false pair* is a predicted group holding two images of different photos or scenes.
 
 Encoder: the tests' small contrastive encoder (``copies_encoder`` of
 ``tests/conftest.py``, taken from the tests' encoder cache, trained on the demo
@@ -55,15 +58,24 @@ KINDS = ORIENTATION_KINDS + (
 MODES = {
     "no verification": dict(verify=False),
     "before (no orientations, no votes)": dict(orientations=False, feature_votes=False,
-                                               agreement=0.0, containment=False),
+                                               agreement=0.0, containment=False,
+                                               other_shots=False),
     "+orientations (stop 34 default)": dict(feature_votes=False, agreement=0.0,
-                                            containment=False),
-    "+orientations +agreement": dict(feature_votes=False, containment=False),
+                                            containment=False, other_shots=False),
+    "+orientations +agreement": dict(feature_votes=False, containment=False,
+                                     other_shots=False),
     "+orientations +votes, no agreement": dict(feature_votes=True, agreement=0.0,
-                                               containment=False),
-    "+orientations +votes +agreement (stop 35 default)": dict(containment=False),
-    "default (+containment)": dict(),
+                                               containment=False, other_shots=False),
+    "+orientations +votes +agreement (stop 35 default)": dict(containment=False,
+                                                               other_shots=False),
+    "+containment (stop 37 default)": dict(other_shots=False),
+    "default (+other shots)": dict(),
 }
+# Rendered scenes (lookalike.demo.scenes, papered with posters drawn here): each room shot
+# by the 6 cameras of scenes.SHOTS (15 pairs of another shot per room), and a backdrop
+# room per room that shares only its back wall (one plane, like a studio backdrop: a
+# hard negative), shot twice.
+NUM_ROOMS = 3
 
 
 # -- the copies -------------------------------------------------------------------
@@ -236,6 +248,32 @@ def write_copies(root, seed=51):
             else:
                 out.save(path)
             records.append(dict(filepath=path, gt_group=group, gt_edit=kind, gt_unique=False))
+    return records + write_scenes(root)
+
+
+def write_scenes(root):
+    """The rendered rooms and their backdrop rooms (see :data:`NUM_ROOMS`)."""
+    from PIL import Image
+
+    from lookalike.demo import scenes
+
+    faces = len(scenes.FACES)
+    posters = {f"p{n}": scenes.drawn_texture(1000 + n) for n in range(2 * NUM_ROOMS * faces)}
+    cameras = [shot for pair in scenes.SHOTS for shot in pair]
+    records = []
+    for r in range(NUM_ROOMS):
+        rooms = {f"room{r}": [f"p{2 * r * faces + k}" for k in range(faces)]}
+        rooms[f"backdrop{r}"] = rooms[f"room{r}"][:1] + [f"p{(2 * r + 1) * faces + k}"
+                                                          for k in range(1, faces)]
+        for name, papers in rooms.items():
+            shots = cameras if name.startswith("room") else scenes.SHOTS[r % len(scenes.SHOTS)]
+            for n, camera in enumerate(shots):
+                path = os.path.join(root, f"{name}_shot{n}.png")
+                Image.fromarray(scenes.render(scenes.room(posters, papers), camera,
+                                              seed=n)).save(path)
+                records.append(dict(filepath=path, gt_group=name,
+                                    gt_edit="original" if n == 0 else "other_shot",
+                                    gt_unique=False))
     return records
 
 
@@ -272,6 +310,30 @@ def false_pairs(ds, groups):
                 if truth[g[a]] != truth[g[b]]:
                     out.append((os.path.basename(files[g[a]]), os.path.basename(files[g[b]])))
     return out
+
+
+def _files(ds, pairs):
+    name = dict(zip(ds.values("id"), (os.path.basename(p) for p in ds.values("filepath"))))
+    return [(name[a], name[b]) for a, b in pairs]
+
+
+def shot_pair_scores(ds, shot_groups):
+    """Precision and recall of another-shot pairs: a predicted pair (two images in one shot
+    group) is right when both show one scene (one ``gt_group``: a crop of the left stereo
+    view is another shot of the right one); the true pairs are those of a scene's original
+    and its other shots, and of two other shots of one scene."""
+    from lookalike.demo.steps import SHOT_RELATIONS
+
+    ids, groups, edits = ds.values(["id", "gt_group", "gt_edit"])
+    scene, edit = dict(zip(ids, groups)), dict(zip(ids, edits))
+    predicted = {(a, b) for g in shot_groups for a in g for b in g if a < b}
+    right = {p for p in predicted if scene[p[0]] == scene[p[1]]}
+    shown = [s for s in ids if edit[s] in ("original",) + SHOT_RELATIONS]
+    true = {(a, b) for a in shown for b in shown if a < b and scene[a] == scene[b]
+            and (edit[a] in SHOT_RELATIONS or edit[b] in SHOT_RELATIONS)}
+    return {"precision": len(right) / len(predicted) if predicted else 1.0,
+            "recall": len(true & predicted) / len(true) if true else 1.0,
+            "missed": sorted(true - predicted)}
 
 
 # -- candidate-level orientation options ---------------------------------------------
@@ -462,6 +524,7 @@ def main():
     import lookalike.curation as lc
     import lookalike.similarity as ls
     from lookalike.demo.steps import group_of, pair_scores, relation_recall
+    from lookalike.demo.steps import true_groups
     from lookalike.embeddings.compute import compute_embeddings
     from lookalike.curation import duplicate_pairs
     from lookalike.images import local_features as V
@@ -482,8 +545,8 @@ def main():
               f"{time.perf_counter() - t:.0f} s: duplicate threshold "
               f"{cal.duplicate_threshold:.4f}, candidate threshold "
               f"{cal.candidate_threshold:.4f}, min inliers {cal.min_inliers}", flush=True)
-        ids, groups, unique = ds.values(["id", "gt_group", "gt_unique"])
-        truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+        ids, groups, edits = ds.values(["id", "gt_group", "gt_edit"])
+        truth = true_groups(ds)
         rows, out = [], []
         default_agreement = V.MIN_AGREEMENT
         default_contained = duplicate_pairs._contained_edges
@@ -499,14 +562,20 @@ def main():
             predicted = group_of(ids, report.groups)
             scores = pair_scores(predicted, truth)
             wrong = false_pairs(ds, report.groups)
+            shot_groups = group_of(ids, report.shot_groups)
+            shots = shot_pair_scores(ds, report.shot_groups)
+            wrong_shots = false_pairs(ds, report.shot_groups)
             v = report.verification or {}
-            rows.append((mode, relation_recall(ds, predicted), scores, wrong, seconds,
-                         v.get("num_candidates", 0)))
+            rows.append((mode, relation_recall(ds, predicted, shot_groups), scores, wrong,
+                         seconds, v.get("num_candidates", 0), shots, wrong_shots))
             print(f"  {mode}: {seconds:.1f} s, {v.get('num_candidates', 0)} candidates, "
                   f"{v.get('num_blind')} blind, {v.get('num_containment_checked')} checked inside, "
+                  f"{v.get('num_shot_checked')} judged densely for parallax, "
                   f"P {scores['precision']:.3f} R {scores['recall']:.3f}, "
-                  f"{len(wrong)} false pairs {wrong[:6]}", flush=True)
-        kinds = list(KINDS) + ["other_shot"]
+                  f"{len(wrong)} false pairs {wrong[:6]}; other shots P "
+                  f"{shots['precision']:.3f} R {shots['recall']:.3f}, {len(wrong_shots)} false "
+                  f"{wrong_shots[:6]}, missed {_files(ds, shots['missed'][:6])}", flush=True)
+        kinds = list(KINDS)
         out.append(f"\n{len(ds)} images ({len(KINDS)} kinds x 20 photos, 25 originals); "
                    f"duplicate threshold {cal.duplicate_threshold:.4f}, candidate threshold "
                    f"{cal.candidate_threshold:.4f}, min inliers {cal.min_inliers} "
@@ -519,6 +588,12 @@ def main():
         out.append("| **pair precision / recall** | " + " | ".join(
             f"{r[2]['precision']:.3f} / {r[2]['recall']:.3f}" for r in rows) + " |")
         out.append("| **false pairs** | " + " | ".join(str(len(r[3])) for r in rows) + " |")
+        out.append("| *another shot (not duplicates):* stereo pair, rendered rooms | " + " | ".join(
+            "{}/{}".format(*r[1].get("other_shot", (0, 0))) for r in rows) + " |")
+        out.append("| another-shot pair precision / recall | " + " | ".join(
+            f"{r[6]['precision']:.3f} / {r[6]['recall']:.3f}" for r in rows) + " |")
+        out.append("| false another-shot pairs | " + " | ".join(str(len(r[7])) for r in rows)
+                   + " |")
         out.append("| candidate pairs verified | " + " | ".join(str(r[5]) for r in rows) + " |")
         out.append("| find_duplicates, s (features from an empty cache) | " + " | ".join(
             f"{r[4]:.1f}" for r in rows) + " |")

@@ -409,13 +409,13 @@ def verification(args):
     from lookalike.embeddings.compute import compute_embeddings
     from lookalike.encoders import load_encoder
     from lookalike.images.decode import load_image
-    from lookalike.demo.steps import group_of, pair_scores, relation_recall
+    from lookalike.demo.steps import group_of, pair_scores, relation_recall, true_groups
 
     tmp = tempfile.mkdtemp(prefix="lookalike-bench-verify-")
     ds = build_demo_dataset("bench-verification", data_dir=tmp, max_digits=1)
     photos = ds.match(F("source") == "photo")
     ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
-    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    truth = true_groups(photos)  # the stereo pair is another shot, not a duplicate
     for name in ("demo-contrastive", "demo-autoencoder"):
         compute_embeddings(photos, load_encoder(name, store_dir=args.store_dir), f"emb_{name}")
     phash = embedders(args.store_dir).get("perceptual hash (phash)")
@@ -575,6 +575,7 @@ def rules(args):
         group_of,
         pair_scores,
         relation_recall,
+        true_groups,
         write_query_set,
     )
 
@@ -583,7 +584,7 @@ def rules(args):
     ds = build_demo_dataset("bench-rules", data_dir=os.path.join(tmp, "demo"))
     photos = ds.match(F("source") == "photo")
     ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
-    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    truth = true_groups(photos)  # the stereo pair is another shot, not a duplicate
     unique_ids = [s for s, u in zip(ids, unique) if u]
     rows = []
     for name in ("demo-contrastive", "demo-autoencoder"):

@@ -213,6 +213,13 @@ class LookalikePanel(foo.Panel):
         forms.show_duplicates(ctx, view)
         ctx.ops.notify(f"Near-duplicate groups{_origin(ctx.dataset, 'duplicates')}")
 
+    def show_other_shots(self, ctx):
+        import lookalike.curation as lc
+        from lookalike.curation.duplicates import SHOT_REASON_FIELD
+
+        forms.show(ctx, lc.shots_view(ctx.dataset), SHOT_REASON_FIELD)
+        ctx.ops.notify(f"Other shots of one scene{_origin(ctx.dataset, 'duplicates')}")
+
     def show_all_outliers(self, ctx):
         import lookalike.curation as lc
 
@@ -265,6 +272,7 @@ class LookalikePanel(foo.Panel):
         state.groups_origin = _origin(ctx.dataset, "duplicates")
         state.outliers_origin = _origin(ctx.dataset, "outliers")
         state.group_numbers = [g["group"] for g in groups]
+        state.shot_line = overview.shot_line(ctx.dataset)
         outliers = overview.outlier_rows(ctx.dataset)
         state.outliers = [{k: v for k, v in r.items() if k != "id"} for r in outliers]
         state.outlier_ids = [r["id"] for r in outliers]
@@ -359,6 +367,9 @@ class LookalikePanel(foo.Panel):
             panel.btn("all_duplicates", label="Show all groups", on_click=self.show_all_duplicates)
         else:
             panel.md("None found yet (Find duplicates).", name="no_groups")
+        if state.shot_line:
+            panel.md(f"**Other shots of one scene**: {state.shot_line}", name="shots_line")
+            panel.btn("other_shots", label="Show other shots", on_click=self.show_other_shots)
 
         panel.md("**No-match outliers**" + (state.outliers_origin or ""), name="outliers_title")
         if state.outliers:

@@ -15,7 +15,7 @@ import lookalike.curation as lc
 import lookalike.similarity as ls
 from lookalike.embeddings.compute import compute_embeddings
 from lookalike.core.errors import CurationError
-from lookalike.demo.steps import group_of, pair_scores, relation_recall
+from lookalike.demo.steps import group_of, pair_scores, relation_recall, true_groups
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +32,10 @@ def photos(demo_records, copies_encoder):
 
 
 def _scores(ds, report):
-    ids, groups, unique = ds.values(["id", "gt_group", "gt_unique"])
-    truth = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    ids = ds.values("id")
     predicted = group_of(ids, report.groups)
-    return pair_scores(predicted, truth), relation_recall(ds, predicted)
+    return pair_scores(predicted, true_groups(ds)), relation_recall(
+        ds, predicted, group_of(ids, report.shot_groups))
 
 
 def test_verification_finds_viewpoint_copies_and_splits_what_features_contradict(photos):
@@ -67,18 +67,23 @@ def test_verification_finds_viewpoint_copies_and_splits_what_features_contradict
     # 2026-12-07, which takes none of them (18-20 of 20 with stop 34's CI encoder).
     found, total = relations["perspective"]
     assert found >= 0.75 * total, relations
+    # The real stereo pair is another shot of the scene, not a duplicate (parallax: the
+    # camera moved), grouped apart with its own reason.
     assert relations["other_view"] == (1, 1), relations
     # The textures the encoder confuses stay apart.
     for group in verified.groups:
         truths = set(photos.select(group).values("gt_group"))
         assert len(truths) == 1 or not truths >= {"grass", "gravel"}, truths
 
-    # Every member says why it is in its group; the stereo pair by its inliers.
+    # Every member says why it is in its group; a viewpoint copy by its inliers.
     view = lc.duplicates_view(photos)
     reasons = dict(zip(view.values("id"), view.values("dup_reason")))
     assert set(reasons.values()) and all(reasons.values())
-    right = photos.match(F("gt_edit") == "other_view").first()
-    assert right.dup_group is not None
+    stereo = photos.match(F("gt_edit") == "other_view").first()
+    assert stereo.dup_group is None and stereo.shot_group is not None
+    assert stereo.shot_reason.startswith("another shot of the same scene as motorcycle_left")
+    assert "another_shot" in stereo.tags and "duplicate" not in stereo.tags
+    right = view.match((F("gt_edit") == "perspective") & (F("dup_inliers") != None)).first()  # noqa: E711
     assert right.dup_inliers >= cal.min_inliers
     kept = view.match(~F("tags").contains("duplicate"))
     assert set(kept.values("dup_reason")) == {"kept"} and set(kept.values("dup_inliers")) == {None}

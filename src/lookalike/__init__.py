@@ -49,6 +49,7 @@ _LAZY = {
     "get_calibration": ("lookalike.curation", "get_calibration"),
     "find_duplicates": ("lookalike.curation", "find_duplicates"),
     "duplicates_view": ("lookalike.curation", "duplicates_view"),
+    "shots_view": ("lookalike.curation", "shots_view"),
     "outliers_view": ("lookalike.curation", "outliers_view"),
     "leaks_view": ("lookalike.curation", "leaks_view"),
     "no_match_view": ("lookalike.curation", "no_match_view"),

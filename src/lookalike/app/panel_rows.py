@@ -127,6 +127,21 @@ def _groups_now(samples):
     return [m for m in members.values() if len(m) > 1]
 
 
+def shot_line(samples):
+    """What the panel says of the published run's other shots of one scene (not
+    duplicates), or "" when there are none."""
+    from lookalike.curation.duplicates import SHOT_GROUP_FIELD, shots_view
+
+    if SHOT_GROUP_FIELD not in samples.get_field_schema():
+        return ""
+    groups = shots_view(samples).values(SHOT_GROUP_FIELD)
+    if not groups:
+        return ""
+    return (f"{len(groups)} images in {len(set(groups))} groups are another shot of the same "
+            "scene (the camera moved): not duplicates, never deleted as such; mind them "
+            "across splits")
+
+
 def _shown_or_replaced(dataset, kind, brain_key):
     """Whether the dataset's tags and fields of ``kind`` are ``brain_key``'s results, in words."""
     shown = result_origin(dataset, kind)

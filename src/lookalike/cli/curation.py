@@ -368,6 +368,16 @@ def _print_groups(report, limit):
             print(f"    {report.files[sample_id]}" + (f"  ({why})" if why else ""))
     if report.num_groups > limit:
         print(f"  ... {report.num_groups - limit} more groups (--show-groups N)")
+    shots = getattr(report, "shot_groups", None) or []
+    if shots:
+        print("other shots of one scene, not duplicates (tagged 'another_shot'):")
+    for number, group in enumerate(shots[:limit], 1):
+        print(f"  scene {number} ({len(group)} images):")
+        for sample_id in group:
+            why = report.shot_reasons.get(sample_id)
+            print(f"    {report.files[sample_id]}" + (f"  ({why})" if why else ""))
+    if len(shots) > limit:
+        print(f"  ... {len(shots) - limit} more scenes (--show-groups N)")
 
 
 def _print_outliers(report, paths, limit):

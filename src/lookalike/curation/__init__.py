@@ -20,7 +20,12 @@ fields: ``dup_group``, ``dup_distance``, ``nn_distance``, ``no_match``.
 from lookalike.curation.calibrate import Calibration, calibrate_threshold, get_calibration
 from lookalike.curation.deletion import DeletionResult, delete_duplicates
 from lookalike.curation.dedupe import DedupeReport, dedupe
-from lookalike.curation.duplicates import DuplicateReport, duplicates_view, find_duplicates
+from lookalike.curation.duplicates import (
+    DuplicateReport,
+    duplicates_view,
+    find_duplicates,
+    shots_view,
+)
 from lookalike.curation.evaluation import RetrievalEvaluation, evaluate_retrieval
 from lookalike.curation.leaks import LeakReport, find_leaks, leaks_view
 from lookalike.curation.folder_matching import FolderMatchReport, match_images
@@ -55,6 +60,7 @@ __all__ = [
     "dedupe",
     "delete_duplicates",
     "duplicates_view",
+    "shots_view",
     "evaluate_retrieval",
     "find_duplicates",
     "find_leaks",

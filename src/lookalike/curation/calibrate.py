@@ -99,6 +99,11 @@ class Calibration(records.SavedResult):
     candidate_rule: str = ""
     min_inliers: int = None
     inlier_rule: str = ""
+    # "Another shot" of the same scene (a camera that moved through 3-D; see
+    # lookalike.images.local_features.parallax); None in older records.
+    min_shot_inliers: int = None
+    min_parallax: int = None
+    shot_rule: str = ""
     viewpoint_inliers_median: float = None
     exclude_exact_duplicates: bool = False
     # With labels:
@@ -133,6 +138,8 @@ class Calibration(records.SavedResult):
         if self.min_inliers is not None:
             text += (f" Geometric verification: pairs within {self.candidate_threshold:.4f} "
                      f"with at least {self.min_inliers} inliers ({self.inlier_rule}).")
+            if self.shot_rule:
+                text += f" {self.shot_rule[0].upper()}{self.shot_rule[1:]}."
         elif self.inlier_rule:
             text += f" {self.inlier_rule[0].upper()}{self.inlier_rule[1:]}."
         return text
@@ -394,6 +401,8 @@ def _verification_record(inliers, duplicate_threshold, viewpoint_distances, nn_d
                                "features (flat or tiny images)"}
     return {"candidate_threshold": candidate, "candidate_rule": candidate_rule,
             "min_inliers": int(inliers.min_inliers), "inlier_rule": inliers.rule,
+            "min_shot_inliers": int(inliers.min_shot_inliers),
+            "min_parallax": int(inliers.min_parallax), "shot_rule": inliers.shot_rule,
             "viewpoint_inliers_median": float(np.median(inliers.copy_inliers))}
 
 

@@ -33,14 +33,23 @@ DEFAULT_CANDIDATES = 10  # nearest neighbours per sample that verification check
 # TURNED: one image's quarter turn or transpose is within the duplicate threshold of
 # the other (a photo that lost its EXIF orientation) and verification cannot judge.
 # CONTAINED: one picture found inside the other where verification cannot judge.
-IDENTICAL, EMBEDDING, VERIFIED, TURNED, CONTAINED = 0, 1, 2, 3, 4
+# SHOT: not a duplicate -- another shot of the same scene, the camera moved through
+# 3-D (parallax; see lookalike.images.local_features.parallax): kept apart from the
+# duplicate groups, counted by find_leaks.
+IDENTICAL, EMBEDDING, VERIFIED, TURNED, CONTAINED, SHOT = 0, 1, 2, 3, 4, 5
+DUPLICATE_KINDS = (IDENTICAL, EMBEDDING, VERIFIED, TURNED, CONTAINED)
 
 
 def _verification_settings(index, verify, min_inliers, candidates, num_samples,
-                           orientations=True, feature_votes="auto"):
+                           orientations=True, feature_votes="auto", other_shots=True):
     """``(on, settings)``: whether to verify, with the thresholds to use (see find_duplicates)."""
     from lookalike.images.feature_votes import VOTE_UP_TO
-    from lookalike.images.local_features import DEFAULT_MIN_INLIERS, VERIFY_UP_TO
+    from lookalike.images.local_features import (
+        DEFAULT_MIN_INLIERS,
+        MIN_PARALLAX_FLOOR,
+        MIN_SHOT_INLIERS_FLOOR,
+        VERIFY_UP_TO,
+    )
 
     if verify not in VERIFY_CHOICES:
         raise CurationError(f"verify must be one of {VERIFY_CHOICES}, got {verify!r}")
@@ -78,7 +87,12 @@ def _verification_settings(index, verify, min_inliers, candidates, num_samples,
     return True, {"ran": True, "min_inliers": int(min_inliers), "candidates": int(candidates),
                   "candidate_threshold": records.check_threshold(
                       calibration["candidate_threshold"]),
-                  "orientations": bool(orientations), "feature_votes": bool(feature_votes)}
+                  "orientations": bool(orientations), "feature_votes": bool(feature_votes),
+                  "other_shots": bool(other_shots),
+                  # Records calibrated before "another shot" existed: the floors.
+                  "min_shot_inliers": int(calibration.get("min_shot_inliers")
+                                          or MIN_SHOT_INLIERS_FLOOR),
+                  "min_parallax": int(calibration.get("min_parallax") or MIN_PARALLAX_FLOOR)}
 
 
 def _candidate_pairs(index, rows, k, within, known):
@@ -113,7 +127,7 @@ class Pairs:
     paths: list
     i: np.ndarray
     j: np.ndarray
-    kinds: np.ndarray  # IDENTICAL, EMBEDDING, VERIFIED, TURNED or CONTAINED
+    kinds: np.ndarray  # IDENTICAL, EMBEDDING, VERIFIED, TURNED, CONTAINED or SHOT
     threshold: float
     engine: str  # the pair search used, or "files"
     verification: dict = None  # settings and counts (None: not asked for)
@@ -124,6 +138,8 @@ class Pairs:
     turned_of: dict = field(default_factory=dict)  # (a, b), a < b -> (turn, distance)
     num_contained: int = 0  # one found inside the other, unverifiable
     contained_of: dict = field(default_factory=dict)  # (a, b), a < b -> correlation
+    num_shots: int = 0  # another shot of the same scene (not duplicates)
+    shot_of: dict = field(default_factory=dict)  # (a, b), a < b -> (inliers, off plane)
     features: dict = None  # position -> Features or None (verification ran)
     inliers_of: dict = field(default_factory=dict)  # (a, b), a < b -> inliers
     vectors: np.ndarray = None  # of the samples in the run
@@ -151,8 +167,10 @@ class Pairs:
 
 def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_files=True,
                verify="auto", min_inliers=None, candidates=DEFAULT_CANDIDATES, progress=None,
-               orientations=True, feature_votes="auto"):
-    """Every duplicate pair of ``samples``: within the threshold, verified, or identical files.
+               orientations=True, feature_votes="auto", other_shots=True):
+    """Every duplicate pair of ``samples``: within the threshold, verified, or identical
+    files; and, with verification and ``other_shots``, the pairs that are another shot of
+    the same scene (kind SHOT).
 
     The arguments are :func:`find_duplicates`'; returns :class:`Pairs` and
     writes nothing. ``progress`` runs to 0.85.
@@ -174,7 +192,8 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
 
         index = ls.load_index(fo_adapter.root_dataset(samples), brain_key)
     on, out.verification = _verification_settings(index, verify, min_inliers, candidates,
-                                                  len(ids), orientations, feature_votes)
+                                                  len(ids), orientations, feature_votes,
+                                                  other_shots)
     if index is not None:
         out.threshold = records.threshold(index, "duplicate_threshold", threshold)
         out.warning = records.duplicate_warning(index, threshold)
@@ -225,24 +244,32 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
                                         (vi, vj, np.zeros(len(vi), bool)))
             ci, cj = in_index[ci], in_index[cj]
             counts = verification.verify_pairs(out.features, ci, cj,
-                                               progress=scaled(progress, 0.75, 0.08))
+                                               progress=scaled(progress, 0.75, 0.08),
+                                               with_parallax=other_shots)
+            counts, evidence = counts if other_shots else (counts, None)
             counts[mirror] = verification.verify_mirrored(
                 out.features, ci[mirror], cj[mirror], counts[mirror], settings["min_inliers"],
                 paths, out.cache)
             ok = counts >= settings["min_inliers"]
-            edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
             out.inliers_of = {pair_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
+            shot = np.zeros(len(ci), bool)
+            if other_shots:
+                report_progress(0.8, "looking for other shots of the same scenes")
+                shot = _shot_edges(out, edges, ci, cj, ok, evidence, settings, verification)
+            ok &= ~shot
+            edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
             if orientations:
                 _turned_edges(out, edges, in_index, turned_close, settings["min_inliers"],
                               verification)
             report_progress(0.83, "looking for crops of images without local features")
-            _contained_edges(out, edges, (ci[~ok], cj[~ok]),
+            _contained_edges(out, edges, (ci[~ok & ~shot], cj[~ok & ~shot]),
                              (in_index[beyond[0]], in_index[beyond[1]]),
                              settings["min_inliers"], verification)
             out.num_verified = int(ok.sum())
             settings.update(num_candidates=int(len(ci)), num_featureless=len(missing),
                             num_other_candidates=int(len(ci) - num_embedding),
-                            num_turned=out.num_turned, num_contained=out.num_contained)
+                            num_turned=out.num_turned, num_contained=out.num_contained,
+                            num_shots=out.num_shots)
 
     if exact_files:
         report_progress(0.85, "hashing files")
@@ -301,6 +328,45 @@ def _contained_edges(out, edges, unverified, beyond, min_inliers, verification):
     out.contained_of = {pair_key(x, y): float(v) for x, y, v in
                         zip(a[keep], b[keep], scores[keep])}
     out.num_contained = int(keep.sum())
+
+
+def _shot_edges(out, edges, ci, cj, verified, evidence, settings, verification):
+    """SHOT pairs among the candidate pairs ``(ci, cj)``: another shot of one scene.
+
+    A pair is one when a fundamental matrix explains at least ``min_shot_inliers``
+    of its matches and ``min_parallax`` of those lie off the plane that holds most
+    (:func:`~lookalike.images.local_features.parallax`,
+    :func:`~lookalike.images.local_features.shows_parallax`): the camera moved
+    through a 3-D scene. Judged on the cached features first (``evidence``, from
+    verification's matching: (inliers, off plane) per pair); a pair that reaches
+    the epipolar inliers but no homography verified is judged again on
+    :data:`~lookalike.images.local_features.DENSE_KEYPOINTS` features (cached
+    apart), since 500 keypoints sit mostly on the nearest big plane. A pair a
+    homography verified (``verified``) is one only with twice the parallax on the
+    cached features: edited copies show up to 9 matches off one plane there
+    (mirrored symmetric pictures, repetitive textures), the real stereo pair 66.
+    Returns the mask of SHOT pairs; writes ``out.shot_of`` and ``out.num_shots``.
+    """
+    low, need = settings["min_shot_inliers"], settings["min_parallax"]
+    evidence = np.array(evidence, np.int32).reshape(len(ci), 2)
+    shot = verification.shows_parallax(evidence, low, np.where(verified, 2 * need, need))
+    again = np.flatnonzero(~verified & ~shot & (evidence[:, 0] >= low))
+    if len(again):
+        images = sorted({int(p) for n in again for p in (ci[n], cj[n])})
+        got, _ = verification.compute_features([out.paths[p] for p in images], out.cache,
+                                               dense=True)
+        dense = dict(zip(images, got))
+        ok = [n for n in again if dense[int(ci[n])] is not None
+              and dense[int(cj[n])] is not None]
+        if ok:
+            evidence[ok] = verification.parallax_pairs(dense, ci[ok], cj[ok])
+            shot[ok] = verification.shows_parallax(evidence[ok], low, need)
+    edges.append((ci[shot], cj[shot], np.full(int(shot.sum()), SHOT)))
+    out.shot_of = {pair_key(a, b): (int(f), int(p))
+                   for a, b, (f, p) in zip(ci[shot], cj[shot], evidence[shot])}
+    out.num_shots = int(shot.sum())
+    out.verification["num_shot_checked"] = int(len(again))
+    return shot
 
 
 def _turned_edges(out, edges, in_index, turned_close, min_inliers, verification):
@@ -372,11 +438,15 @@ def fill_features(features, group, paths, verification, cache):
             features[p] = f
 
 
-def pair_reason(kind, distance, inliers, via, turned=None, contained=None):
+def pair_reason(kind, distance, inliers, via, turned=None, contained=None, shot=None):
     """Why a pair is a duplicate, in words; ``turned``: ``(turn, distance)`` of a TURNED
-    pair, ``contained``: the correlation of a CONTAINED one."""
+    pair, ``contained``: the correlation of a CONTAINED one, ``shot``: ``(inliers, off
+    plane)`` of a SHOT one (another shot of the scene)."""
     if kind == IDENTICAL:
         text = "identical file"
+    elif kind == SHOT:
+        return (f"another shot of the same scene{'' if via is None else ' as ' + via} "
+                f"({shot[0]} epipolar inliers, {shot[1]} off one plane)")
     elif kind == CONTAINED:
         text = f"one found inside the other (correlation {contained:.3f})"
     elif kind == EMBEDDING:

@@ -26,6 +26,7 @@ from lookalike.curation.duplicate_pairs import (
     DEFAULT_CANDIDATES,
     EMBEDDING,
     IDENTICAL,
+    SHOT,
     TURNED,
     fill_features,
     pair_reason,
@@ -46,6 +47,11 @@ INLIERS_FIELD = "dup_inliers"  # RANSAC inliers with the kept sample (verificati
 REASON_FIELD = "dup_reason"  # why the sample is in its group, in words
 LABEL_FIELD = "dup_label"  # what a tile shows: "group 3: kept", "group 3: 0.0012, 142 inliers"
 RUN_FIELD = "dup_run"  # the run that wrote a sample's group; only the published one counts
+# Another shot of the same scene (not a duplicate: keep both, mind leaks): a group of
+# its own, the reason, and a tag of its own.
+SHOT_GROUP_FIELD = "shot_group"
+SHOT_REASON_FIELD = "shot_reason"
+SHOT_TAG = "another_shot"
 CHECK_NEAREST = 4  # embedding pairs per group member that verification checks
 KIND = "duplicates"
 
@@ -65,6 +71,9 @@ class DuplicateReport:
     reasons: dict = field(default_factory=dict)  # sample id -> why it is in its group
     brain_key: str = None  # the index that found them (None: byte-identical files only)
     warning: str = None  # the calibration's, when its duplicate threshold was used
+    shot_groups: list = field(default_factory=list)  # sample ids: shots of one scene
+    num_shot_pairs: int = 0
+    shot_reasons: dict = field(default_factory=dict)  # sample id -> "another shot of ..."
 
     @property
     def num_groups(self):
@@ -81,7 +90,8 @@ class DuplicateReport:
                     num_groups=self.num_groups, num_duplicates=self.num_duplicates,
                     num_pairs=self.num_pairs, num_exact_pairs=self.num_exact_pairs,
                     num_searched=self.num_searched, num_verified_pairs=self.num_verified_pairs,
-                    verification=self.verification, warning=self.warning)
+                    verification=self.verification, warning=self.warning,
+                    num_shot_groups=len(self.shot_groups), num_shot_pairs=self.num_shot_pairs)
 
     def summary(self):
         """One paragraph, for the CLI and the App."""
@@ -102,6 +112,11 @@ class DuplicateReport:
             if v.get("num_contained"):
                 text += (f"; in {v['num_contained']} pairs without local features one "
                          "picture was found inside the other")
+            if self.shot_groups:
+                text += (f". Not duplicates: {sum(map(len, self.shot_groups))} samples in "
+                         f"{len(self.shot_groups)} groups are other shots of one scene "
+                         f"({self.num_shot_pairs} pairs; tagged '{SHOT_TAG}', field "
+                         f"'{SHOT_GROUP_FIELD}')")
         elif v:
             text += f"; no geometric verification ({v['why_not']})"
         if self.warning:
@@ -112,7 +127,7 @@ class DuplicateReport:
 def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engine="auto",
                     tag=DEFAULT_TAG, exact_files=True, verify="auto", min_inliers=None,
                     candidates=DEFAULT_CANDIDATES, progress=None, orientations=True,
-                    feature_votes="auto"):
+                    feature_votes="auto", other_shots=True):
     """Finds near-duplicate groups in ``samples``; writes ``dup_*`` fields and a tag.
 
     Args:
@@ -147,6 +162,12 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
             rotations, screenshots. True, False, or "auto" = on for views of up
             to :data:`lookalike.images.feature_votes.VOTE_UP_TO` samples (votes
             need every image's local features, not only the candidates')
+        other_shots (True): with verification, also name the candidate pairs that
+            are another shot of the same scene -- a camera that moved through
+            3-D, found by a fundamental matrix with parallax
+            (:func:`lookalike.images.local_features.parallax`). They are not
+            duplicates: grouped apart in ``shot_group`` and ``shot_reason``,
+            tagged ``another_shot``, and never deleted as duplicates
 
     Returns:
         a :class:`DuplicateReport`; the fields are ``dup_group`` (group number,
@@ -161,18 +182,21 @@ def find_duplicates(samples, brain_key=None, threshold=None, keep="first", engin
                      label=runs.lease_label(dataset, KIND)):
         return _find_duplicates(samples, brain_key, threshold, keep, engine, tag,
                                 exact_files, verify, min_inliers, candidates, progress,
-                                orientations, feature_votes)
+                                orientations, feature_votes, other_shots)
 
 
 def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_files, verify,
-                     min_inliers, candidates, progress, orientations=True, feature_votes="auto"):
+                     min_inliers, candidates, progress, orientations=True, feature_votes="auto",
+                     other_shots=True):
     from lookalike.images import local_features as verification
 
     check_keep_policy(keep)
     report_progress = progress or (lambda fraction, label: None)
     pairs = find_pairs(samples, brain_key, threshold, engine, exact_files, verify, min_inliers,
-                       candidates, progress, orientations, feature_votes)
-    ids, paths, i, j, kinds = pairs.ids, pairs.paths, pairs.i, pairs.j, pairs.kinds
+                       candidates, progress, orientations, feature_votes, other_shots)
+    shot = pairs.kinds == SHOT  # not duplicates: grouped apart
+    ids, paths = pairs.ids, pairs.paths
+    i, j, kinds = pairs.i[~shot], pairs.j[~shot], pairs.kinds[~shot]
     features, inliers_of, settings = pairs.features, pairs.inliers_of, pairs.verification
     distance, inliers = pairs.distance, pairs.inliers
     groups = groups_from_pairs(len(ids), i, j, unbreakable=kinds == IDENTICAL)
@@ -211,16 +235,19 @@ def _find_duplicates(samples, brain_key, threshold, keep, engine, tag, exact_fil
         ordered.append([kept] + rest)
     ordered.sort(key=lambda g: (-len(g), g[0]))
 
+    shot_groups, shot_reasons = _shot_groups(pairs, pairs.i[shot], pairs.j[shot])
     write_groups(samples, ids, ordered, distances, tag, inlier_counts, reasons,
-                 brain_key=brain_key)
+                 brain_key=brain_key, shots=(shot_groups, shot_reasons))
     report = DuplicateReport(
         threshold=float(pairs.threshold), engine=pairs.engine, keep=keep,
         groups=[[ids[p] for p in g] for g in ordered], num_pairs=int(pairs.num_pairs),
         num_exact_pairs=int(pairs.num_exact), num_searched=len(ids),
         num_verified_pairs=pairs.num_verified, verification=settings,
-        files={ids[p]: paths[p] for g in ordered for p in g},
+        files={ids[p]: paths[p] for g in ordered + shot_groups for p in g},
         reasons={ids[p]: reasons[p] for g in ordered for p in g if p in reasons},
-        brain_key=brain_key, warning=pairs.warning)
+        brain_key=brain_key, warning=pairs.warning,
+        shot_groups=[[ids[p] for p in g] for g in shot_groups], num_shot_pairs=int(shot.sum()),
+        shot_reasons={ids[p]: r for p, r in shot_reasons.items()})
     if brain_key is not None:
         import lookalike.similarity as ls
 
@@ -294,6 +321,23 @@ def _split_unverified(groups, i, j, kinds, features, inliers_of, distance, min_i
     return split_at_weak_pairs(groups, i, j, strong, d)
 
 
+def _shot_groups(pairs, i, j):
+    """``(groups, reasons)``: the SHOT pairs joined into groups (shots of one scene,
+    positions, largest first) and each member's reason, naming its partner with the most
+    epipolar inliers."""
+    best = {}
+    for a, b in zip(i.tolist(), j.tolist()):
+        evidence = pairs.shot_of[pair_key(a, b)]
+        for p, other in ((a, b), (b, a)):
+            if p not in best or evidence[0] > best[p][1][0]:
+                best[p] = (other, evidence)
+    groups = sorted(groups_from_pairs(len(pairs.ids), i, j, split_bridges=False),
+                    key=lambda g: (-len(g), g[0]))
+    reasons = {p: pair_reason(SHOT, None, None, os.path.basename(pairs.paths[other]),
+                              shot=evidence) for p, (other, evidence) in best.items()}
+    return groups, reasons
+
+
 def _links(i, j, kinds):
     """``{position: [(other, kind), ...]}``, the strongest reason first (identical, embedding, verified)."""
     link = {}
@@ -328,13 +372,15 @@ def _reached_from(kept, members, link):
 
 
 def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=None,
-                 brain_key=None):
+                 brain_key=None, shots=((), None)):
     """Replaces earlier results on ``ids`` (the view's samples) with these groups; publishes.
 
     ``distances``, ``inliers`` and ``reasons`` are keyed by position in ``ids``;
     the first member of each group is the kept one: ``dup_kept`` True and the
     tag :data:`KEPT_TAG`, the others get ``tag``. ``brain_key``: the index that
-    made them, named in the published record.
+    made them, named in the published record. ``shots``: ``(groups, reasons)`` of
+    other shots of one scene (positions), written to ``shot_group`` and
+    ``shot_reason`` and tagged :data:`SHOT_TAG`.
 
     The caller holds the lease. :func:`runs.write` stages the values, then
     applies and publishes them: a kill anywhere leaves the old results or,
@@ -347,7 +393,8 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
     for name, ftype in ((GROUP_FIELD, fo.IntField), (DISTANCE_FIELD, fo.FloatField),
                         (INLIERS_FIELD, fo.IntField), (REASON_FIELD, fo.StringField),
                         (KEPT_FIELD, fo.BooleanField), (RUN_FIELD, fo.StringField),
-                        (LABEL_FIELD, fo.StringField)):
+                        (LABEL_FIELD, fo.StringField), (SHOT_GROUP_FIELD, fo.IntField),
+                        (SHOT_REASON_FIELD, fo.StringField)):
         if name not in dataset.get_field_schema():
             dataset.add_sample_field(name, ftype)
     group_of, dist_of, inliers_of, reason_of, kept_of, tagged = {}, {}, {}, {}, {}, []
@@ -364,12 +411,19 @@ def write_groups(samples, ids, groups, distances, tag, inliers=None, reasons=Non
                 tagged.append(ids[p])
     label_of = {sid: tile_label(group_of[sid], kept_of[sid], dist_of.get(sid),
                                 inliers_of.get(sid)) for sid in group_of}
+    shot_groups, shot_reasons = shots[0], shots[1] or {}
+    shot_group_of = {ids[p]: number for number, g in enumerate(shot_groups, 1) for p in g}
+    shot_reason_of = {ids[p]: shot_reasons[p] for g in shot_groups for p in g
+                      if p in shot_reasons}
     return runs.write(samples, KIND, RUN_FIELD, list(ids),
                       {GROUP_FIELD: group_of, DISTANCE_FIELD: dist_of, INLIERS_FIELD: inliers_of,
-                       REASON_FIELD: reason_of, KEPT_FIELD: kept_of, LABEL_FIELD: label_of},
+                       REASON_FIELD: reason_of, KEPT_FIELD: kept_of, LABEL_FIELD: label_of,
+                       SHOT_GROUP_FIELD: shot_group_of, SHOT_REASON_FIELD: shot_reason_of},
                       tag, tagged,
-                      marked=[ids[g[0]] for g in groups], mark=KEPT_TAG, brain_key=brain_key,
-                      num_groups=len(groups), num_duplicates=len(tagged))
+                      marked=[ids[g[0]] for g in groups], mark=KEPT_TAG,
+                      extra_tags={SHOT_TAG: sorted(shot_group_of)}, brain_key=brain_key,
+                      num_groups=len(groups), num_duplicates=len(tagged),
+                      num_shot_groups=len(shot_groups))
 
 
 def tile_label(group, kept, distance, inliers):
@@ -384,6 +438,16 @@ def tile_label(group, kept, distance, inliers):
     else:
         text = f"distance {distance:.4f}"
     return f"group {group}: {text}" + (f", {inliers} inliers" if inliers is not None else "")
+
+
+def shots_view(samples):
+    """The published run's other shots of one scene, group by group (see ``other_shots``)."""
+    from fiftyone import ViewField as F
+
+    if SHOT_GROUP_FIELD not in samples.get_field_schema():
+        return samples.limit(0)
+    return runs.published_view(samples, KIND, RUN_FIELD, F(SHOT_GROUP_FIELD) != None,  # noqa: E711
+                               [(SHOT_GROUP_FIELD, 1)])
 
 
 def duplicates_view(samples):

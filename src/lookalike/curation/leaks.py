@@ -1,9 +1,11 @@
-"""Leaks across splits: the same picture (or the same object seen again) in train and in test.
+"""Leaks across splits: the same picture (or the same object or scene shot again) in train
+and in test.
 
 fiftyone-brain's ``compute_leaky_splits`` flags pairs within a distance nobody
 calibrated. Here a leak is a duplicate pair as :func:`find_duplicates` finds
 them (:func:`~lookalike.curation.duplicate_pairs.find_pairs`: the run's calibrated,
-label-free duplicate threshold, geometric verification, byte-identical files)
+label-free duplicate threshold, geometric verification, byte-identical files),
+or another shot of the same scene (kept apart from duplicates, a leak all the same),
 whose two samples lie in different splits. Splits are tags (by default
 ``train``, ``val``, ``test``) or the values of a field.
 
@@ -24,6 +26,7 @@ from lookalike.curation import published_runs as runs
 from lookalike.curation.duplicate_pairs import (
     DEFAULT_CANDIDATES,
     IDENTICAL,
+    SHOT,
     find_pairs,
     pair_key,
     pair_reason,
@@ -49,6 +52,7 @@ class LeakReport:
     files: dict = field(default_factory=dict)  # sample id -> filepath, for printing
     warning: str = None  # the calibration's, when its duplicate threshold was used
     split_of: dict = field(default_factory=dict)  # sample id -> its split, for printing
+    num_shot_pairs: int = 0  # of ``pairs``: another shot of one scene, not a duplicate
 
     @property
     def leak_ids(self):
@@ -62,14 +66,17 @@ class LeakReport:
     def to_record(self):
         return dict(splits=self.splits, num_pairs=len(self.pairs), num_leaks=self.num_leaks,
                     num_searched=self.num_searched, per_split=self.per_split,
-                    verification=self.verification, warning=self.warning)
+                    verification=self.verification, warning=self.warning,
+                    num_shot_pairs=self.num_shot_pairs)
 
     def summary(self):
         """One line, for the CLI and the App."""
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_split.items())) or "none"
+        shots = (f", {self.num_shot_pairs} of them another shot of the same scene"
+                 if self.num_shot_pairs else "")
         text = (f"{len(self.pairs)} duplicate pairs across the splits {', '.join(self.splits)} "
-                f"({parts}) among {self.num_searched} samples: {self.num_leaks} samples tagged "
-                f"'{DEFAULT_TAG}'")
+                f"({parts}{shots}) among {self.num_searched} samples: {self.num_leaks} samples "
+                f"tagged '{DEFAULT_TAG}'")
         return text + (f". Warning: {self.warning}" if self.warning else "")
 
 
@@ -166,7 +173,7 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
     pairs = find_pairs(view, brain_key, threshold, verify=verify, min_inliers=min_inliers,
                        candidates=candidates, progress=scaled(progress, 0.0, 0.9))
     ids, paths = pairs.ids, pairs.paths
-    leaks, partner, per_split = [], {}, Counter()
+    leaks, partner, per_split, num_shots = [], {}, Counter(), 0
     strongest = {}  # a pair found several ways counts once, by its strongest reason
     for a, b, kind in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.kinds.tolist()):
         strongest[pair_key(a, b)] = min(kind, strongest.get(pair_key(a, b), kind))
@@ -177,7 +184,8 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
         del strongest[key]  # the same pair twice by the same way: once
         d = pairs.distance(a, b)
         reason = pair_reason(kind, d, pairs.inliers(a, b), None, pairs.turned_of.get(key),
-                             pairs.contained_of.get(key))
+                             pairs.contained_of.get(key), pairs.shot_of.get(key))
+        num_shots += kind == SHOT
         leaks.append((ids[a], ids[b], reason))
         per_split[" / ".join(sorted((split[ids[a]], split[ids[b]])))] += 1
         closeness = -1.0 if kind == IDENTICAL else (d or 0.0)
@@ -200,6 +208,7 @@ def _find_leaks(samples, brain_key, splits, threshold, verify, min_inliers, cand
         progress(1.0, f"{len(leaks)} pairs across splits")
     return LeakReport(splits=found, pairs=leaks, num_searched=len(ids),
                       per_split=dict(per_split), verification=pairs.verification,
+                      num_shot_pairs=num_shots,
                       warning=pairs.warning,
                       files={s: paths[n] for n, s in enumerate(ids) if s in leaked},
                       split_of={s: split[s] for s in leaked})

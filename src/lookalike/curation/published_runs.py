@@ -82,7 +82,8 @@ def record(dataset, kind):
             "staged": doc.get("staged")}
 
 
-def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=None, **info):
+def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=None,
+          extra_tags=None, **info):
     """Replaces the results of ``kind`` on the samples ``ids`` with one run's; returns its id.
 
     ``values``: ``{field: {sample id: value}}`` (a missing id clears the field; values as
@@ -91,7 +92,8 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
     ``tagged``: the ids that get ``tag`` (the others of ``ids`` lose it; ``tag`` None: the
     tags are left alone);
     ``marked``: the ids that get the second tag ``mark`` (the kept sample of a
-    duplicate group), likewise; ``info``: what the published record keeps
+    duplicate group), likewise; ``extra_tags``: ``{tag: ids}``, more tags likewise
+    (another shot of a scene); ``info``: what the published record keeps
     (counts, the brain key that made the run). The fields must be declared and
     the caller must hold the lease of ``kind``.
     """
@@ -104,16 +106,18 @@ def write(samples, kind, run_field, ids, values, tag, tagged, marked=(), mark=No
     run = begin(dataset, kind)
     faults.point(f"{kind}.after_begin")
     tagged, marked = set(tagged), set(marked)
+    extra = {t: set(got) for t, got in (extra_tags or {}).items()}
     stage = _stage()
     for start in range(0, len(ids), _STAGE_BATCH):
         leases.check_held()
         stage.insert_many([
             {"_id": f"{run}/{sid}", "run": run, "sample": ObjectId(sid),
              "v": {f: v.get(sid) for f, v in values.items()}, "t": sid in tagged,
-             "m": sid in marked}
+             "m": sid in marked, "x": [t for t in sorted(extra) if sid in extra[t]]}
             for sid in ids[start:start + _STAGE_BATCH]], ordered=False)
         faults.point(f"{kind}.staging")
-    staged = dict(info, run=run, tag=tag, mark=mark, run_field=run_field, fields=sorted(values))
+    staged = dict(info, run=run, tag=tag, mark=mark, run_field=run_field, fields=sorted(values),
+                  extra_tags=sorted(extra))
     _collection().update_one({"_id": fo_adapter.dataset_key(dataset, kind), "pending": run},
                              {"$set": {"staged": staged}})
     faults.point(f"{kind}.staged")
@@ -129,18 +133,20 @@ def _apply_and_publish(dataset, kind, staged):
     if staged["run_field"]:
         update[staged["run_field"]] = run
     if tag:
-        ours = [tag] + ([mark] if mark else [])
+        extra = list(staged.get("extra_tags") or [])  # runs staged before them: none
+        ours = [tag] + ([mark] if mark else []) + extra
         without_ours = {"$filter": {"input": {"$ifNull": ["$tags", []]},
                                     "cond": {"$not": [{"$in": ["$$this", ours]}]}}}
         update["tags"] = {"$concatArrays": [without_ours, {"$cond": ["$$new.t", [tag], []]}] + (
-            [{"$cond": [{"$ifNull": ["$$new.m", False]}, [mark], []]}] if mark else [])}
+            [{"$cond": [{"$ifNull": ["$$new.m", False]}, [mark], []]}] if mark else []) + (
+            [{"$ifNull": ["$$new.x", []]}] if extra else [])}
     update["last_modified_at"] = "$$NOW"
     leases.check_held()
     # One server-side command; setting the same values twice is harmless, so an
     # interrupted one is simply run again. Samples deleted meanwhile are skipped.
     _stage().aggregate([
         {"$match": {"run": run}},
-        {"$project": {"_id": "$sample", "v": 1, "t": 1, "m": 1}},
+        {"$project": {"_id": "$sample", "v": 1, "t": 1, "m": 1, "x": 1}},
         {"$merge": {"into": fo_adapter.sample_collection(dataset).name, "on": "_id",
                     "whenMatched": [{"$set": update}], "whenNotMatched": "discard"}},
     ])

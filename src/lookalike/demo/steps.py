@@ -151,6 +151,20 @@ def pair_scores(predicted_groups, true_groups):
             "true_pairs": actual}
 
 
+# Relations that are another shot of the scene (the real stereo pair), not a duplicate:
+# find_duplicates names them apart (``shot_groups``), so the duplicate truth leaves
+# them out and their recall is counted among the other shots.
+SHOT_RELATIONS = ("other_view", "other_shot")
+
+
+def true_groups(samples):
+    """``{sample id: true duplicate group or None}``: unique photos and other shots of a
+    scene (:data:`SHOT_RELATIONS`) are in no duplicate group."""
+    ids, groups, unique, edits = samples.values(["id", "gt_group", "gt_unique", "gt_edit"])
+    return {s: (None if u or e in SHOT_RELATIONS else g)
+            for s, g, u, e in zip(ids, groups, unique, edits)}
+
+
 def group_of(ids, groups):
     """``{sample id: group number or None}`` of ``ids``, from lists of ids (a report's groups)."""
     out = dict.fromkeys(ids)
@@ -158,12 +172,14 @@ def group_of(ids, groups):
     return out
 
 
-def relation_recall(photos, predicted_groups):
+def relation_recall(photos, predicted_groups, predicted_shots=None):
     """``{relation: (found, total)}``: copies in the same predicted group as their original.
 
     The relation is the copy's ``gt_edit`` (an edit kind, ``perspective`` for a
     synthetic viewpoint, ``other_view`` for the real stereo pair).
-    ``predicted_groups`` maps sample ids to a group (None = in no group).
+    ``predicted_groups`` maps sample ids to a group (None = in no group);
+    ``predicted_shots`` likewise to a group of other shots of one scene, for the
+    :data:`SHOT_RELATIONS` (None: they are looked for among the duplicate groups).
     """
     ids, groups, edits = photos.values(["id", "gt_group", "gt_edit"])
     original = {g: s for s, g, e in zip(ids, groups, edits) if e == "original"}
@@ -171,7 +187,9 @@ def relation_recall(photos, predicted_groups):
     for sid, group, edit in zip(ids, groups, edits):
         if edit in (None, "original") or group not in original:
             continue
-        mine, theirs = predicted_groups.get(sid), predicted_groups.get(original[group])
+        by = (predicted_shots if predicted_shots is not None and edit in SHOT_RELATIONS
+              else predicted_groups)
+        mine, theirs = by.get(sid), by.get(original[group])
         found, total = out.get(edit, (0, 0))
         out[edit] = (found + int(mine is not None and mine == theirs), total + 1)
     return out
@@ -207,11 +225,10 @@ def curate_photos(dataset, brain_key, log=print):
     cal = lc.calibrate_threshold(photos, brain_key)
     dups = lc.find_duplicates(photos, brain_key)
     outliers = lc.flag_outliers(photos, brain_key)
-    ids, groups, unique = photos.values(["id", "gt_group", "gt_unique"])
-    truth_groups = {s: (None if u else g) for s, g, u in zip(ids, groups, unique)}
+    ids, unique = photos.values(["id", "gt_unique"])
     predicted = group_of(ids, dups.groups)
-    dup = pair_scores(predicted, truth_groups)
-    relations = relation_recall(photos, predicted)
+    dup = pair_scores(predicted, true_groups(photos))
+    relations = relation_recall(photos, predicted, group_of(ids, dups.shot_groups))
     out = flag_scores(outliers.outlier_ids, [s for s, u in zip(ids, unique) if u])
     log(f"  {brain_key}: duplicate threshold {duplicate_rule_line(cal)}")
     log(f"  {brain_key}: {dups.num_groups} groups -> pairs precision {dup['precision']:.3f} "
@@ -222,7 +239,12 @@ def curate_photos(dataset, brain_key, log=print):
                               if v.get("ran") else f"no geometric verification "
                               f"({v.get('why_not', 'no run')})"))
     log(f"  {brain_key}: copies found with their original: " + ", ".join(
-        f"{edit} {found}/{total}" for edit, (found, total) in sorted(relations.items())))
+        f"{edit} {found}/{total}" for edit, (found, total) in sorted(relations.items())
+        if edit not in SHOT_RELATIONS))
+    log(f"  {brain_key}: another shot of the same scene, found apart from the duplicates: "
+        + (", ".join(f"{edit} {found}/{total}" for edit, (found, total)
+                     in sorted(relations.items()) if edit in SHOT_RELATIONS) or "none planted")
+        + f" ({len(dups.shot_groups)} groups of other shots)")
     log(f"  {brain_key}: outlier threshold {cal.threshold:.4f} ({cal.note}), "
         f"{out['flagged']} flagged -> precision {out['precision']:.3f} "
         f"recall {out['recall']:.3f} of the {out['true']} unique photos")

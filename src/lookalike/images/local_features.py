@@ -26,8 +26,13 @@ import numpy as np
 
 MAX_SIDE = 512
 MAX_KEYPOINTS = 500
+# For parallax (another shot): a camera that moved sees most of its 500 strongest
+# keypoints on the nearest big textured plane; 2,000 also cover the rest of the scene
+# (off-plane matches of two rendered shots of one room 2-11 -> 15-149).
+DENSE_KEYPOINTS = 2000
 RATIO = 0.75
 RANSAC_PX = 5.0
+EPIPOLAR_PX = 1.0  # a fundamental matrix's inlier distance (points to epipolar lines)
 MIN_KEYPOINTS = 8  # fewer cannot support a homography with any confidence
 MIN_SPREAD = 0.2  # inliers must span this share of the image both ways (see _spread)
 FEATURELESS = "too few keypoints (flat or tiny image)"
@@ -38,6 +43,16 @@ MIN_INLIERS_FLOOR = 12
 # may be copies after all without moving it.
 CHANCE_PERCENTILE = 95
 DEFAULT_MIN_INLIERS = 15  # verify=True where the calibration found no local features
+# "Another shot" (parallax): floors of its label-free thresholds, and the share of the
+# epipolar inliers that must lie off the main plane. Measured with DENSE_KEYPOINTS on
+# rendered rooms (lookalike.demo.scenes): two shots of one room 269-616 epipolar
+# inliers, 15-272 (5.6-44%) of them off the main plane; rooms that share only a
+# backdrop at most 8 off it; unrelated photos no fundamental matrix; edited copies of
+# one photo at most 21 off one plane of 1,171 (repetitive grass: 1.8%), 12 of 41
+# for a mirrored page (mirrored copies are verified mirrored; see find_pairs).
+MIN_SHOT_INLIERS_FLOOR = 20
+MIN_PARALLAX_FLOOR = 12
+MIN_PARALLAX_SHARE = 0.05
 # The agreement check (see agreement): thumbnails' longer side, cells, blur, what a flat
 # cell is (grey-level std), what an agreeing cell is, and how much must agree.
 THUMB_SIDE = 128
@@ -121,38 +136,23 @@ def extract_file(path, max_keypoints=MAX_KEYPOINTS, mirrored=False):
     return features, None
 
 
-def inliers(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
+def inliers(a, b, ratio=RATIO, ransac_px=RANSAC_PX, matches=None):
     """RANSAC-homography inliers among mutual ratio-test matches of two feature sets; 0 when
-    they do not span the pictures or the pictures disagree where they overlap."""
-    count, homography, matched = match(a, b, ratio, ransac_px)
+    they do not span the pictures or the pictures disagree where they overlap.
+    ``matches``: :func:`mutual_matches` of the two, when already in hand."""
+    count, homography, matched = match(a, b, ratio, ransac_px, matches)
     if count and agreement(a, b, homography, matched) < MIN_AGREEMENT:
         return 0
     return count
 
 
-def match(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
+def match(a, b, ratio=RATIO, ransac_px=RANSAC_PX, matches=None):
     """``(inliers, homography from a's points to b's, (a's inlier points, b's))``:
     ``(0, None, None)`` when the inliers do not span a fifth of both pictures."""
-    if a is None or b is None or len(a) < 4 or len(b) < 4:
+    src, dst = mutual_matches(a, b, ratio) if matches is None else matches
+    if len(src) < 4:
         return 0, None, None
     cv2 = _cv2()
-    matcher = cv2.BFMatcher(cv2.NORM_L2)
-    forward = [(m[0].queryIdx, m[0].trainIdx) for m in
-               matcher.knnMatch(a.descriptors, b.descriptors, k=2)
-               if len(m) == 2 and m[0].distance < ratio * m[1].distance]
-    if len(forward) < 4:
-        return 0, None, None
-    # One-to-one: the way back, for the matched points of b only (unrelated
-    # pairs pass the ratio test rarely, so this is a small search).
-    targets = sorted({j for _, j in forward})
-    back = matcher.knnMatch(b.descriptors[targets], a.descriptors, k=2)
-    best_ba = {targets[m[0].queryIdx]: m[0].trainIdx for m in back
-               if len(m) == 2 and m[0].distance < ratio * m[1].distance}
-    pairs = [(i, j) for i, j in forward if best_ba.get(j) == i]
-    if len(pairs) < 4:
-        return 0, None, None
-    src = a.points[[i for i, _ in pairs]]
-    dst = b.points[[j for _, j in pairs]]
     homography, mask = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2),
                                           cv2.RANSAC, ransac_px)
     if mask is None or homography is None:
@@ -161,6 +161,111 @@ def match(a, b, ratio=RATIO, ransac_px=RANSAC_PX):
     if not (_spread(src[held], a.points) and _spread(dst[held], b.points)):
         return 0, None, None
     return int(held.sum()), homography, (src[held], dst[held])
+
+
+def mutual_matches(a, b, ratio=RATIO):
+    """``(a's points, b's points)`` of the one-to-one ratio-test matches of two feature
+    sets (empty arrays when either is None or too small)."""
+    none = (np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+    if a is None or b is None or len(a) < 4 or len(b) < 4:
+        return none
+    cv2 = _cv2()
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    forward = [(m[0].queryIdx, m[0].trainIdx) for m in
+               matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+               if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if len(forward) < 4:
+        return none
+    # One-to-one: the way back, for the matched points of b only (unrelated
+    # pairs pass the ratio test rarely, so this is a small search).
+    targets = sorted({j for _, j in forward})
+    back = matcher.knnMatch(b.descriptors[targets], a.descriptors, k=2)
+    best_ba = {targets[m[0].queryIdx]: m[0].trainIdx for m in back
+               if len(m) == 2 and m[0].distance < ratio * m[1].distance}
+    pairs = [(i, j) for i, j in forward if best_ba.get(j) == i]
+    if len(pairs) < 4:
+        return none
+    return a.points[[i for i, _ in pairs]], b.points[[j for _, j in pairs]]
+
+
+def inliers_and_parallax(a, b):
+    """``(inliers, parallax inliers, off-plane)`` of two feature sets, matched once."""
+    matches = mutual_matches(a, b)
+    return (inliers(a, b, matches=matches),) + parallax(a, b, matches=matches)
+
+
+def parallax(a, b, ratio=RATIO, matches=None):
+    """``(inliers, off_plane)``: the matches of two feature sets that one fundamental
+    matrix explains (MAGSAC, :data:`EPIPOLAR_PX`), and how many of them the best
+    homography among them (:data:`RANSAC_PX`) does not.
+
+    A homography maps an edited copy, or a flat thing or a turning camera, onto the
+    other picture: every match of such a pair lies on it, bar a few at its tolerance.
+    A camera that moved through a 3-D scene sees near and far things shift by
+    different amounts; one plane (the back wall) holds most matches and the rest lie
+    off it, still on their epipolar lines. Matches of a shared backdrop alone lie on
+    one plane. Where the plane's matches or the others do not span a fifth of both pictures
+    both ways, or the pictures disagree on the plane (:func:`_plane_agreement`: two
+    different photos under one caption), there is no parallax to count (0 off it). ``(0, 0)`` when the inliers do not span a fifth of both
+    pictures.
+    :func:`shows_parallax` judges the two numbers. ``matches``: :func:`mutual_matches`
+    of the two, when already in hand.
+    """
+    src, dst = mutual_matches(a, b, ratio) if matches is None else matches
+    if len(src) < 8:
+        return 0, 0
+    cv2 = _cv2()
+    try:
+        _, mask = cv2.findFundamentalMat(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2),
+                                         cv2.USAC_MAGSAC, EPIPOLAR_PX, 0.999, 2000)
+    except cv2.error:  # degenerate matches (all on a line or one point): no model
+        return 0, 0
+    if mask is None:
+        return 0, 0
+    held = mask.ravel().astype(bool)
+    if held.sum() < 8 or not (_spread(src[held], a.points) and _spread(dst[held], b.points)):
+        return 0, 0
+    src, dst = src[held], dst[held]
+    homography, plane = cv2.findHomography(src.reshape(-1, 1, 2), dst.reshape(-1, 1, 2),
+                                           cv2.RANSAC, RANSAC_PX)
+    if plane is None:
+        return int(held.sum()), 0
+    off = ~plane.ravel().astype(bool)
+    # The plane and what lies off it must both span the pictures, and the pictures must
+    # agree on the plane: one meme text on two different photos is two flat strips
+    # around pictures that disagree, not a scene seen again.
+    for part in (~off, off):
+        if not (_spread(src[part], a.points) and _spread(dst[part], b.points)):
+            return int(held.sum()), 0
+    if off.sum() >= MIN_PARALLAX_FLOOR and _plane_agreement(
+            a, b, homography, dst[~off]) < MIN_AGREEMENT:
+        return int(held.sum()), 0
+    return int(held.sum()), int(off.sum())
+
+
+def _plane_agreement(a, b, homography, on_b):
+    """:func:`agreement` of ``a`` warped onto ``b`` by the main plane's ``homography``,
+    counted only inside the hull of the plane's matches (``on_b``, b's points): there a
+    second shot of one scene shows the same surface; the rest moved with parallax."""
+    if a.thumb is None or b.thumb is None:
+        return 1.0
+    cv2 = _cv2()
+    near = np.asarray(on_b, np.float64) * b.thumb_scale
+    within = np.zeros(b.thumb.shape, np.uint8)
+    cv2.fillConvexPoly(within, cv2.convexHull(near.astype(np.int32)), 1)
+    agreeing, counted = _cell_agreement(a.thumb, b.thumb, _thumb_homography(a, b, homography),
+                                        near, within.astype(bool))
+    return 1.0 if counted < MIN_CELLS else agreeing / counted
+
+
+def shows_parallax(evidence, min_shot_inliers, min_parallax):
+    """Whether :func:`parallax`'s ``(inliers, off_plane)`` (one pair, or an (n, 2) array)
+    make another shot of one scene: enough epipolar inliers, and enough of them, also as
+    a share (:data:`MIN_PARALLAX_SHARE`), off the main plane."""
+    evidence = np.asarray(evidence)
+    inliers, off = evidence[..., 0], evidence[..., 1]
+    return ((inliers >= min_shot_inliers) & (off >= min_parallax)
+            & (off >= MIN_PARALLAX_SHARE * inliers))
 
 
 def agreement(a, b, homography, matched=None):
@@ -204,14 +309,17 @@ def _thumb_homography(a, b, homography):
         1.0 / a.thumb_scale)
 
 
-def _cell_agreement(source, target, homography, matched=None):
+def _cell_agreement(source, target, homography, matched=None, within=None):
     """``(agreeing cells, cells counted)`` of ``source`` warped onto ``target``; cells
-    holding a point of ``matched`` (target pixels) are not counted."""
+    holding a point of ``matched`` (target pixels) are not counted, nor cells outside
+    ``within`` (a mask of target pixels)."""
     cv2 = _cv2()
     h, w = target.shape
     warped = cv2.warpPerspective(source, homography, (w, h), flags=cv2.INTER_LINEAR)
     inside = cv2.warpPerspective(np.full(source.shape, 255, np.uint8), homography, (w, h),
                                  flags=cv2.INTER_NEAREST) == 255
+    if within is not None:
+        inside &= within
     x = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), BLUR_PX)
     y = cv2.GaussianBlur(target.astype(np.float32), (0, 0), BLUR_PX)
     rows, cols = h // CELL_PX, w // CELL_PX
@@ -312,21 +420,23 @@ def _decode(data):
                     body[2 * count:].reshape(count, width).copy(), thumb, float(scale)), None
 
 
-def _cached(directory, path, mirrored=False, required=False):
+def _cached(directory, path, mirrored=False, required=False, dense=False):
     """``(features or None, reason or None)``, from the cache or computed and cached.
 
     An entry that cannot be written (a full disk, a read-only folder) is skipped:
     the features are in hand. ``required`` (filling the cache is the job): it
     raises :class:`~lookalike.core.errors.FileWriteError` instead.
     """
-    target = _cache_path(directory, path, mirrored) if directory else None
+    target = _cache_path(directory, path, mirrored, ".dense" if dense else ".sift"
+                         ) if directory else None
     if target is not None and os.path.exists(target):
         try:
             with open(target, "rb") as f:
                 return _decode(f.read())
         except (OSError, ValueError):
             pass  # a damaged entry: recompute it
-    features, reason = extract_file(path, mirrored=mirrored)
+    features, reason = extract_file(path, DENSE_KEYPOINTS if dense else MAX_KEYPOINTS,
+                                    mirrored=mirrored)
     if target is not None and (features is not None or reason == FEATURELESS):
         _write_entry(target, _encode(features), required)
     return features, reason
@@ -349,19 +459,20 @@ def _write_entry(target, data, required=False):
 
 
 def compute_features(paths, directory=None, num_workers=None, progress=None, mirrored=False,
-                     cache_required=False):
+                     cache_required=False, dense=False):
     """Features (or None) for every path, with ``{position: reason}`` for those without.
 
     ``directory``: the cache (see :func:`cache_dir`); None computes without caching.
     Entries that cannot be written are skipped, unless ``cache_required``.
-    ``progress(fraction, label)``; ``mirrored``: of the images flipped left to right.
+    ``progress(fraction, label)``; ``mirrored``: of the images flipped left to right;
+    ``dense``: :data:`DENSE_KEYPOINTS` keypoints, not :data:`MAX_KEYPOINTS` (for
+    :func:`parallax`, cached apart).
     """
     workers = num_workers or max(1, os.cpu_count() or 1)
     out, reasons = [None] * len(paths), {}
     with ThreadPoolExecutor(workers) as pool:
-        for n, (features, reason) in enumerate(pool.map(lambda p: _cached(directory, p, mirrored,
-                                                                                 cache_required),
-                                                        paths)):
+        for n, (features, reason) in enumerate(pool.map(
+                lambda p: _cached(directory, p, mirrored, cache_required, dense), paths)):
             out[n] = features
             if reason is not None:
                 reasons[n] = reason
@@ -400,18 +511,33 @@ def cache_features(samples, progress=None, chunk=64):
     return {"images": len(paths), "cached_before": cached_before, "without": without}
 
 
-def verify_pairs(features, i, j, num_workers=None, progress=None):
-    """Inliers of every pair ``(features[i[k]], features[j[k]])`` (a list or a dict)."""
+def verify_pairs(features, i, j, num_workers=None, progress=None, with_parallax=False):
+    """Inliers of every pair ``(features[i[k]], features[j[k]])`` (a list or a dict);
+    ``with_parallax``: ``(inliers, (n, 2) array of parallax)`` from one matching per pair."""
+    if not with_parallax:
+        return _pairwise(inliers, features, i, j, num_workers, progress, "verified")
+    got = _pairwise(inliers_and_parallax, features, i, j, num_workers, progress, "verified",
+                    width=3)
+    return got[:, 0].copy(), got[:, 1:].copy()
+
+
+def parallax_pairs(features, i, j, num_workers=None):
+    """:func:`parallax` of every pair ``(features[i[k]], features[j[k]])``: an (n, 2) array
+    of (inliers, off-plane inliers)."""
+    return _pairwise(parallax, features, i, j, num_workers, None, "", width=2)
+
+
+def _pairwise(measure, features, i, j, num_workers, progress, verb, width=None):
     workers = num_workers or max(1, os.cpu_count() or 1)
-    pairs = [(a.item() if hasattr(a, "item") else a, b.item() if hasattr(b, "item") else b)
-             for a, b in zip(i, j)]
-    counts = np.zeros(len(pairs), np.int32)
+    pairs = [(_plain(a), _plain(b)) for a, b in zip(i, j)]
+    out = np.zeros((len(pairs),) if width is None else (len(pairs), width), np.int32)
     with ThreadPoolExecutor(workers) as pool:
-        for n, c in enumerate(pool.map(lambda p: inliers(features[p[0]], features[p[1]]), pairs)):
-            counts[n] = c
+        for n, c in enumerate(pool.map(lambda p: measure(features[p[0]], features[p[1]]),
+                                       pairs)):
+            out[n] = c
             if progress and ((n + 1) % 256 == 0 or n + 1 == len(pairs)):
-                progress((n + 1) / max(len(pairs), 1), f"verified {n + 1}/{len(pairs)} pairs")
-    return counts
+                progress((n + 1) / max(len(pairs), 1), f"{verb} {n + 1}/{len(pairs)} pairs")
+    return out
 
 
 def verify_mirrored(features, i, j, counts, min_inliers, paths, cache=None):
@@ -455,6 +581,11 @@ class InlierCalibration:
     copy_inliers: list  # each sampled image against its synthetic viewpoint copy
     random_inliers: list  # sampled images against other images' viewpoint copies
     num_featureless: int  # sampled images without enough keypoints
+    # "Another shot" (see parallax): the epipolar inliers that make one, and the
+    # matches off one plane that show the camera moved through a 3-D scene.
+    min_shot_inliers: int = MIN_SHOT_INLIERS_FLOOR
+    min_parallax: int = MIN_PARALLAX_FLOOR
+    shot_rule: str = ""
 
     @property
     def copy_recall(self):
@@ -494,14 +625,20 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
         except UnreadableImageError:
             return None
         image = extract(img)
-        view = extract(perspective(img.convert("RGB"), random.Random(seed + n)))
-        return None if image is None or view is None else (image, view)
+        view_img = perspective(img.convert("RGB"), random.Random(seed + n))
+        view = extract(view_img)
+        if image is None or view is None:
+            return None
+        # The flat copy's matches off one plane, at the density parallax is judged at.
+        return image, view, parallax(extract(img, DENSE_KEYPOINTS),
+                                     extract(view_img, DENSE_KEYPOINTS))[1]
 
     workers = num_workers or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
         got = list(pool.map(features_of, enumerate(paths)))
     readable = [n for n, g in enumerate(got) if g is not None]
-    pairs = [got[n] for n in readable]
+    pairs = [got[n][:2] for n in readable]
+    flat_parallax = [got[n][2] for n in readable]
     if progress:
         progress(0.7, f"local features of {len(paths)} sampled images and their viewpoint copies")
     if len(pairs) < 2:
@@ -515,7 +652,8 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
         farthest = np.argsort(sims, axis=1, kind="stable")[:, :m]
     else:
         farthest = (np.arange(len(pairs))[:, None] + np.arange(1, m + 1)) % len(pairs)
-    randoms = [inliers(pairs[k][0], pairs[o][1]) for k in range(len(pairs)) for o in farthest[k]]
+    unrelated = [(pairs[k][0], pairs[o][1]) for k in range(len(pairs)) for o in farthest[k]]
+    randoms = [inliers(a, b) for a, b in unrelated]
     chance = int(np.ceil(np.percentile(randoms, CHANCE_PERCENTILE)))
     threshold = max(MIN_INLIERS_FLOOR, 2 * chance)
     result = InlierCalibration(threshold, "", copies, randoms, len(paths) - len(pairs))
@@ -523,6 +661,19 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
                    f"unrelated pairs ({chance}; most {max(randoms)}), at least "
                    f"{MIN_INLIERS_FLOOR}; verifies {100 * result.copy_recall:.0f}% of "
                    f"{len(copies)} synthetic viewpoint copies")
+    # Another shot: epipolar inliers beyond twice what unrelated pairs reach, and
+    # matches off one plane beyond twice what a flat viewpoint copy shows.
+    epipolar_chance = int(np.ceil(np.percentile(
+        [parallax(a, b)[0] for a, b in unrelated], CHANCE_PERCENTILE)))
+    flat = int(np.ceil(np.percentile(flat_parallax, CHANCE_PERCENTILE)))
+    result.min_shot_inliers = max(MIN_SHOT_INLIERS_FLOOR, 2 * epipolar_chance)
+    result.min_parallax = max(MIN_PARALLAX_FLOOR, 2 * flat)
+    result.shot_rule = (
+        f"another shot: at least {result.min_shot_inliers} epipolar inliers (twice the "
+        f"{CHANCE_PERCENTILE}th percentile of the unrelated pairs', {epipolar_chance}, at least "
+        f"{MIN_SHOT_INLIERS_FLOOR}) of which {result.min_parallax} and "
+        f"{100 * MIN_PARALLAX_SHARE:.0f}% off one plane (twice the {CHANCE_PERCENTILE}th "
+        f"percentile of the flat viewpoint copies', {flat}, at least {MIN_PARALLAX_FLOOR})")
     if progress:
         progress(1.0, "inlier threshold calibrated")
     return result
