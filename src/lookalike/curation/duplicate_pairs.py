@@ -254,7 +254,7 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
             out.inliers_of = {pair_key(a, b): int(c) for a, b, c in zip(ci, cj, counts)}
             shot = np.zeros(len(ci), bool)
             if other_shots:
-                report_progress(0.8, "looking for other shots of the same scenes")
+                report_progress(0.83, "looking for other shots of the same scenes")
                 shot = _shot_edges(out, edges, ci, cj, ok, evidence, settings, verification)
             ok &= ~shot
             edges.append((ci[ok], cj[ok], np.full(int(ok.sum()), VERIFIED)))
