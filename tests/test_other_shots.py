@@ -134,6 +134,14 @@ def test_parallax_tells_a_moved_camera_from_a_flat_copy_and_a_shared_backdrop():
 
     meme = V.parallax(captioned("astronaut"), captioned("camera"))
     assert meme[0] >= V.MIN_SHOT_INLIERS_FLOOR and meme[1] == 0, meme
+    # Noise and a blank picture: noise matches nothing, a blank picture has no features.
+    rng = np.random.default_rng(3)
+    noise = [dense(Image.fromarray(rng.integers(0, 256, (480, 640, 3), np.uint8)))
+             for _ in range(2)]
+    assert V.parallax(*noise) == (0, 0) and V.parallax(noise[0], dense(a1)) == (0, 0)
+    blank = dense(Image.new("RGB", (640, 480), (128, 128, 128)))
+    assert blank is None and V.parallax(blank, dense(a1)) == (0, 0)
+    assert not V.inliers_and_parallax(blank, dense(a1))[0]
     # Unrelated photos: no fundamental matrix at all.
     assert V.parallax(dense(chelsea), dense(Image.fromarray(photos["astronaut"]))) == (0, 0)
 

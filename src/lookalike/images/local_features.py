@@ -653,7 +653,9 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
     else:
         farthest = (np.arange(len(pairs))[:, None] + np.arange(1, m + 1)) % len(pairs)
     unrelated = [(pairs[k][0], pairs[o][1]) for k in range(len(pairs)) for o in farthest[k]]
-    randoms = [inliers(a, b) for a, b in unrelated]
+    # One matching per pair for both relations: (inliers, epipolar inliers, off plane).
+    judged = [inliers_and_parallax(a, b) for a, b in unrelated]
+    randoms = [j[0] for j in judged]
     chance = int(np.ceil(np.percentile(randoms, CHANCE_PERCENTILE)))
     threshold = max(MIN_INLIERS_FLOOR, 2 * chance)
     result = InlierCalibration(threshold, "", copies, randoms, len(paths) - len(pairs))
@@ -663,8 +665,7 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
                    f"{len(copies)} synthetic viewpoint copies")
     # Another shot: epipolar inliers beyond twice what unrelated pairs reach, and
     # matches off one plane beyond twice what a flat viewpoint copy shows.
-    epipolar_chance = int(np.ceil(np.percentile(
-        [parallax(a, b)[0] for a, b in unrelated], CHANCE_PERCENTILE)))
+    epipolar_chance = int(np.ceil(np.percentile([j[1] for j in judged], CHANCE_PERCENTILE)))
     flat = int(np.ceil(np.percentile(flat_parallax, CHANCE_PERCENTILE)))
     result.min_shot_inliers = max(MIN_SHOT_INLIERS_FLOOR, 2 * epipolar_chance)
     result.min_parallax = max(MIN_PARALLAX_FLOOR, 2 * flat)
