@@ -126,7 +126,8 @@ def embed_in_fresh_process(encoder_path, images, tmp_path, env):
     code = (
         "import sys, numpy as np; from lookalike.encoders import load_encoder\n"
         f"e = load_encoder({encoder_path!r}); np.save({out_file!r}, e.embed(np.load({images_file!r})))\n"
-        "print('LOADED', sorted(m for m in ('paddle', 'tensorflow') if m in sys.modules))\n"
+        "print('LOADED', sorted(m for m in ('paddle', 'tensorflow', 'tensorflow_similarity')\n"
+        "                       if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=300)

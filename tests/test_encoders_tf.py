@@ -97,7 +97,13 @@ def test_metric_trains_saves_and_reloads_in_a_fresh_process(digits, store_dir, s
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert np.abs(emb - encoder.embed_keras(images)).max() < 1e-5  # tf.function == predict
     assert np.abs(emb[:5] - encoder.embed(images[:5])).max() < 1e-5  # batch size does not matter
-    assert np.abs(embed_in_fresh_process(path, images, tmp_path, subprocess_env)[0] - emb).max() < 1e-5
+    fresh, stdout = embed_in_fresh_process(path, images, tmp_path, subprocess_env)
+    assert np.abs(fresh - emb).max() < 1e-5
+    # Embedding builds a plain Keras network: TensorFlow Similarity is for training only.
+    assert "tensorflow_similarity" not in stdout and "'tensorflow'" in stdout
+    trained = keras.build(32, 32, 0.25)  # the network as training builds it
+    trained.load_weights(os.path.join(path, keras.WEIGHTS))
+    assert np.abs(trained.predict(images.astype(np.float32), verbose=0) - emb).max() < 1e-5
 
 
 @pytest.mark.parametrize("loss", ["triplet", "circle", "pn"])
@@ -139,9 +145,18 @@ def test_contrastive_trains_on_photos_and_reloads(photos, store_dir, tmp_path):
     assert isinstance(encoder, keras.KerasEncoder) and encoder.kind == "contrastive"
     emb = encoder.embed(photos)
     assert emb.shape == (16, 32)
+    again = load_encoder(path, flip_average=True)
+    # Built once per process for these files: a second load shares the network.
+    assert again.model is encoder.model and again.flip_average and not encoder.flip_average
     assert np.abs(emb - load_encoder(path).embed(photos)).max() < 1e-5
     assert np.abs(emb - encoder.embed_keras(photos)).max() < 1e-5
     assert np.ptp(emb, axis=0).max() > 1e-3  # not one point for every image
+    # New weights under the same name: a new network, never the one built before.
+    contrastive.train(photos, "contrastive-small", epochs=1, batch_size=8, store_dir=store_dir,
+                      overwrite=True, seed=3, **SMALL)
+    retrained = load_encoder(path)
+    assert retrained.model is not encoder.model
+    assert np.abs(retrained.embed(photos) - emb).max() > 1e-4
 
     path = contrastive.train(photos, "contrastive-ms", epochs=1, batch_size=8,
                              loss="multisimilarity", store_dir=store_dir, **SMALL)

@@ -18,7 +18,11 @@ encoder shared by the metric and contrastive kinds), one module per kind, and
 Nothing here imports Paddle or TensorFlow until an encoder is trained or loaded.
 """
 
+import collections
+import copy
+import json
 import os
+import threading
 from dataclasses import dataclass, field
 
 from lookalike.core import fo_adapter
@@ -207,9 +211,37 @@ def load_encoder(name_or_path, store_dir=None, image_size=None, flip_average=Fal
         cls = ENCODER_CLASSES[kind]
     else:
         from lookalike.encoders.keras_models import KerasEncoder as cls
-    encoder = cls(path, manifest, **kwargs)
+    if cls.reusable:
+        encoder = _loaded_encoder(cls, path, manifest, kwargs)
+    else:
+        encoder = cls(path, manifest, **kwargs)
     encoder.flip_average = bool(flip_average)
     return encoder
+
+
+# Encoders built in this process, by folder and the checksums read_manifest has just
+# verified: building a network and tracing its function take seconds, and the App
+# server, a worker or a pipeline loads the same encoder for every step and query.
+_LOADED = collections.OrderedDict()
+_LOADED_MAX = 4
+_LOADED_LOCK = threading.Lock()
+
+
+def _loaded_encoder(cls, path, manifest, kwargs):
+    """A copy of the encoder built from these very files (same checksums), built once."""
+    key = (cls, path, json.dumps(manifest, sort_keys=True, default=str),
+           tuple(sorted(kwargs.items())))
+    with _LOADED_LOCK:
+        built = _LOADED.get(key)
+        if built is not None:
+            _LOADED.move_to_end(key)
+    if built is None:
+        built = cls(path, manifest, **kwargs)
+        with _LOADED_LOCK:
+            _LOADED[key] = built
+            while len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
+    return copy.copy(built)  # its own flip_average; the network and function shared
 
 
 def import_encoder(path, name=None, store_dir=None, overwrite=False):

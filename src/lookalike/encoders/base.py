@@ -32,6 +32,9 @@ class Encoder:
     """
 
     flip_average = False
+    # Whether one built instance may serve every load of the same files in this process
+    # (from several threads): a Keras ``tf.function`` may; a Paddle predictor may not.
+    reusable = False
 
     def __init__(self, path, manifest):
         self.path = path

@@ -51,12 +51,16 @@ def architecture(embedding_size=256, width=1.0):
                 embedding_layer="tfsim.layers.MetricEmbedding (L2-normalised)")
 
 
-def build(image_size, embedding_size=256, width=1.0, seed=None):
+def build(image_size, embedding_size=256, width=1.0, seed=None, for_training=True):
     """The seed's network as a ``tfsim.models.SimilarityModel`` (input 0..255, NHWC).
 
     ``seed`` fixes the initial weights (Keras's default initialisers, seeded).
+    ``for_training=False``: the same layers and weights as a plain Keras model (see
+    :func:`_metric_embedding`): embedding needs no TensorFlow Similarity, whose import
+    costs a fresh process (an App server, a worker, the CLI) seconds.
     """
-    tf, tfsim = frameworks.tensorflow(), frameworks.tensorflow_similarity()
+    tf = frameworks.tensorflow()
+    tfsim = frameworks.tensorflow_similarity() if for_training else None
     layers = tf.keras.layers
     c1, c2, c3, c4 = channels(width)
     # Unseeded, tf-keras seeds each initialiser from Python's global ``random``.
@@ -79,9 +83,29 @@ def build(image_size, embedding_size=256, width=1.0, seed=None):
     x = layers.BatchNormalization(name="bn3")(x)
     x = conv(c4, "conv4")(x)
     x = layers.GlobalMaxPool2D(name="global_max")(x)
-    outputs = tfsim.layers.MetricEmbedding(int(embedding_size), kernel_initializer=next(init),
-                                           name="embedding")(x)
+    embedding = tfsim.layers.MetricEmbedding if tfsim else _metric_embedding()
+    outputs = embedding(int(embedding_size), kernel_initializer=next(init), name="embedding")(x)
+    if tfsim is None:
+        return tf.keras.Model(inputs, outputs, name=ARCHITECTURE)
     return tfsim.models.SimilarityModel(inputs, outputs, name=ARCHITECTURE)
+
+
+_METRIC_EMBEDDING = []
+
+
+def _metric_embedding():
+    """A Keras layer computing what ``tfsim.layers.MetricEmbedding`` does (Dense, then L2
+    normalisation), under the same class name: the weights file keys each layer's
+    variables by its class name, so these load the weights training saved."""
+    if not _METRIC_EMBEDDING:
+        tf = frameworks.tensorflow()
+
+        class MetricEmbedding(tf.keras.layers.Dense):
+            def call(self, inputs):
+                return tf.math.l2_normalize(super().call(inputs), axis=1)
+
+        _METRIC_EMBEDDING.append(MetricEmbedding)
+    return _METRIC_EMBEDDING[0]
 
 
 def build_from_manifest(manifest):
@@ -90,7 +114,8 @@ def build_from_manifest(manifest):
         name = arch.get("name") if isinstance(arch, dict) else arch
         raise store.EncoderStoreError(
             f"encoder '{manifest['name']}': unknown architecture {name!r} (expected {ARCHITECTURE})")
-    return build(int(manifest["image_size"]), arch["embedding_size"], arch.get("width", 1.0))
+    return build(int(manifest["image_size"]), arch["embedding_size"], arch.get("width", 1.0),
+                 for_training=False)
 
 
 def check_image_size(image_size):
@@ -270,6 +295,8 @@ def network_manifest(kind, image_size, embedding_size, width):
 
 class KerasEncoder(Encoder):
     """The metric or contrastive network, rebuilt from the manifest, run as a ``tf.function``."""
+
+    reusable = True
 
     def __init__(self, path, manifest, batch_size=256):
         super().__init__(path, manifest)
