@@ -262,6 +262,16 @@ def _library(name, demo_records, copies_encoder):
 
 
 @pytest.fixture(scope="module")
+def shared_library(demo_records, copies_encoder):
+    """One library for the tests that only read it (they import nothing): built once."""
+    import uuid
+
+    ds = _library(f"test-match-library-{uuid.uuid4().hex[:8]}", demo_records, copies_encoder)
+    yield ds
+    fo.delete_dataset(ds.name)
+
+
+@pytest.fixture(scope="module")
 def query_folder(tmp_path_factory, demo_records):
     """New edited copies of 6 dataset photos, 6 photos the dataset lacks, 2 unreadable files."""
     import sklearn.datasets
@@ -385,9 +395,8 @@ def test_two_copies_in_the_folder_import_once_and_verify_hook_downgrades(
     assert "2 already there" in rows["folder"]
 
 
-def test_bad_folders_and_runs_are_one_line_errors(demo_records, copies_encoder, dataset_name,
-                                                   tmp_path, monkeypatch):
-    ds = _library(dataset_name, demo_records, copies_encoder)
+def test_bad_folders_and_runs_are_one_line_errors(shared_library, tmp_path, monkeypatch):
+    ds = shared_library
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(EmptyViewError, match="contains no files"):
@@ -416,11 +425,10 @@ def test_bad_folders_and_runs_are_one_line_errors(demo_records, copies_encoder, 
         f"lookalike match: error: {junk}: none of its 2 files is a readable image (e.g. a.txt: ")
 
 
-def test_the_csv_table_neutralises_cells_a_spreadsheet_would_run(demo_records, copies_encoder,
-                                                                 dataset_name, tmp_path):
+def test_the_csv_table_neutralises_cells_a_spreadsheet_would_run(shared_library, tmp_path):
     from lookalike.core.paths import spreadsheet_cell
 
-    ds = _library(dataset_name, demo_records, copies_encoder)
+    ds = shared_library
     folder = tmp_path / "formulas"
     folder.mkdir()
     for name in ("=SUM(1+2).png", "+1.jpg", "plain.jpg"):
@@ -440,8 +448,8 @@ def test_the_csv_table_neutralises_cells_a_spreadsheet_would_run(demo_records, c
 
 
 def test_a_bad_out_is_refused_before_anything_is_embedded_or_imported(
-        demo_records, copies_encoder, dataset_name, tmp_path, monkeypatch):
-    ds = _library(dataset_name, demo_records, copies_encoder)
+        shared_library, tmp_path, monkeypatch):
+    ds = shared_library
     n = len(ds)
     folder = tmp_path / "new"
     folder.mkdir()
@@ -475,8 +483,8 @@ def test_a_bad_out_is_refused_before_anything_is_embedded_or_imported(
 
 
 def test_a_folder_reached_through_a_symlink_is_already_in_the_dataset(
-        demo_records, copies_encoder, dataset_name, tmp_path):
-    ds = _library(dataset_name, demo_records, copies_encoder)
+        shared_library, demo_records, tmp_path):
+    ds = shared_library
     n = len(ds)
     chelsea = next(r["filepath"] for r in demo_records if r["gt_group"] == "chelsea")
     real = os.path.dirname(chelsea)  # every file in it is a sample of the library
