@@ -482,7 +482,9 @@ def _panel_button(page, panel, name):
 def _refreshed(page, panel, condition, what, shots):
     """The panel's text once ``condition(text)`` holds, pressing Refresh as a curator would."""
     def ready():
-        panel.get_by_role("button", name="Refresh", exact=True).click()
+        # A JavaScript click: the panel's refresh may change the App's URL, and Playwright's
+        # own click then waits on that navigation (a minute once, locally: 2026-12-07).
+        panel.get_by_role("button", name="Refresh", exact=True).evaluate("el => el.click()")
         time.sleep(1)
         text = panel.inner_text()
         return text if condition(text) else None
@@ -519,7 +521,7 @@ def test_delete_then_undelete_from_the_panel_gives_back_the_same_grid(page, brow
     if not len(lc.duplicates_view(browser_demo).match_tags("duplicate")):
         lc.find_duplicates(browser_demo, "emb_sim")  # this test alone (-k): groups first
     order, grid = browser_demo.values("id"), _first_page(page)
-    calibration = lc.calibrate_threshold(photos, "emb_sim")
+    calibration = lc.get_calibration(browser_demo, "emb_sim")  # the fixture's, of `photos`
     count = lc.delete_duplicates(browser_demo, dry_run=True).count
     assert count > 0
 
