@@ -16,6 +16,11 @@ For every input size, with batch 64 (fewer timed batches at large sizes):
 * metric / contrastive network (TensorFlow): training and embedding;
 * bytes per stored embedding.
 
+``--cold-start``: what a fresh process (an App server's first query, a worker, a CLI run)
+pays to embed one image with a contrastive encoder, as lookalike loads it (a plain Keras
+network) beside the previous way (the training network, TensorFlow Similarity imported),
+each in new Pythons; then a second load in the same process, shared vs rebuilt.
+
 Random weights and random images: speed does not depend on them. Timings are
 medians over the timed batches; the machine's load is printed with them.
 """
@@ -168,12 +173,65 @@ def tf_metric(size, batch, results):
                     batch / timed(train_step, nb)))
 
 
+COLD = """
+import sys, time
+start = time.perf_counter()
+import numpy as np
+from lookalike.encoders import keras_models, load_encoder
+if {previous}:  # the training network, as loading built it before
+    from lookalike.core import frameworks
+    frameworks.tensorflow_similarity()
+    keras_models.build_from_manifest = lambda m: keras_models.build(
+        int(m["image_size"]), m["architecture"]["embedding_size"], m["architecture"]["width"])
+image = np.zeros((1, 64, 64, 3), np.uint8)
+load_encoder({path!r}).embed(image)
+first = time.perf_counter() - start
+t = time.perf_counter(); load_encoder({path!r}).embed(image); again = time.perf_counter() - t
+import lookalike.encoders as e
+e._LOADED.clear()
+t = time.perf_counter(); load_encoder({path!r}).embed(image); rebuilt = time.perf_counter() - t
+print("COLD", first, again, rebuilt, "tensorflow_similarity" in sys.modules)
+"""
+
+
+def cold_start(repeats):
+    import subprocess
+
+    from lookalike.encoders import contrastive
+
+    with tempfile.TemporaryDirectory() as store:
+        images = np.random.default_rng(0).integers(0, 255, (16, 64, 64, 3), dtype=np.uint8)
+        path = contrastive.train(images, "cold", image_size=64, epochs=1, batch_size=8,
+                                 store_dir=store)
+        print("\n| loading | first embedding in a fresh process (s) | second load, shared (s) "
+              "| second load, rebuilt (s) | TF Similarity imported |")
+        print("|---|---|---|---|---|")
+        for previous in (False, True):
+            runs = []
+            for _ in range(repeats):
+                out = subprocess.run([sys.executable, "-c", COLD.format(previous=previous,
+                                                                         path=path)],
+                                     capture_output=True, text=True, check=True)
+                line = next(x for x in out.stdout.splitlines() if x.startswith("COLD"))
+                runs.append(line.split()[1:])
+            med = [float(np.median([float(r[i]) for r in runs])) for i in range(3)]
+            name = "previous (training network)" if previous else "lookalike (plain Keras)"
+            print(f"| {name} | {med[0]:.2f} | {med[1]:.3f} | {med[2]:.2f} | {runs[0][3]} |",
+                  flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--cold-start", action="store_true",
+                        help="only the fresh-process figures (see the module's docstring)")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.cold_start:
+        print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
+        return cold_start(args.repeats)
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -66,7 +66,9 @@ def test_the_rule_ignores_exact_copies_and_never_goes_below_its_floor():
 
 
 def test_demo_photos_copies_only_flag_nothing_with_a_real_encoder(dataset_name, demo_records,
-                                                                   copies_encoder):
+                                                                   copies_encoder, monkeypatch):
+    import lookalike.curation.calibrate as calibration
+
     ds = fo.Dataset(dataset_name)
     photos = [r for r in demo_records if r["source"] == "photo"]
     ds.add_samples([fo.Sample(filepath=r["filepath"], gt_unique=r["gt_unique"],
@@ -76,13 +78,22 @@ def test_demo_photos_copies_only_flag_nothing_with_a_real_encoder(dataset_name, 
     copies_only = ds.match((F("gt_unique") == False)  # noqa: E712
                            & (F("gt_edit") != "other_view"))
 
-    lc.calibrate_threshold(copies_only, "sim")
+    first = lc.calibrate_threshold(copies_only, "sim")
     assert lc.flag_outliers(copies_only, "sim").num_outliers == 0
-    lc.calibrate_threshold(copies_only, "sim", method="percentile")
+    # Another method on the same view and embeddings: the slow duplicate part is reused.
+    computed, compute = [], calibration.duplicate_threshold
+    monkeypatch.setattr(calibration, "duplicate_threshold",
+                        lambda *a, **k: computed.append(1) or compute(*a, **k))
+    second = lc.calibrate_threshold(copies_only, "sim", method="percentile")
+    assert computed == [] and second.method == "percentile"
+    dup = {k: v for k, v in first.to_record().items() if k.startswith(("duplicate", "min_",
+                                                                        "candidate"))}
+    assert dup and all(second.to_record()[k] == v for k, v in dup.items())
     # The most isolated 5%, less those geometric verification shows to have a copy.
     report = lc.flag_outliers(copies_only, "sim")
     assert report.num_outliers + report.num_verified_copies == round(0.05 * len(copies_only))
     # On all the photos, what it flags are photos without a copy, the most isolated first.
     lc.calibrate_threshold(ds, "sim")
+    assert computed == [1]  # another view: computed again
     flagged = lc.flag_outliers(ds, "sim").outlier_ids
     assert flagged and set(ds.select(flagged).values("gt_unique")) == {True}

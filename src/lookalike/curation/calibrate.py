@@ -32,7 +32,7 @@ from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
 from lookalike.curation.thresholds import FALSE_PAIR_TARGET
 from lookalike.images.edits import COPY_EDITS, VIEWPOINT_EDITS
-from lookalike.core.errors import CalibrationError, EmptyViewError
+from lookalike.core.errors import CalibrationError, EmptyViewError, MissingRecordError
 from lookalike.core.labels import check_label_field, indexed_labels, pick_unknown_classes
 from lookalike.core.progress import stage
 from lookalike.similarity.distance import cosine_distance
@@ -488,9 +488,15 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         l_rows, l_labels, _ = indexed_labels(samples, index, label_field, CalibrationError)
         label_of = dict(zip(l_rows.tolist(), l_labels.tolist()))
         row_labels = [label_of.get(int(r)) for r in nn_rows]
-    dup_threshold, dup_rule, dup_extra = duplicate_threshold(
-        index, nn_rows, nn_inds, nn_dists, labels=row_labels, duplicate_recall=duplicate_recall,
-        false_pair_target=false_pair_target, seed=seed)
+    inputs = _duplicate_inputs((nn_rows, nn_inds, nn_dists), row_labels, duplicate_recall,
+                               false_pair_target, seed, exclude_exact_duplicates)
+    reused = _saved_duplicate_part(index, inputs)
+    if reused:
+        dup_threshold, dup_rule, dup_extra = reused
+    else:
+        dup_threshold, dup_rule, dup_extra = duplicate_threshold(
+            index, nn_rows, nn_inds, nn_dists, labels=row_labels,
+            duplicate_recall=duplicate_recall, false_pair_target=false_pair_target, seed=seed)
     record = {
         "brain_key": brain_key,
         "method": method,
@@ -506,6 +512,8 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
         **dup_extra,
         "duplicate_rule_version": DUPLICATE_RULE_VERSION,
         "exclude_exact_duplicates": bool(exclude_exact_duplicates),
+        "duplicate_inputs": inputs,
+        "duplicate_extra_keys": sorted(dup_extra),
     }
 
     if method == "percentile":
@@ -582,6 +590,40 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
               if unknown else "closed set: every class is known (the F1 optimum tends to "
               "accept everything)") + (f"; {junk_note}" if junk_note else ""))
     return _save(index, record)
+
+
+def _duplicate_inputs(arrays, labels, duplicate_recall, false_pair_target, seed, exclude_exact):
+    """A digest of everything the duplicate part of a calibration depends on besides the
+    embeddings (whose state every saved record keeps): the view's rows and their
+    neighbours (``arrays``), their labels, the settings and the rule's version."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for a in arrays:
+        digest.update(np.ascontiguousarray(a).tobytes())
+    digest.update(json.dumps([labels, duplicate_recall, false_pair_target, seed,
+                              bool(exclude_exact), DUPLICATE_RULE_VERSION],
+                             default=str).encode())
+    return digest.hexdigest()
+
+
+def _saved_duplicate_part(index, inputs):
+    """``(threshold, rule, extra)`` of the saved calibration when it was computed from the
+    same inputs and the same embeddings (fresh), else None. The duplicate part is the slow
+    one (synthetic copies embedded, pairs verified) and depends on nothing a calibration
+    with another method, target or held-out choice changes: such a recalibration reuses it.
+    """
+    from lookalike.core.errors import StaleRecordError
+
+    try:
+        saved = records.load(index, "calibration")
+    except (MissingRecordError, StaleRecordError):
+        return None
+    if saved.get("duplicate_inputs") != inputs or "duplicate_extra_keys" not in saved:
+        return None
+    return (saved["duplicate_threshold"], saved["duplicate_rule"],
+            {k: saved.get(k) for k in saved["duplicate_extra_keys"]})
 
 
 def _junk_capped(index, gallery_rows, curve, i):
