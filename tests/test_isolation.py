@@ -97,3 +97,47 @@ def test_demo_photos_copies_only_flag_nothing_with_a_real_encoder(dataset_name, 
     assert computed == [1]  # another view: computed again
     flagged = lc.flag_outliers(ds, "sim").outlier_ids
     assert flagged and set(ds.select(flagged).values("gt_unique")) == {True}
+
+
+def test_the_duplicate_part_is_reused_only_when_nothing_it_depends_on_changed(
+        dataset_name, demo_records, monkeypatch):
+    """Same view, same neighbours, same settings: reused. Other settings, labels, a view
+    without one sample, an index rebuilt on other vectors: computed again, and equal to
+    what a calibration from scratch gives."""
+    import lookalike.curation.calibrate as calibration
+
+    paths = [r["filepath"] for r in demo_records if r["source"] == "photo"][:16]
+    ds = fo.Dataset(dataset_name)
+    ds.add_samples([fo.Sample(filepath=p, gt=fo.Classification(label="ab"[n % 2]))
+                    for n, p in enumerate(paths)])
+    ds.set_values("emb", list(np.random.default_rng(5).normal(size=(16, 8)).astype(np.float32)))
+    ls.build_index(ds, "emb", "sim")
+    computed, compute = [], calibration.duplicate_threshold
+    monkeypatch.setattr(calibration, "duplicate_threshold",
+                        lambda *a, **k: computed.append(1) or compute(*a, **k))
+    first = lc.calibrate_threshold(ds, "sim")
+    again = lc.calibrate_threshold(ds, "sim", method="percentile", target=90)
+    assert len(computed) == 1 and again.duplicate_threshold == first.duplicate_threshold
+    for n, change in enumerate([dict(duplicate_recall=0.9), dict(false_pair_target=0.01),
+                                dict(exclude_exact_duplicates=True), dict(seed=52),
+                                dict(label_field="gt", method="percentile")], start=2):
+        lc.calibrate_threshold(ds, "sim", **change)
+        assert len(computed) == n, change
+    lc.calibrate_threshold(ds.skip(1), "sim")  # a view without one sample
+    assert len(computed) == 7
+    ds.set_values("emb", list(np.random.default_rng(6).normal(size=(16, 8)).astype(np.float32)))
+    ls.build_index(ds, "emb", "sim")
+    rebuilt = lc.calibrate_threshold(ds, "sim")
+    assert len(computed) == 8
+    # A reused part equals the part computed from scratch on a twin index.
+    reused = lc.calibrate_threshold(ds, "sim", method="percentile")
+    ls.build_index(ds, "emb", "twin")
+    fresh = lc.calibrate_threshold(ds, "twin", method="percentile")
+    assert len(computed) == 9
+    keys = rebuilt.to_record()["duplicate_extra_keys"] + ["duplicate_threshold", "duplicate_rule"]
+    def named(value):  # the texts name their index
+        return value.replace("'twin'", "'sim'") if isinstance(value, str) else value
+
+    differ = {k: (reused.to_record()[k], fresh.to_record()[k]) for k in keys
+              if reused.to_record()[k] != named(fresh.to_record()[k])}
+    assert not differ, differ

@@ -32,7 +32,12 @@ from lookalike.curation.neighbours import leave_one_out
 from lookalike.curation.sweep import choose, threshold_sweep
 from lookalike.curation.thresholds import FALSE_PAIR_TARGET
 from lookalike.images.edits import COPY_EDITS, VIEWPOINT_EDITS
-from lookalike.core.errors import CalibrationError, EmptyViewError, MissingRecordError
+from lookalike.core.errors import (
+    CalibrationError,
+    EmptyViewError,
+    MissingRecordError,
+    StaleRecordError,
+)
 from lookalike.core.labels import check_label_field, indexed_labels, pick_unknown_classes
 from lookalike.core.progress import stage
 from lookalike.similarity.distance import cosine_distance
@@ -491,7 +496,7 @@ def calibrate_threshold(samples, brain_key, label_field=None, method=None, targe
     inputs = _duplicate_inputs((nn_rows, nn_inds, nn_dists), row_labels, duplicate_recall,
                                false_pair_target, seed, exclude_exact_duplicates)
     reused = _saved_duplicate_part(index, inputs)
-    if reused:
+    if reused is not None:
         dup_threshold, dup_rule, dup_extra = reused
     else:
         dup_threshold, dup_rule, dup_extra = duplicate_threshold(
@@ -614,8 +619,6 @@ def _saved_duplicate_part(index, inputs):
     one (synthetic copies embedded, pairs verified) and depends on nothing a calibration
     with another method, target or held-out choice changes: such a recalibration reuses it.
     """
-    from lookalike.core.errors import StaleRecordError
-
     try:
         saved = records.load(index, "calibration")
     except (MissingRecordError, StaleRecordError):
