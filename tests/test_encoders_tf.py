@@ -301,6 +301,7 @@ def test_load_refuses_what_is_not_a_good_encoder(digits, store_dir, tmp_path):
 
     broken = str(tmp_path / "broken")
     shutil.copytree(path, broken)
+    load_encoder(broken)  # built and kept in this process: corrupted below, never served
     weights = os.path.join(broken, "model.weights.h5")
     with open(weights, "r+b") as f:
         f.seek(os.path.getsize(weights) // 2)
