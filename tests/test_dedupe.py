@@ -47,7 +47,7 @@ def _groups(demo_records):
 
 
 def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
-        demo_records, store_dir, dataset_name, tmp_path):
+        demo_records, store_dir, dataset_name, tmp_path, monkeypatch):
     folder = tmp_path / "photos"
     folder.mkdir()
     groups = _groups(demo_records)
@@ -79,8 +79,30 @@ def test_dedupe_trains_once_and_a_rerun_takes_only_the_new_images(
     assert "estimated beforehand on this CPU: about " in report.summary()
 
     # New photos arrive: only they are imported and embedded; the encoder is reused.
+    # Pairs of local features the first run matched are read, never matched again.
+    from lookalike.images.result_cache import ResultCache
+
+    saved, added, read = {}, set(), []
+    real_get, real_add = ResultCache.get, ResultCache.add
+
+    def get(self, keys):
+        self._known = None  # each call reads the shards afresh (as a new process would)
+        saved.update(dict.fromkeys(k for k in self._load() if k not in added))
+        found = real_get(self, keys)
+        read.extend(k for k, v in zip(keys, found) if v is not None)
+        return found
+
+    def add(self, keys, values):
+        added.update(k for k in keys if k is not None)
+        return real_add(self, keys, values)
+
+    monkeypatch.setattr(ResultCache, "get", get)
+    monkeypatch.setattr(ResultCache, "add", add)
     second = _copy_into(folder, _photos(demo_records, groups[3:4]))
     again = lk.dedupe(str(folder), dataset_name=dataset_name, sample_size=12, epochs=1)
+    monkeypatch.undo()
+    assert read, "the rerun read no pair the first run matched"
+    assert not added & set(saved), "the rerun matched pairs the first run had saved"
     assert again.imported.imported == len(second) and again.trained is None
     assert again.curation.embedding.embedded == len(second)
     assert again.curation.embedding.skipped_existing == len(first)

@@ -175,3 +175,20 @@ def test_cli_import_and_its_errors(mixed_folder, dataset_name, subprocess_env):
                          capture_output=True, text=True, env=subprocess_env, timeout=300)
     assert bad.returncode == 2
     assert "no such folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_camera_size_jpeg_is_checked_whole_at_its_smallest_scale(tmp_path, dataset_name):
+    # The import decodes a JPEG at 1/8 scale (it keeps no pixels): its size must still be
+    # the file's, and a file cut short or damaged anywhere must still be refused.
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    big = files.photo("astronaut").convert("RGB").resize((3000, 2000))
+    big.save(folder / "big.jpg", quality=90)
+    data = (folder / "big.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: int(len(data) * 0.9)])
+    report = import_images(str(folder), dataset_name)
+    assert report.imported == 1
+    assert "truncated" in {os.path.basename(f.path): f.reason for f in report.failures}[
+        "cut.jpg"]
+    sample = fo.load_dataset(dataset_name).first()
+    assert (sample.metadata.width, sample.metadata.height) == (3000, 2000)

@@ -220,16 +220,16 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
             row_paths = [paths[p] for p in in_index]
             mirror = np.ones(len(ci), bool)  # retried mirrored when they fall short
             num_embedding = len(ci)
+            out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
             if orientations:
                 report_progress(0.5, "embedding each image's quarter turns and transposes")
                 ti, tj, tm, td, tt = orientation_pairs(
                     index, rows, row_paths, ORIENTATION_CANDIDATES,
-                    settings["candidate_threshold"])
+                    settings["candidate_threshold"], cache=out.cache)
                 close = (td <= out.threshold) & ~np.isin(ti * np.int64(len(rows)) + tj, known)
                 turned_close = (ti[close], tj[close], tt[close], td[close])
                 ci, cj, mirror = _merge(len(rows), known, (ci, cj, mirror), (ti, tj, tm))
             out.features = {}  # absent: not computed
-            out.cache = verification.cache_dir(fo_adapter.root_dataset(samples))
             votes = settings["feature_votes"]
             needed = (np.arange(len(rows)) if votes else np.unique(np.concatenate([ci, cj])))
             found, missing = verification.compute_features(
@@ -243,9 +243,11 @@ def find_pairs(samples, brain_key=None, threshold=None, engine="auto", exact_fil
                 ci, cj, mirror = _merge(len(rows), known, (ci, cj, mirror),
                                         (vi, vj, np.zeros(len(vi), bool)))
             ci, cj = in_index[ci], in_index[cj]
+            names = {p: verification.entry_name(paths[p]) for p in out.features}
             counts = verification.verify_pairs(out.features, ci, cj,
                                                progress=scaled(progress, 0.75, 0.08),
-                                               with_parallax=other_shots)
+                                               with_parallax=other_shots,
+                                               saved=(out.cache, names))
             counts, evidence = counts if other_shots else (counts, None)
             counts[mirror] = verification.verify_mirrored(
                 out.features, ci[mirror], cj[mirror], counts[mirror], settings["min_inliers"],
@@ -359,7 +361,9 @@ def _shot_edges(out, edges, ci, cj, verified, evidence, settings, verification):
         ok = [n for n in again if dense[int(ci[n])] is not None
               and dense[int(cj[n])] is not None]
         if ok:
-            evidence[ok] = verification.parallax_pairs(dense, ci[ok], cj[ok])
+            names = {p: verification.entry_name(out.paths[p], dense=True) for p in images}
+            evidence[ok] = verification.parallax_pairs(dense, ci[ok], cj[ok],
+                                                       saved=(out.cache, names))
             shot[ok] = verification.shows_parallax(evidence[ok], low, need)
     edges.append((ci[shot], cj[shot], np.full(int(shot.sum()), SHOT)))
     out.shot_of = {pair_key(a, b): (int(f), int(p))

@@ -36,31 +36,62 @@ def turn(images, how):
     raise ValueError(f"unknown turn {how!r}")
 
 
-def turned_vectors(encoder, paths, turns=TURNS, batch_size=64, progress=None):
-    """``(vectors, ok)``: ``{turn: (len(ok), D) unit vectors}`` of the files in ``paths``
-    that decode (positions ``ok``), each turned as :func:`turn` says."""
-    from lookalike.encoders.data import iter_batches
+def _cache_name(encoder, turns):
+    """What the results cache calls this encoder's turned embeddings: its weights, the
+    decode and resize its manifest records, and the turns."""
+    import hashlib
+    import json
 
-    parts, ok = {t: [] for t in turns}, []
-    for idx, images, _ in iter_batches(paths, encoder.manifest, batch_size):
+    what = json.dumps([encoder.version, encoder.manifest.get("preprocessing"),
+                       encoder.image_size, list(turns)], sort_keys=True, default=str)
+    return f"turned-{hashlib.sha1(what.encode()).hexdigest()[:16]}"
+
+
+def turned_vectors(encoder, paths, turns=TURNS, batch_size=64, progress=None, cache=None):
+    """``(vectors, ok)``: ``{turn: (len(ok), D) unit vectors}`` of the files in ``paths``
+    that decode (positions ``ok``), each turned as :func:`turn` says.
+
+    ``cache``: a dataset's features cache folder: each file's turned embeddings are
+    kept there (:mod:`lookalike.images.result_cache`), so a rerun embeds only the files
+    that are new or changed since."""
+    from lookalike.encoders.data import iter_batches
+    from lookalike.images.result_cache import ResultCache, file_identity, result_key
+
+    dim = encoder.embedding_size
+    rows, saved, keys = {}, None, None
+    if cache:
+        saved = ResultCache(cache, _cache_name(encoder, turns), len(turns) * dim, np.float32)
+        identities = [file_identity(p) for p in paths]
+        keys = [None if i is None else result_key(saved.name, i) for i in identities]
+        rows = {n: v for n, v in enumerate(saved.get(keys)) if v is not None}
+    todo = [n for n in range(len(paths)) if n not in rows]
+    new = {}
+    for idx, images, _ in iter_batches([paths[n] for n in todo], encoder.manifest, batch_size):
         if not len(idx):
             continue
-        for t in turns:
-            parts[t].append(encoder.embed(turn(np.asarray(images), t)))
-        ok.extend(idx)
+        x = np.asarray(images)
+        got = np.concatenate([encoder.embed(turn(x, t)) for t in turns], axis=1)
+        new.update((todo[m], row) for m, row in zip(idx, got))
         if progress:
-            progress(len(ok) / max(len(paths), 1), f"turned embeddings of {len(ok)} images")
-    dim = encoder.embedding_size
-    return ({t: np.concatenate(p) if p else np.zeros((0, dim), np.float32)
-             for t, p in parts.items()}, np.asarray(ok, np.int64))
+            done = len(rows) + len(new)
+            progress(done / max(len(paths), 1), f"turned embeddings of {done} images")
+    if saved is not None and new:
+        saved.add([keys[n] for n in new], list(new.values()))
+    rows.update(new)
+    ok = np.array(sorted(rows), np.int64)
+    both = (np.stack([rows[n] for n in ok]).astype(np.float32) if len(ok)
+            else np.zeros((0, len(turns) * dim), np.float32))
+    return ({t: np.ascontiguousarray(both[:, k * dim:(k + 1) * dim])
+             for k, t in enumerate(turns)}, ok)
 
 
-def orientation_pairs(index, rows, paths, k, within, progress=None):
+def orientation_pairs(index, rows, paths, k, within, progress=None, cache=None):
     """``(i, j, mirrored, distance, turned)``: positions in ``rows`` of each image's turned
     embeddings' ``k`` nearest neighbours in ``index`` (rows ``rows``, files ``paths``)
     within ``within``; ``mirrored``: found by a mirrored turn (verify mirrored too);
     ``distance``: of the turned embedding (of ``i`` or ``j``) to the other; ``turned``:
     the turn (one of :data:`TURNS`). A pair found by several turns keeps its nearest.
+    ``cache``: see :func:`turned_vectors`.
     An index whose encoder cannot embed a new image (a field lookalike did not
     write, an encoder changed since) gets no turned pairs."""
     from lookalike.core.errors import LookalikeError
@@ -72,7 +103,7 @@ def orientation_pairs(index, rows, paths, k, within, progress=None):
         encoder = encoder_of(index)
     except LookalikeError:
         return nothing
-    vectors, ok = turned_vectors(encoder, paths, progress=progress)
+    vectors, ok = turned_vectors(encoder, paths, progress=progress, cache=cache)
     whole = len(rows) == index.total_index_size
     position = np.full(index.total_index_size, -1, np.int64)
     position[rows] = np.arange(len(rows))

@@ -176,7 +176,7 @@ def displayed_size(img):
     """``(width, height)`` of ``img`` as shown: a JPEG whose EXIF orientation turns it a
     quarter turn has its sides swapped. The same rule as FiftyOne's ``compute_metadata``
     (JPEG only), so our sample metadata and FiftyOne's agree."""
-    w, h = img.size
+    w, h = getattr(img, "header_size", img.size)  # not a draft's reduced size
     if img.format == "JPEG" and img.getexif().get(0x0112) in _QUARTER_TURNS:
         return h, w
     return w, h
@@ -207,6 +207,7 @@ def open_image(path, min_side=None):
             if getattr(img, "is_animated", False):
                 img.seek(0)  # first frame of an animation
                 _check_pixels(path, img, limit)
+            img.header_size = img.size  # the file's own size, before a draft reduces it
             _reduce(img, min_side)
             if ImageFile.LOAD_TRUNCATED_IMAGES:
                 _check_not_truncated(path, img, min_side)

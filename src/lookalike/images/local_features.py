@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lookalike.images.result_cache import ResultCache, result_key
+
 MAX_SIDE = 512
 MAX_KEYPOINTS = 500
 # For parallax (another shot): a camera that moved sees most of its 500 strongest
@@ -511,32 +513,69 @@ def cache_features(samples, progress=None, chunk=64):
     return {"images": len(paths), "cached_before": cached_before, "without": without}
 
 
-def verify_pairs(features, i, j, num_workers=None, progress=None, with_parallax=False):
+def verify_pairs(features, i, j, num_workers=None, progress=None, with_parallax=False,
+                 saved=None):
     """Inliers of every pair ``(features[i[k]], features[j[k]])`` (a list or a dict);
-    ``with_parallax``: ``(inliers, (n, 2) array of parallax)`` from one matching per pair."""
+    ``with_parallax``: ``(inliers, (n, 2) array of parallax)`` from one matching per pair.
+    ``saved``: ``(cache directory, {key of features: entry_name})``: pairs matched before
+    are read from the results cache, new ones added to it."""
     if not with_parallax:
-        return _pairwise(inliers, features, i, j, num_workers, progress, "verified")
+        return _pairwise(inliers, features, i, j, num_workers, progress, "verified",
+                         saved=saved)
     got = _pairwise(inliers_and_parallax, features, i, j, num_workers, progress, "verified",
-                    width=3)
+                    width=3, saved=saved)
     return got[:, 0].copy(), got[:, 1:].copy()
 
 
-def parallax_pairs(features, i, j, num_workers=None):
+def parallax_pairs(features, i, j, num_workers=None, saved=None):
     """:func:`parallax` of every pair ``(features[i[k]], features[j[k]])``: an (n, 2) array
-    of (inliers, off-plane inliers)."""
-    return _pairwise(parallax, features, i, j, num_workers, None, "", width=2)
+    of (inliers, off-plane inliers). ``saved``: see :func:`verify_pairs`."""
+    return _pairwise(parallax, features, i, j, num_workers, None, "", width=2, saved=saved)
 
 
-def _pairwise(measure, features, i, j, num_workers, progress, verb, width=None):
+# Every setting that changes what a pair measure returns: part of the name its results
+# are saved under (lookalike.images.result_cache), so changing one starts afresh.
+MEASURES_VERSION = 1
+
+
+def _measure_name(measure):
+    settings = (MEASURES_VERSION, RATIO, RANSAC_PX, EPIPOLAR_PX, MIN_SPREAD, MIN_AGREEMENT,
+                THUMB_SIDE, CELL_PX, BLUR_PX, FLAT_STD, CELL_NCC, MIN_CELLS, MIN_PARALLAX_FLOOR)
+    return f"{measure.__name__}-{hashlib.sha1(repr(settings).encode()).hexdigest()[:12]}"
+
+
+def entry_name(path, mirrored=False, dense=False):
+    """What the features cache calls ``path``'s features: the file (path, size, time) and
+    the extraction's settings; None when the file cannot be read."""
+    target = _cache_path("", path, mirrored, ".dense" if dense else ".sift")
+    return None if target is None else os.path.basename(target)
+
+
+def _pairwise(measure, features, i, j, num_workers, progress, verb, width=None, saved=None):
     workers = num_workers or max(1, os.cpu_count() or 1)
     pairs = [(_plain(a), _plain(b)) for a, b in zip(i, j)]
     out = np.zeros((len(pairs),) if width is None else (len(pairs), width), np.int32)
+    todo, results = list(range(len(pairs))), None
+    if saved is not None and saved[0] and pairs:
+        directory, names = saved
+        results = ResultCache(directory, _measure_name(measure), width or 1)
+        keys = [result_key(results.name, names[a], names[b])
+                if names.get(a) and names.get(b) else None for a, b in pairs]
+        found = results.get(keys)
+        todo = [n for n, v in enumerate(found) if v is None]
+        for n, v in enumerate(found):
+            if v is not None:
+                out[n] = v if width else v[0]
+    done = len(pairs) - len(todo)
     with ThreadPoolExecutor(workers) as pool:
-        for n, c in enumerate(pool.map(lambda p: measure(features[p[0]], features[p[1]]),
-                                       pairs)):
+        for n, c in zip(todo, pool.map(lambda n: measure(features[pairs[n][0]],
+                                                         features[pairs[n][1]]), todo)):
             out[n] = c
-            if progress and ((n + 1) % 256 == 0 or n + 1 == len(pairs)):
-                progress((n + 1) / max(len(pairs), 1), f"{verb} {n + 1}/{len(pairs)} pairs")
+            done += 1
+            if progress and (done % 256 == 0 or done == len(pairs)):
+                progress(done / max(len(pairs), 1), f"{verb} {done}/{len(pairs)} pairs")
+    if results is not None and todo:
+        results.add([keys[n] for n in todo], out[todo].reshape(len(todo), -1))
     return out
 
 
@@ -553,8 +592,9 @@ def verify_mirrored(features, i, j, counts, min_inliers, paths, cache=None):
     got, _ = compute_features([paths[k] for k in flip], cache, mirrored=True)
     both = {**{("plain", _plain(i[n])): features[_plain(i[n])] for n in retry},
             **{("mirrored", k): f for k, f in zip(flip, got)}}
+    names = {key: entry_name(paths[key[1]], mirrored=key[0] == "mirrored") for key in both}
     again = verify_pairs(both, [("plain", _plain(i[n])) for n in retry],
-                         [("mirrored", _plain(j[n])) for n in retry])
+                         [("mirrored", _plain(j[n])) for n in retry], saved=(cache, names))
     counts[retry] = np.maximum(counts[retry], again)
     return counts
 
@@ -620,8 +660,8 @@ def calibrate_inliers(paths, vectors=None, seed=51, others=3, num_workers=None, 
 
     def features_of(n_path):
         n, path = n_path
-        try:
-            img = load_image(path)
+        try:  # features are found at MAX_SIDE: a camera-size file decodes at a reduced scale
+            img = load_image(path, MAX_SIDE)
         except UnreadableImageError:
             return None
         image = extract(img)
@@ -732,7 +772,8 @@ def confirm_pairs(paths, pairs, min_inliers, cache=None, judge=False):
     keys = sorted({k for p in pairs for k in p if paths.get(k)})
     got, _ = compute_features([paths[k] for k in keys], cache)
     features = dict(zip(keys, got))
-    counts = verify_pairs(features, [x for x, _ in pairs], [y for _, y in pairs])
+    counts = verify_pairs(features, [x for x, _ in pairs], [y for _, y in pairs],
+                          saved=(cache, {k: entry_name(paths[k]) for k in keys}))
     counts = verify_mirrored(features, [x for x, _ in pairs], [y for _, y in pairs], counts,
                              min_inliers, paths, cache)
     same = {p for p, c in zip(pairs, counts) if c >= min_inliers}
