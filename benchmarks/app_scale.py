@@ -30,8 +30,9 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 FIRST = """
-import json, resource, sys, time
+import cProfile, io, json, os, pstats, resource, sys, time
 import fiftyone as fo
+profile = cProfile.Profile() if os.environ.get("APP_SCALE_PROFILE") else None
 def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:"))
@@ -40,11 +41,18 @@ t0 = time.perf_counter()
 ds = fo.load_dataset(sys.argv[1])
 sid = sys.argv[3]
 t1 = time.perf_counter()
+if profile:
+    profile.enable()
 index = ds.load_brain_results(sys.argv[2])
 t2 = time.perf_counter()
 ids = ds.view().sort_by_similarity(sid, brain_key=sys.argv[2], k=25).values("id")
 ds.select(ids, ordered=True).values("id")
 t3 = time.perf_counter()
+if profile:
+    profile.disable()
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(35)
+    print(out.getvalue(), file=sys.stderr)
 print(json.dumps(dict(dataset_s=t1 - t0, run_s=t2 - t1, query_s=t3 - t2, total_s=t3 - t0,
                       rss_mb=rss_mb() - before, engine=type(index.engine).__name__)))
 """
@@ -124,6 +132,8 @@ def main():
         if not line:
             print(out.stderr[-2000:])
             break
+        if os.environ.get("APP_SCALE_PROFILE"):
+            print(out.stderr[-12000:])
         firsts.append(json.loads(line[-1]))
         print(f"fresh process {n + 1}: {firsts[-1]}", flush=True)
     print("\n| samples | d | engine | k-NN ms | App sort (server) ms | fresh process: dataset "

@@ -18,9 +18,11 @@ from lookalike.core import fo_adapter
 from lookalike.core.errors import UsageError
 from lookalike.core.progress import scaled
 
-# The demo's contrastive settings (its photos' copies are found with them); how many images
-# an encoder needs is #29's measurement, this sample is a first bound on training time.
-SAMPLE_SIZE = 1000
+# The demo's contrastive settings (its photos' copies are found with them), on a sample:
+# benchmarks/training_curve.py (334 mosaics, 2026-12-08) gave pair F1 0.56-0.61 from 100
+# images x 5 epochs to all 334 x 20, flat within its noise (geometric verification
+# decides most pairs), so 250 images: a quarter of the training time of 1,000.
+SAMPLE_SIZE = 250
 TRAINING = dict(image_size=32, epochs=20, batch_size=64)
 # Shares of the progress bar: training dominates when it runs.
 _SHARES = dict(import_=0.1, train=0.45, curate=0.45)
@@ -30,12 +32,14 @@ _SHARES = dict(import_=0.1, train=0.45, curate=0.45)
 # quality 90), from benchmarks/end_to_end.py (1,112 images, then 109 more; 2026-12-07).
 # "duplicates" is in two parts: every image (candidate pairs, feature votes up to
 # VOTE_UP_TO images, verification) and each new image (its local features, then cached).
-# "train_overhead": what training took per sampled image beyond the fit's own rate
-# (lookalike.encoders.estimate_seconds): decoding, augmenting, checkpoints. Calibration
-# samples a fixed number of images: a constant. Smaller files go faster.
-SECONDS_PER_IMAGE = {"import": 0.0129, "train_overhead": 0.1665, "embed": 0.0066,
+# "train_overhead": what training took per sampled image and epoch beyond the fit's own
+# rate (lookalike.encoders.estimate_seconds: measured without the JPEG augmentation), plus
+# TRAIN_START_SECONDS (importing TensorFlow and TF Similarity, decoding the sample).
+# Calibration samples a fixed number of images: a constant. Smaller files go faster.
+SECONDS_PER_IMAGE = {"import": 0.0129, "train_overhead": 0.0068, "embed": 0.0066,
                      "index": 0.0001, "duplicates": 0.040, "new_features": 0.029,
                      "outliers": 0.0009}
+TRAIN_START_SECONDS = 25.0
 CALIBRATE_SECONDS = 20.0
 
 
@@ -59,11 +63,13 @@ def estimate_seconds(num_images, num_to_embed=None, train=True, sample_size=SAMP
         out["import"] = int(num_to_import) * SECONDS_PER_IMAGE["import"]
     if train:
         sample = min(n, int(sample_size)) if sample_size else n
+        epochs = int(epochs or TRAINING["epochs"])
         fit = encoder_seconds("contrastive", "train", sample, image_size=TRAINING["image_size"],
-                              epochs=int(epochs or TRAINING["epochs"]))
+                              epochs=epochs)
         if fit is None:
             return None
-        out["train"] = fit + sample * SECONDS_PER_IMAGE["train_overhead"]
+        out["train"] = (fit + sample * epochs * SECONDS_PER_IMAGE["train_overhead"]
+                        + TRAIN_START_SECONDS)
     out["embed"] = embed * SECONDS_PER_IMAGE["embed"]
     out["index"] = n * SECONDS_PER_IMAGE["index"]
     out["calibrate"] = CALIBRATE_SECONDS if n else 0.0

@@ -150,9 +150,11 @@ class IVFEngine(ExactEngine):
     _ADD_CHUNK = 65536  # rows per faiss add: a memory-mapped matrix is never read whole
 
     def __init__(self, matrix, nlist=None, nprobe=None, recall_target=0.99, k=25, seed=51,
-                 faiss_index=None):
+                 faiss_index=None, index_mapped=False):
         super().__init__(matrix)
         n, d = self.matrix.shape
+        # A saved index read as a memory map of its file (see _writable): read-only.
+        self.index_mapped = bool(index_mapped)
         if faiss_index is not None:
             self.index = faiss_index
         else:
@@ -257,20 +259,40 @@ class IVFEngine(ExactEngine):
         return cosine_distance(sims)
 
     def add(self, rows):
+        refill = self._writable()
         super().add(rows)
-        self._add_to_index(rows)
+        if refill:
+            self._refill()
+        else:
+            self._add_to_index(rows)
 
     def replace(self, positions, rows):
+        self._writable()
         super().replace(positions, rows)
         self._refill()
 
     def remove(self, positions):
+        self._writable()
         super().remove(positions)
         self._refill()
 
     def _refill(self):
         self.index.reset()  # keeps the trained centroids
         self._add_to_index(self.matrix)
+
+    def _writable(self):
+        """Before an edit: a mapped index (its lists are views of the file, which faiss
+        cannot grow: it aborts the process) is replaced by an index of its own on the
+        same trained centroids, empty. Returns True when it was (refill it)."""
+        if not self.index_mapped:
+            return False
+        d, nlist = self.matrix.shape[1], self.index.nlist
+        index = self._new_index(d, nlist)
+        index.quantizer.add(np.ascontiguousarray(self.centroids(), np.float32))
+        index.is_trained = True
+        index.nprobe = self.nprobe
+        self.index, self.index_mapped = index, False
+        return True
 
 
 class CompressedEngine(IVFEngine):
