@@ -164,7 +164,7 @@ def test_the_one_job_operator_curates_the_dataset_with_a_saved_encoder(
     props = _form(uri, dataset_name, {})
     choices = [c["value"] for c in props["encoder"]["view"]["choices"]]
     assert props["encoder"]["default"] == "" and choices[0] == "" and copies_encoder in choices
-    assert props["sample_size"]["default"] == 1000 and "epochs" in props
+    assert props["sample_size"]["default"] == dedupe_module.SAMPLE_SIZE and "epochs" in props
     # The form says how long it would take, training included.
     expected = dedupe_module.estimate_line(dedupe_module.estimate_seconds(len(records)))
     assert props["estimate"]["view"]["label"] == expected, props["estimate"]
