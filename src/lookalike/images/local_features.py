@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lookalike.images.result_cache import ResultCache, result_key
+from lookalike.images.result_cache import ResultCache, file_identity, result_key
 
 MAX_SIDE = 512
 MAX_KEYPOINTS = 500
@@ -382,12 +382,10 @@ _HEADER = np.dtype([("count", "<i4"), ("width", "<i4"), ("thumb_h", "<i4"), ("th
 
 
 def _cache_path(directory, path, mirrored=False, suffix=".sift"):
-    try:
-        st = os.stat(path)
-    except OSError:
+    identity = file_identity(path)  # the same names as before it was shared
+    if identity is None:
         return None
-    key = hashlib.sha1(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|"
-                       f"{MAX_SIDE}|{MAX_KEYPOINTS}|{'mirrored' if mirrored else ''}"
+    key = hashlib.sha1(f"{identity}|{MAX_SIDE}|{MAX_KEYPOINTS}|{'mirrored' if mirrored else ''}"
                        .encode()).hexdigest()
     return os.path.join(directory, key[:2], key + suffix)
 
